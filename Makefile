@@ -1,0 +1,41 @@
+# Two entry points: `make book` and `make test`. Both set up .venv from nothing.
+PYTHON ?= python3
+VENV ?= .venv
+PROFILE ?= laptop
+# The CPU wheel that lies on this disk; GPU users: make TORCH_SPEC='torch>=2.2' (or a CUDA index).
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
+
+.PHONY: setup browser book test test-fast bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Headless Chromium for the browser test (Debian package; needs root or an existing install).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 || \
+	    echo "warning: could not install chromium; the browser test will be skipped"; }
+
+book: setup
+	$(VENV)/bin/telly book --profile $(PROFILE)
+
+test: setup browser
+	$(PY) -m pytest -q -ra
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not integration and not browser"
+
+bench: setup
+	$(VENV)/bin/telly bench --profile $(PROFILE) --out runs/bench
+
+clean:
+	rm -rf book/_build runs

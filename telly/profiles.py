@@ -1,0 +1,72 @@
+"""Run profiles: one frozen dataclass each, the only place sizes and budgets are set."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    # RQ1 probing / RQ2 similarity: how many corpus functions and how long their inputs.
+    probe_functions: int
+    similarity_functions: int
+    max_code_tokens: int
+    max_text_tokens: int
+    feature_batch_size: int
+    probe_epochs: int
+    # RQ3 fine-tuning: examples per split (None = all), optimisation and early stopping.
+    train_examples: int | None
+    valid_examples: int | None
+    test_examples: int | None
+    batch_size: int
+    epochs: int
+    patience: int
+    learning_rate: float
+    warmup_ratio: float
+    # Generation tasks: target length and decoding.
+    max_target_tokens: int
+    num_beams: int
+    # Statistics and benchmarks.
+    bootstrap_samples: int
+    bench_repeats: int
+    bench_steps: int
+    # Frozen-prefix cache budget in memory before spilling to disk shards.
+    cache_memory_mb: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", probe_functions=160, similarity_functions=64, max_code_tokens=64,
+        max_text_tokens=24, feature_batch_size=32, probe_epochs=20, train_examples=64,
+        valid_examples=32, test_examples=64, batch_size=16, epochs=1, patience=1,
+        learning_rate=5e-5, warmup_ratio=0.1, max_target_tokens=16, num_beams=1,
+        bootstrap_samples=200, bench_repeats=1, bench_steps=2, cache_memory_mb=256,
+    ),
+    "laptop": Profile(
+        name="laptop", probe_functions=1500, similarity_functions=1000, max_code_tokens=128,
+        max_text_tokens=32, feature_batch_size=32, probe_epochs=60, train_examples=1500,
+        valid_examples=250, test_examples=500, batch_size=32, epochs=2, patience=1,
+        learning_rate=5e-5, warmup_ratio=0.1, max_target_tokens=32, num_beams=1,
+        bootstrap_samples=1000, bench_repeats=3, bench_steps=4, cache_memory_mb=2048,
+    ),
+    "paper": Profile(
+        name="paper", probe_functions=5000, similarity_functions=5000, max_code_tokens=256,
+        max_text_tokens=128, feature_batch_size=64, probe_epochs=100, train_examples=None,
+        valid_examples=None, test_examples=None, batch_size=32, epochs=10, patience=2,
+        learning_rate=2e-5, warmup_ratio=0.1, max_target_tokens=128, num_beams=10,
+        bootstrap_samples=1000, bench_repeats=5, bench_steps=20, cache_memory_mb=16384,
+    ),
+}
+
+
+def get_profile(name: str | Profile) -> Profile:
+    """Look a profile up by name; an unknown name lists the valid ones."""
+    if isinstance(name, Profile):
+        return name
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; expected one of {sorted(PROFILES)}") from None
