@@ -418,3 +418,59 @@ def make_variant(code: str, seed: int = 0) -> str:
     except SyntaxError as exc:
         raise VariantError(f"function {func.name!r} does not compile on its own: {exc.msg}") from exc
     return variant
+
+
+# ---------------------------------------------------------------- near misses (hard negatives)
+
+_SWAPS: dict[type, type] = {
+    ast.Lt: ast.GtE, ast.GtE: ast.Lt, ast.Gt: ast.LtE, ast.LtE: ast.Gt, ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq, ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is,
+    ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.FloorDiv, ast.FloorDiv: ast.Mult,
+    ast.And: ast.Or, ast.Or: ast.And,
+}
+
+
+def _mutation_sites(tree: ast.AST) -> list[tuple[ast.AST, str]]:
+    sites: list[tuple[ast.AST, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            sites += [(node, "compare")] * any(type(op) in _SWAPS for op in node.ops)
+        elif isinstance(node, (ast.BinOp, ast.AugAssign)) and type(node.op) in _SWAPS:
+            sites.append((node, "operator"))
+        elif isinstance(node, ast.BoolOp):
+            sites.append((node, "boolean"))
+        elif isinstance(node, ast.Constant) and type(node.value) is int:
+            sites.append((node, "number"))
+        elif isinstance(node, ast.If) and node.orelse and not isinstance(node.orelse[0], ast.If):
+            sites.append((node, "branches"))
+    return sites
+
+
+def make_mutant(code: str, seed: int = 0) -> str:
+    """A near miss: the same function, unparsed like a variant, with ONE behaviour-changing edit
+    (a flipped comparison, a swapped arithmetic or boolean operator, an integer off by one, or
+    if/else bodies exchanged without negating the test). It shares almost every token with the
+    original, so string matching ranks it above a true variant: a hard negative."""
+    try:
+        tree = ast.parse(textwrap.dedent(code))
+    except SyntaxError as exc:
+        raise VariantError(f"code does not parse (line {exc.lineno}: {exc.msg})") from exc
+    func = next((n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))), None)
+    if func is None:
+        raise VariantError("expected a function definition")
+    if ast.get_docstring(func) is not None:
+        func.body = func.body[1:] or [ast.Pass()]
+    sites = _mutation_sites(func)
+    if not sites:
+        raise VariantError(f"no behaviour-changing edit applies to function {func.name!r}")
+    node, kind = random.Random(seed).choice(sites)
+    if kind == "compare":
+        i = next(i for i, op in enumerate(node.ops) if type(op) in _SWAPS)
+        node.ops[i] = _SWAPS[type(node.ops[i])]()
+    elif kind in ("operator", "boolean"):
+        node.op = _SWAPS[type(node.op)]()
+    elif kind == "number":
+        node.value += 1
+    else:
+        node.body, node.orelse = node.orelse, node.body
+    return ast.unparse(ast.fix_missing_locations(tree))

@@ -183,3 +183,34 @@ def test_stdlib_corpus():
             pass
     assert made > 120
     assert {c for f in functions[:500] for c in [f.complexity_class]} == set(range(6))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mutants_change_behaviour_but_keep_the_tokens(seed):
+    from telly.corpus import make_mutant
+
+    code = VARIANT_CASES[1][0]
+    mutant = make_mutant(code, seed)
+    original = ast.unparse(ast.parse(code))
+    assert mutant != original
+    names = {t.text for t in token_kinds(original) if t.kind == "NAME"}
+    assert names == {t.text for t in token_kinds(mutant) if t.kind == "NAME"}
+    scope_a, scope_b = {}, {}
+    exec(code, scope_a)
+    exec(mutant, scope_b)
+
+    def outcome(fn, n):
+        try:
+            return fn(n)
+        except Exception as exc:  # a mutant may now fail where the original did not
+            return type(exc).__name__
+
+    outputs = [(outcome(scope_a["classify"], n), outcome(scope_b["classify"], n)) for n in (0, 4, 9, 12)]
+    assert any(a != b for a, b in outputs)
+
+
+def test_mutant_needs_an_editable_site():
+    from telly.corpus import make_mutant
+
+    with pytest.raises(VariantError, match="no behaviour-changing edit"):
+        make_mutant("def f(x):\n    return x\n")
