@@ -1,0 +1,252 @@
+"""How alike two sets of representations of the same inputs are: the paper's RSA, linear CKA and
+debiased CKA.
+
+All three are computed from feature-space products (d x d matrices), never from the n x n
+similarity or Gram matrices, unless the features are wider than there are inputs. The identity
+that makes this possible: for any A (n, da) and B (n, db), sum_ij (A A^T)_ij (B B^T)_ij =
+||A^T B||_F^2. Inputs are centred in float64 before the float32 matrix products so that the
+large common component (pooled transformer states are highly anisotropic) is handled exactly in
+float64 and float32 rounding only touches the varying part; products are accumulated in float64
+over row blocks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+MEASURES = ("rsa", "cka", "cka_debiased")
+
+# Rows per float32 matrix product before the partial sum is added to the float64 total.
+ROW_BLOCK = 4096
+# A centred input whose norm is below this fraction of its raw norm is constant up to rounding.
+CONSTANT_TOLERANCE = 1e-7
+
+
+@dataclass(frozen=True)
+class _Centred:
+    """One representation split into its mean row and float64 deviations from it."""
+
+    mean: np.ndarray  # (d,) float64
+    deviations: np.ndarray  # (n, d) float64, columns sum to zero
+    deviations32: np.ndarray  # the same in float32, for the matrix products
+    row_norms_sq: np.ndarray  # (n,) float64 squared norms of the *uncentred* rows
+
+
+def _as_matrix(values: object, name: str) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (n inputs, d features) array; got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"{name} must be numeric; got dtype {array.dtype}")
+    if not np.all(np.isfinite(array)):
+        row = int(np.argwhere(~np.isfinite(array))[0][0])
+        raise ValueError(f"{name} has a non-finite value (NaN or inf) in row {row}")
+    return array
+
+
+def _check_pair(X: object, Y: object, min_n: int,
+                names: tuple[str, str] = ("X", "Y")) -> tuple[np.ndarray, np.ndarray]:
+    X, Y = _as_matrix(X, names[0]), _as_matrix(Y, names[1])
+    if X.shape[0] != Y.shape[0]:
+        raise ValueError(f"{names[0]} and {names[1]} must hold the same inputs (rows): {names[0]} "
+                         f"has {X.shape[0]} rows, {names[1]} has {Y.shape[0]}")
+    if X.shape[0] < min_n:
+        raise ValueError(f"need at least {min_n} inputs (rows); got {X.shape[0]}")
+    return X, Y
+
+
+def _centre(features: np.ndarray, name: str, what: str) -> _Centred:
+    """Split into mean and deviations; a constant input (every row the same) is an error."""
+    values = features.astype(np.float64, copy=False)
+    mean = values.mean(axis=0)
+    deviations = values - mean
+    spread = float(np.sqrt(np.einsum("ij,ij->", deviations, deviations)))
+    scale = float(np.sqrt(np.einsum("ij,ij->", values, values)))
+    if spread <= CONSTANT_TOLERANCE * scale or spread == 0.0:
+        raise ValueError(f"{name} is constant: all {len(values)} rows {what}; the similarity "
+                         f"is undefined (0/0)")
+    return _Centred(mean, deviations, deviations.astype(np.float32),
+                    np.einsum("ij,ij->i", values, values))
+
+
+def _normalise_rows(features: np.ndarray, name: str) -> np.ndarray:
+    values = features.astype(np.float64, copy=False)
+    norms = np.sqrt(np.einsum("ij,ij->i", values, values))
+    if np.any(norms == 0.0):
+        row = int(np.flatnonzero(norms == 0.0)[0])
+        raise ValueError(f"{name} row {row} is all zeros: it has no direction to L2-normalise")
+    return values / norms[:, None]
+
+
+def _deviation_product(U: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """U^T V for float32 centred U (n, du) and V (n, dv): row-block products summed in float64."""
+    total = np.zeros((U.shape[1], V.shape[1]), dtype=np.float64)
+    for start in range(0, U.shape[0], ROW_BLOCK):
+        block_u = U[start:start + ROW_BLOCK]
+        block_v = block_u if V is U else V[start:start + ROW_BLOCK]
+        total += block_u.T @ block_v  # `a.T @ a` on one buffer takes BLAS's symmetric path
+    return total
+
+
+def _cross_frobenius_sq(a: _Centred, b: _Centred, centred: bool) -> float:
+    """sum_ij (A A^T)_ij (B B^T)_ij = ||A^T B||_F^2, of the raw rows or of the centred rows."""
+    n, da = a.deviations.shape
+    db = b.deviations.shape[1]
+    if b is not a and a.deviations.shape == b.deviations.shape and np.array_equal(a.deviations, b.deviations):
+        b = a  # identical inputs share one product, so rounding cannot pull rsa(X, X) off 1
+    if da * db <= n * (da + db):  # feature space is cheaper: d x d products
+        product = _deviation_product(a.deviations32, b.deviations32)
+        varying = float(np.einsum("ij,ij->", product, product))
+        if centred:
+            return varying
+        # A^T B = n m_a m_b^T + U^T V as the deviations sum to zero. The cross term is taken in
+        # float64: unit rows' deviations are nearly orthogonal to their mean, so U m_a is small
+        # and would drown in float32 rounding of U^T V.
+        along_means = float((a.deviations @ a.mean) @ (b.deviations @ b.mean))
+        return n * n * float(a.mean @ a.mean) * float(b.mean @ b.mean) + 2 * n * along_means + varying
+    # More features than inputs: the n x n Gram matrices are the smaller objects.
+    rows_a = a.deviations if centred else a.deviations + a.mean
+    rows_b = b.deviations if centred else b.deviations + b.mean
+    gram_a = rows_a @ rows_a.T
+    gram_b = gram_a if b is a else rows_b @ rows_b.T
+    return float(np.einsum("ij,ij->", gram_a, gram_b))
+
+
+def _rsa_statistics(normalised: np.ndarray, name: str) -> _Centred:
+    return _centre(normalised, name, "point in the same direction (a constant cosine-similarity matrix)")
+
+
+def _rsa_from(a: _Centred, b: _Centred, names: tuple[str, str] = ("X", "Y")) -> float:
+    """Pearson correlation over the upper triangles (diagonal included) of the two cosine matrices.
+
+    A symmetric matrix's upper triangle with diagonal sums to (sum of all entries + trace) / 2,
+    so every sum Pearson needs comes from feature-space quantities.
+    """
+    n = len(a.row_norms_sq)
+    count = n * (n + 1) / 2
+    sum_a = (n * n * float(a.mean @ a.mean) + float(a.row_norms_sq.sum())) / 2
+    sum_b = (n * n * float(b.mean @ b.mean) + float(b.row_norms_sq.sum())) / 2
+    sum_aa = (_cross_frobenius_sq(a, a, centred=False) + float(a.row_norms_sq @ a.row_norms_sq)) / 2
+    sum_bb = (_cross_frobenius_sq(b, b, centred=False) + float(b.row_norms_sq @ b.row_norms_sq)) / 2
+    sum_ab = (_cross_frobenius_sq(a, b, centred=False) + float(a.row_norms_sq @ b.row_norms_sq)) / 2
+    covariance = count * sum_ab - sum_a * sum_b
+    variance_a = count * sum_aa - sum_a * sum_a
+    variance_b = count * sum_bb - sum_b * sum_b
+    for variance, name in zip((variance_a, variance_b), names):
+        if variance <= 0.0:
+            raise ValueError(f"{name}'s cosine-similarity matrix is constant up to rounding, so the "
+                             f"Pearson correlation is undefined")
+    return float(np.clip(covariance / np.sqrt(variance_a * variance_b), -1.0, 1.0))
+
+
+def rsa(X: object, Y: object) -> float:
+    """Representational similarity analysis exactly as the Telly paper computes it.
+
+    X (n, dx) and Y (n, dy) are pooled representations of the same n inputs. Rows are
+    L2-normalised, each side's n x n cosine-similarity matrix is formed (implicitly), and the
+    score is the Pearson correlation of the two upper triangles, diagonal included.
+    """
+    X, Y = _check_pair(X, Y, min_n=2)
+    a = _rsa_statistics(_normalise_rows(X, "X"), "X")
+    b = _rsa_statistics(_normalise_rows(Y, "Y"), "Y")
+    return _rsa_from(a, b)
+
+
+def _debiased_hsic(cross_sq: float, a: _Centred, b: _Centred, n: int) -> float:
+    """n(n-3) x the unbiased HSIC estimator (Song et al. 2012) of linear kernels on centred rows.
+
+    The estimator is unchanged by centring; on centred rows K 1 = 0, which leaves only the
+    Frobenius product and the Gram diagonals (the form in Kornblith et al.'s reference code).
+    """
+    diag_a = np.einsum("ij,ij->i", a.deviations, a.deviations)
+    diag_b = diag_a if b is a else np.einsum("ij,ij->i", b.deviations, b.deviations)
+    return (cross_sq - n / (n - 2.0) * float(diag_a @ diag_b)
+            + float(diag_a.sum()) * float(diag_b.sum()) / ((n - 1.0) * (n - 2.0)))
+
+
+def _cka_scores(a: _Centred, b: _Centred, measures: Iterable[str],
+                names: tuple[str, str] = ("X", "Y")) -> dict[str, float]:
+    """"cka" and/or "cka_debiased" from one set of products (the debiased form reuses them)."""
+    n = a.deviations.shape[0]
+    cross = _cross_frobenius_sq(a, b, centred=True)
+    self_a = _cross_frobenius_sq(a, a, centred=True)
+    self_b = _cross_frobenius_sq(b, b, centred=True)
+    scores = {}
+    for measure in measures:
+        debiased = measure == "cka_debiased"
+        if debiased:
+            values = (_debiased_hsic(cross, a, b, n), _debiased_hsic(self_a, a, a, n),
+                      _debiased_hsic(self_b, b, b, n))
+        else:
+            values = (cross, self_a, self_b)
+        for value, name in zip(values[1:], names):
+            if value <= 0.0:
+                raise ValueError(f"the {'debiased ' if debiased else ''}HSIC of {name} with itself is "
+                                 f"{value:.3g} (not positive): too few inputs or near-constant features")
+        scores[measure] = float(values[0] / np.sqrt(values[1] * values[2]))
+    return scores
+
+
+def _cka_statistics(features: np.ndarray, name: str) -> _Centred:
+    return _centre(features, name, "are the same vector")
+
+
+def linear_cka(X: object, Y: object, debiased: bool = False) -> float:
+    """Linear centred kernel alignment (Kornblith et al. 2019) of X (n, dx) and Y (n, dy).
+
+    CKA = HSIC(X, Y) / sqrt(HSIC(X, X) HSIC(Y, Y)) with linear kernels. `debiased=True` uses the
+    unbiased HSIC estimator (Song et al. 2012), whose value for independent inputs is near 0 even
+    when n is small against d, where the biased estimator reads random data as similar.
+    """
+    X, Y = _check_pair(X, Y, min_n=4 if debiased else 2)
+    measure = "cka_debiased" if debiased else "cka"
+    return _cka_scores(_cka_statistics(X, "X"), _cka_statistics(Y, "Y"), (measure,))[measure]
+
+
+def _layer_stack(features: object, name: str) -> Sequence[np.ndarray]:
+    if isinstance(features, np.ndarray):
+        if features.ndim != 3:
+            raise ValueError(f"{name} must be (layers, n inputs, d features); got shape {features.shape}")
+        return list(features)
+    layers = list(features)  # a list of per-layer (n, d) arrays also works
+    if not layers:
+        raise ValueError(f"{name} holds no layers")
+    return layers
+
+
+def layer_similarity(features_a: object, features_b: object,
+                     measures: Iterable[str] = MEASURES, *, progress: bool = False) -> list[dict]:
+    """Every layer's similarity between two models' representations of the same inputs.
+
+    features_a, features_b: (L+1, n, d) pooled states, layer 0 = embeddings (the `.pooled` of
+    telly.features.layer_features). Returns one dict per layer: {"layer", "n", and one key per
+    measure in `measures` (any of "rsa", "cka", "cka_debiased")}.
+    """
+    measures = tuple(measures)
+    unknown = [m for m in measures if m not in MEASURES]
+    if unknown or not measures:
+        raise ValueError(f"unknown measure(s) {unknown or measures!r}; expected some of {list(MEASURES)}")
+    layers_a, layers_b = _layer_stack(features_a, "features_a"), _layer_stack(features_b, "features_b")
+    if len(layers_a) != len(layers_b):
+        raise ValueError(f"features_a has {len(layers_a)} layers but features_b has {len(layers_b)}")
+    steps = range(len(layers_a))
+    if progress:
+        from tqdm.auto import tqdm
+        steps = tqdm(steps, desc="similarity", unit="layer")
+    debiased = "cka_debiased" in measures
+    records = []
+    for layer in steps:
+        names = (f"features_a[{layer}]", f"features_b[{layer}]")
+        X, Y = _check_pair(layers_a[layer], layers_b[layer], 4 if debiased else 2, names)
+        record = {"layer": layer, "n": int(X.shape[0])}
+        if "rsa" in measures:
+            record["rsa"] = _rsa_from(_rsa_statistics(_normalise_rows(X, names[0]), names[0]),
+                                      _rsa_statistics(_normalise_rows(Y, names[1]), names[1]), names)
+        cka_measures = [m for m in measures if m != "rsa"]
+        if cka_measures:
+            record.update(_cka_scores(_cka_statistics(X, names[0]), _cka_statistics(Y, names[1]),
+                                      cka_measures, names))
+        records.append(record)
+    return records
