@@ -26,10 +26,17 @@ class Profile:
     # Generation tasks: target length and decoding.
     max_target_tokens: int
     num_beams: int
+    # Train/valid/test examples of the three generation tasks (None = all): decoding is dear on a CPU.
+    generation_examples: tuple[int | None, int | None, int | None]
     # Statistics and benchmarks.
     bootstrap_samples: int
     bench_repeats: int
     bench_steps: int
+    # Benchmarks (telly.bench): training batch (examples x code tokens), probing and similarity sizes.
+    bench_batch_size: int
+    bench_code_tokens: int
+    bench_probe_texts: int
+    bench_similarity_inputs: int
     # Frozen-prefix cache budget in memory before spilling to disk shards.
     cache_memory_mb: int
 
@@ -42,22 +49,25 @@ PROFILES: dict[str, Profile] = {
         name="smoke", probe_functions=160, similarity_functions=64, max_code_tokens=64,
         max_text_tokens=24, feature_batch_size=32, probe_epochs=20, train_examples=64,
         valid_examples=32, test_examples=64, batch_size=16, epochs=1, patience=1,
-        learning_rate=5e-5, warmup_ratio=0.1, max_target_tokens=16, num_beams=1,
+        learning_rate=5e-5, warmup_ratio=0.1, max_target_tokens=16, num_beams=1, generation_examples=(64, 16, 32),
         bootstrap_samples=200, bench_repeats=1, bench_steps=2, cache_memory_mb=256,
+        bench_batch_size=2, bench_code_tokens=32, bench_probe_texts=16, bench_similarity_inputs=500,
     ),
     "laptop": Profile(
-        name="laptop", probe_functions=1500, similarity_functions=1000, max_code_tokens=128,
-        max_text_tokens=32, feature_batch_size=32, probe_epochs=60, train_examples=1500,
-        valid_examples=250, test_examples=500, batch_size=32, epochs=2, patience=1,
-        learning_rate=5e-5, warmup_ratio=0.1, max_target_tokens=32, num_beams=1,
+        name="laptop", probe_functions=600, similarity_functions=1000, max_code_tokens=128,
+        max_text_tokens=32, feature_batch_size=32, probe_epochs=60, train_examples=1000,
+        valid_examples=150, test_examples=400, batch_size=32, epochs=1, patience=1,
+        learning_rate=5e-5, warmup_ratio=0.1, max_target_tokens=24, num_beams=1, generation_examples=(400, 50, 150),
         bootstrap_samples=1000, bench_repeats=3, bench_steps=4, cache_memory_mb=2048,
+        bench_batch_size=8, bench_code_tokens=256, bench_probe_texts=256, bench_similarity_inputs=5000,
     ),
     "paper": Profile(
         name="paper", probe_functions=5000, similarity_functions=5000, max_code_tokens=256,
         max_text_tokens=128, feature_batch_size=64, probe_epochs=100, train_examples=None,
         valid_examples=None, test_examples=None, batch_size=32, epochs=10, patience=2,
-        learning_rate=2e-5, warmup_ratio=0.1, max_target_tokens=128, num_beams=10,
+        learning_rate=2e-5, warmup_ratio=0.1, max_target_tokens=128, num_beams=10, generation_examples=(None, None, None),
         bootstrap_samples=1000, bench_repeats=5, bench_steps=20, cache_memory_mb=16384,
+        bench_batch_size=32, bench_code_tokens=256, bench_probe_texts=1000, bench_similarity_inputs=5000,
     ),
 }
 

@@ -1,0 +1,123 @@
+"""Code search: find the function a natural-language query describes.
+
+Bi-encoder as in the paper: one shared backbone encodes the query and the code, mean pooling,
+cosine similarity; training uses in-batch negatives (cross-entropy over the batch's codes, across
+all processes when distributed). Evaluation ranks every test code for every test query: MRR and
+recall at 1/5/10. Offline data pairs each corpus function's docstring summary (query) with its code
+without the docstring; real data is CodeSearchNet (`telly.loaders.load_codesearchnet`).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from telly.backbones import Backbone
+from telly.profiles import Profile
+from telly.tasks import (Batch, Evaluation, Task, TaskConfig, TaskData, TaskModel, batches,
+                         fingerprint, mean_pool, tokenize)
+
+
+@dataclass(frozen=True)
+class SearchExample:
+    query: str
+    code: str
+    id: str
+
+
+@dataclass(frozen=True)
+class CodeSearchConfig(TaskConfig):
+    scale: float = 20.0  # cosine similarities are multiplied by this before the softmax
+    language: str = "python"  # CodeSearchNet language when data_path is given
+
+
+class CodeSearchModel(TaskModel):
+    def __init__(self, backbone: Backbone, scale: float) -> None:
+        super().__init__(backbone, head=None)  # the bi-encoder has no parameters beyond the backbone
+        self.scale = scale
+
+    def embed(self, inputs) -> torch.Tensor:
+        hidden, mask = self.encode(inputs)
+        return F.normalize(mean_pool(hidden, mask), dim=-1)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        queries = self.embed(batch["inputs"]["query"])
+        codes = self.embed(batch["inputs"]["code"])
+        offset = 0
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            # Every process scores its queries against the codes of the whole global batch, so
+            # the loss equals the one-process loss on that batch (the gather passes gradients back).
+            import torch.distributed.nn.functional as dist_fn
+
+            offset = torch.distributed.get_rank() * codes.shape[0]
+            codes = torch.cat(dist_fn.all_gather(codes), dim=0)
+        logits = self.scale * queries @ codes.T
+        targets = torch.arange(queries.shape[0], device=logits.device) + offset
+        return F.cross_entropy(logits, targets)
+
+
+class CodeSearchTask(Task):
+    name = "code-search"
+    metric = "mrr"
+    metrics = ("mrr", "recall@1", "recall@5", "recall@10")
+    config_class = CodeSearchConfig
+    zero_shot = True
+
+    def load_data(self, profile: Profile, seed: int = 0) -> TaskData:
+        sizes = {"train": profile.train_examples, "valid": profile.valid_examples, "test": profile.test_examples}
+        if self.config.data_path:
+            from telly.loaders import load_codesearchnet
+
+            splits = {}
+            for name, size in sizes.items():
+                records = load_codesearchnet(self.config.data_path, name, self.config.language, limit=size)
+                splits[name] = [SearchExample(query=" ".join(r.docstring_tokens) or r.docstring,
+                                              code=" ".join(r.code_tokens) or r.code, id=f"{r.path}:{r.name}")
+                                for r in records]
+            source = f"CodeSearchNet {self.config.language} at {self.config.data_path}"
+        else:
+            from telly.corpus import load_corpus, sample, split
+
+            corpus = load_corpus("stdlib")
+            parts = split(corpus)
+            splits = {name: [SearchExample(query=fn.docstring, code=fn.code_without_doc,
+                                           id=f"{fn.path}:{fn.qualname}")
+                             for fn in sample(parts[name], size, seed=seed)]
+                      for name, size in sizes.items()}
+            source = f"{corpus.source} corpus {corpus.fingerprint}"
+        for name, examples in splits.items():
+            if not examples:
+                raise ValueError(f"code-search: the {name} split is empty ({source})")
+        return TaskData(**splits, fingerprint=fingerprint([*splits["train"], *splits["valid"], *splits["test"]]),
+                        source=source)
+
+    def build_model(self, backbone: Backbone) -> CodeSearchModel:
+        return CodeSearchModel(backbone, self.config.scale)
+
+    def collate(self, examples: Sequence[SearchExample], tokenizer, profile: Profile) -> Batch:
+        return {"inputs": {
+            "query": tokenize(tokenizer, [e.query for e in examples], profile.max_text_tokens),
+            "code": tokenize(tokenizer, [e.code for e in examples], profile.max_code_tokens),
+        }}
+
+    def evaluate(self, model: CodeSearchModel, examples: Sequence[SearchExample], tokenizer,
+                 profile: Profile, batch_size: int) -> Evaluation:
+        device = next(model.parameters()).device
+        queries, codes = [], []
+        for chunk in batches(examples, batch_size):
+            batch = self.collate(chunk, tokenizer, profile)["inputs"]
+            queries.append(model.embed({k: v.to(device) for k, v in batch["query"].items()}).float().cpu())
+            codes.append(model.embed({k: v.to(device) for k, v in batch["code"].items()}).float().cpu())
+        similarity = torch.cat(queries) @ torch.cat(codes).T
+        correct = similarity.diagonal().unsqueeze(1)
+        # Rank of the true code: 1 + how many codes score strictly higher (ties count in its favour).
+        ranks = (similarity > correct).sum(1).numpy() + 1
+        per_example = {"reciprocal_rank": 1.0 / ranks, **{f"hit@{k}": (ranks <= k).astype(float) for k in (1, 5, 10)}}
+        return Evaluation(self.score(per_example), per_example)
+
+    def score(self, per_example: dict[str, np.ndarray]) -> dict[str, float]:
+        return {"mrr": float(np.mean(per_example["reciprocal_rank"])),
+                **{f"recall@{k}": float(np.mean(per_example[f"hit@{k}"])) for k in (1, 5, 10)}}

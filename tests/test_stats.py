@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from telly.stats import bootstrap_ci, paired_bootstrap
+
+
+def test_bootstrap_ci_of_a_mean_brackets_the_mean_and_shrinks_with_n():
+    rng = np.random.default_rng(1)
+    small = bootstrap_ci(rng.normal(0.5, 0.2, 50), samples=500)["value"]
+    large = bootstrap_ci(rng.normal(0.5, 0.2, 2000), samples=500)["value"]
+    for ci in (small, large):
+        assert ci["low"] < ci["value"] < ci["high"]
+    assert large["high"] - large["low"] < (small["high"] - small["low"]) / 3
+    # the normal-theory half width at n=2000 is 1.96 * 0.2 / sqrt(2000) = 0.0088
+    assert (large["high"] - large["low"]) / 2 == pytest.approx(0.0088, rel=0.2)
+
+
+def test_bootstrap_ci_with_a_statistic_over_columns():
+    labels = np.array([1, 1, 0, 0] * 50)
+    predictions = np.array([1, 0, 0, 0] * 50)
+
+    def accuracy(columns):
+        return {"accuracy": np.mean(columns["prediction"] == columns["label"])}
+
+    ci = bootstrap_ci({"prediction": predictions, "label": labels}, accuracy, samples=300)
+    assert ci["accuracy"]["value"] == pytest.approx(0.75)
+    assert ci["accuracy"]["low"] < 0.75 < ci["accuracy"]["high"]
+
+
+def test_bootstrap_is_deterministic_for_a_seed():
+    values = np.arange(100) / 100
+    assert bootstrap_ci(values, samples=200, seed=3) == bootstrap_ci(values, samples=200, seed=3)
+
+
+def test_paired_bootstrap_sees_a_consistent_small_gain_that_unpaired_cis_miss():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 1, 300)  # large per-example spread
+    better = base + 0.02  # every example gains a little
+    result = paired_bootstrap(base, better, samples=500)["value"]
+    assert result["difference"] == pytest.approx(0.02)
+    assert result["low"] > 0 and result["p_value"] < 0.01
+    a, b = bootstrap_ci(base, samples=500)["value"], bootstrap_ci(better, samples=500)["value"]
+    assert a["high"] > b["low"]  # the unpaired intervals overlap
+
+
+def test_paired_bootstrap_of_identical_systems_is_not_significant():
+    values = np.random.default_rng(2).uniform(size=200)
+    result = paired_bootstrap(values, values.copy(), samples=200)["value"]
+    assert result["difference"] == 0 and result["p_value"] == 1.0
+
+
+def test_bad_input_is_reported():
+    with pytest.raises(ValueError, match="equally long"):
+        bootstrap_ci({"a": np.ones(3), "b": np.ones(4)})
+    with pytest.raises(ValueError, match="zero examples"):
+        bootstrap_ci(np.array([]))
+    with pytest.raises(ValueError, match="same test rows"):
+        paired_bootstrap(np.ones(3), np.ones(4))

@@ -1,0 +1,161 @@
+import os
+from dataclasses import replace
+
+import pytest
+
+from telly import cli, trainer
+from telly.profiles import get_profile
+from telly.sweep import Variant, parse_freeze, plan, sweep
+
+UNIT = replace(get_profile("smoke"), name="unit", train_examples=8, valid_examples=8, test_examples=8,
+               batch_size=8, epochs=1, bootstrap_samples=20)
+
+
+def test_parse_freeze_accepts_lists_ranges_and_all():
+    assert parse_freeze("-1,0,3", 6) == [-1, 0, 3]
+    assert parse_freeze("-1..2", 6) == [-1, 0, 1, 2]
+    assert parse_freeze("all", 4) == [-1, 0, 1, 2, 3]
+    assert parse_freeze([2, 2, 0], 4) == [2, 0]
+    with pytest.raises(ValueError, match=r"\[6\] out of range -1\.\.5"):
+        parse_freeze("0,6", 6)
+    with pytest.raises(ValueError, match="'x' is not an integer"):
+        parse_freeze("0,x", 6)
+
+
+def test_plan_collapses_telly_minus_one_into_full_and_checks_names():
+    variants = plan(["code-search"], [-1, 2], [0, 1], ["full", "telly", "lora"])
+    assert variants == [Variant("code-search", "full", -1, 0), Variant("code-search", "full", -1, 1),
+                        Variant("code-search", "telly", 2, 0), Variant("code-search", "telly", 2, 1),
+                        Variant("code-search", "lora", -1, 0), Variant("code-search", "lora", -1, 1)]
+    with pytest.raises(ValueError, match="unknown task"):
+        plan(["code-search", "typo"], [0], [0], ["telly"])
+    with pytest.raises(ValueError, match="unknown method"):
+        plan(["code-search"], [0], [0], ["prefix-tuning"])
+
+
+def test_a_killed_sweep_resumes_with_only_the_unfinished_run(tmp_path, monkeypatch):
+    real = trainer.finetune
+    calls = []
+
+    def dies_on_second_run(*args, **kwargs):
+        calls.append(args[:3])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the sweep is killed while the second run trains
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "finetune", dies_on_second_run)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(["code-search"], "2,3", [0], model="tiny-random", profile=UNIT, out=tmp_path, progress=False)
+    first = trainer.record_path(tmp_path, "code-search", "tiny-random", "telly", 2, 0, "unit")
+    second = trainer.record_path(tmp_path, "code-search", "tiny-random", "telly", 3, 0, "unit")
+    assert first.exists() and not second.exists()
+    stamp = first.stat().st_mtime_ns
+
+    calls.clear()
+    monkeypatch.setattr(trainer, "finetune", lambda *a, **k: calls.append(a[:3]) or real(*a, **k))
+    result = sweep(["code-search"], "2,3", [0], model="tiny-random", profile=UNIT, out=tmp_path, progress=False)
+    assert calls == [("code-search", "tiny-random", 3)]  # only the unfinished run is redone
+    assert result["skipped"] == [first.stem] and len(result["records"]) == 2 and not result["failed"]
+    assert first.stat().st_mtime_ns == stamp and second.exists()
+
+    calls.clear()
+    sweep(["code-search"], "2,3", [0], model="tiny-random", profile=UNIT, out=tmp_path, force=True, progress=False)
+    assert len(calls) == 2  # --force reruns everything
+
+
+def test_a_damaged_record_is_rerun(tmp_path, monkeypatch):
+    path = trainer.record_path(tmp_path, "code-search", "tiny-random", "telly", 3, 0, "unit")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"run": "half')
+    calls = []
+    monkeypatch.setattr(trainer, "finetune", lambda *a, **k: calls.append(a) or {"run": "x"})
+    sweep(["code-search"], "3", [0], model="tiny-random", profile=UNIT, out=tmp_path, progress=False)
+    assert len(calls) == 1
+
+
+def test_sweep_cli_rejects_bad_input_before_running(tmp_path, capsys):
+    assert cli.main(["sweep", "--tasks", "code-search,nope", "--model", "tiny-random", "--profile", "smoke",
+                     "--out", str(tmp_path)]) == 2
+    assert "unknown task 'nope'" in capsys.readouterr().err
+    assert cli.main(["sweep", "--tasks", "code-search", "--freeze=-1..9", "--model", "tiny-random",
+                     "--profile", "smoke", "--out", str(tmp_path)]) == 2
+    assert "out of range -1..3" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    profile = replace(UNIT, train_examples=16, test_examples=16, epochs=2)
+    sweep(["code-search"], "-1,2,3", [0], model="tiny-random", profile=profile, out=out, progress=False)
+    return out
+
+
+def test_freeze_table_compares_every_depth_to_full_fine_tuning(tiny_sweep):
+    from telly.sweep import freeze_table, load_records
+
+    records = load_records(tiny_sweep, model="tiny-random", profile="unit")
+    assert len(records) == 3 and not load_records(tiny_sweep, profile="laptop")
+    table = freeze_table(records)
+    assert list(table.freeze) == [-1, 2, 3] and list(table.method) == ["full", "telly", "telly"]
+    full = table.iloc[0]
+    assert full.epoch_seconds_ratio == 1.0 and full.within_full_ci
+    assert table.trainable_millions.is_monotonic_decreasing
+    for row in table.itertuples():
+        assert row.low <= row.value <= row.high
+        assert row.within_full_ci == (row.value >= full.low)
+    with pytest.raises(ValueError, match="run the sweep first"):
+        freeze_table([])
+
+
+def test_compare_to_full_and_generated_findings(tiny_sweep):
+    from telly.sweep import compare_to_full, freeze_findings, freeze_table, load_records
+
+    records = load_records(tiny_sweep)
+    comparisons = compare_to_full(records, "code-search", samples=100)
+    assert set(comparisons.method) == {"telly", "zero-shot"} and len(comparisons) == 3
+    for row in comparisons.itertuples():
+        assert row.low <= row.difference <= row.high and 0 <= row.p_value <= 1
+    text = freeze_findings(freeze_table(records), comparisons)
+    full = freeze_table(records).iloc[0]
+    assert text.startswith("**code-search**") and f"mrr {full.value:.3f}" in text
+    assert ("stays within that CI for K =" in text) or ("No Telly-K run" in text)
+    with pytest.raises(ValueError, match="no full fine-tuning record"):
+        compare_to_full([r for r in records if r["method"] != "full"], "code-search")
+
+
+def test_freeze_results_chart_and_paper_rows(tiny_sweep):
+    from telly.charts import freeze_results_chart
+    from telly.paper import paper_telly_rows, paper_trainable_millions
+    from telly.sweep import freeze_table, load_records
+
+    table = freeze_table(load_records(tiny_sweep))
+    spec = freeze_results_chart(table, "code-search").to_dict()
+    assert len(spec["hconcat"]) == 4
+    with pytest.raises(ValueError, match="no full or Telly-K rows"):
+        freeze_results_chart(table, "clone-detection")
+    assert paper_trainable_millions(0) == 85.05 and paper_trainable_millions(11) == 7.09
+    rows = paper_telly_rows(["code-search"])
+    assert {r["freeze"] for r in rows} == {-1, 5, 8, 10, 11}
+    assert next(r for r in rows if r["freeze"] == 5)["epoch_seconds"] == 11 * 60 + 42
+    with pytest.raises(ValueError, match="no Telly-K results"):
+        paper_telly_rows(["type-inference"])
+
+
+def _generation_record(freeze, bleu, reasons):
+    return {"task": "code-summarization", "method": "full" if freeze == -1 else "telly", "freeze": freeze,
+            "metric": "bleu", "test": {"bleu": bleu, "degenerate": float(bool(reasons))},
+            "generation": {"degenerate": {"is_degenerate": bool(reasons), "reasons": reasons}}}
+
+
+def test_degenerate_findings_name_the_degenerate_runs_from_the_records():
+    from telly.sweep import degenerate_findings
+
+    records = [_generation_record(-1, 0.042, []), _generation_record(5, 0.011, ["all 8 predictions are identical: 'the'"]),
+               {"task": "code-search", "method": "full", "freeze": -1, "metric": "mrr", "test": {"mrr": 0.5}}]
+    text = degenerate_findings(records)
+    assert "code-search" not in text and "best test bleu 0.042 over 2 runs" in text
+    assert "1 of 2 runs" in text and "Telly-5 (all 8 predictions are identical: 'the')" in text
+    assert "Base (full)" not in text
+    assert "no run's outputs are degenerate" in degenerate_findings([_generation_record(-1, 0.1, [])])
+    assert degenerate_findings(records[2:]) == ""

@@ -1,0 +1,144 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from telly import backbones, cli
+from telly.profiles import get_profile
+from telly.trainer import WEIGHTS, finetune, record_path, run_name
+
+# Tiny sizes: 2 steps per epoch, so a tiny-random run takes seconds.
+UNIT = replace(get_profile("smoke"), name="unit", train_examples=16, valid_examples=8, test_examples=8,
+               batch_size=8, epochs=2, patience=1, bootstrap_samples=50, learning_rate=1e-3)
+
+
+def _weights(out, record):
+    return load_file(str(Path(out) / record["run"] / WEIGHTS))
+
+
+def test_record_carries_every_design_field_and_the_best_weights_load_back(tmp_path):
+    record = finetune("code-search", "tiny-random", 2, profile=UNIT, out=tmp_path, progress=False)
+    path = record_path(tmp_path, "code-search", "tiny-random", "telly", 2, 0, "unit")
+    assert path.exists() and json.loads(path.read_text())["run"] == record["run"]
+    for key in ("model", "task", "freeze", "seed", "profile", "parameters", "epochs", "epochs_to_best",
+                "test", "test_ci", "peak_memory_mb", "provenance", "time_to_best_seconds", "zero_shot"):
+        assert key in record, key
+    assert record["provenance"]["corpus_fingerprint"] == record["data"]["fingerprint"]
+    assert set(record["provenance"]["versions"]) >= {"torch", "transformers", "accelerate"}
+    assert len(record["epochs"]) == record["epochs_run"] >= 1
+    for epoch in record["epochs"]:
+        assert epoch["train_seconds"] > 0 and epoch["eval_seconds"] > 0 and "mrr" in epoch["valid"]
+    ci = record["test_ci"]["mrr"]
+    assert ci["low"] <= record["test"]["mrr"] <= ci["high"]
+    assert len(record["test_per_example"]["reciprocal_rank"]) == UNIT.test_examples
+    assert record["cache"]["storage"] == "memory" and record["uses_cache"]
+    assert record["zero_shot"]["test"]["mrr"] > 0
+    # trainable = blocks 2..3 of the 4-block tiny model (a bi-encoder has no head parameters)
+    fresh = backbones.load("tiny-random")
+    expected = sum(p.numel() for p in fresh.layers[2:].parameters())
+    assert record["parameters"]["backbone_trainable"] == record["parameters"]["trainable"] == expected
+    # the saved backbone loads under the HF base model's keys: frozen blocks unchanged, top ones trained
+    trained = backbones.load("tiny-random", checkpoint=tmp_path / record["run"])
+    assert set(_weights(tmp_path, record)) == set(fresh.model.state_dict())
+    torch.testing.assert_close(trained.layers[1].state_dict(), fresh.layers[1].state_dict())
+    assert not torch.allclose(trained.layers[3].output.dense.weight, fresh.layers[3].output.dense.weight)
+
+
+def test_cached_and_uncached_training_agree_without_dropout(tmp_path):
+    cached = finetune("clone-detection", "tiny-random", 2, profile=UNIT, out=tmp_path, dropout=0.0, progress=False)
+    uncached = finetune("clone-detection", "tiny-random", 2, profile=UNIT, out=tmp_path, cache=False,
+                        dropout=0.0, progress=False)
+    assert cached["run"] != uncached["run"] and uncached["cache"] is None
+    assert cached["epochs"][0]["train_loss"] == pytest.approx(uncached["epochs"][0]["train_loss"], abs=1e-5)
+    a, b = _weights(tmp_path, cached), _weights(tmp_path, uncached)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_bad_input_gives_clear_errors(tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        finetune("nope", "tiny-random", 0, profile=UNIT, out=tmp_path)
+    with pytest.raises(ValueError, match=r"freeze depth must be in -1\.\.3 .*got 4"):
+        finetune("code-search", "tiny-random", 4, profile=UNIT, out=tmp_path)
+    with pytest.raises(ValueError, match="unknown method 'adapter'"):
+        finetune("code-search", "tiny-random", -1, method="adapter", profile=UNIT, out=tmp_path)
+    with pytest.raises(ValueError, match="freeze must be -1"):
+        finetune("code-search", "tiny-random", 2, method="lora", profile=UNIT, out=tmp_path)
+    assert cli.main(["finetune", "--task", "code-search", "--freeze", "9", "--model", "tiny-random",
+                     "--profile", "smoke", "--out", str(tmp_path)]) == 2
+    assert "freeze depth must be in -1..3" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_bitfit_and_lora_train_what_they_should_and_save_plain_backbones(tmp_path):
+    bitfit = finetune("clone-detection", "tiny-random", -1, method="bitfit", profile=UNIT, out=tmp_path, progress=False)
+    fresh = backbones.load("tiny-random")
+    biases = sum(p.numel() for n, p in fresh.model.named_parameters() if n.endswith("bias"))
+    head = 2 * 32 * 32 + 32 + 32 * 2 + 2  # dense(2H->H) + out(H->2), H = 32
+    assert bitfit["parameters"]["backbone_trainable"] == biases
+    assert bitfit["parameters"]["trainable"] == biases + head
+    assert bitfit["head_learning_rate"] == 20 * UNIT.learning_rate  # the random classifier learns faster
+    lora = finetune("clone-detection", "tiny-random", -1, method="lora", profile=UNIT, out=tmp_path,
+                    lora_r=4, progress=False)
+    assert lora["method_config"]["lora_r"] == 4 and lora["method_config"]["lora_targets"] == ["query", "value"]
+    adapters = 4 * 2 * (4 * (32 + 32))  # 4 blocks x (query, value) x r x (in + out)
+    assert lora["parameters"]["backbone_trainable"] == adapters
+    assert set(_weights(tmp_path, lora)) == set(fresh.model.state_dict())  # adapters merged away
+    backbones.load("tiny-random", checkpoint=tmp_path / lora["run"])
+
+
+def test_epoch_checkpoints_on_request(tmp_path):
+    record = finetune("code-search", "tiny-random", 3, profile=replace(UNIT, patience=5), out=tmp_path,
+                      save_epoch_checkpoints=True, progress=False)
+    for epoch in range(1, record["epochs_run"] + 1):
+        assert (tmp_path / record["run"] / f"epoch-{epoch}" / WEIGHTS).exists()
+    assert record["epochs_run"] == UNIT.epochs
+
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    from dataclasses import replace
+    from telly.profiles import get_profile
+    from telly.trainer import finetune
+    profile = replace(get_profile("smoke"), name="unit", train_examples=16, valid_examples=8,
+                      test_examples=8, batch_size=8, epochs=1, bootstrap_samples=20, learning_rate=1e-3)
+    finetune(sys.argv[1], "tiny-random", int(sys.argv[2]), profile=profile, out=sys.argv[3], dropout=0.0,
+             progress=False)
+""")
+
+
+@pytest.mark.parametrize("task,freeze", [("code-search", -1), ("clone-detection", 2)])
+def test_two_cpu_processes_match_one_process_on_the_same_global_batch(tmp_path, task, freeze):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, str(script), task, str(freeze), str(one)], check=True, env=env, timeout=600)
+    launched = subprocess.run(
+        # torchrun starts the two gloo processes (`accelerate launch --cpu` would start only one)
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), task, str(freeze), str(two)],
+        env=env, timeout=600, capture_output=True, text=True)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    name = run_name(task, "tiny-random", "full" if freeze == -1 else "telly", freeze, 0, "unit")
+    single, double = (json.loads((d / f"{name}.json").read_text()) for d in (one, two))
+    assert single["num_processes"] == 1 and double["num_processes"] == 2
+    a, b = load_file(str(one / name / WEIGHTS)), load_file(str(two / name / WEIGHTS))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    assert single["test"] == pytest.approx(double["test"], abs=1e-6)
+
+
+@pytest.mark.integration
+def test_smoke_finetune_of_minilm_on_code_search(tmp_path):
+    record = finetune("code-search", "minilm-l6", 4, profile="smoke", out=tmp_path, progress=False)
+    assert record["parameters"]["num_layers"] == 6 and record["cache"]["depth"] == 4
+    assert record["zero_shot"]["test"]["mrr"] > 0.3  # a pre-trained sentence encoder already matches docstrings
+    assert record["test"]["mrr"] > 0.3
