@@ -1,0 +1,60 @@
+"""Code summarization: generate a function's docstring summary from its code.
+
+Offline data: each corpus function's code without its docstring -> the docstring's first paragraph
+(`telly.corpus`, split by module). Real data: CodeSearchNet in the CodeXGLUE code-to-text format
+(`telly.loaders.load_codesearchnet`), code and docstring tokens joined by spaces as CodeXGLUE does.
+Metric: CodeXGLUE's smoothed sentence BLEU-4, averaged, x100 (`telly.generation`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from telly.generation import (DEGENERATE_METRICS, GenerationExample, GenerationTask,
+                              codexglue_sentence_bleu, task_data)
+from telly.profiles import Profile
+from telly.tasks import TaskConfig, TaskData
+
+
+@dataclass(frozen=True)
+class CodeSummarizationConfig(TaskConfig):
+    language: str = "python"  # CodeSearchNet language when data_path is given
+
+
+class CodeSummarizationTask(GenerationTask):
+    name = "code-summarization"
+    metric = "bleu"
+    metrics = ("bleu", *DEGENERATE_METRICS)
+    config_class = CodeSummarizationConfig
+
+    def load_data(self, profile: Profile, seed: int = 0) -> TaskData:
+        sizes = dict(zip(("train", "valid", "test"), profile.generation_examples))
+        if self.config.data_path:
+            from telly.loaders import load_codesearchnet
+
+            splits = {}
+            for split, size in sizes.items():
+                records = load_codesearchnet(self.config.data_path, split, self.config.language, limit=size)
+                splits[split] = [GenerationExample(source=" ".join(r.code_tokens) or r.code,
+                                                   target=" ".join(r.docstring_tokens) or r.docstring,
+                                                   id=f"{r.path}:{r.name}") for r in records]
+            source = f"CodeSearchNet {self.config.language} at {self.config.data_path}"
+        else:
+            from telly.corpus import load_corpus, sample, split
+
+            corpus = load_corpus("stdlib")
+            parts = split(corpus)
+            splits = {name: [GenerationExample(source=fn.code_without_doc, target=fn.docstring,
+                                               id=f"{fn.path}:{fn.qualname}")
+                             for fn in sample(parts[name], size, seed=seed)]
+                      for name, size in sizes.items()}
+            source = f"{corpus.source} corpus {corpus.fingerprint}"
+        return task_data(self.name, splits, source)
+
+    def per_example_scores(self, references: list[str], predictions: list[str]) -> dict[str, np.ndarray]:
+        return {"bleu": np.array([100.0 * codexglue_sentence_bleu(r, p) for r, p in zip(references, predictions)])}
+
+    def quality(self, per_example: dict[str, np.ndarray]) -> dict[str, float]:
+        return {"bleu": float(np.mean(per_example["bleu"]))}
+
