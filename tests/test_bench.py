@@ -1,0 +1,278 @@
+"""telly.bench: the measurement harness on a fake clock, the memory and probing measurements, and a
+tiny end-to-end bench. No timing assertions: speed goals live in the benchmark's own table."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from telly import bench
+from telly.profiles import get_profile
+
+
+class FakeClock:
+    """A clock that only moves when a variant says how long it 'took'."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_interleave_takes_medians_rotates_order_and_ratios():
+    clock = FakeClock()
+    durations = {"full": [10.0, 30.0, 11.0], "telly": [2.0, 9.0, 3.0], "lora": [6.0, 5.0, 7.0]}
+    calls = []
+
+    def variant(name):
+        def run(watch, repeat):
+            calls.append((repeat, name))
+            with watch.measure("epoch"):
+                clock.now += durations[name][repeat]
+            with watch.measure("setup"):
+                clock.now += 1.0
+            return {"seen": repeat}
+        return run
+
+    runs = bench.interleave({n: variant(n) for n in durations}, 3, clock=clock, progress=False)
+    assert [n for r, n in calls if r == 0] == ["full", "telly", "lora"]
+    assert [n for r, n in calls if r == 1] == ["telly", "lora", "full"]
+    assert [n for r, n in calls if r == 2] == ["lora", "full", "telly"]
+    assert runs["full"].seconds["epoch"] == [10.0, 30.0, 11.0]
+    medians = {n: r.median("epoch") for n, r in runs.items()}
+    assert medians == {"full": 11.0, "telly": 3.0, "lora": 6.0}
+    assert runs["telly"].median("setup") == 1.0
+    assert runs["lora"].info == {"seen": 2}
+    ratios = bench.ratio_to(medians, "full")
+    assert ratios["full"] == 1.0
+    assert ratios["telly"] == pytest.approx(3 / 11)
+    assert ratios["lora"] == pytest.approx(6 / 11)
+
+
+def test_stopwatch_accumulates_and_syncs_around_each_measure():
+    clock, synced = FakeClock(), []
+    watch = bench.Stopwatch(clock, sync=lambda: synced.append(clock.now))
+    for step in (1.5, 2.5):
+        with watch.measure("epoch"):
+            clock.now += step
+    assert watch.seconds == {"epoch": 4.0}
+    assert len(synced) == 4
+
+
+def test_harness_errors_are_clear():
+    with pytest.raises(RuntimeError, match="measured nothing"):
+        bench.interleave({"idle": lambda watch, repeat: None}, 1, progress=False)
+    with pytest.raises(ValueError, match="repeats"):
+        bench.interleave({"idle": lambda watch, repeat: None}, 0, progress=False)
+    with pytest.raises(ValueError, match="reference variant 'full'"):
+        bench.ratio_to({"telly": 1.0}, "full")
+
+
+def test_payback_and_limits():
+    # C + E*cached < E*uncached  <=>  E > 6 / (5 - 2) = 2
+    assert bench.payback_epochs(6.0, 2.0, 5.0) == pytest.approx(2.0)
+    assert bench.payback_epochs(6.0, 5.0, 5.0) is None
+    assert bench.compute_limit(12, 10) == pytest.approx(2 / 12)
+    assert bench.paper_estimate(12, 12) == pytest.approx(1 / 3)
+    assert bench.freeze_depths(12) == [0, 6, 10, 11]
+    assert bench.freeze_depths(6) == [0, 3, 4, 5]
+    names = [v.name for v in bench.training_variants(12)]
+    assert names == ["full", "telly-0", "telly-0-cached", "telly-6", "telly-6-cached", "telly-10",
+                     "telly-10-cached", "telly-11", "telly-11-cached", "lora", "bitfit"]
+
+
+def test_tensor_bytes_counts_shared_storage_once():
+    weight = torch.zeros(1000)
+    view = weight[:10]
+    assert bench.tensor_bytes([weight, view, None, torch.zeros(250)]) == 4000 + 1000
+
+
+def test_profiled_peak_sees_a_freed_transient_allocation():
+    kept = []
+
+    def step():
+        transient = torch.ones(1_000_000)  # 4 MB, freed at the end of the step
+        kept.append(transient[:10].clone())
+        del transient
+
+    peak = bench.profiled_peak_bytes(step)
+    assert 4_000_000 <= peak < 16_000_000
+    assert bench.peak_memory_bytes(step, torch.device("cpu"), resident=lambda: 1234) >= 4_000_000 + 1234
+
+
+def test_truncated_forwards_compute_the_same_features_as_one_pass(tiny):
+    from telly.features import layer_features
+
+    texts = ["def add(a, b): return a + b", "x = [i * i for i in range(10)]", "print('hello')"]
+    one = layer_features(tiny, texts, max_length=16, batch_size=2, cache=False, progress=False).pooled
+    many = bench.truncated_layer_features(tiny, texts, max_length=16, batch_size=2)
+    assert many.shape == one.shape == (tiny.num_layers + 1, 3, tiny.hidden_size)
+    np.testing.assert_allclose(many, one, rtol=1e-4, atol=1e-5)
+
+
+def _row(model, layers, k, ratio, memory):
+    return {"model": model, "num_layers": layers, "freeze": k, "cached": True, "ratio_to_full": ratio,
+            "compute_limit": bench.compute_limit(layers, k), "peak_memory_ratio": memory}
+
+
+def test_acceptance_says_by_how_much_a_target_is_missed():
+    checks = bench.acceptance([_row("unixcoder-shape", 12, 10, 0.30, 0.4),
+                               _row("unixcoder-shape", 12, 6, 0.60, 0.7),
+                               {"model": "unixcoder-shape", "cached": False}])
+    by_target = {c["target"].split(" <=")[0] + ("" if "limit" not in c["target"] else " limit"): c for c in checks}
+    epoch = by_target["cached Telly-10 epoch time"]
+    assert not epoch["met"] and epoch["missed_by"] == pytest.approx(0.30 / 0.25 - 1) and epoch["binding"]
+    assert by_target["cached Telly-10 peak memory"]["met"]
+    assert not by_target["cached Telly-10 epoch ratio limit"]["met"]  # 0.30 > 1.3 * 2/12
+    assert by_target["cached Telly-6 epoch ratio limit"]["met"]  # 0.60 <= 1.3 * 0.5
+    assert len(checks) == 4
+    assert not bench.acceptance([_row("minilm-l6", 6, 4, 0.1, 0.1)])[0]["binding"]
+
+
+@pytest.fixture(scope="module")
+def smoke_record(tmp_path_factory):
+    """A whole bench on tiny-random with tiny sizes, a tiny corpus and synthetic training pairs."""
+    from telly.tasks.code_search import SearchExample
+
+    root = tmp_path_factory.mktemp("bench")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    (corpus / "shapes.py").write_text(
+        'def area(width, height):\n    """Return the area of a rectangle."""\n    return width * height\n\n\n'
+        'def perimeter(width, height):\n    """Return the perimeter of a rectangle."""\n    return 2 * (width + height)\n')
+    profile = replace(get_profile("smoke"), bench_repeats=2, bench_steps=2, bench_batch_size=2,
+                      bench_code_tokens=16, bench_probe_texts=2, bench_similarity_inputs=20,
+                      max_code_tokens=16, max_text_tokens=8, feature_batch_size=2)
+    examples = [SearchExample(query=f"add {i} to x", code=f"def f{i}(x):\n    return x + {i}\n", id=str(i))
+                for i in range(4)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        record = bench.run_bench(profile, root / "out", model="tiny-random", models=["tiny-random"],
+                                 corpus_source=corpus, training_examples=examples, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return record, root / "out"
+
+
+def test_smoke_bench_writes_a_well_formed_record(smoke_record):
+    record, out = smoke_record
+    stored = json.loads((out / "bench.json").read_text())
+    assert stored["profile"] == "smoke" and stored["device_type"] == "cpu"
+    assert {"model", "profile", "device", "date", "versions"} <= set(stored["provenance"])
+    rows = {r["variant"]: r for r in stored["training"]}
+    assert list(rows) == [v.name for v in bench.training_variants(4)]
+    for row in rows.values():
+        assert {"model", "method", "freeze", "cached", "epoch_seconds", "ratio_to_full",
+                "peak_memory_ratio"} <= set(row)
+        assert row["model"] == "tiny-random"
+        assert len(row["epoch_seconds_runs"]) == 2
+        assert row["epoch_seconds"] == pytest.approx(float(np.median(row["epoch_seconds_runs"])))
+        assert row["peak_memory_mb"] > 0 and row["trainable_parameters"] <= row["total_parameters"]
+        assert (row["compute_limit"] is not None) == row["cached"]
+    assert rows["full"]["ratio_to_full"] == 1.0 and rows["full"]["peak_memory_ratio"] == 1.0
+    assert rows["telly-3-cached"]["compute_limit"] == pytest.approx(0.25)
+    assert rows["telly-3"]["ratio_to_full"] == pytest.approx(
+        rows["telly-3"]["epoch_seconds"] / rows["full"]["epoch_seconds"])
+    # Freezing more trains less, and BitFit trains only biases.
+    assert rows["telly-3"]["trainable_parameters"] < rows["telly-0"]["trainable_parameters"] \
+        < rows["full"]["trainable_parameters"]
+    assert [c["freeze"] for c in stored["cache"]] == [0, 2, 3]
+    assert all(c["cache_seconds"] > 0 for c in stored["cache"])
+    assert stored["corpus"]["functions"] == 2
+    assert stored["probing"]["num_layers"] == 4 and stored["probing"]["speedup_limit"] == 2.5
+    assert stored["similarity"]["layers"] == 13 and stored["similarity"]["n"] == 20
+    assert stored["acceptance"] and not any(a["binding"] for a in stored["acceptance"])
+    table = (out / "bench.md").read_text()
+    assert "| Telly-3 cached |" in table and "compute limit" in table
+
+
+def test_summary_and_readme_are_generated_from_the_numbers(smoke_record, tmp_path):
+    record, _ = smoke_record
+    rows = {r["variant"]: r for r in record["training"]}
+    text = bench.summary_text(record)
+    assert f"{rows['telly-2-cached']['ratio_to_full']:.2f}x from the frozen-prefix cache" in text
+    assert f"{record['probing']['speedup']:.1f}x faster" in text
+    readme = tmp_path / "README.md"
+    readme.write_text("# Bench\n\nintro\n")
+    bench.update_readme(readme, record)
+    bench.update_readme(readme, record)  # replaces its own block, does not append a second
+    content = readme.read_text()
+    assert content.count("<!-- bench:cpu:start -->") == 1 and content.startswith("# Bench")
+    assert "bench:gpu" not in content
+
+
+def test_ratio_chart_marks_compute_limits(smoke_record):
+    from telly.charts import bench_ratio_chart
+
+    record, _ = smoke_record
+    spec = bench_ratio_chart(record["training"]).to_dict()
+    marks = [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"]
+             for layer in spec["spec"]["layer"]]
+    assert marks == ["bar", "rule", "tick"]
+    memory = bench_ratio_chart(record["training"], value="peak_memory_ratio", limit=None).to_dict()
+    assert len(memory["spec"]["layer"]) == 2
+    with pytest.raises(ValueError, match="missing column"):
+        bench_ratio_chart([{"model": "m"}])
+
+
+def test_cli_rejects_unknown_sections(tmp_path, capsys):
+    from telly.cli import main
+
+    assert main(["bench", "--profile", "smoke", "--out", str(tmp_path), "--sections", "nonsense"]) == 2
+    assert "unknown bench section" in capsys.readouterr().err
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_load_or_run_reuses_a_matching_record(smoke_record, monkeypatch):
+    record, out = smoke_record
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("load_or_run re-ran a bench whose record was already there")
+
+    monkeypatch.setattr(bench, "run_bench", must_not_run)
+    reused = bench.load_or_run("smoke", out, model="tiny-random")
+    assert reused["provenance"]["date"] == record["provenance"]["date"]
+    assert set(reused["section_seconds"]) == set(bench.SECTIONS)
+    with pytest.raises(AssertionError, match="re-ran"):  # another profile's bench is not reused
+        bench.load_or_run("laptop", out, model="tiny-random")
+
+
+def test_training_bench_needs_a_full_epoch_of_examples(tiny):
+    from telly.tasks.code_search import SearchExample
+
+    profile = replace(get_profile("smoke"), bench_batch_size=4, bench_steps=2)
+    with pytest.raises(ValueError, match="2 x 4 examples for one epoch, got 1"):
+        bench.TrainingWorkload(tiny, profile, torch.device("cpu"), [SearchExample("q", "def f(): pass", "0")])
+
+
+def test_corpus_bench_parses_every_cold_load_and_none_cached(tmp_path, monkeypatch):
+    import os
+
+    import telly.corpus as corpus
+
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "one.py").write_text('def double(x):\n    """Return twice the given number."""\n    return 2 * x\n')
+    parsed = []
+    real = corpus._functions_in_file
+    monkeypatch.setattr(corpus, "_functions_in_file", lambda *a, **k: parsed.append(a[0]) or real(*a, **k))
+    before = os.environ.get("TELLY_CACHE")
+    result = bench.corpus_bench(source, repeats=3, progress=False)
+    assert len(parsed) == 3  # the file is parsed by each of the 3 cold loads, never by a cached one
+    assert result["functions"] == 1
+    assert len(result["runs"]["cold"]) == len(result["runs"]["cached"]) == 3
+    assert os.environ.get("TELLY_CACHE") == before
+
+
+def test_a_subset_of_sections_writes_only_those(tmp_path):
+    profile = replace(get_profile("smoke"), bench_similarity_inputs=12)
+    record = bench.run_bench(profile, tmp_path, sections=["similarity"], progress=False)
+    assert "similarity" in record and "training" not in record and "corpus" not in record
+    table = (tmp_path / "bench.md").read_text()
+    assert "Similarity (12 inputs x 13 layers" in table and "Training" not in table
+    assert "RSA over 12 inputs" in bench.summary_text(record)
