@@ -191,3 +191,20 @@ def test_token_sets_fall_back_to_words_for_code_python_cannot_tokenize():
     assert code_token_set("def f(a):\n    return a\n") == {"def", "f", "(", "a", ")", ":", "return"}
     with pytest.raises(ValueError, match="valid split is empty"):
         token_overlap_baseline(TaskData([], [], _pairs([(SAME, SAME, 1)]), "x", "unit test"))
+
+
+def test_clone_negatives_include_near_misses_that_token_overlap_cannot_separate():
+    from telly.corpus import token_kinds
+
+    data = get_task("clone-detection").load_data(SMOKE)
+    pairs = data.train + data.valid + data.test
+    near = [p for p in pairs if p.label == 0 and p.id.endswith("~")]
+    assert len(near) >= len(pairs) // 8
+
+    def overlap(pair):
+        a, b = ({t.text for t in token_kinds(code)} for code in (pair.code_a, pair.code_b))
+        return len(a & b) / len(a | b)
+
+    clones = {p.id[:-1]: p for p in pairs if p.label == 1}
+    gaps = [overlap(clones[p.id[:-1]]) - overlap(p) for p in near if p.id[:-1] in clones]
+    assert gaps and np.median(np.abs(gaps)) < 0.1  # a near miss overlaps its clone's original as much as the clone

@@ -1,0 +1,198 @@
+"""The built book in headless Chromium: no request leaves 127.0.0.1, every chart draws, the slider works.
+
+Two books are built: the real smoke book (`telly book --profile smoke`, whatever chapters exist) and a
+one-chapter fixture book whose chapter is written here (a freeze slider, an ipywidget, math), so the
+slider and widget checks run even before the chapters that use them land.
+"""
+from __future__ import annotations
+
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from telly.book import find_chapters
+from telly.charts import freeze_label
+from test_book import BOOK, write_chapter
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser")) if p), None)
+if CHROMIUM is None:
+    pytest.skip("Debian chromium is not installed (`make browser` installs it)", allow_module_level=True)
+from playwright import sync_api  # noqa: E402  (a test dependency: pip install -e '.[test]')
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+LOCAL_HOSTS = {"127.0.0.1"}
+# Console noise of the theme, not of the book: Jupyter Book 1 emits sphinx-thebe's inline config twice
+# (thebe is off, nothing is fetched), and pydata-sphinx-theme complains about an empty stored theme.
+THEME_NOISE = ("Identifier 'THEBE_JS_URL' has already been declared", "Got invalid theme mode")
+
+
+def _build(book_dir: Path, out: Path, profile: str = "smoke") -> Path:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "telly.cli", "book", "--profile", profile, "--book", str(book_dir), "--out", str(out)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr[-6000:]}"
+    return book_dir / "_build" / "html"
+
+
+@pytest.fixture(scope="module")
+def smoke_book(tmp_path_factory) -> Path:
+    """The real book at the smoke profile, built from a copy so the repository's build tree is untouched."""
+    root = tmp_path_factory.mktemp("smoke-book")
+    shutil.copytree(BOOK, root / "book", ignore=shutil.ignore_patterns("_build", ".ipynb_checkpoints"))
+    return _build(root / "book", root / "runs")
+
+
+@pytest.fixture(scope="module")
+def fixture_book(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fixture-book")
+    book = root / "book"
+    shutil.copytree(BOOK, book, ignore=shutil.ignore_patterns("_build", "[0-9][0-9]-*.ipynb", ".ipynb_checkpoints"))
+    (book / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: 01-fixture\n")
+    write_chapter(book / "01-fixture.ipynb", [
+        "# A fixture chapter\n\nFreezing $K$ of $L$ layers:\n\n$$\\text{trainable} = (L - K)\\,p$$",
+        "from telly import charts\nimport ipywidgets\ncharts.setup_offline_rendering()",
+        "rows = [dict(freeze=k, mrr=0.72 - 0.004 * k, epoch_seconds=1000.0 - 60 * k) for k in (-1, 0, 2, 5, 8, 10, 11)]\n"
+        "charts.freeze_slider_chart(rows, metric='mrr', costs=['epoch_seconds'], start=11)",
+        "ipywidgets.IntSlider(value=7, min=0, max=11, description='fixture widget')",
+    ])
+    return _build(book, root / "runs")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with tempfile.TemporaryDirectory(prefix="telly-chromium-") as profile, sync_api.sync_playwright() as playwright:
+        # a persistent context takes our fresh --user-data-dir; playwright adds its own --headless flag
+        context = playwright.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True,
+            args=[flag for flag in CHROMIUM_FLAGS if flag != "--headless"])
+        yield context
+        context.close()
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def serve(directory: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
+    handler = lambda *a, **k: _Quiet(*a, directory=str(directory), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}"
+
+
+def chapter_pages(html: Path) -> list[Path]:
+    return sorted(html.glob("[0-9][0-9]-*.html"))
+
+
+def load(browser, url: str) -> tuple[object, list[str], list[str]]:
+    """Open a page, blocking and logging every request that is not for 127.0.0.1; returns page, requests, errors."""
+    page = browser.new_page()
+    requests, errors = [], []
+
+    def route(route):
+        requests.append(route.request.url)
+        host = urlparse(route.request.url).hostname
+        if route.request.url.startswith(("data:", "blob:", "about:")) or host in LOCAL_HOSTS:
+            route.continue_()
+        else:
+            route.abort()
+
+    page.route("**/*", route)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.goto(url, wait_until="load")
+    return page, requests, errors
+
+
+def check_page(browser, base: str, html: Path, page_path: Path) -> object:
+    page, requests, errors = load(browser, f"{base}/{page_path.relative_to(html).as_posix()}")
+    charts = page.locator(".telly-chart").count()
+    if charts:
+        page.wait_for_function(f"document.querySelectorAll('.telly-chart.vega-embed svg').length >= {charts}",
+                               timeout=30_000)
+    foreign = [url for url in requests if urlparse(url).hostname not in LOCAL_HOSTS | {None}
+               and not url.startswith(("data:", "blob:"))]
+    assert not foreign, f"{page_path.name} requested non-local URLs: {foreign}"
+    for index in range(charts):
+        chart = page.locator(".telly-chart").nth(index)
+        assert chart.locator("svg [class*='mark-']").count() > 0, \
+            f"{page_path.name}: chart {index} drew no vega marks"
+        assert chart.locator(".telly-chart-error, .telly-chart-missing").count() == 0, \
+            f"{page_path.name}: chart {index} failed: {chart.inner_text()}"
+    assert not [e for e in errors if not e.startswith(THEME_NOISE)], f"{page_path.name} logged errors: {errors}"
+    return page
+
+
+def readout(page) -> list[str]:
+    return page.eval_on_selector_all("g[class*='freeze_readout'] text", "nodes => nodes.map(n => n.textContent)")
+
+
+def move_slider(page, value: int) -> None:
+    page.eval_on_selector("input[type=range][name=freeze_k]",
+                          "(el, v) => { el.value = String(v); el.dispatchEvent(new Event('input', {bubbles: true})); }",
+                          value)
+
+
+def check_slider(page) -> None:
+    before = readout(page)
+    assert before, "the freeze slider chart shows no readout row"
+    high = int(page.get_attribute("input[type=range][name=freeze_k]", "max"))
+    low = int(page.get_attribute("input[type=range][name=freeze_k]", "min"))
+    target = low if any(freeze_label(high) in line for line in before) else high
+    move_slider(page, target)
+    page.wait_for_function("b => Array.from(document.querySelectorAll(\"g[class*='freeze_readout'] text\"))"
+                           ".map(n => n.textContent).join('|') !== b", arg="|".join(before), timeout=10_000)
+    after = readout(page)
+    expected = freeze_label(target)
+    assert all(line != old for line, old in zip(after, before)), (before, after)
+    assert any(expected in line for line in after), f"slider at {target} highlights {after}"
+
+
+def test_smoke_book_pages_are_offline_and_draw(smoke_book, browser):
+    chapters, _ = find_chapters(BOOK)
+    assert [p.stem for p in chapter_pages(smoke_book)] == sorted(c.name for c in chapters)
+    server, base = serve(smoke_book)
+    try:
+        pages = [smoke_book / "intro.html", *chapter_pages(smoke_book)]
+        for page_path in pages:
+            page = check_page(browser, base, smoke_book, page_path)
+            if page_path.name != "intro.html":
+                assert page.locator(".telly-chart").count() > 0, f"{page_path.name} shows no chart"
+            if page.locator("input[type=range][name=freeze_k]").count():
+                check_slider(page)
+            page.close()
+    finally:
+        server.shutdown()
+
+
+def test_fixture_book_slider_widget_and_math(fixture_book, browser):
+    server, base = serve(fixture_book)
+    try:
+        page = check_page(browser, base, fixture_book, fixture_book / "01-fixture.html")
+        assert page.locator(".telly-chart").count() == 1
+        assert "Telly-11" in " ".join(readout(page))
+        move_slider(page, 3)  # no run at K=3: the nearest, shallower run (K=2) is highlighted
+        page.wait_for_function("() => document.querySelector(\"g[class*='freeze_readout'] text\").textContent.includes('Telly-2')",
+                               timeout=10_000)
+        check_slider(page)
+        # the ipywidget renders from the saved state with the local HTML manager
+        page.wait_for_selector(".widget-slider, .jupyter-widgets.widget-slider", timeout=15_000)
+        assert "fixture widget" in page.inner_text(".jupyter-widgets.widget-slider, .widget-slider")
+        # MathJax (local) typesets the formula
+        page.wait_for_selector("mjx-container", timeout=15_000)
+        page.close()
+    finally:
+        server.shutdown()
