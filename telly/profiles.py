@@ -39,6 +39,11 @@ class Profile:
     bench_similarity_inputs: int
     # Frozen-prefix cache budget in memory before spilling to disk shards.
     cache_memory_mb: int
+    # What the book's chapters run in this profile: freeze depths swept ("all" or "-1,0,3"), for
+    # the two classification tasks and for the slower generation tasks; extra probed backbones.
+    sweep_freeze: str = "all"
+    generation_freeze: str = "-1,3,5"
+    extra_probe_models: tuple[str, ...] = ("smollm2-135m",)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +57,7 @@ PROFILES: dict[str, Profile] = {
         learning_rate=5e-5, warmup_ratio=0.1, max_target_tokens=16, num_beams=1, generation_examples=(64, 16, 32),
         bootstrap_samples=200, bench_repeats=1, bench_steps=2, cache_memory_mb=256,
         bench_batch_size=2, bench_code_tokens=32, bench_probe_texts=16, bench_similarity_inputs=500,
+        sweep_freeze="-1,3", generation_freeze="-1,3", extra_probe_models=(),
     ),
     "laptop": Profile(
         name="laptop", probe_functions=600, similarity_functions=1000, max_code_tokens=128,
@@ -68,6 +74,7 @@ PROFILES: dict[str, Profile] = {
         learning_rate=2e-5, warmup_ratio=0.1, max_target_tokens=128, num_beams=10, generation_examples=(None, None, None),
         bootstrap_samples=1000, bench_repeats=5, bench_steps=20, cache_memory_mb=16384,
         bench_batch_size=32, bench_code_tokens=256, bench_probe_texts=1000, bench_similarity_inputs=5000,
+        generation_freeze="all",
     ),
 }
 
