@@ -29,7 +29,7 @@ book: setup
 	$(VENV)/bin/telly book --profile $(PROFILE)
 
 test: setup browser
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=15
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration and not browser"
