@@ -268,15 +268,21 @@ def freeze_slider_chart(rows: pd.DataFrame | Sequence[Mapping[str, Any]], *, met
 SIMILARITY_MEASURE_TITLES = {"rsa": "RSA (paper)", "cka": "linear CKA", "cka_debiased": "debiased CKA"}
 
 
-def _similarity_frame(rows: pd.DataFrame | Sequence[Mapping[str, Any]], needed: Sequence[str],
-                      chart: str) -> pd.DataFrame:
-    frame = pd.DataFrame(list(rows) if not isinstance(rows, pd.DataFrame) else rows)
+def _chart_frame(rows: pd.DataFrame | Sequence[Mapping[str, Any]], needed: Sequence[str],
+                 chart: str) -> pd.DataFrame:
+    """Rows as a DataFrame (a copy), or a clear error naming the chart and the missing columns."""
+    frame = pd.DataFrame(list(rows) if not isinstance(rows, pd.DataFrame) else rows).copy()
     if frame.empty:
         raise ValueError(f"{chart}: no rows to chart")
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise ValueError(f"{chart}: missing column(s) {missing}; the table has {list(frame.columns)}")
-    frame = frame.copy()
+    return frame
+
+
+def _similarity_frame(rows: pd.DataFrame | Sequence[Mapping[str, Any]], needed: Sequence[str],
+                      chart: str) -> pd.DataFrame:
+    frame = _chart_frame(rows, needed, chart)
     frame["measure_title"] = [SIMILARITY_MEASURE_TITLES.get(m, m) for m in frame["measure"]]
     return frame
 
@@ -426,17 +432,6 @@ PROBE_ORDER = ["lexical", "syntactic", "structural", "semantic"]
 STATE_ORDER = ["random", "pretrained", "finetuned"]
 
 
-def _probing_frame(rows: pd.DataFrame | Sequence[Mapping[str, Any]], needed: Sequence[str],
-                   chart: str) -> pd.DataFrame:
-    frame = pd.DataFrame(list(rows) if not isinstance(rows, pd.DataFrame) else rows)
-    if frame.empty:
-        raise ValueError(f"{chart}: no rows to chart")
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{chart}: missing column(s) {missing}; the table has {list(frame.columns)}")
-    return frame
-
-
 def probing_layers_chart(rows: pd.DataFrame | Sequence[Mapping[str, Any]], *, width: int = 190,
                          height: int = 150) -> alt.FacetChart:
     """Layer-wise probe score per layer (0 = embeddings), one panel per probe.
@@ -445,7 +440,7 @@ def probing_layers_chart(rows: pd.DataFrame | Sequence[Mapping[str, Any]], *, wi
     state x layer, as telly.probing.layer_rows gives). Colour = backbone state; the band is the
     bootstrap 95% CI; the dotted line is the control task (Hewitt & Liang) of the same state.
     """
-    frame = _probing_frame(rows, ("model", "probe", "metric", "state", "layer", "score", "ci_low",
+    frame = _chart_frame(rows, ("model", "probe", "metric", "state", "layer", "score", "ci_low",
                                   "ci_high", "control"), "probing_layers_chart")
     frame = frame.assign(panel=frame["probe"] + " (" + frame["metric"] + ")")
     states = [s for s in STATE_ORDER if s in set(frame["state"])]
@@ -470,7 +465,7 @@ def probing_weights_chart(rows: pd.DataFrame | Sequence[Mapping[str, Any]], *, w
 
     rows: model, probe, state, layer, weight (telly.probing.weight_rows). Bars grouped by state.
     """
-    frame = _probing_frame(rows, ("model", "probe", "state", "layer", "weight"), "probing_weights_chart")
+    frame = _chart_frame(rows, ("model", "probe", "state", "layer", "weight"), "probing_weights_chart")
     states = [s for s in STATE_ORDER if s in set(frame["state"])]
     probes = [p for p in PROBE_ORDER if p in set(frame["probe"])]
     return alt.Chart(frame).mark_bar().encode(

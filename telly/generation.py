@@ -57,7 +57,7 @@ from telly.tasks import Batch, Evaluation, Task, TaskData, TaskModel, batches, f
 
 IGNORE = -100  # label of positions that carry no loss (source, padding)
 EXAMPLE_OUTPUTS = 5  # predictions kept in an evaluation's extras (generation_extras) for the book
-# Flagged degenerate: at least this share of predictions empty, or more than this share one same string.
+# Flagged degenerate: at least this share of predictions empty (or looping), or more than this share one same string.
 DEGENERATE_EMPTY_SHARE = 0.5
 DEGENERATE_IDENTICAL_SHARE = 0.5
 
@@ -499,9 +499,20 @@ def degenerate_report(predictions: Sequence[str]) -> dict:
         reasons.append(f"all {n} predictions are identical: {most_common!r}")
     elif n > 1 and count / n > DEGENERATE_IDENTICAL_SHARE and most_common:
         reasons.append(f"{count} of {n} predictions are the same string: {most_common!r}")
+    looping = [p for p in stripped if _repeats_itself(p)]
+    if len(looping) / n >= DEGENERATE_EMPTY_SHARE:
+        reasons.append(f"{len(looping)} of {n} predictions repeat one word over and over, "
+                       f"e.g. {looping[0][:60]!r}")
     return {"n": n, "empty": empty, "empty_share": empty / n, "distinct": distinct,
             "most_common": most_common, "most_common_share": count / n,
+            "looping": len(looping), "looping_share": len(looping) / n,
             "is_degenerate": bool(reasons), "reasons": reasons}
+
+
+def _repeats_itself(prediction: str) -> bool:
+    """A decoding loop: 4+ words of which one word makes up more than half."""
+    words = prediction.split()
+    return len(words) >= 4 and Counter(words).most_common(1)[0][1] / len(words) > 0.5
 
 
 def _same_length(references: Sequence[str], predictions: Sequence[str]) -> None:

@@ -32,13 +32,13 @@ def test_freeze_marks_the_right_modules(tiny):
     assert report.trainable_parameters == report.total_parameters
 
 
-def test_task_heads_stay_trainable(tiny):
+def test_task_heads_stay_trainable():
     from torch import nn
 
     class Classifier(nn.Module):
         def __init__(self):
             super().__init__()
-            self.backbone = tiny.model
+            self.backbone = load("tiny-random").model  # not the shared fixture: this leaves it frozen
             self.head = nn.Linear(32, 2)
 
     model = Classifier()

@@ -287,3 +287,13 @@ def test_example_outputs_show_the_best_and_the_most_frozen_variant():
     assert len(example_outputs(records[1:2], n=3)) == 3  # best and most frozen are the same run: shown once
     with pytest.raises(ValueError, match="one task"):
         example_outputs([records[0], dict(records[1], task="code-generation")])
+
+
+def test_degenerate_report_flags_decoding_loops():
+    from telly.generation import degenerate_report
+
+    looping = ["modular modular modular modular", "med med med med med", "return the value of x"]
+    report = degenerate_report(looping + ["a b c d"])
+    assert report["looping"] == 2 and report["is_degenerate"]
+    assert any("repeat one word" in r for r in report["reasons"])
+    assert not degenerate_report(["return the value", "open a file", "a a b c"])["is_degenerate"]
