@@ -203,6 +203,18 @@ def get_task(name: str | Task, **config) -> Task:
 
 # --- helpers the task modules share ---------------------------------------------------------
 
+def corpus_examples(sizes: dict[str, int | None], seed: int, to_example) -> tuple[dict[str, list], str]:
+    """One example per function sampled from each module-disjoint split of the embedded corpus,
+    `sizes[split]` of them (None = all), and a description of the source."""
+    from telly.corpus import load_corpus, sample, split
+
+    corpus = load_corpus("stdlib")
+    parts = split(corpus)
+    splits = {name: [to_example(fn) for fn in sample(parts[name], size, seed=seed)]
+              for name, size in sizes.items()}
+    return splits, f"{corpus.source} corpus {corpus.fingerprint}"
+
+
 def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
     """Right-padded, truncated token ids and attention mask for a list of texts."""
     encoded = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,

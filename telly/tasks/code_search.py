@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from telly.backbones import Backbone
 from telly.profiles import Profile
 from telly.tasks import (Batch, Evaluation, Task, TaskConfig, TaskData, TaskModel, batches,
-                         fingerprint, mean_pool, tokenize)
+                         corpus_examples, fingerprint, mean_pool, tokenize)
 
 
 @dataclass(frozen=True)
@@ -79,15 +79,8 @@ class CodeSearchTask(Task):
                                 for r in records]
             source = f"CodeSearchNet {self.config.language} at {self.config.data_path}"
         else:
-            from telly.corpus import load_corpus, sample, split
-
-            corpus = load_corpus("stdlib")
-            parts = split(corpus)
-            splits = {name: [SearchExample(query=fn.docstring, code=fn.code_without_doc,
-                                           id=f"{fn.path}:{fn.qualname}")
-                             for fn in sample(parts[name], size, seed=seed)]
-                      for name, size in sizes.items()}
-            source = f"{corpus.source} corpus {corpus.fingerprint}"
+            splits, source = corpus_examples(sizes, seed, lambda fn: SearchExample(
+                query=fn.docstring, code=fn.code_without_doc, id=f"{fn.path}:{fn.qualname}"))
         for name, examples in splits.items():
             if not examples:
                 raise ValueError(f"code-search: the {name} split is empty ({source})")

@@ -14,7 +14,7 @@ import numpy as np
 from telly.generation import (DEGENERATE_METRICS, GenerationExample, GenerationTask,
                               codexglue_sentence_bleu, task_data)
 from telly.profiles import Profile
-from telly.tasks import TaskConfig, TaskData
+from telly.tasks import TaskConfig, TaskData, corpus_examples
 
 
 @dataclass(frozen=True)
@@ -41,15 +41,8 @@ class CodeSummarizationTask(GenerationTask):
                                                    id=f"{r.path}:{r.name}") for r in records]
             source = f"CodeSearchNet {self.config.language} at {self.config.data_path}"
         else:
-            from telly.corpus import load_corpus, sample, split
-
-            corpus = load_corpus("stdlib")
-            parts = split(corpus)
-            splits = {name: [GenerationExample(source=fn.code_without_doc, target=fn.docstring,
-                                               id=f"{fn.path}:{fn.qualname}")
-                             for fn in sample(parts[name], size, seed=seed)]
-                      for name, size in sizes.items()}
-            source = f"{corpus.source} corpus {corpus.fingerprint}"
+            splits, source = corpus_examples(sizes, seed, lambda fn: GenerationExample(
+                source=fn.code_without_doc, target=fn.docstring, id=f"{fn.path}:{fn.qualname}"))
         return task_data(self.name, splits, source)
 
     def per_example_scores(self, references: list[str], predictions: list[str]) -> dict[str, np.ndarray]:
