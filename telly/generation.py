@@ -56,7 +56,7 @@ from telly.profiles import Profile
 from telly.tasks import Batch, Evaluation, Task, TaskData, TaskModel, batches, fingerprint
 
 IGNORE = -100  # label of positions that carry no loss (source, padding)
-EXAMPLE_OUTPUTS = 5  # predictions kept in an evaluation's extras (generation_extras) for the book
+EXAMPLE_OUTPUTS = 5  # predictions kept in an evaluation's extras (Evaluation.extras) for the book
 # Flagged degenerate: at least this share of predictions empty (or looping), or more than this share one same string.
 DEGENERATE_EMPTY_SHARE = 0.5
 DEGENERATE_IDENTICAL_SHARE = 0.5
@@ -559,16 +559,14 @@ class GenerationTask(Task):
                        **self.per_example_scores(references, predictions)}
         # decode_seconds rides along with the metrics (a float, outside `metrics` and the CIs),
         # so the record keeps decoding time apart from the epochs' train_seconds.
-        evaluation = Evaluation(self.score(per_example) | {"decode_seconds": decode_seconds}, per_example)
-        evaluation.extras = {
+        return Evaluation(self.score(per_example) | {"decode_seconds": decode_seconds}, per_example, extras={
             "decode_seconds": decode_seconds,
             "decoding": {"num_beams": profile.num_beams, "max_new_tokens": profile.max_target_tokens},
             "degenerate": degenerate_report(predictions),
             "examples": [{"id": e.id, "source": e.source, "reference": e.target, "prediction": p}
                          for e, p in list(zip(examples, predictions))[:EXAMPLE_OUTPUTS]],
             "head": model.head_note,
-        }
-        return evaluation
+        })
 
     def score(self, per_example: dict[str, np.ndarray]) -> dict[str, float]:
         report = degenerate_report([str(p) for p in per_example["prediction"]])
@@ -609,12 +607,6 @@ def task_data(task: str, splits: dict[str, list[GenerationExample]], source: str
 def spelled(tokenizer, text: str) -> str:
     """`text` as the tokenizer writes it back (lower-cased by uncased tokenizers, [UNK] dropped)."""
     return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"], skip_special_tokens=True).strip()
-
-
-def generation_extras(evaluation: Evaluation) -> dict:
-    """What a generation evaluation adds to a run record (decode time, degenerate report, example
-    outputs, decoding settings), or {} for tasks that do not generate."""
-    return dict(getattr(evaluation, "extras", {}))
 
 
 def example_outputs(records: Sequence[dict], n: int = 3) -> list[dict]:

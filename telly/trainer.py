@@ -294,7 +294,7 @@ def finetune(task, model: str = "minilm-l6", freeze: int = -1, *, method: str = 
         "test_per_example": {k: np.asarray(v).tolist() for k, v in test.per_example.items()},
         "zero_shot": zero_shot,
         # Generation tasks: decode time, degenerate-output report, example outputs (None otherwise).
-        "generation": dict(getattr(test, "extras", {})) or None,
+        "generation": test.extras or None,
         "peak_memory_mb": memory.peak_mb, "peak_memory_method": memory.method,
         "weights": str(run_dir / WEIGHTS),
         "provenance": provenance(model=model, profile=profile.name, corpus_fingerprint=data.fingerprint,

@@ -99,15 +99,13 @@ def test_evaluation_keeps_examples_and_the_degenerate_report(tiny):
 
     import torch
 
-    from telly.generation import generation_extras
-
     task = get_task("code-summarization")
     data = task.load_data(UNIT)
     model = task.build_model(copy.deepcopy(tiny)).eval()
     with torch.no_grad():  # EOS always wins: every prediction is empty, which must be flagged
         model.head.bias[model.specials["eos"]] = 1e9
         evaluation = task.evaluate(model, data.test, tiny.tokenizer, UNIT, batch_size=4)
-    extras = generation_extras(evaluation)
+    extras = evaluation.extras
     assert extras["degenerate"]["is_degenerate"] and extras["degenerate"]["empty"] == len(data.test)
     assert evaluation.metrics["degenerate"] == 1.0 and evaluation.metrics["empty_share"] == 1.0
     assert [e["reference"] for e in extras["examples"]] == [e.target for e in data.test[:5]]

@@ -104,6 +104,7 @@ class Evaluation:
 
     metrics: dict[str, float]
     per_example: dict[str, np.ndarray] = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)  # what a run record keeps beside the metrics
 
     def __post_init__(self) -> None:
         lengths = {k: len(v) for k, v in self.per_example.items()}
