@@ -88,7 +88,7 @@ def sweep(tasks: list[str], freeze: str | list[int] = "all", seeds: list[int] = 
     bar = tqdm(variants, desc="sweep", unit="run", disable=not progress)
     for variant in bar:
         path = record_path(out, variant.task, model, variant.method, variant.freeze, variant.seed,
-                           profile.name, cache)
+                           profile.name, cache, finetune_options.get("data_path"))
         bar.set_postfix_str(path.stem)
         if path.exists() and not force:
             try:
@@ -123,6 +123,8 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--methods", default="telly", help="comma-separated: telly, full, lora, bitfit")
     parser.add_argument("--no-cache", dest="cache", action="store_false", help="Telly-K without the prefix cache")
     parser.add_argument("--force", action="store_true", help="rerun variants that already have a record")
+    parser.add_argument("--data", dest="data_path", default=None,
+                        help="real dataset path for every task (default: the offline corpus)")
     parser.set_defaults(handler=run_cli)
 
 
@@ -133,7 +135,8 @@ def run_cli(args: argparse.Namespace) -> int:
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s]
         result = sweep(args.tasks.split(","), args.freeze, seeds, methods=args.methods.split(","),
-                       model=args.model, profile=args.profile, out=args.out, force=args.force, cache=args.cache)
+                       model=args.model, profile=args.profile, out=args.out, force=args.force, cache=args.cache,
+                       **({"data_path": args.data_path} if args.data_path else {}))
     except (ValueError, FileNotFoundError, BackboneUnavailable) as exc:
         print(f"telly sweep: error: {exc}", file=sys.stderr)
         return 2
@@ -147,17 +150,19 @@ def run_cli(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- reading a sweep back
 
 def load_records(out: str | Path, *, model: str | None = None, profile: str | None = None,
-                 tasks: list[str] | None = None) -> list[dict]:
-    """Finished fine-tuning records under `out` (top level), optionally filtered."""
+                 tasks: list[str] | None = None, data_path: str | Path | None = None) -> list[dict]:
+    """Finished fine-tuning records under `out` (top level), optionally filtered; only the runs on
+    `data_path` (default: the offline corpus), so real-data and offline runs never mix."""
     from telly.results import read_json
 
+    wanted_data = str(Path(data_path).expanduser().resolve()) if data_path else None
     records = []
     for path in sorted(Path(out).glob("*.json")):
         record = read_json(path)
         if not isinstance(record, dict) or record.get("status") != "finished" or "freeze" not in record:
             continue
         if (model and record["model"] != model) or (profile and record["profile"] != profile) \
-                or (tasks and record["task"] not in tasks):
+                or (tasks and record["task"] not in tasks) or record["data"].get("path") != wanted_data:
             continue
         records.append(record)
     return records

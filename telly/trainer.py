@@ -23,6 +23,7 @@ shorter than that can be missed; memory held before the run is not counted).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
 import sys
 import threading
@@ -46,13 +47,21 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_.") or "model"
 
 
+def data_tag(data_path: str | Path) -> str:
+    """Names a real dataset in run ids: its file or folder name and a hash of its absolute path."""
+    path = Path(data_path).expanduser().resolve()
+    return f"{slug(path.name)}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+
+
 def run_name(task: str, model: str, method: str, freeze: int, seed: int, profile: str,
-             cache: bool = True) -> str:
-    """Deterministic run id: the same settings always map to the same record path."""
+             cache: bool = True, data_path: str | Path | None = None) -> str:
+    """Deterministic run id: the same settings always map to the same record path; a run on a real
+    dataset (`data_path`) never shares its id with the offline-corpus run of the same variant."""
     variant = f"telly{freeze}" if method == "telly" else method
     if method == "telly" and not cache:
         variant += "-nocache"
-    return f"{task}__{slug(model)}__{variant}__seed{seed}__{profile}"
+    name = f"{task}__{slug(model)}__{variant}__seed{seed}__{profile}"
+    return f"{name}__data-{data_tag(data_path)}" if data_path else name
 
 
 def normalise_method(method: str, freeze: int) -> str:
@@ -61,9 +70,9 @@ def normalise_method(method: str, freeze: int) -> str:
 
 
 def record_path(out: str | Path, task: str, model: str, method: str, freeze: int, seed: int,
-                profile: str, cache: bool = True) -> Path:
+                profile: str, cache: bool = True, data_path: str | Path | None = None) -> Path:
     method = normalise_method(method, freeze)
-    return Path(out) / f"{run_name(task, model, method, freeze, seed, profile, cache)}.json"
+    return Path(out) / f"{run_name(task, model, method, freeze, seed, profile, cache, data_path)}.json"
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -165,7 +174,7 @@ def finetune(task, model: str = "minilm-l6", freeze: int = -1, *, method: str = 
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
     method = normalise_method(method, freeze)
     use_cache = cache and method == "telly" and freeze >= 0
-    name = run_name(task.name, model, method, freeze, seed, profile.name, cache or method != "telly")
+    name = run_name(task.name, model, method, freeze, seed, profile.name, cache or method != "telly", data_path)
     out = Path(out)
     run_dir = out / name
     accelerator = Accelerator(
@@ -279,7 +288,8 @@ def finetune(task, model: str = "minilm-l6", freeze: int = -1, *, method: str = 
         "uses_cache": use_cache,
         "dropout_override": dropout,
         "metric": task.metric,
-        "data": {"source": data.source, "fingerprint": data.fingerprint, "sizes": data.sizes()},
+        "data": {"source": data.source, "fingerprint": data.fingerprint, "sizes": data.sizes(),
+                 "path": str(Path(data_path).expanduser().resolve()) if data_path else None},
         "parameters": {"trainable": trainable, "total": total, "backbone_trainable": backbone_trainable,
                        "backbone_total": backbone_total, "num_layers": backbone.num_layers},
         "batch_size": profile.batch_size, "num_processes": accelerator.num_processes,

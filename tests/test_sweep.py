@@ -1,5 +1,6 @@
 import os
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -159,3 +160,25 @@ def test_degenerate_findings_name_the_degenerate_runs_from_the_records():
     assert "Base (full)" not in text
     assert "no run's outputs are degenerate" in degenerate_findings([_generation_record(-1, 0.1, [])])
     assert degenerate_findings(records[2:]) == ""
+
+
+def test_a_real_data_run_never_reuses_or_mixes_with_the_offline_run(tmp_path):
+    from telly.sweep import load_records
+
+    data = tmp_path / "csn"
+    (data / "python").mkdir(parents=True)
+    for split in ("train", "valid", "test"):  # the three splits of a tiny CodeXGLUE-layout copy
+        (data / "python" / f"{split}.jsonl").write_text(
+            Path("tests/data/codesearchnet/python/train.jsonl").read_text())
+    offline = sweep(["code-search"], "3", [0], model="tiny-random", profile=UNIT, out=tmp_path, progress=False)
+    real = sweep(["code-search"], "3", [0], model="tiny-random", profile=UNIT, out=tmp_path, progress=False,
+                 data_path=data)
+    assert not real["skipped"] and not real["failed"]  # the offline record is not taken for it
+    assert real["records"][0]["run"] != offline["records"][0]["run"]
+    assert "__data-csn-" in real["records"][0]["run"]
+    assert real["records"][0]["data"]["source"] != offline["records"][0]["data"]["source"]
+    assert [r["run"] for r in load_records(tmp_path)] == [offline["records"][0]["run"]]
+    assert [r["run"] for r in load_records(tmp_path, data_path=data)] == [real["records"][0]["run"]]
+    again = sweep(["code-search"], "3", [0], model="tiny-random", profile=UNIT, out=tmp_path, progress=False,
+                  data_path=data)
+    assert again["skipped"] == [real["records"][0]["run"]]
