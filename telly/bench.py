@@ -820,7 +820,7 @@ def add_cli(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks: training time and memory by method, "
                                    "probing, similarity, corpus", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(parser, out="runs/bench")
+    add_common(parser, out="runs/<profile>/bench")  # the book's results store reads it there
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
     parser.add_argument("--corpus", default="stdlib", help="corpus source: 'stdlib' or a directory of Python files")
@@ -839,8 +839,9 @@ def run_cli(args: argparse.Namespace) -> int:
             print(f"telly bench: error: --threads must be at least 1, got {args.threads}", file=sys.stderr)
             return 2
         torch.set_num_threads(args.threads)
+    out = Path(args.out.replace("<profile>", args.profile))
     try:
-        record = run_bench(args.profile, args.out, model=args.model,
+        record = run_bench(args.profile, out, model=args.model,
                            sections=[s.strip() for s in args.sections.split(",") if s.strip()],
                            corpus_source=args.corpus)
     except (ValueError, FileNotFoundError, BackboneUnavailable) as exc:
@@ -849,6 +850,6 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.readme:
         update_readme(args.readme, record)
     print(markdown(record))
-    print(f"wrote {Path(args.out) / 'bench.json'} and {Path(args.out) / 'bench.md'} "
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.md'} "
           f"in {record['wall_seconds']:.0f} s")
     return 0
