@@ -35,7 +35,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not integration and not browser"
 
 bench: setup
-	$(VENV)/bin/telly bench --profile $(PROFILE) --out runs/$(PROFILE)/bench --readme README.md
+	$(VENV)/bin/telly bench --profile $(PROFILE) --out runs/$(PROFILE)/bench --readme README.md --reference
 
 clean:
 	rm -rf book/_build runs

@@ -46,6 +46,8 @@ import torch
 
 from telly.profiles import Profile, get_profile
 
+# The reference records the README's table comes from (a checkout's bench/results/).
+REFERENCE_DIR = Path(__file__).resolve().parent.parent / "bench" / "results"
 SHAPE_MODEL = "unixcoder-shape"  # the paper's backbone size; the acceptance targets apply to it
 BENCH_TASK = "code-search"
 SECTIONS = ("corpus", "similarity", "probing", "training")
@@ -655,19 +657,56 @@ def run_bench(profile: str | Profile = "laptop", out: str | Path = "runs/bench",
     return record
 
 
-def load_or_run(profile: str | Profile = "laptop", out: str | Path = "runs/bench", *, model: str = "minilm-l6",
-                progress: bool = True) -> dict:
-    """OUT/bench.json when it holds this profile's full bench with `model`'s rows; else run it."""
+def reference_path(profile: str | Profile, device_type: str = "cpu", root: str | Path | None = None) -> Path:
+    """Where the shipped reference record of a profile lives: bench/results/<profile>-<cpu|cuda>.json
+    (what the README table shows; `telly bench --reference` writes it)."""
+    return Path(root or REFERENCE_DIR) / f"{get_profile(profile).name}-{device_type}.json"
+
+
+def _covers(record: Mapping, profile: Profile, model: str) -> bool:
+    return (record.get("profile") == profile.name and set(record.get("sections", [])) >= set(SECTIONS)
+            and any(r["model"] == model for r in record.get("training", [])))
+
+
+def load_or_run(profile: str | Profile = "laptop", out: str | Path = "runs/laptop/bench", *, model: str = "minilm-l6",
+                run: bool = True, reference_root: str | Path | None = None, progress: bool = True) -> dict:
+    """The bench record chapter 4 shows, with `origin` saying where it came from:
+    "store" (OUT/bench.json holds this profile's full bench with `model`'s rows), else "run" (run
+    now, when `run`), else "reference" (the record shipped in bench/results/, measured earlier
+    on the machine it names)."""
     from telly.results import read_json
 
     path = Path(out) / "bench.json"
     profile = get_profile(profile)
     if path.exists():
         record = read_json(path)
-        if (record.get("profile") == profile.name and set(record.get("sections", [])) >= set(SECTIONS)
-                and any(r["model"] == model for r in record.get("training", []))):
-            return record
-    return run_bench(profile, out, model=model, progress=progress)
+        if _covers(record, profile, model):
+            return {**record, "origin": "store"}
+    if run:
+        return {**run_bench(profile, out, model=model, progress=progress), "origin": "run"}
+    reference = reference_path(profile, default_device().type, reference_root)
+    if reference.exists():
+        record = read_json(reference)
+        if _covers(record, profile, model):
+            return {**record, "origin": "reference"}
+    raise FileNotFoundError(
+        f"no {profile.name} bench with {model} in {path} nor in the shipped reference {reference}; "
+        f"run `telly bench --profile {profile.name} --model {model}` (make bench) first, or let the "
+        "chapter run it (run_bench=True)")
+
+
+def origin_note(record: Mapping, out: str | Path) -> str:
+    """One sentence for the page: which run produced these numbers and how to measure this machine."""
+    when = record["provenance"]["date"][:10]
+    if record.get("origin") == "reference":
+        return (f"**These are the reference numbers shipped with Telly**, measured by `make bench` on "
+                f"{record['device']} ({record.get('cpu') or record['device_type']}) on {when}: this build "
+                f"did not run the `{record['profile']}` bench (it takes longer than the rest of the book on a "
+                f"2-core CPU). `telly bench --profile {record['profile']}` writes `{Path(out) / 'bench.json'}` "
+                "on your machine; the next build shows that instead.")
+    how = "ran it for this build" if record.get("origin") == "run" else "was run on this machine before this build"
+    return (f"The `{record['profile']}` bench {how} ({record['device']}, {when}); it is read from "
+            f"`{Path(out) / 'bench.json'}`.")
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -826,6 +865,9 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--corpus", default="stdlib", help="corpus source: 'stdlib' or a directory of Python files")
     parser.add_argument("--readme", default=None,
                         help="also write the table into this README between its bench:cpu / bench:gpu markers")
+    parser.add_argument("--reference", action="store_true",
+                        help="also keep the record as the shipped reference, bench/results/<profile>-<cpu|cuda>.json, "
+                             "which chapter 4 shows when a book build does not run the bench")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's choice; the record says which)")
     parser.set_defaults(handler=run_cli)
@@ -849,6 +891,10 @@ def run_cli(args: argparse.Namespace) -> int:
         return 2
     if args.readme:
         update_readme(args.readme, record)
+    if args.reference:
+        from telly.results import write_json
+
+        write_json(reference_path(args.profile, record["device_type"]), record)
     print(markdown(record))
     print(f"wrote {out / 'bench.json'} and {out / 'bench.md'} "
           f"in {record['wall_seconds']:.0f} s")

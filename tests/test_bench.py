@@ -236,10 +236,28 @@ def test_load_or_run_reuses_a_matching_record(smoke_record, monkeypatch):
 
     monkeypatch.setattr(bench, "run_bench", must_not_run)
     reused = bench.load_or_run("smoke", out, model="tiny-random")
-    assert reused["provenance"]["date"] == record["provenance"]["date"]
+    assert reused["provenance"]["date"] == record["provenance"]["date"] and reused["origin"] == "store"
     assert set(reused["section_seconds"]) == set(bench.SECTIONS)
+    assert "was run on this machine before this build" in bench.origin_note(reused, out)
     with pytest.raises(AssertionError, match="re-ran"):  # another profile's bench is not reused
         bench.load_or_run("laptop", out, model="tiny-random")
+
+
+def test_without_a_stored_bench_the_chapter_shows_the_shipped_reference(smoke_record, tmp_path, monkeypatch):
+    record, _ = smoke_record
+    monkeypatch.setattr(bench, "run_bench", lambda *a, **k: pytest.fail("must not run the bench"))
+    references = tmp_path / "results"
+    with pytest.raises(FileNotFoundError, match=r"no smoke bench with tiny-random .*telly bench --profile smoke"):
+        bench.load_or_run("smoke", tmp_path / "empty", model="tiny-random", run=False, reference_root=references)
+    from telly.results import write_json
+
+    write_json(bench.reference_path("smoke", "cpu", references), record)
+    shown = bench.load_or_run("smoke", tmp_path / "empty", model="tiny-random", run=False, reference_root=references)
+    assert shown["origin"] == "reference" and shown["training"] == record["training"]
+    note = bench.origin_note(shown, tmp_path / "empty")
+    assert "reference numbers shipped with Telly" in note and record["provenance"]["date"][:10] in note
+    with pytest.raises(FileNotFoundError):  # the reference holds no rows for another model
+        bench.load_or_run("smoke", tmp_path / "empty", model="minilm-l6", run=False, reference_root=references)
 
 
 def test_training_bench_needs_a_full_epoch_of_examples(tiny):
