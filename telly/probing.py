@@ -1040,7 +1040,7 @@ def paper_comparison(records: Sequence[dict]) -> list[dict]:
 
 PROBING_DIR = "probing"  # under the results store root: one folder per backbone
 # A second, slower backbone (SmolLM2: 30 layers, 576 wide) is probed on fewer, shorter inputs.
-EXTRA_MODEL_FUNCTIONS = 300
+EXTRA_MODEL_FUNCTIONS = 240
 EXTRA_MODEL_TOKENS = 96
 
 

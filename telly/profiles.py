@@ -42,7 +42,7 @@ class Profile:
     # What the book's chapters run in this profile: freeze depths swept ("all" or "-1,0,3"), for
     # the two classification tasks and for the slower generation tasks; extra probed backbones.
     sweep_freeze: str = "all"
-    generation_freeze: str = "-1,3,5"
+    generation_freeze: str = "-1,3"
     extra_probe_models: tuple[str, ...] = ("smollm2-135m",)
     # Whether a book build runs the bench when the results store has none (else chapter 4 shows the
     # shipped reference record): the laptop bench alone outlasts the laptop book's budget on 2 cores.
@@ -60,14 +60,14 @@ PROFILES: dict[str, Profile] = {
         learning_rate=5e-5, warmup_ratio=0.1, max_target_tokens=16, num_beams=1, generation_examples=(64, 16, 32),
         bootstrap_samples=200, bench_repeats=1, bench_steps=2, cache_memory_mb=256,
         bench_batch_size=2, bench_code_tokens=32, bench_probe_texts=16, bench_similarity_inputs=500,
-        sweep_freeze="-1,3", generation_freeze="-1,3", extra_probe_models=(),
+        sweep_freeze="-1,3", extra_probe_models=(),
     ),
     "laptop": Profile(
         name="laptop", probe_functions=600, similarity_functions=1000, max_code_tokens=128,
-        max_text_tokens=32, feature_batch_size=32, probe_epochs=60, train_examples=1000,
-        valid_examples=150, test_examples=400, batch_size=32, epochs=1, patience=1,
-        learning_rate=5e-5, warmup_ratio=0.1, max_target_tokens=24, num_beams=1, generation_examples=(400, 50, 150),
-        bootstrap_samples=1000, bench_repeats=3, bench_steps=4, cache_memory_mb=2048,
+        max_text_tokens=32, feature_batch_size=32, probe_epochs=60, train_examples=500,
+        valid_examples=100, test_examples=400, batch_size=32, epochs=1, patience=1,
+        learning_rate=5e-5, warmup_ratio=0.1, max_target_tokens=24, num_beams=1, generation_examples=(300, 50, 100),
+        bootstrap_samples=1000, bench_repeats=3, bench_steps=2, cache_memory_mb=2048,
         bench_batch_size=8, bench_code_tokens=256, bench_probe_texts=256, bench_similarity_inputs=5000,
         book_runs_bench=False,
     ),

@@ -137,6 +137,17 @@ def test_a_broken_dataset_line_names_the_file_and_line(tmp_path):
         task.load_data(SMOKE)
 
 
+def test_clone_head_compares_the_pair_by_default_and_takes_the_papers_concat_on_request(tiny):
+    pair = [ClonePairExample("def f(x):\n    return x", "def g(y):\n    return y", 1, "0")] * 2
+    batch = get_task("clone-detection").collate(pair, tiny.tokenizer, SMOKE)
+    for features, width in (("compare", 4), ("concat", 2)):
+        model = get_task("clone-detection", pair_features=features).build_model(tiny)
+        assert model.head.dense.in_features == width * tiny.hidden_size
+        assert model.logits(batch["inputs"]).shape == (2, 2)
+    with pytest.raises(ValueError, match=r"pair_features must be one of \['compare', 'concat'\], got 'sum'"):
+        get_task("clone-detection", pair_features="sum")
+
+
 def test_clone_detection_reads_bigclonebench_through_the_loaders(tmp_path):
     root = shutil.copytree(DATA / "bigclonebench", tmp_path / "bcb")
     shutil.copy(root / "train.txt", root / "valid.txt")
