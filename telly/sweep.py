@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,8 +76,9 @@ def plan(tasks: list[str], freezes: list[int], seeds: list[int], methods: list[s
 def sweep(tasks: list[str], freeze: str | list[int] = "all", seeds: list[int] = (0,), *,
           methods: list[str] = ("telly",), model: str = "minilm-l6", profile: str | Profile = "laptop",
           out: str | Path = "runs", force: bool = False, cache: bool = True, progress: bool = True,
-          **finetune_options) -> dict:
-    """Run every variant not already finished under `out`; returns {"records", "skipped", "failed"}."""
+          data_paths: Mapping[str, str] | None = None, **finetune_options) -> dict:
+    """Run every variant not already finished under `out`; returns {"records", "skipped", "failed"}.
+    data_paths: task -> real dataset path (tasks not named use the offline corpus)."""
     from telly.backbones import load
     from telly.results import read_json
     from telly.trainer import finetune, record_path
@@ -84,11 +86,16 @@ def sweep(tasks: list[str], freeze: str | list[int] = "all", seeds: list[int] = 
     profile = get_profile(profile)
     num_layers = load(model).num_layers
     variants = plan(list(tasks), parse_freeze(freeze, num_layers), list(seeds), list(methods))
+    data_paths = dict(data_paths or {})
+    unknown = sorted(set(data_paths) - set(tasks))
+    if unknown:
+        raise ValueError(f"data paths given for task(s) {unknown} that the sweep does not run ({', '.join(tasks)})")
     records, skipped, failed = [], [], []
     bar = tqdm(variants, desc="sweep", unit="run", disable=not progress)
     for variant in bar:
+        data_path = data_paths.get(variant.task)
         path = record_path(out, variant.task, model, variant.method, variant.freeze, variant.seed,
-                           profile.name, cache, finetune_options.get("data_path"))
+                           profile.name, cache, data_path)
         bar.set_postfix_str(path.stem)
         if path.exists() and not force:
             try:
@@ -102,7 +109,7 @@ def sweep(tasks: list[str], freeze: str | list[int] = "all", seeds: list[int] = 
         try:
             records.append(finetune(variant.task, model, variant.freeze, method=variant.method,
                                     profile=profile, seed=variant.seed, out=out, cache=cache,
-                                    progress=progress, **finetune_options))
+                                    progress=progress, data_path=data_path, **finetune_options))
         except (ValueError, RuntimeError, MemoryError, OSError) as exc:
             failed.append({"run": path.stem, "error": f"{type(exc).__name__}: {exc}"})
             print(f"telly sweep: {path.stem} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -123,8 +130,8 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--methods", default="telly", help="comma-separated: telly, full, lora, bitfit")
     parser.add_argument("--no-cache", dest="cache", action="store_false", help="Telly-K without the prefix cache")
     parser.add_argument("--force", action="store_true", help="rerun variants that already have a record")
-    parser.add_argument("--data", dest="data_path", default=None,
-                        help="real dataset path for every task (default: the offline corpus)")
+    parser.add_argument("--data", action="append", default=[], metavar="TASK=PATH",
+                        help="a real dataset for one task (repeatable); other tasks use the offline corpus")
     parser.set_defaults(handler=run_cli)
 
 
@@ -134,9 +141,10 @@ def run_cli(args: argparse.Namespace) -> int:
 
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s]
+        data_paths = dict(_task_path(text) for text in args.data)
         result = sweep(args.tasks.split(","), args.freeze, seeds, methods=args.methods.split(","),
                        model=args.model, profile=args.profile, out=args.out, force=args.force, cache=args.cache,
-                       **({"data_path": args.data_path} if args.data_path else {}))
+                       data_paths=data_paths)
     except (ValueError, FileNotFoundError, BackboneUnavailable) as exc:
         print(f"telly sweep: error: {exc}", file=sys.stderr)
         return 2
@@ -147,22 +155,31 @@ def run_cli(args: argparse.Namespace) -> int:
     return 1 if result["failed"] else 0
 
 
+def _task_path(text: str) -> tuple[str, str]:
+    task, sep, path = text.partition("=")
+    if not sep or not task or not path:
+        raise ValueError(f"--data expects TASK=PATH, got {text!r}")
+    return task, path
+
+
 # ----------------------------------------------------------------------------- reading a sweep back
 
 def load_records(out: str | Path, *, model: str | None = None, profile: str | None = None,
-                 tasks: list[str] | None = None, data_path: str | Path | None = None) -> list[dict]:
-    """Finished fine-tuning records under `out` (top level), optionally filtered; only the runs on
-    `data_path` (default: the offline corpus), so real-data and offline runs never mix."""
+                 tasks: list[str] | None = None, data_paths: Mapping[str, str] | None = None) -> list[dict]:
+    """Finished fine-tuning records under `out` (top level), optionally filtered; for each task only
+    the runs on its `data_paths` entry (default: the offline corpus), so real-data and offline runs
+    never mix."""
     from telly.results import read_json
 
-    wanted_data = str(Path(data_path).expanduser().resolve()) if data_path else None
+    wanted_data = {task: str(Path(path).expanduser().resolve()) for task, path in (data_paths or {}).items()}
     records = []
     for path in sorted(Path(out).glob("*.json")):
         record = read_json(path)
         if not isinstance(record, dict) or record.get("status") != "finished" or "freeze" not in record:
             continue
         if (model and record["model"] != model) or (profile and record["profile"] != profile) \
-                or (tasks and record["task"] not in tasks) or record["data"].get("path") != wanted_data:
+                or (tasks and record["task"] not in tasks) \
+                or record["data"].get("path") != wanted_data.get(record["task"]):
             continue
         records.append(record)
     return records
@@ -280,7 +297,8 @@ def freeze_findings(table, comparisons=None) -> str:
     return "\n\n".join(paragraphs)
 
 
-def freeze_widget(task: str, model: str = "minilm-l6", profile: str = "laptop", out: str = "runs"):
+def freeze_widget(task: str, model: str = "minilm-l6", profile: str = "laptop", out: str = "runs",
+                  data_path: str | None = None):
     """An ipywidgets slider + button that fine-tunes the chosen Telly-K variant live (resuming from
     a record when one exists) and prints its summary. For the live notebook; inert when rendered."""
     import ipywidgets as widgets
@@ -297,8 +315,10 @@ def freeze_widget(task: str, model: str = "minilm-l6", profile: str = "laptop", 
     def run(_):
         with output:
             output.clear_output()
-            path = record_path(out, task, model, "telly", slider.value, 0, get_profile(profile).name)
-            record = read_json(path) if path.exists() else finetune(task, model, slider.value, profile=profile, out=out)
+            path = record_path(out, task, model, "telly", slider.value, 0, get_profile(profile).name,
+                               data_path=data_path)
+            record = read_json(path) if path.exists() else finetune(task, model, slider.value, profile=profile,
+                                                                    out=out, data_path=data_path)
             print(summary(record))
 
     button.on_click(run)

@@ -172,13 +172,17 @@ def test_a_real_data_run_never_reuses_or_mixes_with_the_offline_run(tmp_path):
             Path("tests/data/codesearchnet/python/train.jsonl").read_text())
     offline = sweep(["code-search"], "3", [0], model="tiny-random", profile=UNIT, out=tmp_path, progress=False)
     real = sweep(["code-search"], "3", [0], model="tiny-random", profile=UNIT, out=tmp_path, progress=False,
-                 data_path=data)
+                 data_paths={"code-search": str(data)})
     assert not real["skipped"] and not real["failed"]  # the offline record is not taken for it
     assert real["records"][0]["run"] != offline["records"][0]["run"]
     assert "__data-csn-" in real["records"][0]["run"]
     assert real["records"][0]["data"]["source"] != offline["records"][0]["data"]["source"]
     assert [r["run"] for r in load_records(tmp_path)] == [offline["records"][0]["run"]]
-    assert [r["run"] for r in load_records(tmp_path, data_path=data)] == [real["records"][0]["run"]]
+    assert [r["run"] for r in load_records(tmp_path, data_paths={"code-search": data})] == [real["records"][0]["run"]]
     again = sweep(["code-search"], "3", [0], model="tiny-random", profile=UNIT, out=tmp_path, progress=False,
-                  data_path=data)
+                  data_paths={"code-search": str(data)})
     assert again["skipped"] == [real["records"][0]["run"]]
+    with pytest.raises(ValueError, match=r"data paths given for task\(s\) \['clone-detection'\]"):
+        sweep(["code-search"], "3", [0], model="tiny-random", profile=UNIT, out=tmp_path, progress=False,
+              data_paths={"clone-detection": str(data)})
+    assert cli.main(["sweep", "--tasks", "code-search", "--freeze", "3", "--data", "code-search"]) == 2
