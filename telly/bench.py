@@ -395,6 +395,7 @@ def truncated_layer_features(backbone, texts: Sequence[str], *, max_length: int,
     """What probing costs without one all-layer pass: for each layer k = 0..L, a forward pass
     through the embeddings and blocks 0..k-1 only, mean-pooled. Returns (L+1, n, d) like
     `telly.features.layer_features(...).pooled`."""
+    from telly.features import masked_mean
     from telly.prefix_cache import run_prefix
 
     model = backbone.model.eval()
@@ -415,9 +416,7 @@ def truncated_layer_features(backbone, texts: Sequence[str], *, max_length: int,
                         hidden = run_prefix(model, inputs, k)
                     else:
                         hidden = model(**inputs).last_hidden_state
-                    weights = inputs["attention_mask"].to(hidden.dtype).unsqueeze(-1)
-                    mean = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
-                    pooled[k, index] = mean.cpu().numpy()
+                    pooled[k, index] = masked_mean(hidden, inputs["attention_mask"]).cpu().numpy()
     finally:
         tokenizer.padding_side = side
     return pooled

@@ -40,12 +40,13 @@ class LayerFeatures:
     offsets: (T, 2) int32 character offsets [start, end) of each token in its input text
         (special tokens such as [CLS]/[SEP] have (0, 0)).
     lengths: (n,) int64 number of real tokens per input after truncation.
-    key: the cache key (a content hash of the model, the inputs and the settings).
+    key: the cache key (a content hash of the model, the inputs and the settings); None when
+        computed with cache=False (hashing every weight is not free).
     """
 
     pooled: np.ndarray
     lengths: np.ndarray
-    key: str
+    key: str | None
     tokens: np.ndarray | None = None
     spans: np.ndarray | None = None
     offsets: np.ndarray | None = None
@@ -119,6 +120,13 @@ def _model_inputs(backbone: Backbone, encoded: dict, device: torch.device) -> di
     return {k: v.to(device) for k, v in encoded.items() if k in accepted}
 
 
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(b, d) float32 mean of (b, t, d) states over the real tokens of `mask` (b, t): a batched
+    matmul, with no (b, t, d) temporary."""
+    weights = mask.float()[:, None, :]
+    return torch.bmm(weights, hidden.float())[:, 0] / weights.sum(2).clamp(min=1)
+
+
 def _compute(backbone: Backbone, texts: list[str], max_length: int, batch_size: int,
              keep_tokens: bool, progress: bool) -> dict[str, np.ndarray]:
     model = backbone.model
@@ -138,15 +146,15 @@ def _compute(backbone: Backbone, texts: list[str], max_length: int, batch_size: 
             index = order[start:start + batch_size]
             encoded = _encode(backbone, [texts[i] for i in index], max_length)
             output = model(**_model_inputs(backbone, encoded, device), output_hidden_states=True)
-            states = torch.stack(output.hidden_states).float()  # (L+1, b, t, d)
-            if states.shape[0] != num_states:
-                raise RuntimeError(f"{backbone.name} returned {states.shape[0]} hidden states, "
+            hidden_states = output.hidden_states  # L+1 tensors (b, t, d)
+            if len(hidden_states) != num_states:
+                raise RuntimeError(f"{backbone.name} returned {len(hidden_states)} hidden states, "
                                    f"expected {num_states}")
             mask = encoded["attention_mask"].to(device)
-            weights = mask.to(states.dtype)[None, :, :, None]
-            mean = (states * weights).sum(2) / weights.sum(2).clamp(min=1)
-            pooled[:, index] = mean.cpu().numpy()
+            for layer, hidden in enumerate(hidden_states):
+                pooled[layer, index] = masked_mean(hidden, mask).cpu().numpy()
             if keep_tokens:
+                states = torch.stack(hidden_states).float()  # (L+1, b, t, d)
                 offsets = encoded["offset_mapping"].numpy()
                 for row, i in enumerate(index):
                     real = mask[row].bool().cpu()
@@ -189,17 +197,18 @@ def layer_features(backbone: Backbone, texts: Sequence[str], *, max_length: int,
         raise TypeError(f"texts[{bad[0]}] is a {type(texts[bad[0]]).__name__}, expected str")
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2, got {max_length}")
+    if not cache:
+        return LayerFeatures(key=None, **_compute(backbone, texts, max_length, batch_size, keep_tokens, progress))
     key = features_key(backbone, texts, max_length)
     folder = cache_dir() / "features" / key
-    if cache and (folder / "meta.json").exists():
+    if (folder / "meta.json").exists():
         loaded = _read(folder, key, keep_tokens)
         if loaded is not None:
             return loaded
     arrays = _compute(backbone, texts, max_length, batch_size, keep_tokens, progress)
-    if cache:
-        _write(folder, arrays, {"model": backbone.name, "source": backbone.source, "n": len(texts),
-                                "max_length": max_length, "pooling": POOLING,
-                                "keep_tokens": keep_tokens, "format": FEATURES_FORMAT})
+    _write(folder, arrays, {"model": backbone.name, "source": backbone.source, "n": len(texts),
+                            "max_length": max_length, "pooling": POOLING,
+                            "keep_tokens": keep_tokens, "format": FEATURES_FORMAT})
     return LayerFeatures(key=key, **arrays)
 
 

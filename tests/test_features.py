@@ -113,3 +113,13 @@ def test_bad_inputs_raise_clear_errors(tiny):
     features = layer_features(tiny, TEXTS, max_length=16, progress=False)
     with pytest.raises(ValueError, match="keep_tokens"):
         features.token_states(0)
+
+
+def test_masked_mean_averages_real_tokens_only():
+    from telly.features import masked_mean
+
+    hidden = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    expected = torch.stack([hidden[0, :2].mean(0), hidden[1, 0]])
+    torch.testing.assert_close(masked_mean(hidden, mask), expected)
+    assert torch.equal(masked_mean(hidden, torch.zeros(2, 3, dtype=torch.long)), torch.zeros(2, 4))
