@@ -81,7 +81,7 @@ def test_bitfit_and_lora_train_what_they_should_and_save_plain_backbones(tmp_pat
     bitfit = finetune("clone-detection", "tiny-random", -1, method="bitfit", profile=UNIT, out=tmp_path, progress=False)
     fresh = backbones.load("tiny-random")
     biases = sum(p.numel() for n, p in fresh.model.named_parameters() if n.endswith("bias"))
-    head = 2 * 32 * 32 + 32 + 32 * 2 + 2  # dense(2H->H) + out(H->2), H = 32
+    head = 4 * 32 * 32 + 32 + 32 * 2 + 2  # dense(4H->H) over [u; v; |u-v|; u*v] + out(H->2), H = 32
     assert bitfit["parameters"]["backbone_trainable"] == biases
     assert bitfit["parameters"]["trainable"] == biases + head
     assert bitfit["head_learning_rate"] == 20 * UNIT.learning_rate  # the random classifier learns faster
