@@ -286,7 +286,7 @@ def freeze_findings(table, comparisons=None) -> str:
         else:
             deepest = kept.iloc[-1]
             text += (f" Telly-K stays within that CI for K = {', '.join(str(int(k)) for k in kept.freeze)}"
-                     f" of the {len(telly)} depths run; the deepest, {freeze_label(int(deepest.freeze))}, trains "
+                     f" ({len(kept)} of {len(telly)} cached depth{'s' if len(telly) > 1 else ''} run); the deepest, {freeze_label(int(deepest.freeze))}, trains "
                      f"{deepest.trainable_fraction:.0%} of the backbone's parameters, its epoch takes "
                      f"{deepest.epoch_seconds_ratio:.2f}x the full fine-tuning epoch and it reaches its best "
                      f"validation score in {deepest.time_to_best_seconds_ratio:.2f}x the time.")
