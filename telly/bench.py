@@ -700,9 +700,9 @@ def origin_note(record: Mapping, out: str | Path) -> str:
     if record.get("origin") == "reference":
         return (f"**These are the reference numbers shipped with Telly**, measured by `make bench` on "
                 f"{record['device']} ({record.get('cpu') or record['device_type']}) on {when}: this build "
-                f"did not run the `{record['profile']}` bench (it takes longer than the rest of the book on a "
-                f"2-core CPU). `telly bench --profile {record['profile']}` writes `{Path(out) / 'bench.json'}` "
-                "on your machine; the next build shows that instead.")
+                f"did not run the `{record['profile']}` bench (this one ran {record['wall_seconds'] / 60:.0f} minutes "
+                f"there; its profile leaves it out of book builds). `telly bench --profile {record['profile']}` "
+                f"writes `{Path(out) / 'bench.json'}` on your machine; the next build shows that instead.")
     how = "ran it for this build" if record.get("origin") == "run" else "was run on this machine before this build"
     return (f"The `{record['profile']}` bench {how} ({record['device']}, {when}); it is read from "
             f"`{Path(out) / 'bench.json'}`.")

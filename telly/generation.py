@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from telly.backbones import Backbone, find_layers
 from telly.freezing import FreezeReport, freeze_bottom
 from telly.profiles import Profile
-from telly.tasks import Batch, Evaluation, Task, TaskData, TaskModel, batches, fingerprint
+from telly.tasks import Batch, Evaluation, Task, TaskModel, batches
 
 IGNORE = -100  # label of positions that carry no loss (source, padding)
 EXAMPLE_OUTPUTS = 5  # predictions kept in an evaluation's extras (Evaluation.extras) for the book
@@ -593,15 +593,6 @@ def sample_examples(functions: Sequence, n: int | None, build, seed: int = 0) ->
         if example is not None:
             kept.append((index, example))
     return [example for _, example in sorted(kept, key=lambda pair: pair[0])]
-
-
-def task_data(task: str, splits: dict[str, list[GenerationExample]], source: str) -> TaskData:
-    """TaskData from the three splits, refusing an empty split with a message naming it."""
-    for name, examples in splits.items():
-        if not examples:
-            raise ValueError(f"{task}: the {name} split is empty ({source})")
-    return TaskData(**splits, fingerprint=fingerprint([*splits["train"], *splits["valid"], *splits["test"]]),
-                    source=source)
 
 
 def spelled(tokenizer, text: str) -> str:

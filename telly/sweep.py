@@ -170,8 +170,9 @@ def load_records(out: str | Path, *, model: str | None = None, profile: str | No
     the runs on its `data_paths` entry (default: the offline corpus), so real-data and offline runs
     never mix."""
     from telly.results import read_json
+    from telly.trainer import data_location
 
-    wanted_data = {task: str(Path(path).expanduser().resolve()) for task, path in (data_paths or {}).items()}
+    wanted_data = {task: data_location(path) for task, path in (data_paths or {}).items()}
     records = []
     for path in sorted(Path(out).glob("*.json")):
         record = read_json(path)

@@ -47,10 +47,15 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_.") or "model"
 
 
+def data_location(data_path: str | Path | None) -> str | None:
+    """The absolute form of a real dataset path, as records keep it (None: the offline corpus)."""
+    return str(Path(data_path).expanduser().resolve()) if data_path else None
+
+
 def data_tag(data_path: str | Path) -> str:
     """Names a real dataset in run ids: its file or folder name and a hash of its absolute path."""
-    path = Path(data_path).expanduser().resolve()
-    return f"{slug(path.name)}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+    location = data_location(data_path)
+    return f"{slug(Path(location).name)}-{hashlib.sha256(location.encode()).hexdigest()[:8]}"
 
 
 def run_name(task: str, model: str, method: str, freeze: int, seed: int, profile: str,
@@ -289,7 +294,7 @@ def finetune(task, model: str = "minilm-l6", freeze: int = -1, *, method: str = 
         "dropout_override": dropout,
         "metric": task.metric,
         "data": {"source": data.source, "fingerprint": data.fingerprint, "sizes": data.sizes(),
-                 "path": str(Path(data_path).expanduser().resolve()) if data_path else None},
+                 "path": data_location(data_path)},
         "parameters": {"trainable": trainable, "total": total, "backbone_trainable": backbone_trainable,
                        "backbone_total": backbone_total, "num_layers": backbone.num_layers},
         "batch_size": profile.batch_size, "num_processes": accelerator.num_processes,

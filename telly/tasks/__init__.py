@@ -216,6 +216,15 @@ def corpus_examples(sizes: dict[str, int | None], seed: int, to_example) -> tupl
     return splits, f"{corpus.source} corpus {corpus.fingerprint}"
 
 
+def task_data(task: str, splits: dict[str, list], source: str) -> TaskData:
+    """TaskData from the three splits, refusing an empty split with a message naming it."""
+    for name, examples in splits.items():
+        if not examples:
+            raise ValueError(f"{task}: the {name} split is empty ({source})")
+    return TaskData(**splits, fingerprint=fingerprint([*splits["train"], *splits["valid"], *splits["test"]]),
+                    source=source)
+
+
 def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
     """Right-padded, truncated token ids and attention mask for a list of texts."""
     encoded = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,

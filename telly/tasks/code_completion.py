@@ -21,10 +21,9 @@ from functools import partial
 import numpy as np
 
 from telly.generation import (DEGENERATE_METRICS, GenerationExample, GenerationTask, code_tokens,
-                              edit_similarity, exact_match, sample_examples,
-                              task_data)
+                              edit_similarity, exact_match, sample_examples)
 from telly.profiles import Profile
-from telly.tasks import TaskConfig, TaskData
+from telly.tasks import TaskConfig, TaskData, task_data
 
 PUBLISHED_SPLIT = (0.8, 0.1)  # train and valid shares when only the published test file exists
 

@@ -18,10 +18,9 @@ from functools import partial
 import numpy as np
 
 from telly.generation import (DEGENERATE_METRICS, GenerationExample, GenerationTask, bleu_statistics,
-                              code_tokens, corpus_bleu_from_statistics, exact_match, sample_examples,
-                              task_data)
+                              code_tokens, corpus_bleu_from_statistics, exact_match, sample_examples)
 from telly.profiles import Profile
-from telly.tasks import TaskConfig, TaskData
+from telly.tasks import TaskConfig, TaskData, task_data
 
 CONCODE_HELD_OUT = 2000  # validation examples held out of CONCODE train when the profile sets none
 

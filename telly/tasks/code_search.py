@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from telly.backbones import Backbone
 from telly.profiles import Profile
 from telly.tasks import (Batch, Evaluation, Task, TaskConfig, TaskData, TaskModel, batches,
-                         corpus_examples, fingerprint, mean_pool, tokenize)
+                         corpus_examples, mean_pool, task_data, tokenize)
 
 
 @dataclass(frozen=True)
@@ -81,11 +81,7 @@ class CodeSearchTask(Task):
         else:
             splits, source = corpus_examples(sizes, seed, lambda fn: SearchExample(
                 query=fn.docstring, code=fn.code_without_doc, id=f"{fn.path}:{fn.qualname}"))
-        for name, examples in splits.items():
-            if not examples:
-                raise ValueError(f"code-search: the {name} split is empty ({source})")
-        return TaskData(**splits, fingerprint=fingerprint([*splits["train"], *splits["valid"], *splits["test"]]),
-                        source=source)
+        return task_data(self.name, splits, source)
 
     def build_model(self, backbone: Backbone) -> CodeSearchModel:
         return CodeSearchModel(backbone, self.config.scale)

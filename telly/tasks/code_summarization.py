@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from telly.generation import (DEGENERATE_METRICS, GenerationExample, GenerationTask,
-                              codexglue_sentence_bleu, task_data)
+                              codexglue_sentence_bleu)
 from telly.profiles import Profile
-from telly.tasks import TaskConfig, TaskData, corpus_examples
+from telly.tasks import TaskConfig, TaskData, corpus_examples, task_data
 
 
 @dataclass(frozen=True)
