@@ -29,6 +29,7 @@ book: setup
 	$(VENV)/bin/telly book --profile $(PROFILE)
 
 test: setup browser
+	$(PY) -m ruff check telly tests
 	$(PY) -m pytest -q -ra --durations=15
 
 test-fast: setup

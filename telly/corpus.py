@@ -191,7 +191,7 @@ def load_corpus(source: str | Path = "stdlib", min_doc_words: int = 3, *,
                          f"({len(files)} files read, {skipped} skipped as unparseable)")
     corpus = Corpus(functions, label, skipped)
     if cache:
-        from telly.results import write_json
+        from telly.store import write_json
 
         write_json(cache_file, {"functions": [asdict(f) for f in corpus], "skipped": skipped})
     return corpus
@@ -204,7 +204,7 @@ def _bucket(module: str) -> float:
 def split(functions: list[CodeFunction], valid: float = 0.1, test: float = 0.1
           ) -> dict[str, list[CodeFunction]]:
     """Train/valid/test by a hash of the module, so no module (file) straddles two splits."""
-    if not (0 <= valid and 0 <= test and valid + test < 1):
+    if not (valid >= 0 and test >= 0 and valid + test < 1):
         raise ValueError(f"split fractions must be >= 0 and sum below 1, got valid={valid}, test={test}")
     parts: dict[str, list[CodeFunction]] = {"train": [], "valid": [], "test": []}
     for fn in functions:

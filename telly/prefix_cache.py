@@ -69,31 +69,37 @@ def run_prefix(model: nn.Module, inputs: dict[str, torch.Tensor], depth: int) ->
     return captured[0]
 
 
-def run_top(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor, depth: int) -> torch.Tensor:
-    """Last hidden states from running blocks depth..L-1 (and a final norm) on `hidden`.
+def run_top(model: nn.Module, hidden: torch.Tensor, depth: int, attention_mask: torch.Tensor | None = None, *,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Last hidden states from running blocks depth..L-1 (and a decoder's final norm) on `hidden`.
 
-    Supports BERT/RoBERTa-style encoders (bidirectional mask), GPT-2 (causal mask, final ln_f)
-    and Llama-style decoders (causal mask, rotary position embeddings, final norm); rows must be
-    right-padded so that positions are 0..T-1.
+    The one way telly runs the top of a network. `attention_mask` (B, T) builds the model's own
+    mask: bidirectional for BERT/RoBERTa-style encoders, causal for GPT-2 and Llama-style decoders
+    (rotary position embeddings computed per pass); `mask` instead passes a prepared 4D mask (the
+    prefix-LM of `telly.tasks.generation`). Rows must be right-padded so that positions are 0..T-1.
     """
     from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
+    if (attention_mask is None) == (mask is None):
+        raise ValueError("run_top needs exactly one of attention_mask (B, T) and mask (a prepared 4D mask)")
     layers = find_layers(model)
     position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
     extra: dict = {}
-    if hasattr(model, "_create_attention_masks"):  # BERT / RoBERTa (encoder or is_decoder)
-        mask = model._create_attention_masks(attention_mask=attention_mask, encoder_attention_mask=None,
-                                             embedding_output=hidden, encoder_hidden_states=None,
-                                             cache=None)[0]
-    elif getattr(model.config, "is_decoder", False) or hasattr(model, "rotary_emb") or hasattr(model, "ln_f"):
-        mask = create_causal_mask(config=model.config, inputs_embeds=hidden, attention_mask=attention_mask,
-                                  cache=None, position_ids=position_ids)
+    is_encoder = hasattr(model, "_create_attention_masks")  # BERT / RoBERTa (encoder or is_decoder)
+    if not is_encoder and (getattr(model.config, "is_decoder", False) or hasattr(model, "rotary_emb")
+                           or hasattr(model, "ln_f")):
         extra["position_ids"] = position_ids
         if hasattr(model, "rotary_emb"):  # Llama family: rotary embeddings are computed per pass
             extra["position_embeddings"] = model.rotary_emb(hidden, position_ids=position_ids)
-    else:
-        mask = create_bidirectional_mask(config=model.config, inputs_embeds=hidden,
-                                         attention_mask=attention_mask)
+        if mask is None:
+            mask = create_causal_mask(config=model.config, inputs_embeds=hidden, attention_mask=attention_mask,
+                                      cache=None, position_ids=position_ids)
+    elif mask is None and is_encoder:
+        mask = model._create_attention_masks(attention_mask=attention_mask, encoder_attention_mask=None,
+                                             embedding_output=hidden, encoder_hidden_states=None,
+                                             cache=None)[0]
+    elif mask is None:
+        mask = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=attention_mask)
     for layer in layers[depth:]:
         hidden = layer(hidden, attention_mask=mask, **extra)
         if isinstance(hidden, tuple):  # older block implementations return (states, ...)

@@ -32,7 +32,7 @@ class Profile:
     bootstrap_samples: int
     bench_repeats: int
     bench_steps: int
-    # Benchmarks (telly.bench): training batch (examples x code tokens), probing and similarity sizes.
+    # Benchmarks (telly.studies.bench): training batch (examples x code tokens), probing and similarity sizes.
     bench_batch_size: int
     bench_code_tokens: int
     bench_probe_texts: int
@@ -48,6 +48,20 @@ class Profile:
     # shipped reference record): on 2 cores the laptop bench took 24 min and the rest of the laptop book
     # 43 min, against the book's 45-minute budget.
     book_runs_bench: bool = True
+    # RQ1 probing sizes: the held-out share of the probed functions; the shares of them the syntactic
+    # and semantic probes use (each encodes extra inputs per function: SBT sequences, variants); the
+    # variants per semantic function; the lexical probe's token-state budget (float16 values) and
+    # function cap (~70 words each; more only slows a probe that saturates).
+    probe_test_share: float = 0.25
+    syntactic_share: float = 0.5
+    semantic_share: float = 0.2
+    variants_per_function: int = 2
+    lexical_token_budget: int = 80_000_000
+    lexical_functions: int = 120
+    # A slower extra backbone (SmolLM2: 30 layers, 576 wide) is probed on at most this many
+    # functions (and at most half the profile's) of at most this many tokens.
+    extra_probe_functions: int = 240
+    extra_probe_tokens: int = 96
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,20 +1,21 @@
-"""Bootstrap confidence intervals over test examples, and paired bootstrap comparisons.
+"""The book's statistics: bootstrap intervals, paired comparisons, non-inferiority with Holm.
 
 Per-example data come as columns: a dict of equal-length arrays (one row per test example, e.g.
 {"reciprocal_rank": ...} or {"prediction": ..., "label": ...}) or a single array. A `statistic`
 maps (a resample of) those columns to a metric or a dict of metrics; without one the metric is
 the column mean. Resamples draw whole rows, so metrics that are not means (F1, corpus BLEU from
-per-sentence statistics) get correct intervals too. Percentile intervals, fixed seed.
+per-sentence statistics) get correct intervals too. With `clusters` (one id per row) whole
+clusters are drawn instead of rows: the unit that was sampled (a function with its variants, a
+function with its words or pairs) is the unit that is resampled. Percentile intervals, fixed seed.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Union
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-Columns = Union[Mapping[str, np.ndarray], np.ndarray, list]
-Statistic = Callable[[dict[str, np.ndarray]], Union[float, Mapping[str, float]]]
+Columns = Mapping[str, np.ndarray] | np.ndarray | list
+Statistic = Callable[[dict[str, np.ndarray]], float | Mapping[str, float]]
 
 
 def _columns(data: Columns) -> dict[str, np.ndarray]:
@@ -27,6 +28,10 @@ def _columns(data: Columns) -> dict[str, np.ndarray]:
     return columns
 
 
+def _length(columns: dict[str, np.ndarray]) -> int:
+    return len(next(iter(columns.values())))
+
+
 def _apply(statistic: Statistic | None, columns: dict[str, np.ndarray]) -> dict[str, float]:
     if statistic is None:
         return {k: float(np.mean(v)) for k, v in columns.items()}
@@ -34,48 +39,158 @@ def _apply(statistic: Statistic | None, columns: dict[str, np.ndarray]) -> dict[
     return {k: float(v) for k, v in value.items()} if isinstance(value, Mapping) else {"value": float(value)}
 
 
-def _resamples(n: int, samples: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(samples, n))
+class _Resampler:
+    """Row indices of bootstrap resamples: rows, or whole clusters of rows."""
+
+    def __init__(self, n: int, clusters: Sequence | None, samples: int, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.samples = samples
+        if clusters is None:
+            self.members = None
+            self.units = n
+            return
+        clusters = np.asarray(clusters)
+        if len(clusters) != n:
+            raise ValueError(f"clusters must give one id per row: {len(clusters)} ids for {n} rows")
+        _, inverse = np.unique(clusters, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.cumsum(np.bincount(inverse))
+        self.members = np.split(order, bounds[:-1])
+        self.units = len(self.members)
+
+    def draws(self) -> np.ndarray:
+        """(samples, units) unit indices; one call, so a seed always gives the same resamples."""
+        return self.rng.integers(0, self.units, size=(self.samples, self.units))
+
+    def rows(self, units: np.ndarray) -> np.ndarray:
+        return units if self.members is None else np.concatenate([self.members[u] for u in units])
 
 
-def bootstrap_ci(data: Columns, statistic: Statistic | None = None, *, samples: int = 1000,
-                 confidence: float = 0.95, seed: int = 0) -> dict[str, dict[str, float]]:
-    """{metric: {"value", "low", "high"}}: the metric on all rows and its percentile interval."""
+def _percentiles(draws: np.ndarray, confidence: float) -> tuple[float, float]:
+    tail = (1 - confidence) / 2 * 100
+    return float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail))
+
+
+def _check_confidence(confidence: float) -> None:
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
+def bootstrap_ci(data: Columns, statistic: Statistic | None = None, *, clusters: Sequence | None = None,
+                 samples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict[str, dict[str, float]]:
+    """{metric: {"value", "low", "high"}}: the metric on all rows and its percentile interval.
+
+    Without a statistic and with clusters, each resample's metric is the mean over the rows of the
+    drawn clusters (a ratio of sums, e.g. correct words over words), computed from cluster sums."""
+    _check_confidence(confidence)
     columns = _columns(data)
     point = _apply(statistic, columns)
-    n = len(next(iter(columns.values())))
+    resampler = _Resampler(_length(columns), clusters, samples, seed)
+    units = resampler.draws()
     draws = {k: np.empty(samples) for k in point}
-    for s, rows in enumerate(_resamples(n, samples, seed)):
-        for k, v in _apply(statistic, {c: col[rows] for c, col in columns.items()}).items():
-            draws[k][s] = v
-    tail = (1 - confidence) / 2 * 100
-    return {k: {"value": point[k], "low": float(np.percentile(draws[k], tail)),
-                "high": float(np.percentile(draws[k], 100 - tail))} for k in point}
+    if statistic is None:  # means: vectorised over resamples via per-unit sums and counts
+        counts = (np.ones(resampler.units) if resampler.members is None
+                  else np.array([len(m) for m in resampler.members], dtype=float))
+        for k, column in columns.items():
+            sums = (column.astype(float) if resampler.members is None
+                    else np.array([column[m].astype(float).sum() for m in resampler.members]))
+            draws[k] = sums[units].sum(1) / counts[units].sum(1)
+    else:
+        for s, drawn in enumerate(units):
+            rows = resampler.rows(drawn)
+            for k, v in _apply(statistic, {c: col[rows] for c, col in columns.items()}).items():
+                draws[k][s] = v
+    return {k: {"value": point[k], **dict(zip(("low", "high"), _percentiles(draws[k], confidence)))}
+            for k in point}
 
 
 def paired_bootstrap(first: Columns, second: Columns, statistic: Statistic | None = None, *,
-                     samples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict[str, dict[str, float]]:
+                     clusters: Sequence | None = None, samples: int = 1000, confidence: float = 0.95,
+                     seed: int = 0) -> dict[str, dict[str, float]]:
     """Compare two systems scored on the same test rows: {metric: {"difference", "low", "high",
     "p_value"}} where difference = metric(second) - metric(first), the interval resamples the same
-    rows for both, and p_value is the two-sided bootstrap probability of a difference of 0 or the
-    opposite sign."""
+    rows (or clusters) for both, and p_value is the two-sided bootstrap probability of a difference
+    of 0 or the opposite sign."""
+    _check_confidence(confidence)
     a, b = _columns(first), _columns(second)
-    n = len(next(iter(a.values())))
-    if len(next(iter(b.values()))) != n:
-        raise ValueError(f"paired bootstrap needs the same test rows: {n} vs {len(next(iter(b.values())))}")
+    n = _length(a)
+    if _length(b) != n:
+        raise ValueError(f"paired bootstrap needs the same test rows: {n} vs {_length(b)}")
     point_a, point_b = _apply(statistic, a), _apply(statistic, b)
+    resampler = _Resampler(n, clusters, samples, seed)
     draws = {k: np.empty(samples) for k in point_a}
-    for s, rows in enumerate(_resamples(n, samples, seed)):
+    for s, drawn in enumerate(resampler.draws()):
+        rows = resampler.rows(drawn)
         ra = _apply(statistic, {c: col[rows] for c, col in a.items()})
         rb = _apply(statistic, {c: col[rows] for c, col in b.items()})
         for k in draws:
             draws[k][s] = rb[k] - ra[k]
-    tail = (1 - confidence) / 2 * 100
     result = {}
     for k, d in draws.items():
         p = 2 * min(np.mean(d <= 0), np.mean(d >= 0))
-        result[k] = {"difference": point_b[k] - point_a[k], "low": float(np.percentile(d, tail)),
-                     "high": float(np.percentile(d, 100 - tail)), "p_value": float(min(1.0, p))}
+        low, high = _percentiles(d, confidence)
+        result[k] = {"difference": point_b[k] - point_a[k], "low": low, "high": high, "p_value": float(min(1.0, p))}
     return result
+
+
+def seeded_difference_draws(reference: Sequence[Columns], variant: Sequence[Columns], statistic: Statistic,
+                            metric: str, *, clusters: Sequence | None = None, samples: int = 1000,
+                            seed: int = 0) -> tuple[float, np.ndarray]:
+    """Paired difference variant - reference of `metric`, averaged over seeds, and its bootstrap
+    draws. reference[i] and variant[i] are the per-example columns of seed i on the same test rows.
+    Each draw resamples the seeds (with replacement) and the test rows (or clusters; the same rows
+    for every seed and both systems), so the interval carries both sources of variation."""
+    if len(reference) != len(variant) or not reference:
+        raise ValueError(f"need the same seeds for both systems, got {len(reference)} and {len(variant)}")
+    ref = [_columns(c) for c in reference]
+    var = [_columns(c) for c in variant]
+    n = _length(ref[0])
+    if any(_length(c) != n for c in ref + var):
+        raise ValueError("every seed of both systems must be scored on the same test rows")
+    point = float(np.mean([_apply(statistic, v)[metric] - _apply(statistic, r)[metric] for r, v in zip(ref, var)]))
+    resampler = _Resampler(n, clusters, samples, seed)
+    seed_draws = np.random.default_rng(seed + 1).integers(0, len(ref), size=(samples, len(ref)))
+    draws = np.empty(samples)
+    for s, drawn in enumerate(resampler.draws()):
+        rows = resampler.rows(drawn)
+        per_seed = {}
+        for i in set(seed_draws[s].tolist()):
+            per_seed[i] = (_apply(statistic, {c: col[rows] for c, col in var[i].items()})[metric]
+                           - _apply(statistic, {c: col[rows] for c, col in ref[i].items()})[metric])
+        draws[s] = np.mean([per_seed[i] for i in seed_draws[s]])
+    return point, draws
+
+
+def non_inferiority(reference: Sequence[Columns], variant: Sequence[Columns], statistic: Statistic,
+                    metric: str, margin: float, *, clusters: Sequence | None = None, samples: int = 1000,
+                    confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Is `variant` no worse than `reference` by more than `margin` (higher metric is better)?
+
+    H0: difference (variant - reference) <= -margin. The one-sided bootstrap p-value is the share
+    of draws at or below -margin ((count + 1) / (draws + 1)); the two-sided `confidence` interval
+    of the difference is reported beside it. Seeds and test rows are resampled together
+    (`seeded_difference_draws`)."""
+    if margin < 0:
+        raise ValueError(f"a non-inferiority margin is a non-negative distance, got {margin}")
+    _check_confidence(confidence)
+    point, draws = seeded_difference_draws(reference, variant, statistic, metric, clusters=clusters,
+                                           samples=samples, seed=seed)
+    low, high = _percentiles(draws, confidence)
+    p_value = (np.sum(draws <= -margin) + 1) / (len(draws) + 1)
+    return {"difference": point, "low": low, "high": high, "margin": margin, "p_value": float(p_value),
+            "seeds": len(reference)}
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), in the input order."""
+    p = np.asarray(p_values, dtype=float)
+    if p.ndim != 1 or np.any((p < 0) | (p > 1)):
+        raise ValueError(f"p-values must be a 1-D sequence in [0, 1], got {p_values!r}")
+    order = np.argsort(p, kind="stable")
+    m = len(p)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        adjusted[index] = running
+    return adjusted.tolist()

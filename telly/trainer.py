@@ -1,123 +1,125 @@
-"""The Telly-K trainer: fine-tune a backbone on a task with the bottom K blocks frozen, and measure it.
+"""The Telly-K trainer: fine-tune one variant (task, model, method, seed) and measure it.
 
 Read top to bottom, `finetune` does:
-  1. resolve the run (task, model, method, freeze depth, seed, profile) and its record path;
-  2. load the backbone and the task data, build the task model, choose what trains (baselines.py);
+  1. resolve the run (a `telly.store.Variant`) and the profile it runs under;
+  2. load the backbone and the task data, build the task model, let the method choose what trains;
   3. zero-shot: score the pre-trained model on the test set when the task allows it (code search);
-  4. frozen-prefix cache: for Telly-K (K >= 0) run embeddings + blocks 0..K-1 once (prefix_cache.py);
-  5. train with AdamW + linear warmup/decay under Accelerate (same code for `accelerate launch`),
+  4. frozen-prefix cache: for cached Telly-K run embeddings + blocks 0..K-1 once (prefix_cache.py);
+  5. one untimed warm-up step on a copy of the model, which also measures peak memory;
+  6. train with AdamW + linear warmup/decay under Accelerate (same code for `accelerate launch`),
      timing each epoch's training apart from its validation, early stopping on the validation metric;
-  6. restore the best epoch, score the test set with bootstrap 95% CIs (stats.py);
-  7. save the best backbone (HF base-model keys) and head as safetensors, then the JSON record.
+  7. restore the best epoch, score the test set with bootstrap 95% CIs (stats.py);
+  8. save the best backbone (HF base-model keys) and head as safetensors, then the JSON record.
 The record is written last and atomically, so its presence means the run finished.
+
+`train_step` is the one training step: the trainer and the bench both call it. Peak memory means
+one thing in both (`step_peak_memory`): the bytes of the tensors one training step holds on the
+training device at its peak (weights, gradients, optimizer state, activations, and on a CPU the
+in-memory prefix cache), measured as the variant's live tensors before the step plus the peak of
+what the step allocates (the torch profiler's allocator events on CPU, max_memory_allocated on CUDA).
 
 Several processes: `accelerate launch --multi_gpu --num_processes N -m telly.cli finetune ...` on
 GPUs, or `torchrun --nproc_per_node N -m telly.cli finetune ...` (gloo on CPU). The profile's
 batch_size is the global batch, split across processes; code search gathers every process's code
 embeddings so its in-batch negatives are the whole global batch, as with one process.
-
-Peak memory: on GPU, torch.cuda.max_memory_allocated over training; on CPU, the peak resident set
-size above its level when training started, sampled every 50 ms with psutil (allocations that live
-shorter than that can be missed; memory held before the run is not counted).
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
-import re
-import sys
-import threading
+import contextlib
+import copy
 import time
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from telly.profiles import Profile, get_profile
+from telly.store import HEAD_WEIGHTS, WEIGHTS, RunStore, Variant, as_store, as_stored, slug
 
-WEIGHTS = "backbone.safetensors"
-HEAD_WEIGHTS = "head.safetensors"
+# ----------------------------------------------------------------------------- one training step
 
-
-# ----------------------------------------------------------------------------- run identity
-
-def slug(text: str) -> str:
-    """A file-name-safe form of a model name or path."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_.") or "model"
-
-
-def data_location(data_path: str | Path | None) -> str | None:
-    """The absolute form of a real dataset path, as records keep it (None: the offline corpus)."""
-    return str(Path(data_path).expanduser().resolve()) if data_path else None
-
-
-def data_tag(data_path: str | Path) -> str:
-    """Names a real dataset in run ids: its file or folder name and a hash of its absolute path."""
-    location = data_location(data_path)
-    return f"{slug(Path(location).name)}-{hashlib.sha256(location.encode()).hexdigest()[:8]}"
+def train_step(model: torch.nn.Module, batch: dict, optimizer, scheduler=None, *,
+               backward: Callable[[torch.Tensor], None] | None = None,
+               autocast: contextlib.AbstractContextManager | None = None) -> float:
+    """Forward (under `autocast` when given), backward, optimizer and schedule step; the loss."""
+    with autocast if autocast is not None else contextlib.nullcontext():
+        loss = model(batch)
+    (backward or torch.Tensor.backward)(loss)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach().float().item()
 
 
-def run_name(task: str, model: str, method: str, freeze: int, seed: int, profile: str,
-             cache: bool = True, data_path: str | Path | None = None) -> str:
-    """Deterministic run id: the same settings always map to the same record path; a run on a real
-    dataset (`data_path`) never shares its id with the offline-corpus run of the same variant."""
-    variant = f"telly{freeze}" if method == "telly" else method
-    if method == "telly" and not cache:
-        variant += "-nocache"
-    name = f"{task}__{slug(model)}__{variant}__seed{seed}__{profile}"
-    return f"{name}__data-{data_tag(data_path)}" if data_path else name
+# ----------------------------------------------------------------------------- peak memory
+
+def memory_method(device: torch.device) -> str:
+    if device.type == "cuda":
+        return ("bytes of the variant's tensors on the GPU before one training step + the most the step "
+                "allocated above that (torch.cuda.max_memory_allocated); the prefix cache lives in host "
+                "memory and is reported as cache_megabytes")
+    return ("bytes of the variant's live tensors before one training step (weights, buffers, optimizer "
+            "state, the in-memory prefix cache) + the peak of the allocations the torch profiler "
+            "(profile_memory=True) records during the step")
 
 
-def normalise_method(method: str, freeze: int) -> str:
-    """Telly with K = -1 freezes nothing: it is full fine-tuning, recorded as such."""
-    return "full" if method == "telly" and freeze == -1 else method
+def tensor_bytes(tensors, device: torch.device) -> int:
+    """Bytes of the distinct storages behind `tensors` on `device`'s type (shared storage once)."""
+    seen: dict[int, int] = {}
+    for tensor in tensors:
+        if tensor is None or tensor.device.type != device.type:
+            continue
+        storage = tensor.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
 
 
-def record_path(out: str | Path, task: str, model: str, method: str, freeze: int, seed: int,
-                profile: str, cache: bool = True, data_path: str | Path | None = None) -> Path:
-    method = normalise_method(method, freeze)
-    return Path(out) / f"{run_name(task, model, method, freeze, seed, profile, cache, data_path)}.json"
+def profiled_peak_bytes(step: Callable[[], None]) -> int:
+    """Peak of the CPU tensor memory allocated (minus freed) while `step` runs, from the torch
+    profiler's allocator events; 0 when nothing outlives its own allocation."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = [e for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    events.sort(key=lambda e: e.start_ns())
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
 
 
-# ----------------------------------------------------------------------------- measurement
+def step_peak_memory(task_model: torch.nn.Module, make_optimizer, batch: dict, device: torch.device, *,
+                     cache_bytes: int = 0, autocast=None, measure: bool = True) -> int | None:
+    """One untimed training step on a copy of `task_model` (the real weights and the random state
+    are left as they were): it warms up the allocator and kernels before the timed epochs and, when
+    `measure`, returns the step's peak tensor bytes (see the module docstring). `cache_bytes`: the
+    in-memory prefix cache the variant holds (counted on a CPU)."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        warm = copy.deepcopy(task_model).to(device).train()
+        optimizer = make_optimizer(warm)
 
-class PeakMemory:
-    """Peak memory of a block of work in MB (see the module docstring for how)."""
+        def step() -> None:
+            train_step(warm, batch, optimizer, autocast=autocast)
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak_mb = 0.0
-        self.method = ("cuda max_memory_allocated" if device.type == "cuda"
-                       else "cpu peak RSS above start, psutil sampled every 50 ms")
-
-    @contextmanager
-    def track(self):
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            yield self
-            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-            return
-        import psutil
-
-        process = psutil.Process()
-        start = process.memory_info().rss
-        peak = [start]
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.wait(0.05):
-                peak[0] = max(peak[0], process.memory_info().rss)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        try:
-            yield self
-        finally:
-            done.set()
-            sampler.join()
-            peak[0] = max(peak[0], process.memory_info().rss)
-            self.peak_mb = (peak[0] - start) / 2**20
+        if not measure:
+            step()
+            return None
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            before = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            step()
+            torch.cuda.synchronize(device)
+            added = torch.cuda.max_memory_allocated(device) - before
+            resident = tensor_bytes([*warm.parameters(), *warm.buffers()], device)
+            return int(resident + added)
+        resident = tensor_bytes([*warm.parameters(), *warm.buffers()], device) + cache_bytes
+        return int(resident + profiled_peak_bytes(step))
 
 
 def _sync(device: torch.device) -> None:
@@ -143,66 +145,73 @@ def _set_dropout(model: torch.nn.Module, p: float) -> None:
             module.dropout = p
 
 
+def optimizer_factory(task, profile: Profile, head_learning_rate: float):
+    """model -> AdamW over its trainable parameters; the head at its own learning rate."""
+    def make(task_model: torch.nn.Module) -> torch.optim.Optimizer:
+        head_ids = {id(p) for p in task_model.head.parameters()}
+        groups = [{"params": [p for p in task_model.parameters() if p.requires_grad and id(p) not in head_ids]},
+                  {"params": [p for p in task_model.head.parameters() if p.requires_grad], "lr": head_learning_rate}]
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=profile.learning_rate, eps=1e-8)
+    return make
+
+
 # ----------------------------------------------------------------------------- the run
 
-def finetune(task, model: str = "minilm-l6", freeze: int = -1, *, method: str = "telly",
-             profile: str | Profile = "laptop", seed: int = 0, out: str | Path = "runs",
-             cache: bool = True, save_epoch_checkpoints: bool = False, data_path: str | None = None,
-             lora_r: int = 8, lora_targets: list[str] | None = None, dropout: float | None = None,
-             head_learning_rate: float | None = None,
-             mixed_precision: str = "no", progress: bool = True) -> dict:
-    """Fine-tune `model` on `task` and write one JSON record (returned) plus the best weights.
+def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile: Profile | str | None = None,
+             save_epoch_checkpoints: bool = False, dropout: float | None = None,
+             head_learning_rate: float | None = None, mixed_precision: str = "no",
+             progress: bool = True, on_epoch: Callable[[dict, int], None] | None = None) -> dict:
+    """Fine-tune `variant` and write its record (returned) and best weights into `store`.
 
-    method: "telly" (freeze embeddings + blocks 0..freeze-1; freeze=-1 is full fine-tuning),
-    "full", "lora" (peft, r=`lora_r` on query/value) or "bitfit". cache: train Telly-K from the
-    frozen-prefix cache (False = the paper's Telly, frozen blocks run every batch with dropout).
-    dropout: override every dropout probability (0.0 makes runs identical across process counts).
-    head_learning_rate: the task head's learning rate (default: the task's head_lr_scale x the profile's).
+    profile: the settings to run under (default: the registered profile `variant.profile` names;
+    a custom Profile must carry that name). dropout: override every dropout probability (0.0 makes
+    runs identical across process counts). head_learning_rate: the task head's learning rate
+    (default: the task's head_lr_scale x the profile's). on_epoch(epoch_summary, max_epochs) is called
+    after each epoch's validation (a live progress bar, for example).
     """
     from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
     from accelerate.utils import set_seed
     from safetensors.torch import save_file
-    from transformers import get_linear_schedule_with_warmup
     from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
 
     from telly import backbones, stats
-    from telly.baselines import METHODS, apply_method
     from telly.prefix_cache import build_prefix_cache
-    from telly.results import provenance, write_json
+    from telly.store import provenance
     from telly.tasks import get_task, move_to
 
     # 1. The run: what it is and where its record goes.
     started = time.perf_counter()
-    profile = get_profile(profile)
-    task = get_task(task, **({"data_path": data_path} if data_path else {}))
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    method = normalise_method(method, freeze)
-    use_cache = cache and method == "telly" and freeze >= 0
-    name = run_name(task.name, model, method, freeze, seed, profile.name, cache or method != "telly", data_path)
-    out = Path(out)
-    run_dir = out / name
+    profile = get_profile(profile if profile is not None else variant.profile)
+    if profile.name != variant.profile:
+        raise ValueError(f"variant {variant.run_id} names profile {variant.profile!r}, but runs under {profile.name!r}")
+    store = as_store(store)
+    task = get_task(variant.task, **({"data_path": variant.data_path} if variant.data_path else {}))
+    method, freeze = variant.method, variant.freeze
+    use_cache = method.cache
+    name = variant.run_id
+    run_dir = store.run_dir(variant)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision,
         dataloader_config=DataLoaderConfiguration(split_batches=True),  # batch_size = global batch
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     device, main = accelerator.device, accelerator.is_main_process
-    set_seed(seed)
+    set_seed(variant.seed)
 
     # 2. Backbone, data, task model; which parameters train.
-    backbone = backbones.load(model)
+    backbone = backbones.load(variant.model)
     if not -1 <= freeze <= backbone.num_layers - 1:
-        raise ValueError(f"freeze depth must be in -1..{backbone.num_layers - 1} for {model} "
+        raise ValueError(f"freeze depth must be in -1..{backbone.num_layers - 1} for {variant.model} "
                          f"({backbone.num_layers} layers), got {freeze}")
     data = task.load_data(profile)
     task_model = task.build_model(backbone)
     if dropout is not None:
         _set_dropout(task_model, dropout)
     tokenizer = backbone.tokenizer
-    zero_shot = _zero_shot(task, task_model, data, tokenizer, profile, model, out, device, main) \
-        if task.zero_shot else None
-    method_config = apply_method(task_model, method, freeze, lora_r=lora_r, lora_targets=lora_targets)
+    zero_shot = (_zero_shot(task, task_model, data, tokenizer, profile, variant.model, store, device, main)
+                 if task.zero_shot else None)
+    method_config = method.apply(task_model)
     trainable, total = _count(task_model.parameters())
     backbone_trainable, backbone_total = _count(task_model.backbone.parameters())
     task_model.to(device)
@@ -226,54 +235,51 @@ def finetune(task, model: str = "minilm-l6", freeze: int = -1, *, method: str = 
             batch["inputs"] = prefix_cache.states(indices, state_dtype)
         return batch
 
-    # 4. Optimiser and schedule over every epoch's steps.
+    # 4. Optimiser and schedule over every epoch's steps. The head may learn faster than the
+    # pre-trained weights (Task.head_lr_scale, e.g. a randomly initialised classifier).
     steps_per_epoch = -(-len(data.train) // profile.batch_size)
-    # The head may learn faster than the pre-trained weights (Task.head_lr_scale, e.g. a randomly
-    # initialised classifier that must learn something within a short laptop budget).
     head_learning_rate = head_learning_rate or task.head_lr_scale * profile.learning_rate
-    head_ids = {id(p) for p in task_model.head.parameters()}
-    groups = [{"params": [p for p in task_model.parameters() if p.requires_grad and id(p) not in head_ids]},
-              {"params": [p for p in task_model.head.parameters() if p.requires_grad], "lr": head_learning_rate}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=profile.learning_rate, eps=1e-8)
+    make_optimizer = optimizer_factory(task, profile, head_learning_rate)
+    in_memory_cache = prefix_cache.nbytes() if prefix_cache is not None and prefix_cache.storage == "memory" else 0
+    peak_bytes = step_peak_memory(task_model, make_optimizer, move_to(make_batch(list(range(
+        min(profile.batch_size, len(data.train))))), device), device, cache_bytes=in_memory_cache)
+    optimizer = make_optimizer(task_model)
     total_steps = steps_per_epoch * profile.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(profile.warmup_ratio * total_steps), total_steps)
     wrapped, optimizer, scheduler = accelerator.prepare(task_model, optimizer, scheduler)
 
     # 5. Train; validate after each epoch; keep the best epoch's trainable weights.
     epochs, best, best_state, since_best = [], None, None, 0
-    memory = PeakMemory(device)
-    with memory.track():
-        for epoch in range(1, profile.epochs + 1):
-            order = np.random.default_rng([seed, epoch]).permutation(len(data.train)).tolist()
-            loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(
-                order, batch_size=profile.batch_size, shuffle=False, collate_fn=make_batch))
-            wrapped.train()
-            losses = []
-            _sync(device)
-            tick = time.perf_counter()
-            for batch in tqdm(loader, desc=f"{name} epoch {epoch}", disable=not (progress and main), leave=False):
-                loss = wrapped(move_to(batch, device))
-                accelerator.backward(loss)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(loss.detach().float().item())
-            _sync(device)
-            train_seconds = time.perf_counter() - tick
-            tick = time.perf_counter()
-            valid = _evaluate(task, accelerator.unwrap_model(wrapped), data.valid, tokenizer, profile)
-            eval_seconds = time.perf_counter() - tick
-            epochs.append({"epoch": epoch, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
-                           "train_loss": float(np.mean(losses)), "valid": valid.metrics})
-            if save_epoch_checkpoints and main:
-                _save_weights(task_model, run_dir / f"epoch-{epoch}", save_file)
-            if best is None or valid.metrics[task.metric] > best["valid"][task.metric]:
-                best, since_best = epochs[-1], 0
-                best_state = {k: v.detach().clone() for k, v in task_model.named_parameters() if v.requires_grad}
-            else:
-                since_best += 1
-                if since_best >= profile.patience:
-                    break
+    for epoch in range(1, profile.epochs + 1):
+        order = np.random.default_rng([variant.seed, epoch]).permutation(len(data.train)).tolist()
+        loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(
+            order, batch_size=profile.batch_size, shuffle=False, collate_fn=make_batch))
+        wrapped.train()
+        losses = []
+        _sync(device)
+        tick = time.perf_counter()
+        for batch in tqdm(loader, desc=f"{name} epoch {epoch}", disable=not (progress and main), leave=False):
+            losses.append(train_step(wrapped, move_to(batch, device), optimizer, scheduler,
+                                     backward=accelerator.backward))
+        _sync(device)
+        train_seconds = time.perf_counter() - tick
+        tick = time.perf_counter()
+        valid = _evaluate(task, accelerator.unwrap_model(wrapped), data.valid, tokenizer, profile)
+        eval_seconds = time.perf_counter() - tick
+        epochs.append({"epoch": epoch, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+                       "train_loss": float(np.mean(losses)), "valid": valid.metrics})
+        if on_epoch is not None:
+            on_epoch(epochs[-1], profile.epochs)
+        if save_epoch_checkpoints and main:
+            _save_weights(task_model, run_dir / f"epoch-{epoch}", save_file)
+        if best is None or valid.metrics[task.metric] > best["valid"][task.metric]:
+            best, since_best = epochs[-1], 0
+            best_state = {k: v.detach().clone() for k, v in task_model.named_parameters() if v.requires_grad}
+        else:
+            since_best += 1
+            if since_best >= profile.patience:
+                break
+    cache_info = None
     if prefix_cache is not None:
         cache_info = prefix_cache.describe()
         prefix_cache.close()
@@ -281,20 +287,20 @@ def finetune(task, model: str = "minilm-l6", freeze: int = -1, *, method: str = 
     # 6. Test at the best epoch, with bootstrap CIs over test examples.
     task_model.load_state_dict(best_state, strict=False)
     test = _evaluate(task, task_model, data.test, tokenizer, profile)
-    test_ci = stats.bootstrap_ci(test.per_example, task.score, samples=profile.bootstrap_samples, seed=seed)
+    test_ci = stats.bootstrap_ci(test.per_example, task.score, samples=profile.bootstrap_samples, seed=variant.seed)
 
     # 7. Weights, then the record (last: its presence means the run finished).
     best_epoch = best["epoch"]
     record = {
-        "run": name, "task": task.name, "model": model, "method": method, "freeze": freeze,
-        "seed": seed, "profile": profile.name, "status": "finished",
+        "run": name, "task": task.name, "model": variant.model, "method": method.name, "freeze": freeze,
+        "seed": variant.seed, "profile": profile.name, "profile_settings": as_stored(profile.to_dict()),
+        "status": "finished", "label": variant.label,
         "method_config": method_config, "task_config": task.config.to_dict(),
-        "cache": cache_info if prefix_cache is not None else None,
-        "uses_cache": use_cache,
+        "cache": cache_info, "uses_cache": use_cache,
         "dropout_override": dropout,
         "metric": task.metric,
         "data": {"source": data.source, "fingerprint": data.fingerprint, "sizes": data.sizes(),
-                 "path": data_location(data_path)},
+                 "path": variant.data_path},
         "parameters": {"trainable": trainable, "total": total, "backbone_trainable": backbone_trainable,
                        "backbone_total": backbone_total, "num_layers": backbone.num_layers},
         "batch_size": profile.batch_size, "num_processes": accelerator.num_processes,
@@ -304,21 +310,23 @@ def finetune(task, model: str = "minilm-l6", freeze: int = -1, *, method: str = 
         "cache_seconds": cache_seconds,
         "epoch_seconds": float(np.mean([e["train_seconds"] for e in epochs])),
         "time_to_best_seconds": cache_seconds + sum(e["train_seconds"] for e in epochs[:best_epoch]),
+        "warm_up": "one untimed training step on a copy of the model before the first timed epoch",
         "valid": best["valid"],
         "test": test.metrics, "test_ci": test_ci,
         "test_per_example": {k: np.asarray(v).tolist() for k, v in test.per_example.items()},
         "zero_shot": zero_shot,
         # Generation tasks: decode time, degenerate-output report, example outputs (None otherwise).
         "generation": test.extras or None,
-        "peak_memory_mb": memory.peak_mb, "peak_memory_method": memory.method,
+        "peak_tensor_memory_mb": peak_bytes / 2**20, "peak_memory_method": memory_method(device),
+        "cache_megabytes": cache_info["megabytes"] if cache_info else 0.0,
         "weights": str(run_dir / WEIGHTS),
-        "provenance": provenance(model=model, profile=profile.name, corpus_fingerprint=data.fingerprint,
-                                 seed=seed, device=device) | {"backbone": backbone.describe()},
+        "provenance": provenance(model=variant.model, profile=profile.name, corpus_fingerprint=data.fingerprint,
+                                 seed=variant.seed, device=device) | {"backbone": backbone.describe()},
     }
     record["wall_seconds"] = time.perf_counter() - started
     if main:
         _save_weights(task_model, run_dir, save_file)
-        write_json(out / f"{name}.json", record)
+        store.write_record(variant, record)
     accelerator.wait_for_everyone()
     return record
 
@@ -334,7 +342,7 @@ def _evaluate(task, model, examples, tokenizer, profile):
 
 def _save_weights(task_model, directory: Path, save_file) -> None:
     """backbone.safetensors (HF base-model keys) and head.safetensors, each written atomically."""
-    from telly.baselines import backbone_state_dict
+    from telly.methods import backbone_state_dict
 
     directory.mkdir(parents=True, exist_ok=True)
     head = {k: v.detach().cpu().contiguous() for k, v in task_model.head.state_dict().items()}
@@ -344,20 +352,22 @@ def _save_weights(task_model, directory: Path, save_file) -> None:
         partial.replace(directory / filename)
 
 
-def _zero_shot(task, task_model, data, tokenizer, profile, model, out, device, main) -> dict:
-    """Test metrics of the pre-trained model (fresh head); computed once per (task, model, profile, data)."""
+def _zero_shot(task, task_model, data, tokenizer, profile, model, store: RunStore, device, main) -> dict:
+    """Test metrics of the pre-trained model (fresh head); one store document per (task, model,
+    profile), current while the data and profile are the same."""
     from telly import stats
-    from telly.results import provenance, read_json, write_json
+    from telly.store import provenance
 
-    path = Path(out) / "zero-shot" / f"{task.name}__{slug(model)}__{profile.name}.json"
-    if path.exists():
-        stored = read_json(path)
-        if stored.get("data_fingerprint") == data.fingerprint:
-            return stored
+    name = f"zero-shot/{task.name}__{slug(model)}__{profile.name}"
+    inputs = {"task": task.name, "model": model, "profile": profile.to_dict(), "data_fingerprint": data.fingerprint}
+    stored = store.find_document(name, inputs)
+    if stored is not None:
+        return stored
     task_model.to(device)
     result = _evaluate(task, task_model, data.test, tokenizer, profile)
-    record = {
-        "task": task.name, "model": model, "profile": profile.name, "data_fingerprint": data.fingerprint,
+    document = {
+        "task": task.name, "model": model, "profile": profile.name, "inputs": inputs,
+        "data_fingerprint": data.fingerprint,
         "test": result.metrics,
         "test_ci": stats.bootstrap_ci(result.per_example, task.score, samples=profile.bootstrap_samples),
         "test_per_example": {k: np.asarray(v).tolist() for k, v in result.per_example.items()},
@@ -365,48 +375,8 @@ def _zero_shot(task, task_model, data, tokenizer, profile, model, out, device, m
                                  device=device),
     }
     if main:
-        write_json(path, record)
-    return record
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def add_cli(subparsers) -> None:
-    from telly.cli import add_common
-
-    parser = subparsers.add_parser("finetune", help="fine-tune one variant (Telly-K, full, LoRA, BitFit)",
-                                   description=finetune.__doc__)
-    add_common(parser, out="runs")
-    parser.add_argument("--task", required=True, help="code-search, clone-detection, code-summarization, "
-                        "code-generation or code-completion")
-    parser.add_argument("--freeze", type=int, default=-1, help="K: freeze embeddings + blocks 0..K-1 (-1: none)")
-    parser.add_argument("--method", default="telly", help="telly (default), full, lora or bitfit")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-cache", dest="cache", action="store_false",
-                        help="run the frozen blocks every batch (the paper's Telly) instead of caching them")
-    parser.add_argument("--data", dest="data_path", default=None, help="real dataset path (default: offline corpus)")
-    parser.add_argument("--lora-r", type=int, default=8)
-    parser.add_argument("--lora-targets", default=None, help="comma-separated module names (default: query,value)")
-    parser.add_argument("--save-epoch-checkpoints", action="store_true")
-    parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
-    parser.set_defaults(handler=run_cli)
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    from telly.backbones import BackboneUnavailable
-
-    try:
-        record = finetune(
-            args.task, args.model, args.freeze, method=args.method, profile=args.profile, seed=args.seed,
-            out=args.out, cache=args.cache, save_epoch_checkpoints=args.save_epoch_checkpoints,
-            data_path=args.data_path, lora_r=args.lora_r,
-            lora_targets=args.lora_targets.split(",") if args.lora_targets else None,
-            mixed_precision=args.mixed_precision)
-    except (ValueError, FileNotFoundError, BackboneUnavailable) as exc:
-        print(f"telly finetune: error: {exc}", file=sys.stderr)
-        return 2
-    print(summary(record))
-    return 0
+        store.write_document(name, document)
+    return as_stored(document)
 
 
 def summary(record: dict) -> str:

@@ -1,5 +1,6 @@
-"""telly.bench: the measurement harness on a fake clock, the memory and probing measurements, and a
-tiny end-to-end bench. No timing assertions: speed goals live in the benchmark's own table."""
+"""telly.studies.bench and telly.report.bench: the measurement harness on a fake clock, the memory
+and probing measurements, and a tiny end-to-end bench. No timing assertions: speed goals live in
+the benchmark's own table."""
 from __future__ import annotations
 
 import json
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from telly import bench
+from telly import trainer
 from telly.profiles import get_profile
+from telly.report import bench as report
+from telly.studies import bench
 
 
 class FakeClock:
@@ -80,15 +83,18 @@ def test_payback_and_limits():
     assert bench.paper_estimate(12, 12) == pytest.approx(1 / 3)
     assert bench.freeze_depths(12) == [0, 6, 10, 11]
     assert bench.freeze_depths(6) == [0, 3, 4, 5]
-    names = [v.name for v in bench.training_variants(12)]
-    assert names == ["full", "telly-0", "telly-0-cached", "telly-6", "telly-6-cached", "telly-10",
-                     "telly-10-cached", "telly-11", "telly-11-cached", "lora", "bitfit"]
+    variants = bench.training_variants("unixcoder-shape", 12, "laptop")
+    assert [v.method.tag for v in variants] == [
+        "full", "telly0-nocache", "telly0", "telly6-nocache", "telly6", "telly10-nocache", "telly10",
+        "telly11-nocache", "telly11", "lora", "bitfit"]
+    assert [v.label for v in variants[:3]] == ["Full fine-tuning", "Telly-0 uncached", "Telly-0 cached"]
+    assert [v.label for v in variants[-2:]] == ["LoRA", "BitFit"]
 
 
 def test_tensor_bytes_counts_shared_storage_once():
     weight = torch.zeros(1000)
     view = weight[:10]
-    assert bench.tensor_bytes([weight, view, None, torch.zeros(250)]) == 4000 + 1000
+    assert trainer.tensor_bytes([weight, view, None, torch.zeros(250)], torch.device("cpu")) == 4000 + 1000
 
 
 def test_profiled_peak_sees_a_freed_transient_allocation():
@@ -99,9 +105,31 @@ def test_profiled_peak_sees_a_freed_transient_allocation():
         kept.append(transient[:10].clone())
         del transient
 
-    peak = bench.profiled_peak_bytes(step)
+    peak = trainer.profiled_peak_bytes(step)
     assert 4_000_000 <= peak < 16_000_000
-    assert bench.peak_memory_bytes(step, torch.device("cpu"), resident=lambda: 1234) >= 4_000_000 + 1234
+
+
+class _TransientLoss(torch.nn.Module):
+    """A model whose training step allocates a 4 MB transient, as activations do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1000))
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        transient = batch["x"].expand(1000, 1000) * self.weight
+        return transient.sum()
+
+
+def test_step_peak_memory_counts_resident_tensors_cache_and_the_step_on_a_copy():
+    model = _TransientLoss()
+    make_optimizer = lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3)  # noqa: E731
+    batch = {"x": torch.ones(1000)}
+    cpu = torch.device("cpu")
+    peak = trainer.step_peak_memory(model, make_optimizer, batch, cpu, cache_bytes=1234)
+    assert peak >= 4_000_000 + 4000 + 1234
+    assert trainer.step_peak_memory(model, make_optimizer, batch, cpu, measure=False) is None
+    assert torch.equal(model.weight, torch.ones(1000))  # the warm-up steps trained a copy
 
 
 def test_truncated_forwards_compute_the_same_features_as_one_pass(tiny):
@@ -135,7 +163,8 @@ def test_acceptance_says_by_how_much_a_target_is_missed():
 
 @pytest.fixture(scope="module")
 def smoke_record(tmp_path_factory):
-    """A whole bench on tiny-random with tiny sizes, a tiny corpus and synthetic training pairs."""
+    """A whole bench on tiny-random with tiny sizes, a tiny corpus and synthetic training pairs:
+    (record, out folder, the run's inputs as load_or_run takes them)."""
     from telly.tasks.code_search import SearchExample
 
     root = tmp_path_factory.mktemp("bench")
@@ -156,30 +185,33 @@ def smoke_record(tmp_path_factory):
                                  corpus_source=corpus, training_examples=examples, progress=False)
     finally:
         torch.set_num_threads(threads)
-    return record, root / "out"
+    return record, root / "out", {"profile": profile, "models": ["tiny-random"], "corpus_source": corpus}
 
 
 def test_smoke_bench_writes_a_well_formed_record(smoke_record):
-    record, out = smoke_record
+    record, out, _ = smoke_record
     stored = json.loads((out / "bench.json").read_text())
     assert stored["profile"] == "smoke" and stored["device_type"] == "cpu"
     assert {"model", "profile", "device", "date", "versions"} <= set(stored["provenance"])
+    assert stored["inputs"]["models"] == ["tiny-random"] and stored["inputs"]["sections"] == list(bench.SECTIONS)
     rows = {r["variant"]: r for r in stored["training"]}
-    assert list(rows) == [v.name for v in bench.training_variants(4)]
+    assert list(rows) == [v.method.tag for v in bench.training_variants("tiny-random", 4, "smoke")]
     for row in rows.values():
         assert {"model", "method", "freeze", "cached", "epoch_seconds", "ratio_to_full",
                 "peak_memory_ratio"} <= set(row)
         assert row["model"] == "tiny-random"
         assert len(row["epoch_seconds_runs"]) == 2
         assert row["epoch_seconds"] == pytest.approx(float(np.median(row["epoch_seconds_runs"])))
-        assert row["peak_memory_mb"] > 0 and row["trainable_parameters"] <= row["total_parameters"]
+        assert row["peak_tensor_memory_mb"] > 0 and row["trainable_parameters"] <= row["total_parameters"]
         assert (row["compute_limit"] is not None) == row["cached"]
     assert rows["full"]["ratio_to_full"] == 1.0 and rows["full"]["peak_memory_ratio"] == 1.0
-    assert rows["telly-3-cached"]["compute_limit"] == pytest.approx(0.25)
-    assert rows["telly-3"]["ratio_to_full"] == pytest.approx(
-        rows["telly-3"]["epoch_seconds"] / rows["full"]["epoch_seconds"])
+    assert rows["telly3"]["compute_limit"] == pytest.approx(0.25)
+    assert rows["telly3-nocache"]["ratio_to_full"] == pytest.approx(
+        rows["telly3-nocache"]["epoch_seconds"] / rows["full"]["epoch_seconds"])
+    assert (rows["telly3"]["method"], rows["telly3"]["freeze"], rows["telly3"]["cached"]) == ("telly", 3, True)
+    assert rows["lora"]["label"] == "LoRA" and rows["telly3-nocache"]["label"] == "Telly-3 uncached"
     # Freezing more trains less, and BitFit trains only biases.
-    assert rows["telly-3"]["trainable_parameters"] < rows["telly-0"]["trainable_parameters"] \
+    assert rows["telly3-nocache"]["trainable_parameters"] < rows["telly0-nocache"]["trainable_parameters"] \
         < rows["full"]["trainable_parameters"]
     assert [c["freeze"] for c in stored["cache"]] == [0, 2, 3]
     assert all(c["cache_seconds"] > 0 for c in stored["cache"])
@@ -192,24 +224,36 @@ def test_smoke_bench_writes_a_well_formed_record(smoke_record):
 
 
 def test_summary_and_readme_are_generated_from_the_numbers(smoke_record, tmp_path):
-    record, _ = smoke_record
+    record, _, _ = smoke_record
     rows = {r["variant"]: r for r in record["training"]}
-    text = bench.summary_text(record)
-    assert f"{rows['telly-2-cached']['ratio_to_full']:.2f}x from the frozen-prefix cache" in text
+    text = report.summary_text(record)
+    assert f"{rows['telly2']['ratio_to_full']:.2f}x from the frozen-prefix cache" in text
     assert f"{record['probing']['speedup']:.1f}x faster" in text
-    readme = tmp_path / "README.md"
-    readme.write_text("# Bench\n\nintro\n")
-    bench.update_readme(readme, record)
-    bench.update_readme(readme, record)  # replaces its own block, does not append a second
-    content = readme.read_text()
+    readme = "# Bench\n\nintro\n"
+    content = report.readme_with_table(report.readme_with_table(readme, record, "README.md"), record, "README.md")
+    # the second call replaced its own block, it did not append a second
     assert content.count("<!-- bench:cpu:start -->") == 1 and content.startswith("# Bench")
     assert "bench:gpu" not in content
+    assert report.markdown(record) in content
+    with pytest.raises(ValueError, match="README.md: has only one of the markers"):
+        report.readme_with_table("# Bench\n<!-- bench:cpu:start -->\n", record, "README.md")
+
+
+def test_the_report_reads_the_shipped_reference_record():
+    from telly.store import read_json
+
+    reference = read_json(bench.reference_path("laptop", "cpu"))
+    assert "peak_memory_mb" in reference["training"][0]  # measured before the rows were renamed
+    text = report.summary_text(reference)
+    full = next(r for r in reference["training"] if r["model"] == "unixcoder-shape" and r["method"] == "full")
+    assert f"On unixcoder-shape one epoch of full fine-tuning took {full['epoch_seconds']:.1f} s" in text
+    assert f"| Full fine-tuning | 125.93M | {full['epoch_seconds']:.1f} |" in report.markdown(reference)
 
 
 def test_ratio_chart_marks_compute_limits(smoke_record):
-    from telly.charts import bench_ratio_chart
+    from telly.report.charts import bench_ratio_chart
 
-    record, _ = smoke_record
+    record, _, _ = smoke_record
     spec = bench_ratio_chart(record["training"]).to_dict()
     marks = [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"]
              for layer in spec["spec"]["layer"]]
@@ -229,32 +273,36 @@ def test_cli_rejects_unknown_sections(tmp_path, capsys):
 
 
 def test_load_or_run_reuses_a_matching_record(smoke_record, monkeypatch):
-    record, out = smoke_record
+    record, out, inputs = smoke_record
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("load_or_run re-ran a bench whose record was already there")
 
     monkeypatch.setattr(bench, "run_bench", must_not_run)
-    reused = bench.load_or_run("smoke", out, model="tiny-random")
+    reused = bench.load_or_run(out=out, model="tiny-random", **inputs)
     assert reused["provenance"]["date"] == record["provenance"]["date"] and reused["origin"] == "store"
     assert set(reused["section_seconds"]) == set(bench.SECTIONS)
-    assert "was run on this machine before this build" in bench.origin_note(reused, out)
+    assert "was run on this machine before this build" in report.origin_note(reused, out)
     with pytest.raises(AssertionError, match="re-ran"):  # another profile's bench is not reused
-        bench.load_or_run("laptop", out, model="tiny-random")
+        bench.load_or_run("laptop", out, model="tiny-random", models=inputs["models"],
+                          corpus_source=inputs["corpus_source"], run=True)
+    with pytest.raises(AssertionError, match="re-ran"):  # nor one with other profile settings
+        bench.load_or_run(replace(inputs["profile"], bench_steps=3), out, model="tiny-random",
+                          models=inputs["models"], corpus_source=inputs["corpus_source"], run=True)
 
 
 def test_without_a_stored_bench_the_chapter_shows_the_shipped_reference(smoke_record, tmp_path, monkeypatch):
-    record, _ = smoke_record
+    record, _, _ = smoke_record
     monkeypatch.setattr(bench, "run_bench", lambda *a, **k: pytest.fail("must not run the bench"))
     references = tmp_path / "results"
     with pytest.raises(FileNotFoundError, match=r"no smoke bench with tiny-random .*telly bench --profile smoke"):
         bench.load_or_run("smoke", tmp_path / "empty", model="tiny-random", run=False, reference_root=references)
-    from telly.results import write_json
+    from telly.store import write_json
 
     write_json(bench.reference_path("smoke", "cpu", references), record)
     shown = bench.load_or_run("smoke", tmp_path / "empty", model="tiny-random", run=False, reference_root=references)
     assert shown["origin"] == "reference" and shown["training"] == record["training"]
-    note = bench.origin_note(shown, tmp_path / "empty")
+    note = report.origin_note(shown, tmp_path / "empty")
     assert "reference numbers shipped with Telly" in note and record["provenance"]["date"][:10] in note
     with pytest.raises(FileNotFoundError):  # the reference holds no rows for another model
         bench.load_or_run("smoke", tmp_path / "empty", model="minilm-l6", run=False, reference_root=references)
@@ -266,6 +314,38 @@ def test_training_bench_needs_a_full_epoch_of_examples(tiny):
     profile = replace(get_profile("smoke"), bench_batch_size=4, bench_steps=2)
     with pytest.raises(ValueError, match="2 x 4 examples for one epoch, got 1"):
         bench.TrainingWorkload(tiny, profile, torch.device("cpu"), [SearchExample("q", "def f(): pass", "0")])
+
+
+def test_the_bench_trains_with_the_trainers_step_and_memory_measure(tiny, monkeypatch):
+    from telly.tasks.code_search import SearchExample
+
+    steps, measured = [], []
+    real_step, real_memory = trainer.train_step, trainer.step_peak_memory
+
+    def counting_step(*args, **kwargs):
+        steps.append(kwargs.get("autocast"))
+        return real_step(*args, **kwargs)
+
+    def counting_memory(*args, **kwargs):
+        measured.append(kwargs["measure"])
+        return real_memory(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_step", counting_step)
+    monkeypatch.setattr(trainer, "step_peak_memory", counting_memory)
+    profile = replace(get_profile("smoke"), bench_batch_size=2, bench_steps=2, bench_code_tokens=16,
+                      max_text_tokens=8)
+    examples = [SearchExample(query=f"add {i}", code=f"def f{i}(x):\n    return x + {i}\n", id=str(i))
+                for i in range(4)]
+    workload = bench.TrainingWorkload(tiny, profile, torch.device("cpu"), examples)
+    cached = next(v for v in bench.training_variants(tiny.name, tiny.num_layers, "smoke")
+                  if v.method.cache and v.freeze == tiny.num_layers - 1)
+    watch = bench.Stopwatch()
+    first = workload.run(cached, watch, measure_memory=True)
+    # One untimed warm-up step on a copy (inside step_peak_memory), then the epoch's two steps.
+    assert steps == [None, None, None] and measured == [True]
+    assert first["peak_memory_bytes"] > 0 and set(watch.seconds) == {"cache_seconds", "epoch_seconds"}
+    later = workload.run(cached, bench.Stopwatch(), measure_memory=False)
+    assert len(steps) == 6 and measured == [True, False] and "peak_memory_bytes" not in later
 
 
 def test_corpus_bench_parses_every_cold_load_and_none_cached(tmp_path, monkeypatch):
@@ -293,4 +373,4 @@ def test_a_subset_of_sections_writes_only_those(tmp_path):
     assert "similarity" in record and "training" not in record and "corpus" not in record
     table = (tmp_path / "bench.md").read_text()
     assert "Similarity (12 inputs x 13 layers" in table and "Training" not in table
-    assert "RSA over 12 inputs" in bench.summary_text(record)
+    assert "RSA over 12 inputs" in report.summary_text(record)

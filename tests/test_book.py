@@ -16,8 +16,9 @@ import nbformat
 import pytest
 import yaml
 
-from telly import book, charts
-from telly.results import provenance
+from telly import book, cli
+from telly.report import charts
+from telly.store import provenance
 
 BOOK = Path(__file__).resolve().parents[1] / "book"
 PARAMETERS = 'model = "minilm-l6"\nprofile = "laptop"\nout = "runs"'
@@ -87,11 +88,11 @@ def test_parameters_cell_is_required_and_must_declare_the_contract(tmp_path):
 
 
 def test_cli_parameters_parse_as_yaml_values():
-    assert book._parameter("seeds=3") == ("seeds", 3)
-    assert book._parameter("tasks=[code-search, clone-detection]") == ("tasks", ["code-search", "clone-detection"])
-    assert book._parameter("name=minilm-l6") == ("name", "minilm-l6")
+    assert cli._parameter("seeds=3") == ("seeds", 3)
+    assert cli._parameter("tasks=[code-search, clone-detection]") == ("tasks", ["code-search", "clone-detection"])
+    assert cli._parameter("name=minilm-l6") == ("name", "minilm-l6")
     with pytest.raises(Exception, match="NAME=VALUE"):
-        book._parameter("no-equals")
+        cli._parameter("no-equals")
 
 
 def test_a_failing_chapter_names_chapter_cell_and_error_and_keeps_the_notebook(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,10 +19,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from test_book import BOOK, write_chapter
 
 from telly.book import find_chapters
-from telly.charts import freeze_label
-from test_book import BOOK, write_chapter
+from telly.report.charts import freeze_label
 
 pytestmark = pytest.mark.browser
 
@@ -62,7 +63,7 @@ def fixture_book(tmp_path_factory) -> Path:
     (book / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: 01-fixture\n")
     write_chapter(book / "01-fixture.ipynb", [
         "# A fixture chapter\n\nFreezing $K$ of $L$ layers:\n\n$$\\text{trainable} = (L - K)\\,p$$",
-        "from telly import charts\nimport ipywidgets\ncharts.setup_offline_rendering()",
+        "from telly.report import charts\nimport ipywidgets\ncharts.setup_offline_rendering()",
         "rows = [dict(freeze=k, mrr=0.72 - 0.004 * k, epoch_seconds=1000.0 - 60 * k) for k in (-1, 0, 2, 5, 8, 10, 11)]\n"
         "charts.freeze_slider_chart(rows, metric='mrr', costs=['epoch_seconds'], start=11)",
         "ipywidgets.IntSlider(value=7, min=0, max=11, description='fixture widget')",
@@ -136,6 +137,19 @@ def check_page(browser, base: str, html: Path, page_path: Path) -> object:
     return page
 
 
+PROGRESS_TEXT = re.compile(r"\d+%\|.*\||\d+(\.\d+)?(it|s)/(s|it)\]")  # tqdm's bar and its rate
+
+
+def check_reads_as_a_book(page, name: str) -> None:
+    """No code input shows unless its toggle is opened, and no progress bar or its text is on the page."""
+    visible_code = page.eval_on_selector_all("div.cell_input", "els => els.filter(e => e.offsetParent !== null).length")
+    assert visible_code == 0, f"{name}: {visible_code} code cell(s) show their source by default"
+    text = page.inner_text("main") if page.locator("main").count() else page.inner_text("body")
+    assert not PROGRESS_TEXT.search(text), f"{name} shows progress-bar text: {PROGRESS_TEXT.search(text).group(0)!r}"
+    assert page.locator(".widget-progress, progress").count() == 0 or name.endswith("03-freezing.html"), \
+        f"{name} shows a progress bar"
+
+
 def readout(page) -> list[str]:
     return page.eval_on_selector_all("g[class*='freeze_readout'] text", "nodes => nodes.map(n => n.textContent)")
 
@@ -169,6 +183,7 @@ def test_smoke_book_pages_are_offline_and_draw(smoke_book, browser):
         pages = [smoke_book / "intro.html", *chapter_pages(smoke_book)]
         for page_path in pages:
             page = check_page(browser, base, smoke_book, page_path)
+            check_reads_as_a_book(page, page_path.name)
             if page_path.name != "intro.html":
                 assert page.locator(".telly-chart").count() > 0, f"{page_path.name} shows no chart"
             if page.locator("input[type=range][name=freeze_k]").count():

@@ -3,9 +3,17 @@ import textwrap
 
 import pytest
 
-from telly import corpus
-from telly.corpus import (CodeFunction, VariantError, cyclomatic_complexity, load_corpus, make_variant,
-                          sample, split, structure_sequence, token_kinds)
+from telly.corpus import (
+    CodeFunction,
+    VariantError,
+    cyclomatic_complexity,
+    load_corpus,
+    make_variant,
+    sample,
+    split,
+    structure_sequence,
+    token_kinds,
+)
 
 SAMPLE_MODULE = '''
 import os

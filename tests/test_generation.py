@@ -1,4 +1,4 @@
-"""Generation head, decoding and metrics (telly.generation) on tiny random models: seconds."""
+"""Generation head (telly.tasks.generation), decoding and metrics on tiny random models: seconds."""
 import copy
 import math
 
@@ -6,9 +6,17 @@ import pytest
 import torch
 
 from telly.backbones import Backbone, find_embeddings
-from telly.generation import (IGNORE, GenerationModel, codexglue_sentence_bleu, codexglue_smoothed_bleu,
-                              collate_pairs, corpus_bleu, degenerate_report, edit_similarity, exact_match,
-                              freeze_both_stacks, generate, generate_ids, prefix_lm_mask, source_ids)
+from telly.decoding import generate, generate_ids
+from telly.freezing import freeze_bottom
+from telly.metrics import (
+    codexglue_sentence_bleu,
+    codexglue_smoothed_bleu,
+    corpus_bleu,
+    degenerate_report,
+    edit_similarity,
+    exact_match,
+)
+from telly.tasks.generation import IGNORE, GenerationModel, collate_pairs, prefix_lm_mask, source_ids
 
 
 @pytest.fixture()
@@ -106,7 +114,7 @@ def _numel(modules) -> int:
 def test_freezing_both_stacks_counts_exactly(tiny, k):
     tiny = copy.deepcopy(tiny)
     model = GenerationModel(tiny)
-    report = freeze_both_stacks(model, k)
+    report = freeze_bottom(model, k)
     backbone = model.backbone
     frozen = [] if k < 0 else [*find_embeddings(backbone), *tiny.layers[:k], backbone.pooler]
     head = _numel([model.head])
@@ -123,13 +131,11 @@ def test_freezing_both_stacks_counts_exactly(tiny, k):
 
 def test_freezing_a_decoder_backbone_counts_exactly(gpt2_backbone):
     model = GenerationModel(gpt2_backbone)
-    report = freeze_both_stacks(model, 2)
+    report = freeze_bottom(model, 2)
     frozen = [*find_embeddings(model.backbone), *gpt2_backbone.layers[:2]]
     assert report.trainable_parameters == _numel([model]) - _numel(frozen)
     with pytest.raises(ValueError, match="-1..2"):
-        freeze_both_stacks(model, 3)
-    with pytest.raises(TypeError):
-        freeze_both_stacks(torch.nn.Linear(2, 2), 0)
+        freeze_bottom(model, 3)
 
 
 # ---------------------------------------------------------------- decoding
@@ -178,8 +184,8 @@ def test_decoding_respects_the_length_limit(encoder_model, tiny, beams):
 def test_the_cached_prefix_reproduces_the_uncached_model(any_model):
     """The trainer's frozen-prefix cache, built through the backbone's prefix-LM hook, then blocks
     K..L-1 under the same mask: the same hidden states and loss as the full model (eval mode)."""
-    from telly.generation import GenerationExample
     from telly.prefix_cache import build_prefix_cache
+    from telly.tasks.generation import GenerationExample
 
     model, tokenizer = any_model
     examples = [GenerationExample(s, t, str(i)) for i, (s, t) in enumerate(zip(SOURCES, TARGETS))]
@@ -242,7 +248,7 @@ def test_corpus_bleu_is_sacrebleu_on_code_tokens():
 
     refs = ["return self._x + 1", "if x is None: return []", "def f(a, b): pass"]
     preds = ["return self.x + 1", "if x: return None", "def f(a): pass"]
-    spaced = [" ".join(__import__("telly.generation", fromlist=["code_tokens"]).code_tokens(t)) for t in refs + preds]
+    spaced = [" ".join(__import__("telly.metrics", fromlist=["code_tokens"]).code_tokens(t)) for t in refs + preds]
     expected = sacrebleu.corpus_bleu(spaced[3:], [spaced[:3]], tokenize="none", smooth_method="add-k",
                                      smooth_value=1).score
     assert corpus_bleu(refs, preds) == pytest.approx(expected)
@@ -271,7 +277,7 @@ def test_degenerate_outputs_are_detected():
 
 
 def test_example_outputs_show_the_best_and_the_most_frozen_variant():
-    from telly.generation import example_outputs
+    from telly.report.freezing import example_outputs
 
     def record(method, freeze, bleu, predictions):
         return {"task": "code-summarization", "method": method, "freeze": freeze, "metric": "bleu",
@@ -290,8 +296,6 @@ def test_example_outputs_show_the_best_and_the_most_frozen_variant():
 
 
 def test_degenerate_report_flags_decoding_loops():
-    from telly.generation import degenerate_report
-
     looping = ["modular modular modular modular", "med med med med med", "return the value of x"]
     report = degenerate_report(looping + ["a b c d"])
     assert report["looping"] == 2 and report["is_degenerate"]

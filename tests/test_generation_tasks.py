@@ -6,6 +6,7 @@ import json
 import pytest
 
 from telly.profiles import get_profile
+from telly.store import Variant
 from telly.tasks import get_task
 from telly.tasks.code_completion import completion_example
 from telly.tasks.code_generation import split_signature
@@ -40,7 +41,7 @@ def test_completion_example_is_a_deterministic_line_with_the_lines_above():
 
 @pytest.mark.parametrize("name", GENERATION_TASKS)
 def test_offline_data_respects_sizes_and_target_lengths(name):
-    from telly.generation import code_tokens
+    from telly.metrics import code_tokens
 
     data = get_task(name).load_data(UNIT)
     assert data.sizes() == {"train": 8, "valid": 4, "test": 6}
@@ -81,7 +82,8 @@ def test_smoke_finetune_records_generation_metrics(tmp_path, name, freeze, metho
     from telly.trainer import finetune
 
     task = get_task(name)
-    record = finetune(name, "tiny-random", freeze, method=method, profile=UNIT, out=tmp_path, progress=False)
+    variant = Variant.of(name, "tiny-random", freeze, method=method, profile=UNIT.name)
+    record = finetune(variant, tmp_path, profile=UNIT, progress=False)
     assert record["uses_cache"] == (freeze >= 0)  # Telly-K runs train from the frozen-prefix cache
     assert set(task.metrics) <= set(record["test"]) and set(task.metrics) <= set(record["test_ci"])
     for metric in task.metrics:
@@ -117,7 +119,7 @@ def test_evaluation_keeps_examples_and_the_degenerate_report(tiny):
 def test_smoke_profile_on_minilm(tmp_path, name):
     from telly.trainer import finetune
 
-    record = finetune(name, "minilm-l6", 4, profile="smoke", out=tmp_path, progress=False)
+    record = finetune(Variant.of(name, "minilm-l6", 4, profile="smoke"), tmp_path, progress=False)
     task = get_task(name)
     assert set(task.metrics) <= set(record["test"])
     assert record["parameters"]["backbone_trainable"] < record["parameters"]["backbone_total"]

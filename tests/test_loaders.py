@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from telly import loaders
-from telly.loaders import (ClonePair, CodeDocRecord, CompletionRecord, DatasetUnavailable, LabelledProgram,
-                           NlCodePair)
+from telly.loaders import ClonePair, CodeDocRecord, CompletionRecord, DatasetUnavailable, LabelledProgram, NlCodePair
 
 DATA = Path(__file__).parent / "data"
 

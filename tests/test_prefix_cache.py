@@ -30,7 +30,7 @@ def test_top_blocks_from_the_prefix_reproduce_the_whole_model(tiny, kind):
         expected = model(**inputs).last_hidden_state
         for depth in range(len(prefix_cache.find_layers(model))):
             hidden = run_prefix(model, inputs, depth)
-            got = run_top(model, hidden, inputs["attention_mask"], depth)
+            got = run_top(model, hidden, depth, inputs["attention_mask"])
             torch.testing.assert_close(got[real], expected[real], rtol=1e-5, atol=1e-5)
 
 

@@ -1,19 +1,31 @@
 import dataclasses
 import json
+import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from sklearn.exceptions import NotFittedError
 from sklearn.metrics import average_precision_score
 
-from telly import backbones, probing
+from telly import backbones
 from telly.corpus import _bucket
 from telly.features import layer_features
-from telly.probing import (ClassifierProbe, RetrievalProbe, bootstrap_ci, control_labels,
-                           ranking_average_precision, run_probing, word_features)
+from telly.metrics import ranking_average_precision
+from telly.probing import run as probing_run
+from telly.probing.data import INPUT_SETS, control_labels, word_features
+from telly.probing.estimators import ClassifierProbe, RetrievalProbe
+from telly.probing.properties import PROPERTIES, _semantic_items, _semantic_ranking
 from telly.profiles import get_profile
+from telly.report import probing as report
+from telly.stats import bootstrap_ci
+from telly.store import RunStore
+from telly.studies import probing as study
+from telly.studies.probing import run_probing
 
 TINY_PROFILE = dataclasses.replace(get_profile("smoke"), name="smoke", probe_functions=48,
                                    max_code_tokens=32, probe_epochs=4, bootstrap_samples=50)
+PROBES = [prop.name for prop in PROPERTIES]
 
 
 @pytest.fixture(autouse=True)
@@ -38,6 +50,7 @@ def test_classifier_finds_the_layer_that_carries_the_label():
     scores = layerwise.score(X[:, test], y[test])
     assert scores.shape == (4,)
     assert scores[2] > 0.9 and max(scores[[0, 1, 3]]) < 0.55
+    assert layerwise.predict(X[:, test]).shape == (4, 200)
     weighted = ClassifierProbe(weighted=True, epochs=20).fit(X[:, train], y[train])
     assert weighted.score(X[:, test], y[test])[0] > 0.9
     assert weighted.weights_.sum() == pytest.approx(1.0, abs=1e-5)
@@ -72,6 +85,19 @@ def test_classifier_rejects_bad_inputs():
         ClassifierProbe().fit(np.zeros((5, 3)), np.zeros(5))
 
 
+def test_probes_say_they_are_not_fitted():
+    X = np.zeros((2, 5, 3))
+    for call in (lambda: ClassifierProbe().predict(X), lambda: ClassifierProbe().score(X, np.zeros(5))):
+        with pytest.raises(NotFittedError, match="ClassifierProbe is not fitted"):
+            call()
+    probe = RetrievalProbe()
+    for call in (lambda: probe.embed(X), lambda: probe.average_precision(X, X, np.eye(5, dtype=bool)),
+                 lambda: probe.score(X, X, np.eye(5, dtype=bool))):
+        with pytest.raises(NotFittedError, match="RetrievalProbe is not fitted"):
+            call()
+    assert issubclass(NotFittedError, ValueError)
+
+
 def test_retrieval_probe_learns_a_linear_correspondence_in_one_layer():
     rng = np.random.default_rng(2)
     n, d = 300, 16
@@ -84,6 +110,7 @@ def test_retrieval_probe_learns_a_linear_correspondence_in_one_layer():
     ap = probe.average_precision(A[:, 200:], B[:, 200:], relevant)
     assert ap.shape == (3, 100)
     assert ap[1].mean() > 0.8 and max(ap[0].mean(), ap[2].mean()) < 0.3
+    np.testing.assert_allclose(probe.score(A[:, 200:], B[:, 200:], relevant), ap.mean(1))
     weighted = RetrievalProbe(weighted=True, epochs=30, dim=16).fit(A[:, :200], B[:, :200],
                                                                     groups[:200])
     assert weighted.weights_.sum() == pytest.approx(1.0, abs=1e-5)
@@ -116,11 +143,26 @@ def test_ranking_average_precision_excludes_the_query_itself():
 
 def test_bootstrap_ci_brackets_the_estimate_and_resamples_clusters():
     values = np.r_[np.ones(80), np.zeros(20)]
-    low, high = bootstrap_ci(values, samples=500)
-    assert low < 0.8 < high and high - low < 0.25
-    # Two clusters with very different rates: the CI of the ratio is wide.
-    low, high = bootstrap_ci(np.array([10.0, 0.0]), denominators=np.array([10.0, 10.0]), samples=500)
-    assert low == 0.0 and high == 1.0
+    ci = bootstrap_ci(values, samples=500)["value"]
+    assert ci["low"] < 0.8 < ci["high"] and ci["high"] - ci["low"] < 0.25
+    # Two clusters (words of two functions) with very different rates: the CI of the ratio is wide.
+    ci = bootstrap_ci(np.r_[np.ones(10), np.zeros(10)], clusters=np.repeat([0, 1], 10),
+                      samples=500)["value"]
+    assert ci["low"] == 0.0 and ci["high"] == 1.0
+
+
+def test_property_registry_is_the_order_and_the_metrics_every_page_uses():
+    from telly.report import charts, paper
+
+    assert PROBES == ["lexical", "syntactic", "structural", "semantic"]
+    assert charts.PROBE_ORDER == PROBES
+    assert list(paper.PAPER_PROBE_METRICS) == list(paper.PAPER_PROBE_REGIONS) == PROBES
+    assert set(paper.PAPER_WEIGHTED_PROBES) == set(PROBES)
+    for prop in PROPERTIES:
+        assert paper.PAPER_PROBE_METRICS[prop.name] == prop.metric
+        assert prop.paper_region in ("lower", "middle", "upper", "spread")
+        assert prop.inputs and set(prop.inputs) <= set(INPUT_SETS)
+    assert {name for prop in PROPERTIES for name in prop.inputs} == set(INPUT_SETS)
 
 
 def test_word_features_average_the_sub_tokens_of_each_word():
@@ -144,9 +186,10 @@ def test_word_features_average_the_sub_tokens_of_each_word():
 
 def _write_corpus(root, modules=12, per_module=5):
     """A small package of modules whose names put some in the test split and some in train."""
+    share = TINY_PROFILE.probe_test_share
     names = [f"mod{i}" for i in range(200)]
-    test = [m for m in names if _bucket(m) < probing.TEST_SHARE][:3]
-    train = [m for m in names if _bucket(m) >= probing.TEST_SHARE][:modules - 3]
+    test = [m for m in names if _bucket(m) < share][:3]
+    train = [m for m in names if _bucket(m) >= share][:modules - 3]
     for m in test + train:
         lines = []
         for j in range(per_module):
@@ -178,7 +221,8 @@ def test_run_probing_end_to_end_on_tiny_random(tiny_corpus, tmp_path, monkeypatc
     assert record["data"]["skipped_files"] == 1
     assert record["data"]["train_functions"] > 0 and record["data"]["test_functions"] > 0
     layers = record["num_layers"] + 1
-    for probe in probing.PROBES:
+    assert list(record["probes"]) == PROBES
+    for probe in PROBES:
         result = record["probes"][probe]
         assert list(result["states"]) == ["random", "pretrained"]
         for state in result["states"].values():
@@ -190,27 +234,62 @@ def test_run_probing_end_to_end_on_tiny_random(tiny_corpus, tmp_path, monkeypatc
             assert state["selectivity"]["weighted"] == pytest.approx(
                 state["weighted"]["score"] - state["control"]["weighted"])
     assert {b["name"] for b in record["probes"]["structural"]["baselines"]} >= {"length only"}
-    assert set(record["findings"]) == set(probing.PROBES)
-    text = probing.describe_probing(record)
+    assert set(record["findings"]) == set(PROBES)
+    text = report.describe_probing(record)
     assert "peaks at layer" in text and "tiny-random" in text
-    assert len(probing.layer_rows(record)) == 4 * 2 * layers
-    contrast = probing.paper_contrast(record)
+    assert len(report.layer_rows(record)) == 4 * 2 * layers
+    contrast = report.paper_contrast(record)
     assert contrast.count("the paper finds it") == 4
-    from telly.paper import PAPER_WEIGHTED_PROBES
+    from telly.report.paper import PAPER_WEIGHTED_PROBES
 
-    table = probing.paper_comparison([record])
+    table = report.paper_comparison([record])
     assert len(table) == 4 * 3
     assert table[0]["paper (unixcoder-base)"] == PAPER_WEIGHTED_PROBES["lexical"]["random"]
     assert "tiny-random" in table[0] and "tiny-random" not in table[2]  # no fine-tuned state
-    from telly import charts
+    assert [row["probe"] for row in report.weighted_table(record)] == PROBES
+    description = report.data_description(record)
+    assert description.startswith(f"**tiny-random** ({record['num_layers']} layers)")
+    assert f"{record['data']['train_functions']} training" in description and "`smoke`" in description
+    note = report.backbones_note([record], {"smollm2-135m": "OSError: offline"})
+    assert "**Skipped smollm2-135m**: OSError: offline" in note and note.endswith("`tiny-random`")
+    from telly.report import charts
 
-    layers_spec = charts.probing_layers_chart(probing.layer_rows(record)).to_dict()
+    layers_spec = charts.probing_layers_chart(report.layer_rows(record)).to_dict()
     assert len(layers_spec["datasets"][next(iter(layers_spec["datasets"]))]) == 4 * 2 * layers
-    charts.probing_weights_chart(probing.weight_rows(record)).to_dict()
+    charts.probing_weights_chart(report.weight_rows(record)).to_dict()
+    # The store finds the written record by its inputs, and only by them.
+    store = RunStore(out)
+    assert store.find_document("probing", record["inputs"]) == on_disk
+    assert store.find_document("probing", {**record["inputs"], "seed": 1}) is None
     # Same inputs: the stored record is reused without computing anything.
-    monkeypatch.setattr(probing, "state_features", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(probing_run, "state_features", lambda *a, **k: pytest.fail("recomputed"))
     again = run_probing("tiny-random", TINY_PROFILE, corpus=tiny_corpus, out=out, progress=False)
     assert again == on_disk
+
+
+def test_checkpoint_counts_by_its_weights_not_its_path_or_date(tiny_corpus, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from telly.corpus import load_corpus
+
+    corpus = load_corpus(tiny_corpus, progress=False)
+    path = tmp_path / "tuned.safetensors"
+    save_file({"weight": torch.zeros(3)}, str(path))
+
+    def inputs(checkpoint=path):
+        return study.probing_inputs("tiny-random", TINY_PROFILE, corpus, checkpoint=checkpoint)
+
+    before = inputs()
+    assert before["checkpoint"] and inputs(None)["checkpoint"] is None
+    os.utime(path, ns=(0, 0))
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(path.read_bytes())
+    assert inputs() == before and inputs(copy) == before  # same bytes: same inputs
+    save_file({"weight": torch.ones(3)}, str(path))
+    after = inputs()
+    assert after["checkpoint"] != before["checkpoint"]
+    assert {k for k in before if before[k] != after[k]} == {"checkpoint"}
 
 
 def test_empty_corpus_directory_is_a_clear_error(tmp_path):
@@ -270,31 +349,38 @@ def test_cli_smoke_profile_on_minilm(tmp_path):
     lexical = record["probes"]["lexical"]["states"]["pretrained"]
     assert lexical["weighted"]["score"] > 0.9
     assert lexical["selectivity"]["weighted"] > 0
-    for probe in probing.PROBES:
+    for probe in PROBES:
         assert len(record["probes"][probe]["states"]["pretrained"]["layerwise"]) == 7
 
 
-def test_chapter_helpers():
-    assert probing.record_dir("runs", "minilm-l6").as_posix() == "runs/probing/minilm-l6"
-    assert probing.record_dir("runs", "/models/my model/").name == "models_my_model"
-    small = probing.extra_model_size("smoke")
-    assert small["functions"] <= get_profile("smoke").probe_functions // 2
-    assert small["max_tokens"] <= get_profile("smoke").max_code_tokens
-    assert probing.unavailable_reason("minilm-l6") is None
-    assert probing.weight_spread([0.25] * 4) == pytest.approx(1.0)
-    assert probing.weight_spread([1.0, 0.0, 0.0]) == pytest.approx(0.0, abs=1e-6)
+def test_chapter_helpers(tmp_path):
+    assert study.record_dir("runs", "minilm-l6").as_posix() == "runs/probing/minilm-l6"
+    assert study.record_dir("runs", "/models/my model/").name == "models_my_model"
+    smoke = get_profile("smoke")
+    small = study.extra_model_size("smoke")
+    assert small["functions"] <= smoke.probe_functions // 2
+    assert small["functions"] <= smoke.extra_probe_functions
+    assert small["max_tokens"] <= min(smoke.max_code_tokens, smoke.extra_probe_tokens)
+    assert study.unavailable_reason("minilm-l6") is None
+    assert study.chapter_checkpoint("minilm-l6", "smoke", tmp_path, checkpoint="a/run") == \
+        type(tmp_path)("a/run")
+    assert study.chapter_checkpoint("minilm-l6", "smoke", tmp_path, finetune_task=None) is None
+    assert report.weight_spread([0.25] * 4) == pytest.approx(1.0)
+    assert report.weight_spread([1.0, 0.0, 0.0]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_probing_study_keeps_records_per_backbone(tiny_corpus, tmp_path):
+    result = study.probing_study("tiny-random", TINY_PROFILE, tmp_path / "store", corpus=tiny_corpus,
+                                 finetune_task=None, extra_models=["tiny-random"], progress=False)
+    assert result["skipped"] == {} and [r["model"] for r in result["records"]] == ["tiny-random"]
+    stored = study.record_dir(tmp_path / "store", "tiny-random") / "probing.json"
+    assert json.loads(stored.read_text())["inputs"] == result["records"][0]["inputs"]
 
 
 def test_near_misses_are_candidates_never_queries():
-    from telly.probing import _semantic_items, _semantic_ranking, ranking_average_precision
-
-    class Data:
-        semantic = np.array([0, 1, 2])
-        variants = [["a1"], ["b1"], ["c1"]]
-        mutants = [["a2"], [], ["c2"]]
-        is_test = np.array([True, True, False])
-
-    groups, test, near_miss = _semantic_items(Data)
+    data = SimpleNamespace(semantic=np.array([0, 1, 2]), variants=[["a1"], ["b1"], ["c1"]],
+                           mutants=[["a2"], [], ["c2"]], is_test=np.array([True, True, False]))
+    groups, test, near_miss = _semantic_items(data)
     assert list(groups) == [0, 1, 2, 0, 1, 2, -1, -3] and list(near_miss) == [False] * 6 + [True] * 2
     queries, candidates, relevant = _semantic_ranking(groups, test, near_miss)
     assert list(queries) == [0, 1, 3, 4] and list(candidates) == [0, 1, 3, 4, 6]

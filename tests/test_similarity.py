@@ -236,17 +236,22 @@ def rq2_setup(tmp_path, monkeypatch):
 
 
 def test_run_similarity_sees_only_the_changed_layer_move(tmp_path, rq2_setup):
-    from telly.results import read_json
-    from telly.similarity_cli import run_similarity
+    from telly.store import checkpoint_fingerprint, read_json
+    from telly.studies.similarity import run_similarity
 
     profile, corpus = rq2_setup
     checkpoint = perturbed_checkpoint(tmp_path / "run" / "backbone.safetensors", scale=0.5)
     document = run_similarity("tiny-random", tmp_path / "run", profile, tmp_path / "out",
                               task="code-search", corpus=str(corpus), progress=False)
     stored = read_json(tmp_path / "out" / "similarity-code-search.json")
-    assert stored["comparisons"] == document["comparisons"]
-    assert stored["provenance"]["corpus_fingerprint"] == document["inputs"]["corpus_fingerprint"]
-    assert document["inputs"]["split"] == "test" and 0 < document["inputs"]["n"] <= 12
+    assert stored == document
+    texts = document["inputs"]["texts"]
+    assert stored["provenance"]["corpus_fingerprint"] == texts["corpus_fingerprint"]
+    assert texts["split"] == "test" and 0 < texts["n"] <= 12
+    assert document["inputs"]["model"] == "tiny-random"
+    assert document["inputs"]["profile_settings"]["similarity_functions"] == 12
+    assert document["inputs"]["checkpoints"] == [
+        {"label": "best", "epoch": None, "fingerprint": checkpoint_fingerprint(checkpoint)}]
     (comparison,) = document["comparisons"]
     assert comparison["checkpoint"] == str(tmp_path / "run")
     layers = comparison["layers"]
@@ -258,16 +263,8 @@ def test_run_similarity_sees_only_the_changed_layer_move(tmp_path, rq2_setup):
     assert checkpoint.exists()
 
 
-def test_per_epoch_checkpoints_expand_in_epoch_order(tmp_path, rq2_setup, monkeypatch):
-    from telly.similarity_cli import epoch_checkpoints, run_similarity
-
-    profile, corpus = rq2_setup
-    run = tmp_path / "run"
-    perturbed_checkpoint(run / "epoch-2" / "backbone.safetensors", scale=1.0, top_only=False)
-    perturbed_checkpoint(run / "epoch-1" / "backbone.safetensors", scale=0.02, top_only=False)
-    perturbed_checkpoint(run / "backbone.safetensors", scale=0.02, top_only=False)
-    (run / "epoch-3").mkdir()  # an epoch folder without weights (run killed) is not a checkpoint
-    assert [label for label, _, _ in epoch_checkpoints(run)] == ["epoch-1", "epoch-2", "best"]
+def counting_forward_passes(monkeypatch) -> list[str]:
+    """Record the source of every backbone that telly.features.layer_features embeds with."""
     import telly.features
 
     passes = []
@@ -278,6 +275,21 @@ def test_per_epoch_checkpoints_expand_in_epoch_order(tmp_path, rq2_setup, monkey
         return counted(backbone, texts, **kwargs)
 
     monkeypatch.setattr(telly.features, "layer_features", counting)
+    return passes
+
+
+def test_per_epoch_checkpoints_expand_in_epoch_order(tmp_path, rq2_setup, monkeypatch):
+    from telly.store import epoch_checkpoints
+    from telly.studies.similarity import run_similarity
+
+    profile, corpus = rq2_setup
+    run = tmp_path / "run"
+    perturbed_checkpoint(run / "epoch-2" / "backbone.safetensors", scale=1.0, top_only=False)
+    perturbed_checkpoint(run / "epoch-1" / "backbone.safetensors", scale=0.02, top_only=False)
+    perturbed_checkpoint(run / "backbone.safetensors", scale=0.02, top_only=False)
+    (run / "epoch-3").mkdir()  # an epoch folder without weights (run killed) is not a checkpoint
+    assert [label for label, _, _ in epoch_checkpoints(run)] == ["epoch-1", "epoch-2", "best"]
+    passes = counting_forward_passes(monkeypatch)
     document = run_similarity("tiny-random", [run], profile, tmp_path / "out", corpus=str(corpus),
                               per_epoch=True, progress=False)
     assert (tmp_path / "out" / "similarity.json").exists()
@@ -286,10 +298,12 @@ def test_per_epoch_checkpoints_expand_in_epoch_order(tmp_path, rq2_setup, monkey
     # the best weights are byte-identical to epoch 1's: reused, not embedded again
     assert best["layers"] == first["layers"] and len(passes) == 3  # pre-trained, epoch 1, epoch 2
     assert second["layers"][-1]["rsa"] < first["layers"][-1]["rsa"]  # bigger change, lower RSA
+    fingerprints = [c["fingerprint"] for c in document["inputs"]["checkpoints"]]
+    assert fingerprints[0] == fingerprints[2] != fingerprints[1]
 
 
 def test_missing_checkpoint_is_named(tmp_path, rq2_setup):
-    from telly.similarity_cli import run_similarity
+    from telly.studies.similarity import run_similarity
 
     profile, corpus = rq2_setup
     with pytest.raises(FileNotFoundError, match="no-such-run"):
@@ -299,7 +313,7 @@ def test_missing_checkpoint_is_named(tmp_path, rq2_setup):
 
 def test_cli_writes_similarity_json(tmp_path, rq2_setup, capsys):
     from telly.cli import main
-    from telly.results import read_json
+    from telly.store import read_json
 
     _, corpus = rq2_setup
     perturbed_checkpoint(tmp_path / "ckpt.safetensors", scale=0.5)
@@ -314,90 +328,142 @@ def test_cli_writes_similarity_json(tmp_path, rq2_setup, capsys):
                  "--profile", "smoke", "--out", str(tmp_path / "out"), "--corpus", str(corpus)]) == 2
 
 
-# ----------------------------------------------------------------------------- chapter 2 helpers
+# ----------------------------------------------------------------------------- chapter 2 study
 
-def fake_finished_run(root, task, scale, epochs=0):
-    """A finished full fine-tuning run laid out as telly.trainer writes it (record + weights)."""
-    from telly.results import write_json
-    from telly.trainer import record_path
+def fake_finished_run(store, task, profile, scale, epochs=0, seed=0):
+    """A finished full fine-tuning run laid out as telly.trainer.finetune writes it (record + weights)."""
+    from telly.store import RunStore, Variant, as_stored
 
-    record = record_path(root, task, "tiny-random", "full", -1, 0, "smoke")
-    run = record.with_suffix("")
-    perturbed_checkpoint(run / "backbone.safetensors", scale=scale)
+    store = RunStore(store) if not isinstance(store, RunStore) else store
+    variant = Variant.of(task, "tiny-random", -1, profile=profile.name)
+    run = store.run_dir(variant)
+    perturbed_checkpoint(run / "backbone.safetensors", scale=scale, seed=seed)
     for epoch in range(1, epochs + 1):
         perturbed_checkpoint(run / f"epoch-{epoch}" / "backbone.safetensors", scale=scale * epoch / epochs)
-    write_json(record, {"status": "finished", "task": task})
+    store.write_record(variant, {"status": "finished", "task": task,
+                                 "profile_settings": as_stored(profile.to_dict())})
     return run
 
 
+def no_training(*args, **kwargs):
+    raise AssertionError("a finished run exists: nothing should be fine-tuned")
+
+
 def test_task_similarity_reads_the_shared_run_and_reuses_its_document(tmp_path, rq2_setup, monkeypatch):
-    import telly.similarity_cli as rq2
     import telly.trainer
+    from telly.studies import similarity as rq2
 
     profile, corpus = rq2_setup
-    run = fake_finished_run(tmp_path / "store", "code-search", scale=0.5)
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("a finished run exists: nothing should be fine-tuned")
-
+    run = fake_finished_run(tmp_path / "store", "code-search", profile, scale=0.5)
     monkeypatch.setattr(telly.trainer, "finetune", no_training)
     document = rq2.task_similarity("code-search", "tiny-random", profile, tmp_path / "store",
                                    corpus=str(corpus), progress=False)
     assert document["comparisons"][0]["checkpoint"] == str(run)
     assert (tmp_path / "store" / "similarity" / "similarity-code-search.json").exists()
 
-    def no_recompute(*args, **kwargs):
-        raise AssertionError("the stored document is current: it should be reused")
-
-    monkeypatch.setattr(rq2, "run_similarity", no_recompute)
+    passes = counting_forward_passes(monkeypatch)
     again = rq2.task_similarity("code-search", "tiny-random", profile, tmp_path / "store",
                                 corpus=str(corpus), progress=False)
+    assert passes == []  # the stored document is current: reused, nothing embedded
     assert again["comparisons"] == document["comparisons"]
+
+
+def test_similarity_document_is_recomputed_when_a_checkpoint_changes(tmp_path, rq2_setup, monkeypatch):
+    import telly.trainer
+    from telly.store import RunStore
+    from telly.studies import similarity as rq2
+
+    profile, corpus = rq2_setup
+    store = RunStore(tmp_path / "store")
+    run = fake_finished_run(store, "code-search", profile, scale=0.5)
+    monkeypatch.setattr(telly.trainer, "finetune", no_training)
+    passes = counting_forward_passes(monkeypatch)
+
+    def study() -> dict:
+        return rq2.task_similarity("code-search", "tiny-random", profile, store, corpus=str(corpus),
+                                   progress=False)
+
+    first = study()
+    assert len(passes) == 2  # pre-trained, fine-tuned
+    assert study() == first and len(passes) == 2  # nothing changed: reused
+    perturbed_checkpoint(run / "backbone.safetensors", scale=0.5, seed=1)  # same path, new bytes
+    changed = study()
+    assert len(passes) == 4
+    assert changed["inputs"]["checkpoints"] != first["inputs"]["checkpoints"]
+    assert changed["comparisons"][0]["layers"][-1]["rsa"] != first["comparisons"][0]["layers"][-1]["rsa"]
+    stored = RunStore(store.root / "similarity").find_document("similarity-code-search", changed["inputs"])
+    assert stored == changed
 
 
 def test_per_epoch_view_reruns_into_its_own_folder_when_the_shared_run_has_no_epochs(
         tmp_path, rq2_setup, monkeypatch):
-    import telly.similarity_cli as rq2
     import telly.trainer
+    from telly.store import RunStore, epoch_checkpoints
+    from telly.studies import similarity as rq2
 
     profile, _ = rq2_setup
     store = tmp_path / "store"
-    shared = fake_finished_run(store, "code-search", scale=0.5)
+    shared = fake_finished_run(store, "code-search", profile, scale=0.5)
     calls = []
 
-    def fake_finetune(task, model, freeze, *, out, save_epoch_checkpoints, **kwargs):
-        calls.append((task, model, freeze, out, save_epoch_checkpoints))
-        fake_finished_run(out, task, scale=0.5, epochs=2)
+    def fake_finetune(variant, into, *, profile, save_epoch_checkpoints, **kwargs):
+        calls.append((variant.task, variant.model, variant.freeze, into.root, save_epoch_checkpoints))
+        fake_finished_run(into, variant.task, profile, scale=0.5, epochs=2)
 
     monkeypatch.setattr(telly.trainer, "finetune", fake_finetune)
     assert rq2.ensure_finetuned("code-search", "tiny-random", profile, store) == shared
-    run = rq2.ensure_finetuned("code-search", "tiny-random", profile, store, per_epoch=True)
+    run = rq2.ensure_finetuned("code-search", "tiny-random", profile, RunStore(store), per_epoch=True)
     assert calls == [("code-search", "tiny-random", -1, store / rq2.EPOCH_RUNS_DIR, True)]
     assert run.parent == store / rq2.EPOCH_RUNS_DIR and (shared / "backbone.safetensors").exists()
-    assert [label for label, _, _ in rq2.epoch_checkpoints(run)] == ["epoch-1", "epoch-2", "best"]
+    assert [label for label, _, _ in epoch_checkpoints(run)] == ["epoch-1", "epoch-2", "best"]
     # now an epoch run exists: asking again trains nothing
     assert rq2.ensure_finetuned("code-search", "tiny-random", profile, store, per_epoch=True) == run
     assert len(calls) == 1
 
 
+def test_a_run_under_other_profile_settings_is_trained_again(tmp_path, rq2_setup, monkeypatch):
+    from dataclasses import replace
+
+    import telly.trainer
+    from telly.studies import similarity as rq2
+
+    profile, _ = rq2_setup
+    store = tmp_path / "store"
+    fake_finished_run(store, "code-search", replace(profile, epochs=profile.epochs + 1), scale=0.5)
+    calls = []
+
+    def fake_finetune(variant, into, *, profile, **kwargs):
+        calls.append(variant.run_id)
+        fake_finished_run(into, variant.task, profile, scale=0.5, epochs=1)
+
+    monkeypatch.setattr(telly.trainer, "finetune", fake_finetune)
+    run = rq2.ensure_finetuned("code-search", "tiny-random", profile, store)
+    assert len(calls) == 1 and run.parent == store
+
+
 def test_similarity_study_skips_tasks_not_in_this_checkout(tmp_path, rq2_setup, monkeypatch):
-    import telly.similarity_cli as rq2
     import telly.tasks
+    from telly.report import similarity as report
+    from telly.studies import similarity as rq2
 
     profile, corpus = rq2_setup
     monkeypatch.setitem(telly.tasks.TASKS, "not-landed", "telly.tasks.not_landed_yet:Task")
-    fake_finished_run(tmp_path / "store", "code-search", scale=0.5, epochs=2)
+    fake_finished_run(tmp_path / "store", "code-search", profile, scale=0.5, epochs=2)
     study = rq2.similarity_study("tiny-random", profile, tmp_path / "store", ["code-search", "not-landed"],
                                  corpus=str(corpus), progress=False)
     assert list(study["documents"]) == ["code-search"]
     assert "not-landed" in study["skipped"] and "not installed" in study["skipped"]["not-landed"]
     document = study["documents"]["code-search"]
     assert [c["label"] for c in document["comparisons"]] == ["epoch-1", "epoch-2", "best"]
-    epochs = rq2.epoch_rows(document)
+    epochs = report.epoch_rows(document)
     assert {row["epoch"] for row in epochs} == {0, 1, 2}
     assert all(row["value"] == 1.0 for row in epochs if row["epoch"] == 0)  # the pre-trained model itself
-    rows = rq2.study_rows(study["documents"])
+    rows = report.study_rows(study["documents"])
     assert {(r["layer"], r["depth"]) for r in rows} == {(k, k / 4) for k in range(5)}
+    table = report.layer_table(rows)
+    assert list(table.columns) == ["cka", "cka_debiased", "rsa"] and len(table) == 5
+    prose = report.inputs_prose(study, profile.name)
+    assert f"**{document['inputs']['texts']['n']}** held-out functions" in prose and "Skipped not-landed" in prose
     with pytest.raises(ValueError, match="none of the tasks"):
         rq2.similarity_study("tiny-random", profile, tmp_path / "store", ["not-landed"], progress=False)
 
@@ -409,7 +475,7 @@ def test_similarity_study_skips_tasks_not_in_this_checkout(tmp_path, rq2_setup, 
     ({0: 1.0, 1: 0.9, 2: 0.9, 3: 0.9, 4: 0.9, 5: 0.89, 6: 0.88}, [6, 5], False),
 ])
 def test_movement_names_the_layers_that_moved_and_judges_top_two(curve, most_moved, agrees):
-    from telly.similarity_cli import movement
+    from telly.report.similarity import movement
 
     verdict = movement(curve)
     assert verdict["most_moved"] == most_moved
@@ -417,11 +483,11 @@ def test_movement_names_the_layers_that_moved_and_judges_top_two(curve, most_mov
 
 
 def test_movement_of_an_unmoved_model_makes_no_claim():
-    from telly.paper import PAPER_RSA
-    from telly.similarity_cli import movement
+    from telly.report.paper import PAPER_RSA
+    from telly.report.similarity import movement
 
     assert movement({0: 1.0, 1: 1.0, 2: 0.9999})["agrees"] is None
-    from telly.similarity_cli import movement_prose
+    from telly.report.similarity import movement_prose
 
     still = {"task": "code-search", "model": "m", "comparisons": [{"label": "best", "epoch": None, "layers": [
         {"layer": k, "n": 9, "rsa": 1.0} for k in range(4)]}]}
@@ -430,7 +496,7 @@ def test_movement_of_an_unmoved_model_makes_no_claim():
 
 
 def test_prose_is_generated_from_the_numbers():
-    from telly.similarity_cli import epoch_prose, movement_prose
+    from telly.report.similarity import epoch_prose, movement_prose
 
     def document(task, values, epochs=None):
         layers = [{"layer": k, "n": 9, "rsa": v, "cka": v, "cka_debiased": v} for k, v in enumerate(values)]
@@ -453,15 +519,15 @@ def test_prose_is_generated_from_the_numbers():
 
 
 def test_similarity_charts_build_from_rows():
-    from telly.charts import similarity_epochs_chart, similarity_layers_chart
-    from telly.paper import paper_rsa_rows
+    from telly.report.charts import similarity_epochs_chart, similarity_layers_chart
+    from telly.report.paper import paper_rsa_rows
 
     ours = [{"task": "code-search", "layer": k, "depth": k / 4, "measure": m, "value": 1 - k / 10,
              "source": "ours (tiny)"} for k in range(5) for m in ("rsa", "cka")]
     spec = similarity_layers_chart(ours + paper_rsa_rows(["code-search"])).to_dict()
-    assert spec["facet"]["column"]["field"] == "task"
+    assert spec["facet"]["field"] == "task" and spec["columns"] == 2  # two panels abreast
     epochs = [{"epoch": e, "layer": k, "measure": "rsa", "value": 1 - e * k / 10} for e in (1, 2) for k in range(3)]
-    assert similarity_epochs_chart(epochs).to_dict()["facet"]["column"]["field"] == "measure_title"
+    assert similarity_epochs_chart(epochs).to_dict()["facet"]["field"] == "measure_title"
     with pytest.raises(ValueError, match="missing column"):
         similarity_layers_chart([{"task": "x", "value": 1.0, "measure": "rsa"}])
     with pytest.raises(ValueError, match="reports no RSA"):

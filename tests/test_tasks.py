@@ -7,11 +7,16 @@ import numpy as np
 import pytest
 import torch
 
+from telly.features import masked_mean
 from telly.profiles import get_profile
-from telly.tasks import TASKS, Evaluation, TaskModel, get_task, mean_pool
-from telly.tasks import TaskData
-from telly.tasks.clone_detection import (ClonePairExample, _anonymise, code_token_set, token_jaccard,
-                                          token_overlap_baseline)
+from telly.tasks import TASKS, Evaluation, Task, TaskData, TaskModel, get_task
+from telly.tasks.clone_detection import (
+    ClonePairExample,
+    _anonymise,
+    code_token_set,
+    token_jaccard,
+    token_overlap_baseline,
+)
 from telly.tasks.code_search import SearchExample
 
 DATA = Path(__file__).parent / "data"
@@ -28,9 +33,23 @@ def test_registry_names_the_five_tasks_and_rejects_others():
     assert get_task("code-search", scale=5.0).config.scale == 5.0
 
 
-def test_mean_pool_ignores_padding():
-    hidden = torch.tensor([[[1.0], [3.0], [100.0]]])
-    assert mean_pool(hidden, torch.tensor([[1, 1, 0]])).item() == 2.0
+def test_the_one_pooling_helper_ignores_padding_and_passes_gradients():
+    hidden = torch.tensor([[[1.0], [3.0], [100.0]]], requires_grad=True)
+    pooled = masked_mean(hidden, torch.tensor([[1, 1, 0]]))
+    assert pooled.item() == 2.0
+    pooled.sum().backward()
+    assert hidden.grad[0, :, 0].tolist() == [0.5, 0.5, 0.0]
+
+
+def test_a_task_must_define_every_part_of_the_interface():
+    class Half(Task):
+        name, metric, metrics = "half", "m", ("m",)
+
+        def load_data(self, profile, seed=0):
+            return None
+
+    with pytest.raises(TypeError, match="abstract"):
+        Half()
 
 
 def test_evaluation_rejects_ragged_columns():

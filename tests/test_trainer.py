@@ -12,11 +12,22 @@ from safetensors.torch import load_file
 
 from telly import backbones, cli
 from telly.profiles import get_profile
-from telly.trainer import WEIGHTS, finetune, record_path, run_name
+from telly.store import WEIGHTS, RunStore, Variant
+from telly.trainer import finetune
 
 # Tiny sizes: 2 steps per epoch, so a tiny-random run takes seconds.
 UNIT = replace(get_profile("smoke"), name="unit", train_examples=16, valid_examples=8, test_examples=8,
                batch_size=8, epochs=2, patience=1, bootstrap_samples=50, learning_rate=1e-3)
+
+
+def run(out, task, freeze, *, model="tiny-random", profile=None, method="telly", cache=True, lora_r=None,
+        **options):
+    """finetune() of one variant under the UNIT profile (or `profile`)."""
+    profile = profile or UNIT
+    method_options = {"r": lora_r} if lora_r else {}
+    variant = Variant.of(task, model, freeze, method=method, cache=cache, profile=get_profile(profile).name,
+                         **method_options)
+    return finetune(variant, out, profile=profile, **options)
 
 
 def _weights(out, record):
@@ -24,11 +35,12 @@ def _weights(out, record):
 
 
 def test_record_carries_every_design_field_and_the_best_weights_load_back(tmp_path):
-    record = finetune("code-search", "tiny-random", 2, profile=UNIT, out=tmp_path, progress=False)
-    path = record_path(tmp_path, "code-search", "tiny-random", "telly", 2, 0, "unit")
+    record = run(tmp_path, "code-search", 2, progress=False)
+    path = RunStore(tmp_path).record_path(Variant.of("code-search", "tiny-random", 2, profile="unit"))
     assert path.exists() and json.loads(path.read_text())["run"] == record["run"]
     for key in ("model", "task", "freeze", "seed", "profile", "parameters", "epochs", "epochs_to_best",
-                "test", "test_ci", "peak_memory_mb", "provenance", "time_to_best_seconds", "zero_shot"):
+                "test", "test_ci", "peak_tensor_memory_mb", "provenance", "time_to_best_seconds", "zero_shot",
+                "profile_settings", "cache_megabytes"):
         assert key in record, key
     assert record["provenance"]["corpus_fingerprint"] == record["data"]["fingerprint"]
     assert set(record["provenance"]["versions"]) >= {"torch", "transformers", "accelerate"}
@@ -52,9 +64,8 @@ def test_record_carries_every_design_field_and_the_best_weights_load_back(tmp_pa
 
 
 def test_cached_and_uncached_training_agree_without_dropout(tmp_path):
-    cached = finetune("clone-detection", "tiny-random", 2, profile=UNIT, out=tmp_path, dropout=0.0, progress=False)
-    uncached = finetune("clone-detection", "tiny-random", 2, profile=UNIT, out=tmp_path, cache=False,
-                        dropout=0.0, progress=False)
+    cached = run(tmp_path, "clone-detection", 2, dropout=0.0, progress=False)
+    uncached = run(tmp_path, "clone-detection", 2, cache=False, dropout=0.0, progress=False)
     assert cached["run"] != uncached["run"] and uncached["cache"] is None
     assert cached["epochs"][0]["train_loss"] == pytest.approx(uncached["epochs"][0]["train_loss"], abs=1e-5)
     a, b = _weights(tmp_path, cached), _weights(tmp_path, uncached)
@@ -64,13 +75,15 @@ def test_cached_and_uncached_training_agree_without_dropout(tmp_path):
 
 def test_bad_input_gives_clear_errors(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown task 'nope'"):
-        finetune("nope", "tiny-random", 0, profile=UNIT, out=tmp_path)
+        run(tmp_path, "nope", 0)
     with pytest.raises(ValueError, match=r"freeze depth must be in -1\.\.3 .*got 4"):
-        finetune("code-search", "tiny-random", 4, profile=UNIT, out=tmp_path)
+        run(tmp_path, "code-search", 4)
     with pytest.raises(ValueError, match="unknown method 'adapter'"):
-        finetune("code-search", "tiny-random", -1, method="adapter", profile=UNIT, out=tmp_path)
+        run(tmp_path, "code-search", -1, method="adapter")
     with pytest.raises(ValueError, match="freeze must be -1"):
-        finetune("code-search", "tiny-random", 2, method="lora", profile=UNIT, out=tmp_path)
+        run(tmp_path, "code-search", 2, method="lora")
+    with pytest.raises(ValueError, match="runs under 'smoke'"):
+        finetune(Variant.of("code-search", "tiny-random", 2, profile="unit"), tmp_path, profile="smoke")
     assert cli.main(["finetune", "--task", "code-search", "--freeze", "9", "--model", "tiny-random",
                      "--profile", "smoke", "--out", str(tmp_path)]) == 2
     assert "freeze depth must be in -1..3" in capsys.readouterr().err
@@ -78,15 +91,14 @@ def test_bad_input_gives_clear_errors(tmp_path, capsys):
 
 
 def test_bitfit_and_lora_train_what_they_should_and_save_plain_backbones(tmp_path):
-    bitfit = finetune("clone-detection", "tiny-random", -1, method="bitfit", profile=UNIT, out=tmp_path, progress=False)
+    bitfit = run(tmp_path, "clone-detection", -1, method="bitfit", progress=False)
     fresh = backbones.load("tiny-random")
     biases = sum(p.numel() for n, p in fresh.model.named_parameters() if n.endswith("bias"))
     head = 4 * 32 * 32 + 32 + 32 * 2 + 2  # dense(4H->H) over [u; v; |u-v|; u*v] + out(H->2), H = 32
     assert bitfit["parameters"]["backbone_trainable"] == biases
     assert bitfit["parameters"]["trainable"] == biases + head
     assert bitfit["head_learning_rate"] == 20 * UNIT.learning_rate  # the random classifier learns faster
-    lora = finetune("clone-detection", "tiny-random", -1, method="lora", profile=UNIT, out=tmp_path,
-                    lora_r=4, progress=False)
+    lora = run(tmp_path, "clone-detection", -1, method="lora", lora_r=4, progress=False)
     assert lora["method_config"]["lora_r"] == 4 and lora["method_config"]["lora_targets"] == ["query", "value"]
     adapters = 4 * 2 * (4 * (32 + 32))  # 4 blocks x (query, value) x r x (in + out)
     assert lora["parameters"]["backbone_trainable"] == adapters
@@ -95,8 +107,10 @@ def test_bitfit_and_lora_train_what_they_should_and_save_plain_backbones(tmp_pat
 
 
 def test_epoch_checkpoints_on_request(tmp_path):
-    record = finetune("code-search", "tiny-random", 3, profile=replace(UNIT, patience=5), out=tmp_path,
-                      save_epoch_checkpoints=True, progress=False)
+    seen = []
+    record = run(tmp_path, "code-search", 3, profile=replace(UNIT, patience=5), save_epoch_checkpoints=True,
+                 progress=False, on_epoch=lambda epoch, epochs: seen.append((epoch["epoch"], epochs)))
+    assert seen == [(epoch, UNIT.epochs) for epoch in range(1, UNIT.epochs + 1)]
     for epoch in range(1, record["epochs_run"] + 1):
         assert (tmp_path / record["run"] / f"epoch-{epoch}" / WEIGHTS).exists()
     assert record["epochs_run"] == UNIT.epochs
@@ -106,11 +120,12 @@ SCRIPT = textwrap.dedent("""
     import sys
     from dataclasses import replace
     from telly.profiles import get_profile
+    from telly.store import Variant
     from telly.trainer import finetune
     profile = replace(get_profile("smoke"), name="unit", train_examples=16, valid_examples=8,
                       test_examples=8, batch_size=8, epochs=1, bootstrap_samples=20, learning_rate=1e-3)
-    finetune(sys.argv[1], "tiny-random", int(sys.argv[2]), profile=profile, out=sys.argv[3], dropout=0.0,
-             progress=False)
+    finetune(Variant.of(sys.argv[1], "tiny-random", int(sys.argv[2]), profile="unit"), sys.argv[3],
+             profile=profile, dropout=0.0, progress=False)
 """)
 
 
@@ -127,7 +142,7 @@ def test_two_cpu_processes_match_one_process_on_the_same_global_batch(tmp_path, 
          str(script), task, str(freeze), str(two)],
         env=env, timeout=600, capture_output=True, text=True)
     assert launched.returncode == 0, launched.stderr[-3000:]
-    name = run_name(task, "tiny-random", "full" if freeze == -1 else "telly", freeze, 0, "unit")
+    name = Variant.of(task, "tiny-random", freeze, profile="unit").run_id
     single, double = (json.loads((d / f"{name}.json").read_text()) for d in (one, two))
     assert single["num_processes"] == 1 and double["num_processes"] == 2
     a, b = load_file(str(one / name / WEIGHTS)), load_file(str(two / name / WEIGHTS))
@@ -138,7 +153,29 @@ def test_two_cpu_processes_match_one_process_on_the_same_global_batch(tmp_path, 
 
 @pytest.mark.integration
 def test_smoke_finetune_of_minilm_on_code_search(tmp_path):
-    record = finetune("code-search", "minilm-l6", 4, profile="smoke", out=tmp_path, progress=False)
+    record = run(tmp_path, "code-search", 4, model="minilm-l6", profile="smoke", progress=False)
     assert record["parameters"]["num_layers"] == 6 and record["cache"]["depth"] == 4
     assert record["zero_shot"]["test"]["mrr"] > 0.3  # a pre-trained sentence encoder already matches docstrings
     assert record["test"]["mrr"] > 0.3
+
+
+def test_the_warm_up_step_measures_memory_without_touching_the_model_or_the_random_state():
+    from telly.tasks import get_task
+    from telly.trainer import optimizer_factory, step_peak_memory
+
+    task = get_task("clone-detection")
+    model = task.build_model(backbones.load("tiny-random"))
+    data = task.load_data(UNIT)
+    batch = task.collate(data.train[:8], backbones.load("tiny-random").tokenizer, UNIT)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = torch.random.get_rng_state()
+    make = optimizer_factory(task, UNIT, 1e-3)
+    peak = step_peak_memory(model, make, batch, torch.device("cpu"))
+    with_cache = step_peak_memory(model, make, batch, torch.device("cpu"), cache_bytes=10 * 2**20)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    # weights + gradients + two Adam moments at least; a held cache adds its bytes
+    assert peak >= 4 * weights and with_cache - peak == pytest.approx(10 * 2**20, rel=0.05)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert step_peak_memory(model, make, batch, torch.device("cpu"), measure=False) is None

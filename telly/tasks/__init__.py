@@ -46,6 +46,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import random
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar
@@ -57,7 +59,7 @@ from torch import nn
 from telly.backbones import Backbone
 from telly.profiles import Profile
 
-# Registry name -> "module:TaskClass". The last three are built by the generation helper (issue 7).
+# Registry name -> "module:TaskClass"; the three generation tasks share `telly.tasks.generation`.
 TASKS: dict[str, str] = {
     "code-search": "telly.tasks.code_search:CodeSearchTask",
     "clone-detection": "telly.tasks.clone_detection:CloneDetectionTask",
@@ -133,7 +135,7 @@ class TaskModel(nn.Module):
         from telly.prefix_cache import PrefixStates, run_top
 
         if isinstance(inputs, PrefixStates):
-            return run_top(self.backbone, inputs.hidden, inputs.attention_mask, inputs.depth), inputs.attention_mask
+            return run_top(self.backbone, inputs.hidden, inputs.depth, inputs.attention_mask), inputs.attention_mask
         mask = inputs["attention_mask"]
         return self.backbone(**inputs).last_hidden_state, mask
 
@@ -141,7 +143,7 @@ class TaskModel(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must define forward(batch) -> loss")
 
 
-class Task:
+class Task(ABC):
     """A downstream task: data, model, batching, loss (in the model) and evaluation."""
 
     name: ClassVar[str]
@@ -166,21 +168,26 @@ class Task:
     def describe(self) -> dict:
         return {"task": self.name, "metric": self.metric, "config": self.config.to_dict()}
 
-    def load_data(self, profile: Profile, seed: int = 0) -> TaskData:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def load_data(self, profile: Profile, seed: int = 0) -> TaskData:
+        ...
 
-    def build_model(self, backbone: Backbone) -> TaskModel:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def build_model(self, backbone: Backbone) -> TaskModel:
+        ...
 
-    def collate(self, examples: Sequence, tokenizer, profile: Profile) -> Batch:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def collate(self, examples: Sequence, tokenizer, profile: Profile) -> Batch:
+        ...
 
+    @abstractmethod
     def evaluate(self, model: TaskModel, examples: Sequence, tokenizer, profile: Profile,
-                 batch_size: int) -> Evaluation:  # pragma: no cover
-        raise NotImplementedError
+                 batch_size: int) -> Evaluation:
+        ...
 
-    def score(self, per_example: dict[str, np.ndarray]) -> dict[str, float]:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def score(self, per_example: dict[str, np.ndarray]) -> dict[str, float]:
+        ...
 
 
 def get_task(name: str | Task, **config) -> Task:
@@ -232,10 +239,18 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> dict[str, torc
     return {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Average of the real tokens' states (padding excluded)."""
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+def sample_examples(functions: Sequence, n: int | None, build, seed: int = 0) -> list:
+    """Up to n examples built from functions in a seeded random order (`build(fn)` may return None
+    to skip one), returned in corpus order; stops early, so only what is kept gets built."""
+    order = random.Random(seed).sample(range(len(functions)), len(functions))
+    kept: list[tuple[int, object]] = []
+    for index in order:
+        if n is not None and len(kept) >= n:
+            break
+        example = build(functions[index])
+        if example is not None:
+            kept.append((index, example))
+    return [example for _, example in sorted(kept, key=lambda pair: pair[0])]
 
 
 def batches(items: Sequence, size: int) -> Iterator[Sequence]:

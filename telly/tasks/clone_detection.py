@@ -27,6 +27,7 @@ Jaccard overlap of the two sides' token sets, thresholded where it maximises F1 
 from __future__ import annotations
 
 import ast
+import contextlib
 import random
 import re
 import textwrap
@@ -40,9 +41,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from telly.backbones import Backbone
+from telly.features import masked_mean
+from telly.metrics import clone_scores
 from telly.profiles import Profile
-from telly.tasks import (Batch, Evaluation, Task, TaskConfig, TaskData, TaskModel, batches, mean_pool,
-                         task_data, tokenize)
+from telly.tasks import Batch, Evaluation, Task, TaskConfig, TaskData, TaskModel, batches, task_data, tokenize
 
 
 @dataclass(frozen=True)
@@ -90,8 +92,8 @@ class CloneDetectionModel(TaskModel):
         super().__init__(backbone, PairClassifierHead(backbone.hidden_size, dropout, pair_features))
 
     def logits(self, inputs: dict) -> torch.Tensor:
-        first = mean_pool(*self.encode(inputs["code_a"]))
-        second = mean_pool(*self.encode(inputs["code_b"]))
+        first = masked_mean(*self.encode(inputs["code_a"]))
+        second = masked_mean(*self.encode(inputs["code_b"]))
         return self.head(first, second)
 
     def forward(self, batch: Batch) -> torch.Tensor:
@@ -101,10 +103,8 @@ class CloneDetectionModel(TaskModel):
 def _anonymise(code: str) -> str:
     """Replace the defined function's own name (definition and recursive calls) by `func`, and
     re-print the code from its AST so both sides share one layout (no comments, like variants)."""
-    try:
+    with contextlib.suppress(SyntaxError):
         code = ast.unparse(ast.parse(textwrap.dedent(code)))
-    except SyntaxError:
-        pass
     match = re.search(r"def\s+(\w+)\s*\(", code)
     return re.sub(rf"\b{re.escape(match.group(1))}\b", "func", code) if match else code
 
@@ -205,16 +205,7 @@ class CloneDetectionTask(Task):
         return Evaluation(self.score(per_example), per_example)
 
     def score(self, per_example: dict[str, np.ndarray]) -> dict[str, float]:
-        return _clone_scores(per_example)
-
-
-def _clone_scores(per_example: dict[str, np.ndarray]) -> dict[str, float]:
-    """Precision, recall and F1 of the clone class (scikit-learn) from prediction/label columns."""
-    from sklearn.metrics import precision_recall_fscore_support
-
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        per_example["label"], per_example["prediction"], average="binary", pos_label=1, zero_division=0)
-    return {"f1": float(f1), "precision": float(precision), "recall": float(recall)}
+        return clone_scores(per_example)
 
 
 _FALLBACK_TOKEN = re.compile(r"\w+|[^\w\s]")  # identifiers/numbers, or one punctuation character
@@ -253,7 +244,7 @@ def token_overlap_baseline(data: TaskData, seed: int = 0, samples: int = 1000) -
     valid_labels = np.array([e.label for e in data.valid])
     # Every distinct valid overlap is a candidate cut; "overlap >= cut" calls a clone.
     candidates = np.unique(valid_overlap)
-    valid_f1 = [_clone_scores({"prediction": (valid_overlap >= cut).astype(int), "label": valid_labels})["f1"]
+    valid_f1 = [clone_scores({"prediction": (valid_overlap >= cut).astype(int), "label": valid_labels})["f1"]
                 for cut in candidates]
     best = int(np.argmax(valid_f1))
     threshold = float(candidates[best])
@@ -261,6 +252,6 @@ def token_overlap_baseline(data: TaskData, seed: int = 0, samples: int = 1000) -
     per_example = {"prediction": (test_overlap >= threshold).astype(int),
                    "label": np.array([e.label for e in data.test]), "overlap": test_overlap}
     scored = {"prediction": per_example["prediction"], "label": per_example["label"]}
-    return {"threshold": threshold, "valid_f1": float(valid_f1[best]), "test": _clone_scores(scored),
-            "test_ci": bootstrap_ci(scored, _clone_scores, samples=samples, seed=seed),
+    return {"threshold": threshold, "valid_f1": float(valid_f1[best]), "test": clone_scores(scored),
+            "test_ci": bootstrap_ci(scored, clone_scores, samples=samples, seed=seed),
             "test_per_example": per_example, "source": data.source}

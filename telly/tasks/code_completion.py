@@ -20,10 +20,10 @@ from functools import partial
 
 import numpy as np
 
-from telly.generation import (DEGENERATE_METRICS, GenerationExample, GenerationTask, code_tokens,
-                              edit_similarity, exact_match, sample_examples)
+from telly.metrics import code_tokens, edit_similarity, exact_match
 from telly.profiles import Profile
-from telly.tasks import TaskConfig, TaskData, task_data
+from telly.tasks import TaskConfig, TaskData, sample_examples, task_data
+from telly.tasks.generation import DEGENERATE_METRICS, GenerationExample, GenerationTask
 
 PUBLISHED_SPLIT = (0.8, 0.1)  # train and valid shares when only the published test file exists
 

@@ -17,10 +17,10 @@ from functools import partial
 
 import numpy as np
 
-from telly.generation import (DEGENERATE_METRICS, GenerationExample, GenerationTask, bleu_statistics,
-                              code_tokens, corpus_bleu_from_statistics, exact_match, sample_examples)
+from telly.metrics import bleu_statistics, code_tokens, corpus_bleu_from_statistics, exact_match
 from telly.profiles import Profile
-from telly.tasks import TaskConfig, TaskData, task_data
+from telly.tasks import TaskConfig, TaskData, sample_examples, task_data
+from telly.tasks.generation import DEGENERATE_METRICS, GenerationExample, GenerationTask
 
 CONCODE_HELD_OUT = 2000  # validation examples held out of CONCODE train when the profile sets none
 
@@ -90,7 +90,7 @@ class CodeGenerationTask(GenerationTask):
             records = load_concode(path, "train", limit=limit)
             if len(records) <= held_out:
                 raise ValueError(f"code-generation: CONCODE train at {path} has {len(records)} examples, "
-                                 f"too few to hold out {held_out} for validation")
+                                 f"too few to hold out {held_out} for validation") from None
             train, valid = records[:-held_out], records[-held_out:]
             note = f"dev as test, last {held_out} of train as validation"
         splits = {name: [GenerationExample(source=r.nl, target=r.code, id=f"{name}:{i}")

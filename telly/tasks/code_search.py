@@ -16,9 +16,21 @@ import torch
 import torch.nn.functional as F
 
 from telly.backbones import Backbone
+from telly.features import masked_mean
+from telly.metrics import retrieval_ranks
 from telly.profiles import Profile
-from telly.tasks import (Batch, Evaluation, Task, TaskConfig, TaskData, TaskModel, batches,
-                         corpus_examples, mean_pool, task_data, tokenize)
+from telly.tasks import (
+    Batch,
+    Evaluation,
+    Task,
+    TaskConfig,
+    TaskData,
+    TaskModel,
+    batches,
+    corpus_examples,
+    task_data,
+    tokenize,
+)
 
 
 @dataclass(frozen=True)
@@ -41,7 +53,7 @@ class CodeSearchModel(TaskModel):
 
     def embed(self, inputs) -> torch.Tensor:
         hidden, mask = self.encode(inputs)
-        return F.normalize(mean_pool(hidden, mask), dim=-1)
+        return F.normalize(masked_mean(hidden, mask), dim=-1)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         queries = self.embed(batch["inputs"]["query"])
@@ -100,10 +112,7 @@ class CodeSearchTask(Task):
             batch = self.collate(chunk, tokenizer, profile)["inputs"]
             queries.append(model.embed({k: v.to(device) for k, v in batch["query"].items()}).float().cpu())
             codes.append(model.embed({k: v.to(device) for k, v in batch["code"].items()}).float().cpu())
-        similarity = torch.cat(queries) @ torch.cat(codes).T
-        correct = similarity.diagonal().unsqueeze(1)
-        # Rank of the true code: 1 + how many codes score strictly higher (ties count in its favour).
-        ranks = (similarity > correct).sum(1).numpy() + 1
+        ranks = retrieval_ranks((torch.cat(queries) @ torch.cat(codes).T).numpy())
         per_example = {"reciprocal_rank": 1.0 / ranks, **{f"hit@{k}": (ranks <= k).astype(float) for k in (1, 5, 10)}}
         return Evaluation(self.score(per_example), per_example)
 

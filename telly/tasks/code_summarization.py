@@ -3,7 +3,7 @@
 Offline data: each corpus function's code without its docstring -> the docstring's first paragraph
 (`telly.corpus`, split by module). Real data: CodeSearchNet in the CodeXGLUE code-to-text format
 (`telly.loaders.load_codesearchnet`), code and docstring tokens joined by spaces as CodeXGLUE does.
-Metric: CodeXGLUE's smoothed sentence BLEU-4, averaged, x100 (`telly.generation`).
+Metric: CodeXGLUE's smoothed sentence BLEU-4, averaged, x100 (`telly.metrics`).
 """
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from telly.generation import (DEGENERATE_METRICS, GenerationExample, GenerationTask,
-                              codexglue_sentence_bleu)
+from telly.metrics import codexglue_sentence_bleu
 from telly.profiles import Profile
 from telly.tasks import TaskConfig, TaskData, corpus_examples, task_data
+from telly.tasks.generation import DEGENERATE_METRICS, GenerationExample, GenerationTask
 
 
 @dataclass(frozen=True)

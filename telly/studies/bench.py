@@ -1,55 +1,56 @@
-"""Benchmarks: what freezing saves, measured side by side in one run on one machine.
+"""RQ3 cost: what freezing saves, measured side by side in one run on one machine.
 
-`telly bench --profile P --out DIR` writes DIR/bench.json and DIR/bench.md with
+`run_bench(profile, out)` (`telly bench --profile P --out DIR`) writes DIR/bench.json and
+DIR/bench.md with
   * training: one epoch's train time and peak memory of full fine-tuning, Telly-K uncached and
-    cached (K in 0, L/2, L-2, L-1), LoRA and BitFit, on `unixcoder-shape` and on `--model`;
+    cached (K in 0, L/2, L-2, L-1), LoRA and BitFit, on `unixcoder-shape` and on `model`;
     ratios to full fine-tuning, the compute limit (L-K)/L beside every cached ratio, and the
     one-time cost of building the frozen-prefix cache with the epoch after which it pays back;
   * probing: all layers' features from one forward pass against L+1 truncated forwards;
   * similarity: RSA, linear CKA and debiased CKA over 13 layers of n x 768 features;
   * corpus: loading the corpus cold (an empty TELLY_CACHE) and from its cache.
+`load_or_run` is what chapter 4 calls: the stored bench when it is current, else a new run, else
+the reference record shipped with the package (telly/report/reference/).
 
 How it measures (the same for every section):
   * Variants are interleaved: repeat r runs every variant once, in an order rotated by r, so
     drifting machine load hits all of them; each figure is the median over the repeats.
   * The "epoch" of the training rows is a fixed dataset: `bench_steps` batches of
     `bench_batch_size` code-search examples (code cut at `bench_code_tokens` tokens, queries at
-    `max_text_tokens`), trained with AdamW. One untimed warm-up step precedes each timed epoch.
-    Ratios and the cache's payback (in epochs) do not depend on the dataset size: the cache is
-    built over the same examples one epoch trains on, so both scale with it.
-  * Peak memory is the peak of memory held by tensors while training (weights, gradients,
-    optimizer state, activations, an in-memory prefix cache). On CUDA: torch.cuda
-    max_memory_allocated over one training step. On CPU: the bytes of the variant's live tensors
-    (parameters, buffers, optimizer state, in-memory cache) at the start of one training step,
-    plus the peak of the allocations and frees the torch profiler (profile_memory=True) records
-    during that step. Unlike process RSS, this does not depend on what earlier variants left in
-    the allocator, and it excludes the interpreter and libraries, like the CUDA figure.
+    `max_text_tokens`), trained with the trainer's AdamW and its one training step
+    (`telly.trainer.train_step`). One untimed warm-up step on a copy of the model precedes each
+    timed epoch. Ratios and the cache's payback (in epochs) do not depend on the dataset size: the
+    cache is built over the same examples one epoch trains on, so both scale with it.
+  * Peak memory is the trainer's measure (`telly.trainer.step_peak_memory`, taken on the warm-up
+    step of the first repeat): the bytes the tensors of one training step hold at its peak
+    (weights, gradients, optimizer state, activations, an in-memory prefix cache on a CPU). Unlike
+    process RSS, it does not depend on what earlier variants left in the allocator, and it
+    excludes the interpreter and libraries.
   * On CUDA the forward passes run under bf16 autocast (AMP); on CPU everything is float32.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
-import math
 import os
 import statistics
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from telly.methods import BitFit, Full, LoRA, Telly
 from telly.profiles import Profile, get_profile
+from telly.store import RunStore, Variant
 
-# The reference records the README's table comes from (a checkout's bench/results/).
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "bench" / "results"
 SHAPE_MODEL = "unixcoder-shape"  # the paper's backbone size; the acceptance targets apply to it
 BENCH_TASK = "code-search"
+DOCUMENT = "bench"  # the store document: OUT/bench.json
 SECTIONS = ("corpus", "similarity", "probing", "training")
 SIMILARITY_LAYERS = 13
 SIMILARITY_DIM = 768
@@ -71,7 +72,7 @@ class Stopwatch:
         self.seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
-    def measure(self, name: str):
+    def measure(self, name: str) -> Iterator[None]:
         self.sync()
         start = self.clock()
         yield
@@ -90,10 +91,10 @@ class Runs:
         return float(statistics.median(self.seconds[name]))
 
 
-Variant = Callable[[Stopwatch, int], "dict | None"]
+Measured = Callable[[Stopwatch, int], "dict | None"]
 
 
-def interleave(variants: Mapping[str, Variant], repeats: int, *,
+def interleave(variants: Mapping[str, Measured], repeats: int, *,
                clock: Callable[[], float] = time.perf_counter, sync: Callable[[], None] | None = None,
                desc: str = "bench", progress: bool = True) -> dict[str, Runs]:
     """Run every variant `repeats` times, interleaved: repeat r runs all of them once, the order
@@ -142,78 +143,7 @@ def payback_epochs(build_seconds: float, cached_epoch: float, other_epoch: float
     return build_seconds / saving if saving > 0 else None
 
 
-# ----------------------------------------------------------------------------- memory
-
-def memory_method(device: torch.device) -> str:
-    if device.type == "cuda":
-        return "torch.cuda.max_memory_allocated over one training step (all tensors on the GPU)"
-    return ("bytes of the variant's live tensors at the start of one training step + the peak of the "
-            "allocations the torch profiler (profile_memory=True) records during it")
-
-
-def tensor_bytes(tensors) -> int:
-    """Bytes of the distinct storages behind `tensors` (shared storage counted once)."""
-    seen: dict[int, int] = {}
-    for tensor in tensors:
-        if tensor is None or tensor.device.type != "cpu":
-            continue
-        storage = tensor.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
-    return sum(seen.values())
-
-
-def profiled_peak_bytes(step: Callable[[], None]) -> int:
-    """Peak of the CPU tensor memory allocated (minus freed) while `step` runs, from the torch
-    profiler's allocator events; 0 when nothing outlives its own allocation."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events = [e for e in prof.profiler.kineto_results.events()
-              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
-    events.sort(key=lambda e: e.start_ns())
-    live = peak = 0
-    for event in events:
-        live += event.nbytes()
-        peak = max(peak, live)
-    return peak
-
-
-def peak_memory_bytes(step: Callable[[], None], device: torch.device,
-                      resident: Callable[[], int]) -> int:
-    """Peak tensor memory of one call of `step` (see the module docstring). `resident()` gives the
-    bytes of the tensors alive before the step (CPU only: CUDA counts them itself)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        torch.cuda.synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device))
-    before = resident()
-    return before + profiled_peak_bytes(step)
-
-
 # ----------------------------------------------------------------------------- training
-
-@dataclass(frozen=True)
-class TrainVariant:
-    method: str  # full | telly | lora | bitfit (telly.baselines.METHODS)
-    freeze: int = -1
-    cached: bool = False
-
-    @property
-    def name(self) -> str:
-        if self.method != "telly":
-            return self.method
-        return f"telly-{self.freeze}" + ("-cached" if self.cached else "")
-
-    @property
-    def label(self) -> str:
-        names = {"full": "Full fine-tuning", "lora": "LoRA", "bitfit": "BitFit"}
-        if self.method != "telly":
-            return names[self.method]
-        return f"Telly-{self.freeze} " + ("cached" if self.cached else "uncached")
-
 
 def freeze_depths(num_layers: int) -> list[int]:
     """The K the bench measures: 0, L/2, L-2 and L-1."""
@@ -222,11 +152,11 @@ def freeze_depths(num_layers: int) -> list[int]:
     return sorted({0, num_layers // 2, num_layers - 2, num_layers - 1})
 
 
-def training_variants(num_layers: int) -> list[TrainVariant]:
-    depths = freeze_depths(num_layers)
-    return [TrainVariant("full"),
-            *(TrainVariant("telly", k, cached) for k in depths for cached in (False, True)),
-            TrainVariant("lora"), TrainVariant("bitfit")]
+def training_variants(model: str, num_layers: int, profile: str) -> list[Variant]:
+    """Full fine-tuning, Telly-K uncached and cached at every bench depth, LoRA and BitFit."""
+    methods = [Full(), *(Telly(k, cache) for k in freeze_depths(num_layers) for cache in (False, True)),
+               LoRA(), BitFit()]
+    return [Variant(BENCH_TASK, model, method, profile=profile) for method in methods]
 
 
 def compute_limit(num_layers: int, freeze: int) -> float:
@@ -246,10 +176,9 @@ def bench_profile(profile: Profile) -> Profile:
                    train_examples=steps * batch, valid_examples=batch, test_examples=batch)
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def _autocast(device: torch.device) -> torch.autocast | None:
+    """bf16 autocast on CUDA; None (float32) on a CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
 
 
 def _sync_for(device: torch.device) -> Callable[[], None]:
@@ -260,7 +189,7 @@ def _sync_for(device: torch.device) -> Callable[[], None]:
 
 class TrainingWorkload:
     """One backbone's training rows: every variant trains a fresh copy of the same weights on the
-    same batches, through the trainer's public pieces (task model, apply_method, prefix cache)."""
+    same batches, through the trainer's pieces (task model, method, prefix cache, optimizer, step)."""
 
     def __init__(self, backbone, profile: Profile, device: torch.device, examples: Sequence | None = None):
         from telly.tasks import get_task
@@ -280,55 +209,49 @@ class TrainingWorkload:
     def collate(self, rows):
         return self.task.collate(rows, self.backbone.tokenizer, self.profile)
 
-    def run(self, variant: TrainVariant, watch: Stopwatch, measure_memory: bool) -> dict:
-        """Build the variant, (build its cache,) warm up one step, time one epoch; optionally
-        measure one more step's peak memory. Returns the variant's facts."""
+    def run(self, variant: Variant, watch: Stopwatch, measure_memory: bool) -> dict:
+        """Build the variant, (build its cache,) take one untimed warm-up step on a copy (measuring
+        its peak memory when `measure_memory`), time one epoch. Returns the variant's facts."""
+        from telly import trainer
         from telly.backbones import cache_dir
-        from telly.baselines import apply_method
         from telly.prefix_cache import build_prefix_cache
         from telly.tasks import move_to
 
         backbone = replace(self.backbone, model=copy.deepcopy(self.backbone.model))
         model = self.task.build_model(backbone)
-        apply_method(model, variant.method, variant.freeze)
-        trainable = [p for p in model.parameters() if p.requires_grad]
+        variant.method.apply(model)
         model.to(self.device).train()
-        optimizer = torch.optim.AdamW(trainable, lr=self.profile.learning_rate, eps=1e-8)
+        make_optimizer = trainer.optimizer_factory(self.task, self.profile,
+                                                   self.task.head_lr_scale * self.profile.learning_rate)
         cache = None
-        if variant.cached:
-            with watch.measure("cache_seconds"), _autocast(self.device):
+        if variant.method.cache:
+            with watch.measure("cache_seconds"), _autocast(self.device) or contextlib.nullcontext():
                 cache = build_prefix_cache(
                     model.backbone, self.examples, self.collate, variant.freeze,
                     batch_size=self.profile.batch_size, memory_mb=self.profile.cache_memory_mb,
                     device=self.device, disk_dir=cache_dir(), show_progress=False)
         state_dtype = next(model.parameters()).dtype
 
-        def step(indices: list[int]) -> None:
-            batch = self.collate([self.examples[i] for i in indices])
+        def batch(indices: list[int]) -> dict:
+            rows = self.collate([self.examples[i] for i in indices])
             if cache is not None:
-                batch["inputs"] = cache.states(indices, state_dtype)
-            with _autocast(self.device):
-                loss = model(move_to(batch, self.device))
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+                rows["inputs"] = cache.states(indices, state_dtype)
+            return move_to(rows, self.device)
 
-        step(self.batches[0])  # warm-up: first-call allocations, optimizer state
+        in_memory_cache = cache.nbytes() if cache is not None and cache.storage == "memory" else 0
+        peak_bytes = trainer.step_peak_memory(model, make_optimizer, batch(self.batches[0]), self.device,
+                                              cache_bytes=in_memory_cache, autocast=_autocast(self.device),
+                                              measure=measure_memory)
+        optimizer = make_optimizer(model)
         with watch.measure("epoch_seconds"):
             for indices in self.batches:
-                step(indices)
-        info = {"trainable_parameters": sum(p.numel() for p in trainable),
+                trainer.train_step(model, batch(indices), optimizer, autocast=_autocast(self.device))
+        info = {"trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
                 "total_parameters": sum(p.numel() for p in model.parameters())}
+        if peak_bytes is not None:
+            info["peak_memory_bytes"] = peak_bytes
         if cache is not None:
             info |= {"cache_megabytes": cache.nbytes() / 2**20, "cache_storage": cache.storage}
-        if measure_memory:
-            def resident() -> int:
-                state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
-                held = cache.nbytes() if cache is not None and cache.storage == "memory" else 0
-                return tensor_bytes([*model.parameters(), *model.buffers(), *state]) + held
-
-            info["peak_memory_bytes"] = peak_memory_bytes(lambda: step(self.batches[0]), self.device, resident)
-        if cache is not None:
             cache.close()
         return info
 
@@ -338,31 +261,31 @@ def training_rows(backbone, profile: Profile, device: torch.device, *, examples:
     """(one row per training variant, one row per cached depth about the cache's cost)."""
     workload = TrainingWorkload(backbone, profile, device, examples)
     num_layers = backbone.num_layers
-    variants = {v.name: v for v in training_variants(num_layers)}
+    variants = {v.method.tag: v for v in training_variants(backbone.name, num_layers, profile.name)}
     runs = interleave({name: (lambda watch, repeat, v=v: workload.run(v, watch, measure_memory=repeat == 0))
                        for name, v in variants.items()},
                       profile.bench_repeats, clock=clock, sync=_sync_for(device),
                       desc=f"training {backbone.name}", progress=progress)
     epoch = {name: r.median("epoch_seconds") for name, r in runs.items()}
     memory = {name: float(r.info["peak_memory_bytes"]) for name, r in runs.items()}
-    time_ratio, memory_ratio = ratio_to(epoch, "full"), ratio_to(memory, "full")
+    time_ratio, memory_ratio = ratio_to(epoch, Full().tag), ratio_to(memory, Full().tag)
     rows = []
     for name, variant in variants.items():
-        run = runs[name]
-        limit = compute_limit(num_layers, variant.freeze) if variant.cached else None
+        run, method = runs[name], variant.method
+        limit = compute_limit(num_layers, variant.freeze) if method.cache else None
         rows.append({
             "model": backbone.name, "num_layers": num_layers, "variant": name, "label": variant.label,
-            "method": variant.method, "freeze": variant.freeze, "cached": variant.cached,
+            "method": method.name, "freeze": variant.freeze, "cached": method.cache,
             "epoch_seconds": epoch[name], "epoch_seconds_runs": run.seconds["epoch_seconds"],
             "ratio_to_full": time_ratio[name],
             "compute_limit": limit,
             "ratio_to_limit": time_ratio[name] / limit if limit else None,
             "paper_estimate": (paper_estimate(num_layers, variant.freeze)
-                               if variant.method == "telly" and not variant.cached else None),
-            "peak_memory_mb": memory[name] / 2**20, "peak_memory_ratio": memory_ratio[name],
+                               if method.name == Telly.name and not method.cache else None),
+            "peak_tensor_memory_mb": memory[name] / 2**20, "peak_memory_ratio": memory_ratio[name],
             "trainable_parameters": run.info["trainable_parameters"],
             "total_parameters": run.info["total_parameters"],
-            "cache_seconds": run.median("cache_seconds") if variant.cached else None,
+            "cache_seconds": run.median("cache_seconds") if method.cache else None,
             "cache_megabytes": run.info.get("cache_megabytes"),
             "cache_storage": run.info.get("cache_storage"),
         })
@@ -370,14 +293,15 @@ def training_rows(backbone, profile: Profile, device: torch.device, *, examples:
     for row in rows:
         if not row["cached"]:
             continue
-        uncached = epoch[TrainVariant("telly", row["freeze"]).name]
+        uncached = epoch[Telly(row["freeze"], cache=False).tag]
         cache_rows.append({
             "model": row["model"], "freeze": row["freeze"], "cache_seconds": row["cache_seconds"],
             "cache_megabytes": row["cache_megabytes"], "cache_storage": row["cache_storage"],
             "cached_epoch_seconds": row["epoch_seconds"], "uncached_epoch_seconds": uncached,
-            "full_epoch_seconds": epoch["full"],
+            "full_epoch_seconds": epoch[Full().tag],
             "payback_epochs": payback_epochs(row["cache_seconds"], row["epoch_seconds"], uncached),
-            "payback_epochs_vs_full": payback_epochs(row["cache_seconds"], row["epoch_seconds"], epoch["full"]),
+            "payback_epochs_vs_full": payback_epochs(row["cache_seconds"], row["epoch_seconds"],
+                                                     epoch[Full().tag]),
         })
     return rows, cache_rows
 
@@ -479,7 +403,7 @@ def similarity_bench(n: int, *, layers: int = SIMILARITY_LAYERS, dim: int = SIMI
 # ----------------------------------------------------------------------------- corpus
 
 @contextlib.contextmanager
-def _telly_cache(path: str):
+def _telly_cache(path: str) -> Iterator[None]:
     previous = os.environ.get("TELLY_CACHE")
     os.environ["TELLY_CACHE"] = path
     try:
@@ -578,6 +502,13 @@ def bench_models(model: str) -> list[str]:
     return [SHAPE_MODEL] if model == SHAPE_MODEL else [SHAPE_MODEL, model]
 
 
+def bench_inputs(profile: Profile, sections: Sequence[str], models: Sequence[str],
+                 corpus_source: str | Path) -> dict:
+    """What a bench record was made from: the store's rule for whether a stored one is current."""
+    return {"profile": profile.to_dict(), "sections": [s for s in SECTIONS if s in sections],
+            "models": list(models), "corpus": str(corpus_source)}
+
+
 def run_bench(profile: str | Profile = "laptop", out: str | Path = "runs/bench", *, model: str = "minilm-l6",
               models: Sequence[str] | None = None, sections: Sequence[str] = SECTIONS,
               corpus_source: str | Path = "stdlib", training_examples: Sequence | None = None,
@@ -590,7 +521,9 @@ def run_bench(profile: str | Profile = "laptop", out: str | Path = "runs/bench",
     (default: the profile's sample of the embedded corpus).
     """
     from telly import backbones
-    from telly.results import device_description, provenance, write_json
+    from telly.report.bench import markdown
+    from telly.store import device_description, provenance
+    from telly.trainer import memory_method
 
     started, cpu_started = time.perf_counter(), time.process_time()
     profile = get_profile(profile)
@@ -601,7 +534,9 @@ def run_bench(profile: str | Profile = "laptop", out: str | Path = "runs/bench",
     models = list(models) if models is not None else bench_models(model)
     load_start = os.getloadavg()
     record: dict = {
-        "kind": "bench", "profile": profile.name, "device": device_description(device), "cpu": cpu_model(),
+        "kind": "bench", "profile": profile.name,
+        "inputs": bench_inputs(profile, sections, models, corpus_source),
+        "device": device_description(device), "cpu": cpu_model(),
         "device_type": device.type, "amp": "bf16 autocast" if device.type == "cuda" else None,
         "threads": torch.get_num_threads(), "repeats": profile.bench_repeats,
         "timing": (f"median of {profile.bench_repeats} interleaved repeat(s); the variants' order "
@@ -651,250 +586,50 @@ def run_bench(profile: str | Profile = "laptop", out: str | Path = "runs/bench",
     record["provenance"] = provenance(model=",".join(models), profile=profile.name,
                                       corpus_fingerprint=corpus_fingerprint, device=device)
     out = Path(out)
-    write_json(out / "bench.json", record)
+    RunStore(out).write_document(DOCUMENT, record)
     (out / "bench.md").write_text(markdown(record))
     return record
 
 
 def reference_path(profile: str | Profile, device_type: str = "cpu", root: str | Path | None = None) -> Path:
-    """Where the shipped reference record of a profile lives: bench/results/<profile>-<cpu|cuda>.json
-    (what the README table shows; `telly bench --reference` writes it)."""
-    return Path(root or REFERENCE_DIR) / f"{get_profile(profile).name}-{device_type}.json"
+    """Where the reference record of a profile lives: <profile>-<cpu|cuda>.json in `root`, by
+    default the package's telly/report/reference/ (what the README table shows; `telly bench
+    --reference` writes it)."""
+    folder = Path(root) if root is not None else Path(str(resources.files("telly.report") / "reference"))
+    return folder / f"{get_profile(profile).name}-{device_type}.json"
 
 
 def _covers(record: Mapping, profile: Profile, model: str) -> bool:
+    """Whether a reference record (which may predate `inputs`) is this profile's full bench with
+    `model`'s training rows."""
     return (record.get("profile") == profile.name and set(record.get("sections", [])) >= set(SECTIONS)
             and any(r["model"] == model for r in record.get("training", [])))
 
 
 def load_or_run(profile: str | Profile = "laptop", out: str | Path = "runs/laptop/bench", *, model: str = "minilm-l6",
-                run: bool = True, reference_root: str | Path | None = None, progress: bool = True) -> dict:
-    """The bench record chapter 4 shows, with `origin` saying where it came from:
-    "store" (OUT/bench.json holds this profile's full bench with `model`'s rows), else "run" (run
-    now, when `run`), else "reference" (the record shipped in bench/results/, measured earlier
-    on the machine it names)."""
-    from telly.results import read_json
+                models: Sequence[str] | None = None, corpus_source: str | Path = "stdlib",
+                run: bool | None = None, reference_root: str | Path | None = None, progress: bool = True) -> dict:
+    """The bench record chapter 4 shows, with `origin` saying where it came from: "store"
+    (OUT/bench.json is the full bench of exactly these inputs), else "run" (run now, when `run`;
+    None: the profile's book_runs_bench), else "reference" (the record shipped with the package,
+    measured earlier on the machine it names)."""
+    from telly.store import read_json
 
-    path = Path(out) / "bench.json"
     profile = get_profile(profile)
-    if path.exists():
-        record = read_json(path)
-        if _covers(record, profile, model):
-            return {**record, "origin": "store"}
-    if run:
-        return {**run_bench(profile, out, model=model, progress=progress), "origin": "run"}
+    models = list(models) if models is not None else bench_models(model)
+    stored = RunStore(out).find_document(DOCUMENT, bench_inputs(profile, SECTIONS, models, corpus_source))
+    if stored is not None:
+        return {**stored, "origin": "store"}
+    if profile.book_runs_bench if run is None else run:
+        record = run_bench(profile, out, model=model, models=models, corpus_source=corpus_source,
+                           progress=progress)
+        return {**record, "origin": "run"}
     reference = reference_path(profile, default_device().type, reference_root)
     if reference.exists():
         record = read_json(reference)
         if _covers(record, profile, model):
             return {**record, "origin": "reference"}
     raise FileNotFoundError(
-        f"no {profile.name} bench with {model} in {path} nor in the shipped reference {reference}; "
-        f"run `telly bench --profile {profile.name} --model {model}` (make bench) first, or let the "
-        "chapter run it (run_bench=True)")
-
-
-def origin_note(record: Mapping, out: str | Path) -> str:
-    """One sentence for the page: which run produced these numbers and how to measure this machine."""
-    when = record["provenance"]["date"][:10]
-    if record.get("origin") == "reference":
-        return (f"**These are the reference numbers shipped with Telly**, measured by `make bench` on "
-                f"{record['device']} ({record.get('cpu') or record['device_type']}) on {when}: this build "
-                f"did not run the `{record['profile']}` bench (this one ran {record['wall_seconds'] / 60:.0f} minutes "
-                f"there; its profile leaves it out of book builds). `telly bench --profile {record['profile']}` "
-                f"writes `{Path(out) / 'bench.json'}` on your machine; the next build shows that instead.")
-    how = "ran it for this build" if record.get("origin") == "run" else "was run on this machine before this build"
-    return (f"The `{record['profile']}` bench {how} ({record['device']}, {when}); it is read from "
-            f"`{Path(out) / 'bench.json'}`.")
-
-
-# ----------------------------------------------------------------------------- reporting
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3g}" if value < 10 else f"{value:.1f}"
-
-
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def _params(count: int) -> str:
-    return f"{count / 1e6:.2f}M"
-
-
-def markdown(record: Mapping) -> str:
-    """The bench record as markdown tables (what bench.md and the README show)."""
-    cpu = f" ({record['cpu']})" if record.get("cpu") and record["device_type"] == "cpu" else ""
-    lines = [f"Device: {record['device']}{cpu}" + (f", {record['amp']}" if record.get("amp") else "")
-             + f"; profile `{record['profile']}`; {record['timing']}; torch {record['provenance']['versions']['torch']}; "
-             f"{record['provenance']['date']}; load average {record['load_average']['start'][0]:.1f} at the start, "
-             f"{record['load_average']['end'][0]:.1f} at the end; {record['wall_seconds']:.0f} s wall, "
-             f"{record['process_cpu_seconds']:.0f} s CPU.", ""]
-    if "training" in record:
-        epoch = record["epoch"]
-        lines += [f"Training: one epoch = {epoch['steps']} AdamW steps over {epoch['examples']} {epoch['task']} "
-                  f"examples (batch {epoch['batch_size']}, code <= {epoch['code_tokens']} tokens, query <= "
-                  f"{epoch['query_tokens']} tokens), after 1 untimed warm-up step. Peak memory: "
-                  f"{record['memory_method']}.", ""]
-        for model in dict.fromkeys(r["model"] for r in record["training"]):
-            rows = [r for r in record["training"] if r["model"] == model]
-            lines += [f"**{model}** (L = {rows[0]['num_layers']}, {_params(rows[0]['total_parameters'])} parameters)", "",
-                      "| variant | trainable | epoch s | ratio to full | compute limit (L-K)/L | peak memory MB | memory ratio |",
-                      "|---|---:|---:|---:|---:|---:|---:|"]
-            for r in rows:
-                limit = "-" if r["compute_limit"] is None else f"{r['compute_limit']:.3f}"
-                lines.append(f"| {r['label']} | {_params(r['trainable_parameters'])} | {_seconds(r['epoch_seconds'])} | "
-                             f"{_ratio(r['ratio_to_full'])} | {limit} | {r['peak_memory_mb']:.0f} | "
-                             f"{_ratio(r['peak_memory_ratio'])} |")
-            lines.append("")
-        lines += ["Frozen-prefix cache: one-time build cost, and the epoch after which it has paid for itself.", "",
-                  "| model | K | build s | cached epoch s | uncached epoch s | pays back vs uncached (epochs) | vs full (epochs) |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        for c in record["cache"]:
-            lines.append(f"| {c['model']} | {c['freeze']} | {_seconds(c['cache_seconds'])} | "
-                         f"{_seconds(c['cached_epoch_seconds'])} | {_seconds(c['uncached_epoch_seconds'])} | "
-                         f"{_payback(c['payback_epochs'])} | {_payback(c['payback_epochs_vs_full'])} |")
-        lines += ["", "Acceptance (issue 8; binding at the UniXcoder shape, other models for reference):", "",
-                  "| model | target | value | threshold | result |", "|---|---|---:|---:|---|"]
-        for a in record["acceptance"]:
-            result = "met" if a["met"] else f"MISSED by {100 * a['missed_by']:.0f}%"
-            model = a["model"] if a["binding"] else f"{a['model']} (reference)"
-            lines.append(f"| {model} | {a['target']} | {a['value']:.3f} | {a['threshold']:.3f} | {result} |")
-        lines.append("")
-    if "probing" in record:
-        p = record["probing"]
-        lines += [f"Probing features ({p['model']}, {p['texts']} texts x <= {p['max_length']} tokens): all "
-                  f"{p['num_layers'] + 1} layers from one pass {_seconds(p['one_pass_seconds'])} s; per-layer "
-                  f"truncated forwards {_seconds(p['truncated_seconds'])} s; speedup {p['speedup']:.2f}x "
-                  f"(limit (L+1)/2 = {p['speedup_limit']:.1f}x).", ""]
-    if "similarity" in record:
-        s = record["similarity"]
-        lines += [f"Similarity ({s['n']:,} inputs x {s['layers']} layers x d = {s['dim']}): RSA "
-                  f"{_seconds(s['rsa_seconds'])} s, linear CKA {_seconds(s['cka_seconds'])} s, debiased CKA "
-                  f"{_seconds(s['cka_debiased_seconds'])} s.", ""]
-    if "corpus" in record:
-        c = record["corpus"]
-        lines += [f"Corpus ({c['source']}, {c['functions']:,} functions): cold load {_seconds(c['cold_seconds'])} s, "
-                  f"cached {_seconds(c['cached_seconds'])} s ({c['speedup']:.0f}x).", ""]
-    return "\n".join(lines)
-
-
-def _payback(epochs: float | None) -> str:
-    if epochs is None:
-        return "never"
-    return f"{epochs:.2f} (after epoch {max(1, math.ceil(epochs))})"
-
-
-def summary_text(record: Mapping) -> str:
-    """A paragraph of prose about the bench record, every number read from it."""
-    parts = [f"Measured on {record['device']} ({record['timing']})."]
-    for model in dict.fromkeys(r["model"] for r in record.get("training", [])):
-        rows = {r["variant"]: r for r in record["training"] if r["model"] == model}
-        layers = next(iter(rows.values()))["num_layers"]
-        deep = TrainVariant("telly", layers - 2)
-        cached, uncached = rows[TrainVariant("telly", layers - 2, True).name], rows[deep.name]
-        parts.append(
-            f"On {model} one epoch of full fine-tuning took {_seconds(rows['full']['epoch_seconds'])} s. "
-            f"Telly-{layers - 2} took {uncached['ratio_to_full']:.2f}x of that when the frozen blocks run "
-            f"every batch (the paper's way; compute estimate {uncached['paper_estimate']:.2f}x) and "
-            f"{cached['ratio_to_full']:.2f}x from the frozen-prefix cache, against a compute limit of "
-            f"{cached['compute_limit']:.2f}x; its peak memory was {cached['peak_memory_ratio']:.2f}x full "
-            f"fine-tuning's. LoRA took {rows['lora']['ratio_to_full']:.2f}x and BitFit "
-            f"{rows['bitfit']['ratio_to_full']:.2f}x of full fine-tuning's epoch time.")
-        cache = next(c for c in record["cache"] if c["model"] == model and c["freeze"] == layers - 2)
-        payback = cache["payback_epochs"]
-        parts.append(f"Building that cache cost {_seconds(cache['cache_seconds'])} s once, "
-                     + (f"repaid against uncached Telly-{layers - 2} after {payback:.2f} epochs."
-                        if payback is not None else f"which never pays back against uncached Telly-{layers - 2}."))
-    missed = [a for a in record.get("acceptance", []) if a["binding"] and not a["met"]]
-    binding = [a for a in record.get("acceptance", []) if a["binding"]]
-    if binding:
-        parts.append(f"Of the {len(binding)} acceptance targets at the UniXcoder shape, "
-                     + (f"{len(binding) - len(missed)} were met; missed: "
-                        + "; ".join(f"{a['target']} ({a['value']:.3f}, {100 * a['missed_by']:.0f}% over)" for a in missed)
-                        + "." if missed else "all were met."))
-    if "probing" in record:
-        p = record["probing"]
-        parts.append(f"Extracting all {p['num_layers'] + 1} layers of {p['model']} in one pass was "
-                     f"{p['speedup']:.1f}x faster than one truncated forward per layer (the block count "
-                     f"alone predicts {p['speedup_limit']:.1f}x).")
-    if "similarity" in record:
-        s = record["similarity"]
-        parts.append(f"RSA over {s['n']:,} inputs and {s['layers']} layers took {_seconds(s['rsa_seconds'])} s; "
-                     f"linear CKA {_seconds(s['cka_seconds'])} s.")
-    if "corpus" in record:
-        c = record["corpus"]
-        parts.append(f"Loading the corpus from its cache took {_seconds(c['cached_seconds'])} s against "
-                     f"{_seconds(c['cold_seconds'])} s cold.")
-    return " ".join(parts)
-
-
-def update_readme(path: str | Path, record: Mapping) -> Path:
-    """Replace the CPU or GPU table (by the record's device) between the README's markers
-    `<!-- bench:cpu:start -->` ... `<!-- bench:cpu:end -->` (or `gpu`); appends them if absent."""
-    path = Path(path)
-    kind = "gpu" if record["device_type"] == "cuda" else "cpu"
-    start, end = f"<!-- bench:{kind}:start -->", f"<!-- bench:{kind}:end -->"
-    text = path.read_text() if path.exists() else ""
-    block = f"{start}\n{markdown(record)}\n{end}"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        text = before + block + rest.split(end, 1)[1]
-    elif start in text or end in text:
-        raise ValueError(f"{path}: has only one of the markers {start} / {end}")
-    else:
-        text = text.rstrip("\n") + f"\n\n## Latest {kind.upper()} bench\n\n{block}\n"
-    path.write_text(text)
-    return path
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def add_cli(subparsers) -> None:
-    from telly.cli import add_common
-
-    parser = subparsers.add_parser("bench", help="benchmarks: training time and memory by method, "
-                                   "probing, similarity, corpus", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(parser, out="runs/<profile>/bench")  # the book's results store reads it there
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
-    parser.add_argument("--corpus", default="stdlib", help="corpus source: 'stdlib' or a directory of Python files")
-    parser.add_argument("--readme", default=None,
-                        help="also write the table into this README between its bench:cpu / bench:gpu markers")
-    parser.add_argument("--reference", action="store_true",
-                        help="also keep the record as the shipped reference, bench/results/<profile>-<cpu|cuda>.json, "
-                             "which chapter 4 shows when a book build does not run the bench")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's choice; the record says which)")
-    parser.set_defaults(handler=run_cli)
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    from telly.backbones import BackboneUnavailable
-
-    if args.threads is not None:
-        if args.threads < 1:
-            print(f"telly bench: error: --threads must be at least 1, got {args.threads}", file=sys.stderr)
-            return 2
-        torch.set_num_threads(args.threads)
-    out = Path(args.out.replace("<profile>", args.profile))
-    try:
-        record = run_bench(args.profile, out, model=args.model,
-                           sections=[s.strip() for s in args.sections.split(",") if s.strip()],
-                           corpus_source=args.corpus)
-    except (ValueError, FileNotFoundError, BackboneUnavailable) as exc:
-        print(f"telly bench: error: {exc}", file=sys.stderr)
-        return 2
-    if args.readme:
-        update_readme(args.readme, record)
-    if args.reference:
-        from telly.results import write_json
-
-        write_json(reference_path(args.profile, record["device_type"]), record)
-    print(markdown(record))
-    print(f"wrote {out / 'bench.json'} and {out / 'bench.md'} "
-          f"in {record['wall_seconds']:.0f} s")
-    return 0
+        f"no {profile.name} bench with {model} in {Path(out) / 'bench.json'} nor in the shipped reference "
+        f"{reference}; run `telly bench --profile {profile.name} --model {model}` (make bench) first, or "
+        "let the chapter run it (run_bench=True)")

@@ -26,6 +26,8 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
+from telly.probing.properties import PROPERTIES
+
 OFFLINE_RENDERER = "telly-offline"
 # vega-embed options for every chart: SVG so marks are real DOM nodes (inspectable, crisp), and
 # no menu links to the online Vega editor.
@@ -125,7 +127,7 @@ def provenance_box(records: Mapping[str, Any] | Sequence[Mapping[str, Any]],
                    title: str = "Provenance: what produced the numbers on this page") -> ProvenanceBox:
     """Summarise the provenance of one record or several (distinct values joined, dates as a range).
 
-    A record carries its provenance at top level (telly.results.provenance merged in) or under a
+    A record carries its provenance at top level (telly.store.provenance merged in) or under a
     "provenance" key. A record missing one of PROVENANCE_FIELDS is an error naming it.
     """
     if isinstance(records, Mapping):
@@ -141,7 +143,7 @@ def provenance_box(records: Mapping[str, Any] | Sequence[Mapping[str, Any]],
         missing = [name for name in PROVENANCE_FIELDS if name not in prov]
         if missing:
             raise ValueError(f"record {index} has no provenance field(s) {missing}; "
-                             f"it has {sorted(prov)}: write it with telly.results.provenance")
+                             f"it has {sorted(prov)}: write it with telly.store.provenance")
         provenances.append(prov)
 
     rows = []
@@ -287,7 +289,10 @@ def _similarity_frame(rows: pd.DataFrame | Sequence[Mapping[str, Any]], needed: 
     return frame
 
 
-def similarity_layers_chart(rows: pd.DataFrame | Sequence[Mapping[str, Any]], *, width: int = 170,
+PANELS_PER_ROW = 2  # faceted charts wrap after this many panels: each stays readable in the book's text column
+
+
+def similarity_layers_chart(rows: pd.DataFrame | Sequence[Mapping[str, Any]], *, width: int = 290,
                             height: int = 150) -> alt.FacetChart:
     """Similarity to the pre-trained model over depth, one panel per task.
 
@@ -309,10 +314,10 @@ def similarity_layers_chart(rows: pd.DataFrame | Sequence[Mapping[str, Any]], *,
                  alt.Tooltip("value:Q", format=".3f")],
     )
     return (base.mark_line() + base.mark_point(filled=True, size=30)).properties(
-        width=width, height=height).facet(column=alt.Column("task:N", title=None))
+        width=width, height=height).facet(facet=alt.Facet("task:N", title=None), columns=PANELS_PER_ROW)
 
 
-def similarity_epochs_chart(rows: pd.DataFrame | Sequence[Mapping[str, Any]], *, width: int = 220,
+def similarity_epochs_chart(rows: pd.DataFrame | Sequence[Mapping[str, Any]], *, width: int = 290,
                             height: int = 160) -> alt.FacetChart:
     """Per-epoch view: each layer's similarity to the pre-trained model after every epoch.
 
@@ -326,7 +331,7 @@ def similarity_epochs_chart(rows: pd.DataFrame | Sequence[Mapping[str, Any]], *,
         tooltip=["epoch:Q", "layer:O", "measure_title:N", alt.Tooltip("value:Q", format=".3f")],
     )
     return (base.mark_line() + base.mark_point(filled=True)).properties(
-        width=width, height=height).facet(column=alt.Column("measure_title:N", title=None))
+        width=width, height=height).facet(facet=alt.Facet("measure_title:N", title=None), columns=PANELS_PER_ROW)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,7 +349,7 @@ def _bench_kind(row: Mapping[str, Any]) -> str:
 def bench_ratio_chart(rows: pd.DataFrame | Sequence[Mapping[str, Any]], *, value: str = "ratio_to_full",
                       title: str = "epoch time / full fine-tuning", limit: str | None = "compute_limit",
                       width: int = 320, height: int = 220) -> alt.FacetChart:
-    """One bar per training variant (telly.bench rows: model, label, method, cached, `value`), one
+    """One bar per training variant (telly.studies.bench rows: model, label, method, cached, `value`), one
     panel per model; a black tick marks each cached variant's compute limit (L-K)/L when `limit`
     names a column. A dashed rule at 1 is full fine-tuning."""
     frame = pd.DataFrame(list(rows) if not isinstance(rows, pd.DataFrame) else rows)
@@ -381,12 +386,15 @@ _FREEZE_COSTS = {"trainable_millions": "trainable backbone parameters (M)",
                  "time_to_best_seconds": "seconds to best validation"}
 
 
-def freeze_results_chart(table: pd.DataFrame, task: str, *, width: int = 210, height: int = 150) -> alt.HConcatChart:
-    """Quality and costs against freeze depth K for one task, from `telly.sweep.freeze_table`.
+def freeze_results_chart(table: pd.DataFrame, task: str, *, highlight: int | None = None, width: int = 300,
+                         height: int = 170) -> alt.VConcatChart:
+    """Quality and costs against freeze depth K for one task, from `telly.report.freezing.freeze_table`,
+    two panels abreast so each stays readable on a page.
 
     Quality panel: Telly-K points with 95% CI bars, full fine-tuning as a line with its CI as a band,
     the zero-shot pre-trained score as a dashed line. Cost panels: trainable parameters, epoch time,
-    time to best (full fine-tuning drawn at K = -1)."""
+    time to best (full fine-tuning drawn at K = -1). `highlight`: a depth marked by a red rule in
+    every panel (the live widget's selected K)."""
     needed = ["task", "method", "freeze", "value", "low", "high", "metric", "uses_cache", *_FREEZE_COSTS]
     missing = [c for c in needed if c not in table.columns]
     if missing:
@@ -401,6 +409,9 @@ def freeze_results_chart(table: pd.DataFrame, task: str, *, width: int = 210, he
     metric = rows.metric.iloc[0]
     x = alt.X("freeze:Q", title="freeze depth K (-1 = full)", axis=alt.Axis(tickMinStep=1, format="d"))
     base = alt.Chart(curve)
+    marker = ([alt.Chart(pd.DataFrame({"freeze": [highlight], "run": [freeze_label(highlight)]}))
+               .mark_rule(color="#e45756", strokeWidth=2).encode(x="freeze:Q", tooltip=["run"])]
+              if highlight is not None else [])
     layers = [
         base.mark_errorbar().encode(x=x, y=alt.Y("low:Q", title=metric, scale=alt.Scale(zero=False)), y2="high:Q"),
         base.mark_line(point=True).encode(x=x, y="value:Q", tooltip=["run", alt.Tooltip("value:Q", format=".3f"),
@@ -416,28 +427,28 @@ def freeze_results_chart(table: pd.DataFrame, task: str, *, width: int = 210, he
     if not zero.empty:
         layers.append(alt.Chart(pd.DataFrame({"value": [zero.iloc[0]], "label": ["zero-shot (pre-trained)"]}))
                       .mark_rule(color="#e45756", strokeDash=[5, 4]).encode(y="value:Q", tooltip=["label"]))
-    panels = [alt.layer(*layers).properties(width=width, height=height, title=f"{task}: test {metric}")]
+    panels = [alt.layer(*layers, *marker).properties(width=width, height=height, title=f"{task}: test {metric}")]
     for column, title in _FREEZE_COSTS.items():
-        panels.append(base.mark_line(point=True).encode(
-            x=x, y=alt.Y(f"{column}:Q", title=title), tooltip=["run", alt.Tooltip(f"{column}:Q", format=".3~r")]
-        ).properties(width=width, height=height, title=title))
-    return alt.hconcat(*panels)
+        line = base.mark_line(point=True).encode(
+            x=x, y=alt.Y(f"{column}:Q", title=title), tooltip=["run", alt.Tooltip(f"{column}:Q", format=".3~r")])
+        panels.append(alt.layer(line, *marker).properties(width=width, height=height, title=title))
+    return alt.vconcat(alt.hconcat(*panels[:2]), alt.hconcat(*panels[2:]))
 
 
 # ---------------------------------------------------------------------------------------------
-# Chapter 1 (RQ1, probing). Owned by the probing helper; rows from telly.probing.layer_rows /
-# weight_rows.
+# Chapter 1 (RQ1, probing). Rows from telly.report.probing.layer_rows / weight_rows; probes in
+# the order of the registry telly.probing.properties.PROPERTIES.
 
-PROBE_ORDER = ["lexical", "syntactic", "structural", "semantic"]
+PROBE_ORDER = [prop.name for prop in PROPERTIES]
 STATE_ORDER = ["random", "pretrained", "finetuned"]
 
 
-def probing_layers_chart(rows: pd.DataFrame | Sequence[Mapping[str, Any]], *, width: int = 190,
+def probing_layers_chart(rows: pd.DataFrame | Sequence[Mapping[str, Any]], *, width: int = 290,
                          height: int = 150) -> alt.FacetChart:
     """Layer-wise probe score per layer (0 = embeddings), one panel per probe.
 
     rows: model, probe, metric, state, layer, score, ci_low, ci_high, control (one row per probe x
-    state x layer, as telly.probing.layer_rows gives). Colour = backbone state; the band is the
+    state x layer, as telly.report.probing.layer_rows gives). Colour = backbone state; the band is the
     bootstrap 95% CI; the dotted line is the control task (Hewitt & Liang) of the same state.
     """
     frame = _chart_frame(rows, ("model", "probe", "metric", "state", "layer", "score", "ci_low",
@@ -456,14 +467,14 @@ def probing_layers_chart(rows: pd.DataFrame | Sequence[Mapping[str, Any]], *, wi
     panels = [f"{p} ({m})" for p, m in frame.groupby("probe")["metric"].first().items()]
     panels.sort(key=lambda t: PROBE_ORDER.index(t.split(" ")[0]) if t.split(" ")[0] in PROBE_ORDER else 99)
     return (band + line + control).properties(width=width, height=height).facet(
-        column=alt.Column("panel:N", title=None, sort=panels)).resolve_scale(y="independent")
+        facet=alt.Facet("panel:N", title=None, sort=panels), columns=PANELS_PER_ROW).resolve_scale(y="independent")
 
 
-def probing_weights_chart(rows: pd.DataFrame | Sequence[Mapping[str, Any]], *, width: int = 190,
+def probing_weights_chart(rows: pd.DataFrame | Sequence[Mapping[str, Any]], *, width: int = 290,
                           height: int = 130) -> alt.FacetChart:
     """The weighted probe's learned softmax weight per layer (they sum to 1), one panel per probe.
 
-    rows: model, probe, state, layer, weight (telly.probing.weight_rows). Bars grouped by state.
+    rows: model, probe, state, layer, weight (telly.report.probing.weight_rows). Bars grouped by state.
     """
     frame = _chart_frame(rows, ("model", "probe", "state", "layer", "weight"), "probing_weights_chart")
     states = [s for s in STATE_ORDER if s in set(frame["state"])]
@@ -474,4 +485,5 @@ def probing_weights_chart(rows: pd.DataFrame | Sequence[Mapping[str, Any]], *, w
         y=alt.Y("weight:Q", title="mix weight"),
         color=alt.Color("state:N", title="backbone", sort=states),
         tooltip=["model:N", "probe:N", "state:N", "layer:O", alt.Tooltip("weight:Q", format=".3f")],
-    ).properties(width=width, height=height).facet(column=alt.Column("probe:N", title=None, sort=probes))
+    ).properties(width=width, height=height).facet(facet=alt.Facet("probe:N", title=None, sort=probes),
+                                                   columns=PANELS_PER_ROW)

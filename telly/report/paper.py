@@ -7,6 +7,8 @@ this library measures, labelled as the paper's.
 """
 from __future__ import annotations
 
+from telly.probing.properties import PROPERTIES
+
 PAPER_MODEL = "unixcoder-base"
 PAPER_NUM_LAYERS = 12
 
@@ -111,8 +113,7 @@ PAPER_WEIGHTED_PROBES: dict[str, dict[str, float]] = {
     "semantic": {"random": 0.4609, "pretrained": 0.7093, "finetuned": 0.7155},
     "structural": {"random": 0.348, "pretrained": 0.297, "finetuned": 0.622},
 }
-PAPER_PROBE_METRICS = {"lexical": "accuracy", "syntactic": "MRR", "semantic": "MAP",
-                       "structural": "accuracy"}
+PAPER_PROBE_METRICS = {prop.name: prop.metric for prop in PROPERTIES}
 
 
 def paper_probe_rows() -> list[dict]:
@@ -121,5 +122,4 @@ def paper_probe_rows() -> list[dict]:
              "source": f"paper ({PAPER_MODEL})"}
             for probe, scores in PAPER_WEIGHTED_PROBES.items() for state, score in scores.items()]
 # Where the paper found each property (RQ1): the third of the layers the probes peak in.
-PAPER_PROBE_REGIONS = {"lexical": "lower", "syntactic": "middle", "structural": "upper",
-                       "semantic": "spread"}
+PAPER_PROBE_REGIONS = {prop.name: prop.paper_region for prop in PROPERTIES}

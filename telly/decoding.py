@@ -1,0 +1,100 @@
+"""Decoding: greedy or beam search for any task model with an LM head, with a KV cache.
+
+The model is a `telly.tasks.generation.GenerationModel`: its backbone runs the source once as a
+prefix (bidirectional for encoders, causal for decoders), then one token per step against the
+cache; its `logits` give the next token's scores. `generate` decodes a list of sources in batches.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from telly.tasks import batches
+from telly.tasks.generation import attention_bias, position_offset, prefix_lm_mask, source_ids
+
+
+@torch.no_grad()
+def generate_ids(model, source_rows: Sequence[Sequence[int]], *, max_new_tokens: int,
+                 num_beams: int = 1) -> list[list[int]]:
+    """Greedy (num_beams=1) or beam search for each source, at most max_new_tokens tokens each
+    (EOS included, then dropped). Beams are ranked by log-probability per generated token."""
+    from transformers import DynamicCache
+
+    if max_new_tokens < 1 or num_beams < 1:
+        raise ValueError(f"max_new_tokens and num_beams must be >= 1, got {max_new_tokens}, {num_beams}")
+    backbone = model.backbone
+    device = next(model.parameters()).device
+    bos, eos = model.specials["bos"], model.specials["eos"]
+    pad = 0  # source padding is masked out: any id will do
+    batch, width = len(source_rows), max(len(r) for r in source_rows)
+    source = torch.full((batch, width), pad, dtype=torch.long, device=device)
+    real = torch.zeros((batch, width), dtype=torch.long, device=device)
+    for i, row in enumerate(source_rows):
+        source[i, :len(row)] = torch.tensor(row, device=device)
+        real[i, :len(row)] = 1
+    length = real.sum(1)
+    offset = position_offset(backbone)
+    cache = DynamicCache(config=backbone.config)
+    mask = attention_bias(backbone, prefix_lm_mask(real, length, bidirectional_source=model.bidirectional_source))
+    positions = (torch.arange(width, device=device) + offset).unsqueeze(0).expand(batch, -1)
+    backbone(input_ids=source, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+
+    rows = batch * num_beams
+    if num_beams > 1:
+        cache.batch_repeat_interleave(num_beams)
+        real, length = real.repeat_interleave(num_beams, 0), length.repeat_interleave(num_beams, 0)
+    scores = torch.zeros(batch, num_beams, device=device)
+    scores[:, 1:] = -math.inf  # all beams start identical: expand only the first
+    scores = scores.view(-1)
+    tokens = torch.full((rows, 1), bos, dtype=torch.long, device=device)
+    generated = torch.zeros((rows, 0), dtype=torch.long, device=device)
+    produced = torch.zeros(rows, dtype=torch.long, device=device)  # tokens up to and including EOS
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        keys = torch.cat([real, torch.ones((rows, step + 1), dtype=torch.long, device=device)], 1)
+        step_mask = attention_bias(backbone, keys.bool()[:, None, None, :])
+        hidden = backbone(input_ids=tokens, attention_mask=step_mask, position_ids=(length + step + offset)[:, None],
+                          cache=cache, use_cache=True).last_hidden_state[:, -1]
+        log_probs = F.log_softmax(model.logits(hidden).float(), dim=-1)
+        log_probs[finished] = -math.inf
+        log_probs[finished, eos] = 0.0  # a finished beam only pads with EOS, its score unchanged
+        vocab = log_probs.shape[1]
+        top_scores, top = (scores[:, None] + log_probs).view(batch, num_beams * vocab).topk(num_beams, dim=1)
+        origin = (torch.arange(batch, device=device)[:, None] * num_beams + top // vocab).view(-1)
+        token = (top % vocab).view(-1)
+        if num_beams > 1:
+            cache.reorder_cache(origin)
+        generated, produced, finished = generated[origin], produced[origin], finished[origin]
+        generated = torch.cat([generated, token[:, None]], 1)
+        produced = produced + (~finished).long()
+        finished = finished | (token == eos)
+        scores, tokens = top_scores.view(-1), token[:, None]
+        if bool(finished.all()):
+            break
+    normalised = (scores / produced.clamp(min=1)).view(batch, num_beams)
+    best = normalised.argmax(1) + torch.arange(batch, device=device) * num_beams
+    results = []
+    for row in best.tolist():
+        ids = generated[row, :produced[row]].tolist()
+        results.append(ids[:-1] if ids and ids[-1] == eos else ids)
+    return results
+
+
+def generate(model, tokenizer, sources: Sequence[str], *, max_source_tokens: int,
+             max_new_tokens: int, num_beams: int = 1, batch_size: int = 32, truncate: str = "right",
+             show_progress: bool = False) -> list[str]:
+    """Decoded predictions for a list of sources (eval mode, no grad), in order."""
+    was_training = model.training
+    model.eval()
+    predictions: list[str] = []
+    chunks = list(batches(list(sources), batch_size))
+    for chunk in tqdm(chunks, desc="decoding", disable=not show_progress, leave=False):
+        rows = source_ids(tokenizer, chunk, max_source_tokens, truncate)
+        for ids in generate_ids(model, rows, max_new_tokens=max_new_tokens, num_beams=num_beams):
+            predictions.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+    model.train(was_training)
+    return predictions

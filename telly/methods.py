@@ -1,0 +1,176 @@
+"""Fine-tuning methods as config dataclasses with the behaviour beside them (peft-style).
+
+`Full()`, `Telly(freeze, cache)`, `LoRA(r, alpha, dropout, targets)` and `BitFit()` each validate
+their settings when made and `.apply(task_model)` sets what trains (LoRA wraps the backbone in peft
+adapters). All four go through the same trainer and produce the same records, so the book compares
+them on one clock. `METHODS` is the registry the CLI takes its choices from; `make_method` builds
+one from the CLI's words. `backbone_state_dict` gives the backbone's weights under the HF base
+model's own keys (LoRA adapters merged in), which `telly.backbones.load(..., checkpoint=...)` reads.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:  # torch is imported where a method is applied, so `telly --help` stays quick
+    import torch
+    from torch import nn
+
+# Attention projections LoRA adapts by default, per architecture family (query and value).
+LORA_DEFAULT_TARGETS = (("query", "value"), ("q_proj", "v_proj"), ("c_attn",))
+
+
+class Method:
+    """What every method offers: a registry name, its freeze depth, whether it trains from the
+    frozen-prefix cache, a run-id tag, a label, the settings a record keeps, and `apply`."""
+
+    name: ClassVar[str]
+    freeze: int = -1
+    cache: bool = False
+
+    @property
+    def tag(self) -> str:
+        return self.name
+
+    @property
+    def label(self) -> str:  # pragma: no cover - every method names itself
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        return asdict(self)
+
+    def apply(self, task_model: nn.Module) -> dict:  # pragma: no cover - every method applies itself
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Full(Method):
+    """Full fine-tuning: every parameter trains."""
+
+    name: ClassVar[str] = "full"
+    label: ClassVar[str] = "Full fine-tuning"
+
+    def apply(self, task_model: nn.Module) -> dict:
+        from telly.freezing import freeze_bottom
+
+        return {"freeze": freeze_bottom(task_model, -1).freeze}
+
+
+@dataclass(frozen=True)
+class Telly(Method):
+    """Telly-K: the embeddings and blocks 0..K-1 frozen. cache: train from the frozen-prefix cache
+    (the frozen bottom runs once); False runs it every batch, as the paper did."""
+
+    freeze: int
+    cache: bool = True
+    name: ClassVar[str] = "telly"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.freeze, int) or isinstance(self.freeze, bool) or self.freeze < 0:
+            raise ValueError(f"Telly-K needs an integer K >= 0 (K = -1 is full fine-tuning), got {self.freeze!r}")
+
+    @property
+    def tag(self) -> str:
+        return f"telly{self.freeze}" + ("" if self.cache else "-nocache")
+
+    @property
+    def label(self) -> str:
+        return f"Telly-{self.freeze} " + ("cached" if self.cache else "uncached")
+
+    def apply(self, task_model: nn.Module) -> dict:
+        from telly.freezing import freeze_bottom
+
+        return {"freeze": freeze_bottom(task_model, self.freeze).freeze}
+
+
+@dataclass(frozen=True)
+class LoRA(Method):
+    """LoRA (peft): the backbone frozen, rank-r adapters on the attention projections, head trained."""
+
+    r: int = 8
+    alpha: int | None = None  # None: 2r
+    dropout: float = 0.1
+    targets: tuple[str, ...] | None = None  # None: query/value projections of the architecture
+    name: ClassVar[str] = "lora"
+    label: ClassVar[str] = "LoRA"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.r, int) or self.r < 1:
+            raise ValueError(f"LoRA rank r must be an integer >= 1, got {self.r!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
+        if self.targets is not None:
+            object.__setattr__(self, "targets", tuple(self.targets))
+            if not self.targets:
+                raise ValueError("LoRA targets, when given, must name at least one module")
+
+    @property
+    def tag(self) -> str:
+        return "lora" if self.r == 8 else f"lora-r{self.r}"
+
+    def apply(self, task_model: nn.Module) -> dict:
+        from peft import LoraConfig, get_peft_model
+
+        targets = list(self.targets) if self.targets else default_lora_targets(task_model.backbone)
+        config = LoraConfig(r=self.r, lora_alpha=self.alpha or 2 * self.r, lora_dropout=self.dropout,
+                            target_modules=targets, bias="none")
+        task_model.backbone = get_peft_model(task_model.backbone, config)  # freezes the base weights
+        for parameter in task_model.head.parameters():
+            parameter.requires_grad_(True)
+        return {"lora_r": self.r, "lora_alpha": config.lora_alpha, "lora_dropout": self.dropout,
+                "lora_targets": targets}
+
+
+@dataclass(frozen=True)
+class BitFit(Method):
+    """BitFit: only the backbone's bias terms (and the task head) train."""
+
+    name: ClassVar[str] = "bitfit"
+    label: ClassVar[str] = "BitFit"
+
+    def apply(self, task_model: nn.Module) -> dict:
+        from telly.freezing import freeze_bottom
+
+        freeze_bottom(task_model, -1)
+        for name, parameter in task_model.backbone.named_parameters():
+            parameter.requires_grad_(name.endswith("bias"))
+        return {}
+
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Full, Telly, LoRA, BitFit)}
+
+
+def make_method(name: str, freeze: int = -1, cache: bool = True, **options) -> Method:
+    """A method from the CLI's words. Telly with K = -1 freezes nothing: it is Full(). Other
+    methods train no frozen prefix, so their freeze must be -1."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
+    if name != "telly" and freeze != -1:
+        raise ValueError(f"method {name!r} trains no frozen prefix: freeze must be -1, got {freeze}")
+    if name == "telly":
+        return Full() if freeze == -1 else Telly(freeze, cache)
+    return METHODS[name](**options)
+
+
+def default_lora_targets(backbone: nn.Module) -> list[str]:
+    names = {name.rsplit(".", 1)[-1] for name, _ in backbone.named_modules()}
+    for targets in LORA_DEFAULT_TARGETS:
+        if set(targets) <= names:
+            return list(targets)
+    raise ValueError(f"{type(backbone).__name__}: no query/value projections found for LoRA; "
+                     "pass LoRA(targets=...) with the module names to adapt")
+
+
+def base_model(task_model: nn.Module) -> nn.Module:
+    """The HF base model inside a task model (unwrapping peft's adapters)."""
+    backbone = task_model.backbone
+    return backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+
+
+def backbone_state_dict(task_model: nn.Module) -> dict[str, torch.Tensor]:
+    """The backbone's weights keyed as the HF base model's state_dict (LoRA merged in a copy)."""
+    backbone = task_model.backbone
+    if hasattr(backbone, "merge_and_unload"):
+        backbone = copy.deepcopy(backbone).merge_and_unload()
+    return {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}

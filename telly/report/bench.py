@@ -1,0 +1,174 @@
+"""RQ3 cost: the bench record (`telly.studies.bench`) as markdown tables, prose and README text.
+
+Pure functions of a record. They read records written before the redesign too (the shipped
+reference): rows are found by their fields (method, freeze, cached), and a row's peak memory is
+`peak_tensor_memory_mb`, or `peak_memory_mb` in those older records.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if value < 10 else f"{value:.1f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _params(count: int) -> str:
+    return f"{count / 1e6:.2f}M"
+
+
+def _payback(epochs: float | None) -> str:
+    if epochs is None:
+        return "never"
+    return f"{epochs:.2f} (after epoch {max(1, math.ceil(epochs))})"
+
+
+def _memory_mb(row: Mapping) -> float:
+    return row["peak_tensor_memory_mb"] if "peak_tensor_memory_mb" in row else row["peak_memory_mb"]
+
+
+def _row(rows: Sequence[Mapping], method: str, freeze: int = -1, cached: bool = False) -> Mapping:
+    """The training row of one variant, by its fields."""
+    for row in rows:
+        if row["method"] == method and row["freeze"] == freeze and bool(row["cached"]) == cached:
+            return row
+    raise ValueError(f"the bench record has no training row with method {method!r}, freeze {freeze}, "
+                     f"cached {cached} (it has {[(r['method'], r['freeze'], r['cached']) for r in rows]})")
+
+
+def markdown(record: Mapping) -> str:
+    """The bench record as markdown tables (what bench.md and the README show)."""
+    cpu = f" ({record['cpu']})" if record.get("cpu") and record["device_type"] == "cpu" else ""
+    lines = [f"Device: {record['device']}{cpu}" + (f", {record['amp']}" if record.get("amp") else "")
+             + f"; profile `{record['profile']}`; {record['timing']}; torch {record['provenance']['versions']['torch']}; "
+             f"{record['provenance']['date']}; load average {record['load_average']['start'][0]:.1f} at the start, "
+             f"{record['load_average']['end'][0]:.1f} at the end; {record['wall_seconds']:.0f} s wall, "
+             f"{record['process_cpu_seconds']:.0f} s CPU.", ""]
+    if "training" in record:
+        epoch = record["epoch"]
+        lines += [f"Training: one epoch = {epoch['steps']} AdamW steps over {epoch['examples']} {epoch['task']} "
+                  f"examples (batch {epoch['batch_size']}, code <= {epoch['code_tokens']} tokens, query <= "
+                  f"{epoch['query_tokens']} tokens), after 1 untimed warm-up step. Peak memory: "
+                  f"{record['memory_method']}.", ""]
+        for model in dict.fromkeys(r["model"] for r in record["training"]):
+            rows = [r for r in record["training"] if r["model"] == model]
+            lines += [f"**{model}** (L = {rows[0]['num_layers']}, {_params(rows[0]['total_parameters'])} parameters)", "",
+                      "| variant | trainable | epoch s | ratio to full | compute limit (L-K)/L | peak memory MB | memory ratio |",
+                      "|---|---:|---:|---:|---:|---:|---:|"]
+            for r in rows:
+                limit = "-" if r["compute_limit"] is None else f"{r['compute_limit']:.3f}"
+                lines.append(f"| {r['label']} | {_params(r['trainable_parameters'])} | {_seconds(r['epoch_seconds'])} | "
+                             f"{_ratio(r['ratio_to_full'])} | {limit} | {_memory_mb(r):.0f} | "
+                             f"{_ratio(r['peak_memory_ratio'])} |")
+            lines.append("")
+        lines += ["Frozen-prefix cache: one-time build cost, and the epoch after which it has paid for itself.", "",
+                  "| model | K | build s | cached epoch s | uncached epoch s | pays back vs uncached (epochs) | vs full (epochs) |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for c in record["cache"]:
+            lines.append(f"| {c['model']} | {c['freeze']} | {_seconds(c['cache_seconds'])} | "
+                         f"{_seconds(c['cached_epoch_seconds'])} | {_seconds(c['uncached_epoch_seconds'])} | "
+                         f"{_payback(c['payback_epochs'])} | {_payback(c['payback_epochs_vs_full'])} |")
+        lines += ["", "Acceptance (issue 8; binding at the UniXcoder shape, other models for reference):", "",
+                  "| model | target | value | threshold | result |", "|---|---|---:|---:|---|"]
+        for a in record["acceptance"]:
+            result = "met" if a["met"] else f"MISSED by {100 * a['missed_by']:.0f}%"
+            model = a["model"] if a["binding"] else f"{a['model']} (reference)"
+            lines.append(f"| {model} | {a['target']} | {a['value']:.3f} | {a['threshold']:.3f} | {result} |")
+        lines.append("")
+    if "probing" in record:
+        p = record["probing"]
+        lines += [f"Probing features ({p['model']}, {p['texts']} texts x <= {p['max_length']} tokens): all "
+                  f"{p['num_layers'] + 1} layers from one pass {_seconds(p['one_pass_seconds'])} s; per-layer "
+                  f"truncated forwards {_seconds(p['truncated_seconds'])} s; speedup {p['speedup']:.2f}x "
+                  f"(limit (L+1)/2 = {p['speedup_limit']:.1f}x).", ""]
+    if "similarity" in record:
+        s = record["similarity"]
+        lines += [f"Similarity ({s['n']:,} inputs x {s['layers']} layers x d = {s['dim']}): RSA "
+                  f"{_seconds(s['rsa_seconds'])} s, linear CKA {_seconds(s['cka_seconds'])} s, debiased CKA "
+                  f"{_seconds(s['cka_debiased_seconds'])} s.", ""]
+    if "corpus" in record:
+        c = record["corpus"]
+        lines += [f"Corpus ({c['source']}, {c['functions']:,} functions): cold load {_seconds(c['cold_seconds'])} s, "
+                  f"cached {_seconds(c['cached_seconds'])} s ({c['speedup']:.0f}x).", ""]
+    return "\n".join(lines)
+
+
+def summary_text(record: Mapping) -> str:
+    """A paragraph of prose about the bench record, every number read from it."""
+    parts = [f"Measured on {record['device']} ({record['timing']})."]
+    for model in dict.fromkeys(r["model"] for r in record.get("training", [])):
+        rows = [r for r in record["training"] if r["model"] == model]
+        deep = rows[0]["num_layers"] - 2
+        full, lora, bitfit = _row(rows, "full"), _row(rows, "lora"), _row(rows, "bitfit")
+        cached, uncached = _row(rows, "telly", deep, cached=True), _row(rows, "telly", deep)
+        parts.append(
+            f"On {model} one epoch of full fine-tuning took {_seconds(full['epoch_seconds'])} s. "
+            f"Telly-{deep} took {uncached['ratio_to_full']:.2f}x of that when the frozen blocks run "
+            f"every batch (the paper's way; compute estimate {uncached['paper_estimate']:.2f}x) and "
+            f"{cached['ratio_to_full']:.2f}x from the frozen-prefix cache, against a compute limit of "
+            f"{cached['compute_limit']:.2f}x; its peak memory was {cached['peak_memory_ratio']:.2f}x full "
+            f"fine-tuning's. LoRA took {lora['ratio_to_full']:.2f}x and BitFit "
+            f"{bitfit['ratio_to_full']:.2f}x of full fine-tuning's epoch time.")
+        cache = next(c for c in record["cache"] if c["model"] == model and c["freeze"] == deep)
+        payback = cache["payback_epochs"]
+        parts.append(f"Building that cache cost {_seconds(cache['cache_seconds'])} s once, "
+                     + (f"repaid against uncached Telly-{deep} after {payback:.2f} epochs."
+                        if payback is not None else f"which never pays back against uncached Telly-{deep}."))
+    missed = [a for a in record.get("acceptance", []) if a["binding"] and not a["met"]]
+    binding = [a for a in record.get("acceptance", []) if a["binding"]]
+    if binding:
+        parts.append(f"Of the {len(binding)} acceptance targets at the UniXcoder shape, "
+                     + (f"{len(binding) - len(missed)} were met; missed: "
+                        + "; ".join(f"{a['target']} ({a['value']:.3f}, {100 * a['missed_by']:.0f}% over)" for a in missed)
+                        + "." if missed else "all were met."))
+    if "probing" in record:
+        p = record["probing"]
+        parts.append(f"Extracting all {p['num_layers'] + 1} layers of {p['model']} in one pass was "
+                     f"{p['speedup']:.1f}x faster than one truncated forward per layer (the block count "
+                     f"alone predicts {p['speedup_limit']:.1f}x).")
+    if "similarity" in record:
+        s = record["similarity"]
+        parts.append(f"RSA over {s['n']:,} inputs and {s['layers']} layers took {_seconds(s['rsa_seconds'])} s; "
+                     f"linear CKA {_seconds(s['cka_seconds'])} s.")
+    if "corpus" in record:
+        c = record["corpus"]
+        parts.append(f"Loading the corpus from its cache took {_seconds(c['cached_seconds'])} s against "
+                     f"{_seconds(c['cold_seconds'])} s cold.")
+    return " ".join(parts)
+
+
+def origin_note(record: Mapping, out: str | Path) -> str:
+    """One sentence for the page: which run produced these numbers and how to measure this machine."""
+    when = record["provenance"]["date"][:10]
+    if record.get("origin") == "reference":
+        return (f"**These are the reference numbers shipped with Telly**, measured by `make bench` on "
+                f"{record['device']} ({record.get('cpu') or record['device_type']}) on {when}: this build "
+                f"did not run the `{record['profile']}` bench (this one ran {record['wall_seconds'] / 60:.0f} minutes "
+                f"there; its profile leaves it out of book builds). `telly bench --profile {record['profile']}` "
+                f"writes `{Path(out) / 'bench.json'}` on your machine; the next build shows that instead.")
+    how = "ran it for this build" if record.get("origin") == "run" else "was run on this machine before this build"
+    return (f"The `{record['profile']}` bench {how} ({record['device']}, {when}); it is read from "
+            f"`{Path(out) / 'bench.json'}`.")
+
+
+def readme_with_table(text: str, record: Mapping, path: str | Path) -> str:
+    """`text` (a README) with the record's table between its `<!-- bench:cpu:start -->` ...
+    `<!-- bench:cpu:end -->` markers (`gpu` for a CUDA record), appended under a heading when the
+    markers are absent. `path` only names the file in the error for a lone marker."""
+    kind = "gpu" if record["device_type"] == "cuda" else "cpu"
+    start, end = f"<!-- bench:{kind}:start -->", f"<!-- bench:{kind}:end -->"
+    block = f"{start}\n{markdown(record)}\n{end}"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        return before + block + rest.split(end, 1)[1]
+    if start in text or end in text:
+        raise ValueError(f"{path}: has only one of the markers {start} / {end}")
+    return text.rstrip("\n") + f"\n\n## Latest {kind.upper()} bench\n\n{block}\n"

@@ -1,0 +1,239 @@
+"""RQ3: fine-tune every (task, method, freeze depth, seed) variant, resumably, or read it back.
+
+Each variant is one `telly.trainer.finetune` run whose record lands at a path fixed by its
+`telly.store.Variant.run_id`. A record is written last and atomically, so a sweep killed mid-run
+leaves the finished runs' records and nothing for the interrupted one: restarted with the same
+arguments it skips the finished runs and redoes only that one. `force` reruns everything. A run
+that fails (e.g. out of memory) is reported and the sweep goes on with the others.
+
+`freezing_study` is what chapter 3 runs: the classification and search tasks over one set of
+depths, the slower generation tasks over another, then every finished record of the model.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from telly.profiles import Profile, get_profile
+from telly.store import RunStore, Variant, as_store
+
+GENERATION_TASKS = ("code-summarization", "code-generation", "code-completion")
+
+
+def parse_freeze(spec: str | Sequence[int], num_layers: int) -> list[int]:
+    """Freeze depths from "-1,0,3", "-1..5", "all" (= -1..L-1) or a list of ints."""
+    if isinstance(spec, (list, tuple)):
+        depths = [int(k) for k in spec]
+    else:
+        depths = []
+        for part in str(spec).replace(" ", "").split(","):
+            if part == "all":
+                depths.extend(range(-1, num_layers))
+            elif ".." in part:
+                low, high = part.split("..")
+                depths.extend(range(int(low), int(high) + 1))
+            elif part:
+                try:
+                    depths.append(int(part))
+                except ValueError:
+                    raise ValueError(f"freeze depth {part!r} is not an integer (use e.g. -1,0,3 or -1..5 or all)") from None
+    bad = [k for k in depths if not -1 <= k <= num_layers - 1]
+    if bad:
+        raise ValueError(f"freeze depths {bad} out of range -1..{num_layers - 1} for a {num_layers}-layer model")
+    return sorted(set(depths), key=depths.index)
+
+
+def plan(tasks: Sequence[str], freezes: Sequence[int], seeds: Sequence[int], methods: Sequence[str], *,
+         model: str, profile: str, cache: bool = True,
+         data_paths: Mapping[str, str] | None = None) -> list[Variant]:
+    """Variants in run order; Telly with K = -1 and the other methods collapse to one run each."""
+    from telly.tasks import get_task
+
+    data_paths = dict(data_paths or {})
+    unknown = sorted(set(data_paths) - set(tasks))
+    if unknown:
+        raise ValueError(f"data paths given for task(s) {unknown} that the sweep does not run ({', '.join(tasks)})")
+    for task in tasks:
+        get_task(task)  # unknown task -> ValueError listing the valid ones, before anything runs
+    variants: list[Variant] = []
+    for task in tasks:
+        for method in methods:
+            for freeze in (freezes if method == "telly" else [-1]):
+                for seed in seeds:
+                    variant = Variant.of(task, model, freeze, method=method, cache=cache, seed=seed,
+                                         profile=profile, data_path=data_paths.get(task))
+                    if variant not in variants:
+                        variants.append(variant)
+    return variants
+
+
+def sweep(tasks: Sequence[str], freeze: str | Sequence[int] = "all", seeds: Sequence[int] = (0,), *,
+          methods: Sequence[str] = ("telly",), model: str = "minilm-l6", profile: str | Profile = "laptop",
+          store: RunStore | str | Path = "runs", force: bool = False, cache: bool = True, progress: bool = True,
+          data_paths: Mapping[str, str] | None = None, **finetune_options) -> dict:
+    """Run every variant not already finished in `store`; returns {"records", "skipped", "failed"}.
+    data_paths: task -> real dataset path (tasks not named use the offline corpus)."""
+    from telly.backbones import load
+    from telly.trainer import finetune
+
+    profile, store = get_profile(profile), as_store(store)
+    num_layers = load(model).num_layers
+    variants = plan(list(tasks), parse_freeze(freeze, num_layers), list(seeds), list(methods), model=model,
+                    profile=profile.name, cache=cache, data_paths=data_paths)
+    records, skipped, failed = [], [], []
+    bar = tqdm(variants, desc="sweep", unit="run", disable=not progress)
+    for variant in bar:
+        bar.set_postfix_str(variant.run_id)
+        record = None if force else store.find(variant, profile)
+        if record is not None:
+            records.append(record)
+            skipped.append(variant.run_id)
+            continue
+        try:
+            records.append(finetune(variant, store, profile=profile, progress=progress, **finetune_options))
+        except (ValueError, RuntimeError, MemoryError, OSError) as exc:
+            failed.append({"run": variant.run_id, "error": f"{type(exc).__name__}: {exc}"})
+            print(f"telly sweep: {variant.run_id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return {"records": records, "skipped": skipped, "failed": failed}
+
+
+def freezing_study(model: str, profile: str | Profile, store: RunStore | str | Path, *,
+                   tasks: Sequence[str] = ("code-search", "clone-detection"),
+                   generation_tasks: Sequence[str] = GENERATION_TASKS, freeze: str | None = None,
+                   generation_freeze: str | None = None, seeds: Sequence[int] = (0,),
+                   baselines: Sequence[str] = (), data: Mapping[str, str] | None = None,
+                   progress: bool = True) -> dict:
+    """Chapter 3's runs: `tasks` over `freeze` depths (default: the profile's sweep_freeze), the
+    generation tasks over `generation_freeze` (the profile's generation_freeze), each with the
+    `baselines` methods beside Telly-K; then every finished record of the model in the store.
+    Returns {"records", "failed", "ran": {task group: (records, read back)}}."""
+    profile, store, data = get_profile(profile), as_store(store), dict(data or {})
+    groups = ((list(tasks), profile.sweep_freeze if freeze is None else freeze),
+              (list(generation_tasks), profile.generation_freeze if generation_freeze is None else generation_freeze))
+    failed, ran = [], {}
+    for group, depths in groups:
+        if not group:
+            continue
+        result = sweep(group, depths, seeds, methods=["telly", *baselines], model=model, profile=profile,
+                       store=store, data_paths={t: p for t, p in data.items() if t in group}, progress=progress)
+        failed += result["failed"]
+        ran[", ".join(group)] = (len(result["records"]), len(result["skipped"]))
+    records = store.records(model=model, profile=profile.name, tasks=[*tasks, *generation_tasks], data_paths=data)
+    return {"records": records, "failed": failed, "ran": ran}
+
+
+def backbone_facts(model: str) -> dict:
+    """What a page says about the backbone: name, source, architecture, layers, width, parameters, kind."""
+    from telly.backbones import load
+
+    backbone = load(model)
+    return backbone.describe() | {"kind": backbone.kind}
+
+
+def clone_baseline(profile: str | Profile, *, data_path: str | None = None, seed: int = 0) -> dict:
+    """The token-overlap reference for clone detection on the profile's split
+    (`telly.tasks.clone_detection.token_overlap_baseline`)."""
+    from telly.tasks import get_task
+    from telly.tasks.clone_detection import token_overlap_baseline
+
+    task = get_task("clone-detection", **({"data_path": data_path} if data_path else {}))
+    return token_overlap_baseline(task.load_data(get_profile(profile)), seed=seed)
+
+
+def cache_check(task: str, model: str, freeze: int, profile: str | Profile, store: RunStore | str | Path, *,
+                seed: int = 0, data_path: str | None = None, progress: bool = True) -> tuple[dict, dict]:
+    """(cached, uncached) records of Telly-`freeze` on `task`, same seed: what caching changes.
+    Runs whichever is not in the store yet."""
+    from telly.trainer import finetune
+
+    profile, store = get_profile(profile), as_store(store)
+    pair = []
+    for cache in (True, False):
+        variant = Variant.of(task, model, freeze, cache=cache, seed=seed, profile=profile.name, data_path=data_path)
+        pair.append(store.find(variant, profile) or finetune(variant, store, profile=profile, progress=progress))
+    return pair[0], pair[1]
+
+
+class FreezeExplorer:
+    """The live freeze-depth widget: a slider for K redraws the task's quality/cost chart from the
+    store with that depth marked; a depth not run yet trains on a button press (a progress bar
+    counts its epochs) and then joins the chart. Display it as a cell's last expression. In the
+    static book its last state shows, inert (no kernel runs behind a page)."""
+
+    def __init__(self, task: str, model: str, profile: str | Profile, store: RunStore | str | Path, *,
+                 seed: int = 0, data_path: str | None = None, start: int | None = None) -> None:
+        import ipywidgets as widgets
+
+        from telly.backbones import load
+
+        self.task, self.model, self.seed, self.data_path = task, model, seed, data_path
+        self.profile, self.store = get_profile(profile), as_store(store)
+        num_layers = load(model).num_layers
+        self.slider = widgets.IntSlider(value=num_layers // 2 if start is None else start, min=-1,
+                                        max=num_layers - 1, description="freeze K", continuous_update=False)
+        self.button = widgets.Button(description="fine-tune this depth", icon="play")
+        self.progress = widgets.IntProgress(value=0, min=0, max=self.profile.epochs, description="epochs")
+        self.status = widgets.HTML()
+        self.output = widgets.Output()
+        self.chart = None
+        self.slider.observe(lambda _change: self.redraw(), names="value")
+        self.button.on_click(lambda _button: self.train())
+        self.widget = widgets.VBox([widgets.HBox([self.slider, self.button, self.progress]), self.status, self.output])
+        self.redraw()
+
+    def variant(self) -> Variant:
+        return Variant.of(self.task, self.model, self.slider.value, seed=self.seed, profile=self.profile.name,
+                          data_path=self.data_path)
+
+    def records(self) -> list[dict]:
+        """The task's full and cached Telly-K records of this seed in the store."""
+        return [r for r in self.store.records(model=self.model, profile=self.profile.name, tasks=[self.task],
+                                              data_paths={self.task: self.data_path} if self.data_path else None)
+                if r["seed"] == self.seed and (r["method"] == "full" or (r["method"] == "telly" and r["uses_cache"]))]
+
+    def redraw(self) -> None:
+        """Rebuild the chart from the store with the slider's depth marked, and say whether it ran."""
+        from IPython.display import display
+
+        from telly.report.charts import freeze_label, freeze_results_chart
+        from telly.report.freezing import freeze_table
+
+        records = self.records()
+        ran = self.store.find(self.variant(), self.profile) is not None
+        self.button.disabled = ran
+        self.status.value = (f"{freeze_label(self.slider.value)}: " +
+                             ("in the store, marked on the chart." if ran else
+                              "not run yet; press the button to fine-tune it here."))
+        self.chart = freeze_results_chart(freeze_table(records), self.task, highlight=self.slider.value) if records else None
+        self.output.clear_output(wait=True)
+        if self.chart is not None:
+            with self.output:
+                display(self.chart)
+
+    def train(self) -> dict:
+        """Fine-tune the slider's depth (or read it back), then redraw."""
+        from telly.trainer import finetune
+
+        variant = self.variant()
+        record = self.store.find(variant, self.profile)
+        if record is None:
+            self.button.disabled = True
+            self.progress.value = 0
+            self.status.value = f"training {variant.label} on {self.task} ..."
+
+            def advance(epoch: dict, epochs: int) -> None:
+                self.progress.max = epochs
+                self.progress.value = epoch["epoch"]
+
+            record = finetune(variant, self.store, profile=self.profile, progress=False, on_epoch=advance)
+            self.progress.value = self.progress.max
+        self.redraw()
+        return record
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)

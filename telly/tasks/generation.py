@@ -1,0 +1,320 @@
+"""The generation base of the three generation tasks: sequence layout, masks, model, task.
+
+Why a prefix-LM with shared weights (UniXcoder style) and not a warm-started EncoderDecoderModel
+-------------------------------------------------------------------------------------------------
+For an encoder backbone the source and the target run through the *same* L blocks in one sequence
+[source ; target]: source tokens attend to every source token (bidirectional), target tokens attend
+to the whole source and causally to the target before them. This is how UniXcoder itself
+fine-tunes for summarization and generation, so the paper's Telly-K figures came from exactly this
+model, and:
+
+* "Freeze the bottom K blocks of both stacks" holds by construction: the encoder stack and the
+  decoder stack are the same modules, so `telly.freezing.freeze_bottom(model, k)` freezes both and
+  its parameter report is exact. A
+  warm-started EncoderDecoderModel would add randomly initialised cross-attention inside every
+  decoder block, and Telly-K would have to either freeze random weights or leave part of each
+  "frozen" block trainable.
+* The frozen-prefix cache covers the frozen blocks completely: with teacher forcing the whole
+  sequence is fixed, so the output of embeddings + blocks 0..K-1 is a fixed function of the
+  example. The trainer's `telly.prefix_cache` calls `backbone(**inputs)`; a forward pre-hook on the
+  backbone turns our `source_length` input into the prefix-LM mask, so the generic cache builds the
+  right states, and `GenerationModel.encode` runs blocks K..L-1 on them with the same mask.
+* One stack of L blocks costs about half of an encoder plus a decoder on a 2-core CPU, and the
+  parameter count stays the backbone's (the paper's 125.93M at the UniXcoder shape).
+
+Decoder backbones (GPT-2, Llama, SmolLM2) use the same sequence layout with a causal mask
+everywhere: a causal LM with the source as prompt, loss on target tokens only.
+
+Metrics (`telly.metrics`) and decoding (`telly.decoding`) live beside this module; a task subclass
+says which metrics it reports.
+"""
+from __future__ import annotations
+
+import time
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from telly.backbones import Backbone
+from telly.profiles import Profile
+from telly.tasks import Batch, Evaluation, Task, TaskModel
+
+IGNORE = -100  # label of positions that carry no loss (source, padding)
+EXAMPLE_OUTPUTS = 5  # predictions kept in an evaluation's extras (Evaluation.extras) for the book
+DEGENERATE_METRICS = ("empty_share", "most_common_share", "degenerate")
+
+
+@dataclass(frozen=True)
+class GenerationExample:
+    """One source -> target pair (code -> summary, docstring + signature -> body, context -> line)."""
+
+    source: str
+    target: str
+    id: str
+
+
+# ------------------------------------------------------------------------------ sequence layout
+
+
+def special_ids(tokenizer) -> dict[str, int | None]:
+    """Token ids framing source and target: BERT/RoBERTa wrap the source in CLS..SEP and start the
+    target with CLS and end it with SEP; GPT-style tokenizers use BOS (or EOS) / EOS."""
+    wraps = tokenizer.cls_token_id is not None and tokenizer.sep_token_id is not None
+    if wraps:
+        return {"source_start": tokenizer.cls_token_id, "source_end": tokenizer.sep_token_id,
+                "bos": tokenizer.cls_token_id, "eos": tokenizer.sep_token_id}
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} has neither CLS/SEP nor an EOS token")
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+    return {"source_start": None, "source_end": None, "bos": bos, "eos": eos}
+
+
+def source_ids(tokenizer, texts: Sequence[str], max_tokens: int, truncate: str = "right") -> list[list[int]]:
+    """Token ids of each source, framed and cut to max_tokens; truncate="left" keeps the end
+    (line completion needs the lines right before the cursor)."""
+    if truncate not in ("right", "left"):
+        raise ValueError(f"truncate must be 'right' or 'left', got {truncate!r}")
+    ids = special_ids(tokenizer)
+    framing = [i for i in (ids["source_start"], ids["source_end"]) if i is not None]
+    room = max_tokens - len(framing)
+    if room < 1:
+        raise ValueError(f"max source tokens {max_tokens} leaves no room for text")
+    encoded = _token_ids(tokenizer, texts)
+    rows = []
+    for tokens in encoded:
+        tokens = tokens[-room:] if truncate == "left" else tokens[:room]
+        if ids["source_start"] is not None:
+            tokens = [ids["source_start"], *tokens, ids["source_end"]]
+        rows.append(tokens or [ids["bos"]])
+    return rows
+
+
+def _token_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    # Full length first, so that left truncation keeps the end. Marking transformers' "longer than
+    # the model's maximum" warning as already given keeps it quiet: we cut to length ourselves.
+    getattr(tokenizer, "deprecation_warnings", {})["sequence-length-is-longer-than-the-specified-maximum"] = True
+    return tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
+
+
+def collate_pairs(tokenizer, sources: Sequence[str], targets: Sequence[str], *, max_source_tokens: int,
+                  max_target_tokens: int, truncate: str = "right") -> Batch:
+    """Teacher-forcing batch: each row is [source ; BOS target] right-padded, labels are the
+    target followed by EOS (cut to max_target_tokens) at the target positions, IGNORE elsewhere."""
+    ids = special_ids(tokenizer)
+    sources_ids = source_ids(tokenizer, sources, max_source_tokens, truncate)
+    rows, label_rows = [], []
+    for src, tgt in zip(sources_ids, _token_ids(tokenizer, targets)):
+        decoder_input = [ids["bos"], *tgt][:max_target_tokens]
+        labels = [*tgt, ids["eos"]][:max_target_tokens]
+        rows.append(src + decoder_input)
+        label_rows.append([IGNORE] * len(src) + labels)
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids["eos"]
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for i, (row, label_row) in enumerate(zip(rows, label_rows)):
+        input_ids[i, :len(row)] = torch.tensor(row)
+        attention_mask[i, :len(row)] = 1
+        labels[i, :len(row)] = torch.tensor(label_row)
+    source_length = torch.tensor([len(s) for s in sources_ids], dtype=torch.long)
+    return {"inputs": {"sequence": {"input_ids": input_ids, "attention_mask": attention_mask,
+                                    "source_length": source_length}},
+            "labels": labels, "source_length": source_length}
+
+
+def prefix_lm_mask(attention_mask: torch.Tensor, source_length: torch.Tensor, *,
+                   bidirectional_source: bool) -> torch.Tensor:
+    """Boolean (B, 1, T, T) mask, True = may attend: real keys only; source queries see the whole
+    source (bidirectional_source) or the source so far; target queries see the source and the
+    target so far. Every position sees itself, so no softmax row is empty (padding rows)."""
+    width = attention_mask.shape[1]
+    position = torch.arange(width, device=attention_mask.device)
+    causal = position[None, :] <= position[:, None]  # (query, key)
+    in_source = position[None, :] < source_length[:, None]  # (B, T)
+    allowed = causal.unsqueeze(0).expand(len(attention_mask), -1, -1).clone()
+    if bidirectional_source:
+        allowed |= in_source[:, None, :] & in_source[:, :, None]
+    allowed &= attention_mask.bool()[:, None, :]
+    allowed |= torch.eye(width, dtype=torch.bool, device=attention_mask.device)
+    return allowed.unsqueeze(1)
+
+
+def attention_bias(model: nn.Module, allowed: torch.Tensor) -> torch.Tensor:
+    """The mask as the model's attention wants it: boolean for SDPA, additive for eager attention."""
+    if getattr(model.config, "_attn_implementation", "eager") != "eager":
+        return allowed
+    dtype = next(model.parameters()).dtype
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def position_offset(model: nn.Module) -> int:
+    """RoBERTa numbers positions from padding_idx + 1; BERT, GPT-2 and Llama from 0."""
+    padding_idx = getattr(getattr(model, "embeddings", None), "padding_idx", None)
+    return padding_idx + 1 if padding_idx is not None else 0
+
+
+def _prefix_lm_pre_hook(module: nn.Module, args, kwargs, *, bidirectional_source: bool):
+    """Turn a `source_length` input into the prefix-LM mask and positions (see the module docstring)."""
+    if "source_length" not in kwargs:
+        return None
+    kwargs = dict(kwargs)
+    source_length = kwargs.pop("source_length")
+    kwargs.pop("token_type_ids", None)  # RoBERTa-style models may have a single token type
+    attention_mask = kwargs["attention_mask"]
+    kwargs["attention_mask"] = attention_bias(module, prefix_lm_mask(attention_mask, source_length,
+                                                                     bidirectional_source=bidirectional_source))
+    width = attention_mask.shape[1]
+    kwargs["position_ids"] = (torch.arange(width, device=attention_mask.device) + position_offset(module)
+                              ).unsqueeze(0).expand(len(attention_mask), -1)
+    return args, kwargs
+
+
+# ------------------------------------------------------------------------------ model
+
+
+class LMHead(nn.Module):
+    """Hidden states -> vocabulary logits. Encoders get BERT's MLM-style transform (new, trained)
+    and a bias over output weights tied to the input embeddings; decoders use their own tied
+    embeddings, or a trainable copy of them when the checkpoint's LM head is not tied."""
+
+    def __init__(self, hidden_size: int, embedding: nn.Embedding, *, transform: bool, tied: bool) -> None:
+        super().__init__()
+        vocab = embedding.weight.shape[0]
+        self.transform = (nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.LayerNorm(hidden_size))
+                          if transform else nn.Identity())
+        if transform:  # start as "nearest input embedding" rather than a random projection
+            with torch.no_grad():
+                self.transform[0].weight.copy_(torch.eye(hidden_size))
+                self.transform[0].bias.zero_()
+        self.bias = nn.Parameter(torch.zeros(vocab)) if transform else None
+        self.output = None
+        if not tied:
+            self.output = nn.Linear(hidden_size, vocab, bias=False)
+            with torch.no_grad():
+                self.output.weight.copy_(embedding.weight)
+
+    def forward(self, hidden: torch.Tensor, embedding_weight: torch.Tensor) -> torch.Tensor:
+        weight = self.output.weight if self.output is not None else embedding_weight
+        return F.linear(self.transform(hidden), weight, self.bias)
+
+
+class GenerationModel(TaskModel):
+    """A backbone run as a prefix-LM (encoders) or a prompted causal LM (decoders), plus an LM head."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        embedding = backbone.model.get_input_embeddings()
+        tied = backbone.kind == "encoder" or bool(getattr(backbone.config, "tie_word_embeddings", False))
+        head = LMHead(backbone.hidden_size, embedding, transform=backbone.kind == "encoder", tied=tied)
+        super().__init__(backbone, head)
+        self.bidirectional_source = backbone.kind == "encoder"
+        self.specials = special_ids(backbone.tokenizer)
+        self.head_note = ("output weights tied to the input embeddings" if tied else
+                          "output weights: a trainable copy of the input embeddings (the checkpoint's "
+                          "untied LM head is not part of the base model)")
+        self.backbone.register_forward_pre_hook(
+            partial(_prefix_lm_pre_hook, bidirectional_source=self.bidirectional_source), with_kwargs=True)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden, self.backbone.get_input_embeddings().weight)
+
+    def encode(self, inputs, source_length: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last hidden states, attention mask) of [source ; target]; cached prefix states
+        (`telly.prefix_cache.PrefixStates`) run only blocks K..L-1, under the same mask."""
+        from telly.prefix_cache import PrefixStates, run_top
+
+        if not isinstance(inputs, PrefixStates):
+            # Mask and positions built here, not by the pre-hook: peft's wrapper calls forward directly.
+            _, kwargs = _prefix_lm_pre_hook(self.backbone, (), dict(inputs),
+                                            bidirectional_source=self.bidirectional_source)
+            return self.backbone(**kwargs).last_hidden_state, inputs["attention_mask"]
+        if source_length is None:
+            raise ValueError("cached prefix states need the batch's source_length")
+        mask = attention_bias(self.backbone, prefix_lm_mask(inputs.attention_mask, source_length,
+                                                            bidirectional_source=self.bidirectional_source))
+        return run_top(self.backbone, inputs.hidden, inputs.depth, mask=mask), inputs.attention_mask
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        hidden, _ = self.encode(batch["inputs"]["sequence"], batch.get("source_length"))
+        labels = batch["labels"][:, :hidden.shape[1]]
+        # Labels at position p name the token at p + 1 (the next token), so no shift is needed.
+        scored = labels != IGNORE
+        return F.cross_entropy(self.logits(hidden[scored]).float(), labels[scored])
+
+
+# ------------------------------------------------------------------------------ task base
+
+
+class GenerationTask(Task):
+    """What the three generation tasks share: model, batching, decoding and evaluation.
+
+    A subclass sets `name`, `metric`, `metrics` (ending with DEGENERATE_METRICS), `config_class`,
+    `truncate_source`, and defines `load_data`, `per_example_scores(references, predictions)`
+    (numeric columns, one row per example) and `quality(per_example)` (metrics from the columns)."""
+
+    truncate_source: ClassVar[str] = "right"
+
+    def build_model(self, backbone: Backbone) -> GenerationModel:
+        return GenerationModel(backbone)
+
+    def collate(self, examples: Sequence[GenerationExample], tokenizer, profile: Profile) -> Batch:
+        return collate_pairs(tokenizer, [e.source for e in examples], [e.target for e in examples],
+                             max_source_tokens=profile.max_code_tokens,
+                             max_target_tokens=profile.max_target_tokens, truncate=self.truncate_source)
+
+    def evaluate(self, model: GenerationModel, examples: Sequence[GenerationExample], tokenizer,
+                 profile: Profile, batch_size: int) -> Evaluation:
+        from telly.decoding import generate
+        from telly.metrics import degenerate_report
+
+        started = time.perf_counter()
+        predictions = generate(model, tokenizer, [e.source for e in examples],
+                               max_source_tokens=profile.max_code_tokens,
+                               max_new_tokens=profile.max_target_tokens, num_beams=profile.num_beams,
+                               batch_size=batch_size, truncate=self.truncate_source, show_progress=True)
+        decode_seconds = time.perf_counter() - started
+        # References are scored as the model's tokenizer can spell them (an uncased tokenizer
+        # cannot produce capitals); with a cased byte-level tokenizer this changes nothing.
+        references = [spelled(tokenizer, e.target) for e in examples]
+        per_example = {"prediction": np.array(predictions, dtype=object),
+                       "reference": np.array(references, dtype=object),
+                       **self.per_example_scores(references, predictions)}
+        # decode_seconds rides along with the metrics (a float, outside `metrics` and the CIs),
+        # so the record keeps decoding time apart from the epochs' train_seconds.
+        return Evaluation(self.score(per_example) | {"decode_seconds": decode_seconds}, per_example, extras={
+            "decode_seconds": decode_seconds,
+            "decoding": {"num_beams": profile.num_beams, "max_new_tokens": profile.max_target_tokens},
+            "degenerate": degenerate_report(predictions),
+            "examples": [{"id": e.id, "source": e.source, "reference": e.target, "prediction": p}
+                         for e, p in list(zip(examples, predictions))[:EXAMPLE_OUTPUTS]],
+            "head": model.head_note,
+        })
+
+    def score(self, per_example: dict[str, np.ndarray]) -> dict[str, float]:
+        from telly.metrics import degenerate_report
+
+        report = degenerate_report([str(p) for p in per_example["prediction"]])
+        return self.quality(per_example) | {"empty_share": report["empty_share"],
+                                            "most_common_share": report["most_common_share"],
+                                            "degenerate": float(report["is_degenerate"])}
+
+    @abstractmethod
+    def per_example_scores(self, references: list[str], predictions: list[str]) -> dict[str, np.ndarray]:
+        """Numeric columns, one row per example (each task defines its own)."""
+
+    @abstractmethod
+    def quality(self, per_example: dict[str, np.ndarray]) -> dict[str, float]:
+        """The task's metrics from its columns (any resample of the rows)."""
+
+
+def spelled(tokenizer, text: str) -> str:
+    """`text` as the tokenizer writes it back (lower-cased by uncased tokenizers, [UNK] dropped)."""
+    return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"], skip_special_tokens=True).strip()
