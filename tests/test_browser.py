@@ -142,7 +142,8 @@ PROGRESS_TEXT = re.compile(r"\d+%\|.*\||\d+(\.\d+)?(it|s)/(s|it)\]")  # tqdm's b
 
 def check_reads_as_a_book(page, name: str) -> None:
     """No code input shows unless its toggle is opened, and no progress bar or its text is on the page."""
-    visible_code = page.eval_on_selector_all("div.cell_input", "els => els.filter(e => e.offsetParent !== null).length")
+    visible_code = page.eval_on_selector_all(
+        "div.cell_input", "els => els.filter(e => e.offsetParent !== null && !e.closest('details:not([open])')).length")
     assert visible_code == 0, f"{name}: {visible_code} code cell(s) show their source by default"
     text = page.inner_text("main") if page.locator("main").count() else page.inner_text("body")
     assert not PROGRESS_TEXT.search(text), f"{name} shows progress-bar text: {PROGRESS_TEXT.search(text).group(0)!r}"
