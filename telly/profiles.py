@@ -62,6 +62,28 @@ class Profile:
     # functions (and at most half the profile's) of at most this many tokens.
     extra_probe_functions: int = 240
     extra_probe_tokens: int = 96
+    # Optimiser beside learning_rate and warmup_ratio, as the replication package's UniXcoder scripts
+    # set it: AdamW (eps 1e-8) without weight decay, gradient norm clipped at 1.0.
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    # RQ3 training seeds; a "keeps quality" claim needs at least three.
+    seeds: tuple[int, ...] = (0,)
+    # Non-inferiority margins per metric, on the metric's own scale (MRR and F1 0-1, the CodeXGLUE
+    # metrics 0-100): Telly-K keeps quality when its paired difference to full fine-tuning stays above
+    # -margin. Stated before any run, never tuned on results.
+    margins: tuple[tuple[str, float], ...] = (("mrr", 0.02), ("f1", 0.02), ("bleu", 2.0), ("exact_match", 2.0),
+                                              ("edit_similarity", 2.0))
+    # "bf16": autocast in training and in probing/similarity forward passes (decoding stays float32);
+    # "no": float32 everywhere. The record names it.
+    mixed_precision: str = "no"
+
+    def margin(self, metric: str) -> float:
+        """The non-inferiority margin of `metric`; a metric without one is an error naming the known ones."""
+        margins = dict(self.margins)
+        if metric not in margins:
+            raise ValueError(f"profile {self.name!r} states no non-inferiority margin for {metric!r}; "
+                             f"it has {sorted(margins)}")
+        return margins[metric]
 
     def to_dict(self) -> dict:
         return asdict(self)

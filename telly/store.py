@@ -178,10 +178,14 @@ class Variant:
 # ----------------------------------------------------------------------------- the store
 
 class RunStore:
-    """A results folder: fine-tuning records and weights by Variant, documents by name."""
+    """A results folder: fine-tuning records and weights by Variant, documents by name.
 
-    def __init__(self, root: str | Path) -> None:
+    weights_root: keep run directories (weights, epoch checkpoints) there instead of beside the
+    records, so a folder of records can be committed without weights (the study's book/records/)."""
+
+    def __init__(self, root: str | Path, weights_root: str | Path | None = None) -> None:
         self.root = Path(root)
+        self.weights_root = Path(weights_root) if weights_root is not None else self.root
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.root)!r})"
@@ -191,7 +195,7 @@ class RunStore:
         return self.root / f"{variant.run_id}.json"
 
     def run_dir(self, variant: Variant) -> Path:
-        return self.root / variant.run_id
+        return self.weights_root / variant.run_id
 
     def weights(self, variant: Variant) -> Path:
         return self.run_dir(variant) / WEIGHTS
