@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 
-.PHONY: setup browser book test test-fast bench clean
+.PHONY: setup browser book test test-fast bench study clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ test-fast: setup
 
 bench: setup
 	$(VENV)/bin/telly bench --profile $(PROFILE) --out runs/$(PROFILE)/bench --readme README.md --reference
+
+# The code-model study (hours on 2 cores, resumable: a rerun skips what its records cover). Records
+# (JSON) go to book/records/<model>/, to be committed as parts finish; weights stay under runs/study.
+study: setup
+	$(VENV)/bin/telly fetch smollm2-135m
+	$(VENV)/bin/telly study --model smollm2-135m --profile study --out runs/study --records book/records/smollm2-135m
 
 clean:
 	rm -rf book/_build runs

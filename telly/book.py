@@ -22,7 +22,7 @@ import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -306,7 +306,7 @@ def build_note(model: str, profile: str, out: Path, timings: dict[str, float]) -
     versions = library_versions()
     ran = ", ".join(f"{name} ({seconds:.0f} s)" for name, seconds in timings.items()) or "none yet"
     return (f"\n\n:::{{admonition}} This build\n:class: tip\n"
-            f"Built with `telly book --profile {profile} --model {model}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+            f"Built with `telly book --profile {profile} --model {model}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
             f"{device_description()}; telly {versions['telly']}, torch {versions['torch']}, "
             f"transformers {versions['transformers']}. Results store: `{out}`. "
             f"Chapters executed: {ran}.\n:::\n")

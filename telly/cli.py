@@ -99,16 +99,24 @@ def _task_path(text: str) -> tuple[str, str]:
 
 
 def sweep(args: argparse.Namespace) -> int:
+    from telly.studies.freezing import SUMMARY, write_summary
     from telly.studies.freezing import sweep as run
     from telly.trainer import summary
 
-    result = run(args.tasks.split(","), args.freeze, _ints(args.seeds), methods=args.methods.split(","),
+    seeds = _ints(args.seeds) if args.seeds else list(PROFILES[args.profile].seeds)
+    result = run(args.tasks.split(","), args.freeze, seeds, methods=args.methods.split(","),
                  model=args.model, profile=args.profile, store=_out(args), force=args.force, cache=args.cache,
                  data_paths=dict(_task_path(text) for text in args.data))
     for record in result["records"]:
         print(summary(record))
+    verdicts = write_summary(result["records"], args.profile, _out(args))
+    for task, entry in verdicts["tasks"].items():
+        largest = entry["largest_non_inferior_k"]
+        print(f"{task}: " + ("no verdict: " + "; ".join(entry["no_verdict"]) if entry["no_verdict"] else
+                             f"largest non-inferior K = {largest}" if largest is not None else
+                             "no depth swept is non-inferior to full fine-tuning"))
     print(f"{len(result['records'])} records ({len(result['skipped'])} already there), "
-          f"{len(result['failed'])} failed", file=sys.stderr)
+          f"{len(result['failed'])} failed; verdicts in {_out(args) / f'{SUMMARY}.json'}", file=sys.stderr)
     return 1 if result["failed"] else 0
 
 
@@ -137,6 +145,19 @@ def bench(args: argparse.Namespace) -> int:
     print(markdown(record))
     print(f"wrote {out / 'bench.json'} and {out / 'bench.md'} in {record['wall_seconds']:.0f} s")
     return 0
+
+
+# ----------------------------------------------------------------------------- study
+
+def study(args: argparse.Namespace) -> int:
+    from telly.studies.study import part_lines, records_dir, run_study
+
+    records = Path(args.records) if args.records else records_dir(args.model)
+    document = run_study(args.model, args.profile, out=_out(args), records=records,
+                         tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], corpus=args.corpus)
+    print("\n".join(part_lines(document)))
+    print(f"records in {records} (study.json: time per part, machine, commit); weights in {_out(args)}")
+    return 1 if any(entry["status"] != "finished" for entry in document["parts"].values()) else 0
 
 
 # ----------------------------------------------------------------------------- book
@@ -209,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, out="runs")
     p.add_argument("--tasks", default="code-search,clone-detection", help="comma-separated task names")
     p.add_argument("--freeze", default="all", help="depths: all (= -1..L-1), a list or a range, e.g. -1,0,3 or -1..5")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
     p.add_argument("--methods", default="telly", help=f"comma-separated: {', '.join(METHODS)}")
     p.add_argument("--no-cache", dest="cache", action="store_false", help="Telly-K without the prefix cache")
     p.add_argument("--force", action="store_true", help="rerun variants that already have a record")
@@ -229,6 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "does not run the bench")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.set_defaults(handler=bench)
+
+    p = commands.add_parser("study", help="the code-model study: RQ3, RQ2 and RQ1 in one resumable command")
+    _common(p, out="runs/study")
+    p.set_defaults(model="smollm2-135m", profile="study")
+    p.add_argument("--records", default=None,
+                   help="folder for the JSON records, committable (default: book/records/<model>); weights go to --out")
+    p.add_argument("--tasks", default=",".join(TASK_NAMES), help="comma-separated task names (default: all five)")
+    p.add_argument("--corpus", default="stdlib", help="'stdlib' or a directory of Python files")
+    p.set_defaults(handler=study)
 
     p = commands.add_parser("book", help="execute the chapters (papermill) and build the HTML book")
     _common(p, out="runs/<profile>")

@@ -2,13 +2,18 @@
 
 `layer_features(backbone, texts, max_length=...)` runs the backbone once per batch with
 `output_hidden_states=True`, which returns all L+1 hidden states (0 = the embeddings' output,
-k = block k's output). Layer-wise probing, RSA and CKA all read these arrays: nothing ever runs
-L+1 truncated forward passes. Pooling is the mean over real tokens (the attention mask), so padding
-never leaks into a representation. Token-level states (optional) keep only real tokens, in float16,
-with the tokenizer's character offsets so that word-level labels can be aligned to sub-tokens.
+k = block k's output). Every state is the residual stream as its block leaves it: a pre-norm
+decoder's (Llama, SmolLM2) last hidden state from transformers has the final norm applied and the
+others do not, so the last block's output is taken with a forward hook before that norm (for a
+post-norm encoder such as BERT the two are the same tensor). Layer-wise probing, RSA and CKA all
+read these arrays: nothing ever runs L+1 truncated forward passes. Pooling is the mean over real
+tokens (the attention mask), so padding never leaks into a representation. Token-level states
+(optional) keep only real tokens, in float16, with the tokenizer's character offsets so that
+word-level labels can be aligned to sub-tokens.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,10 +27,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from telly.backbones import Backbone, cache_dir
+from telly.backbones import Backbone, cache_dir, find_layers
 
-# Bump when the extraction changes, so stale caches are never reused.
-FEATURES_FORMAT = 1
+# Bump when the extraction changes, so stale caches are never reused (2: the last state is the
+# last block's output, before a decoder's final norm).
+FEATURES_FORMAT = 2
 POOLING = "mean"
 
 
@@ -90,9 +96,10 @@ def model_fingerprint(backbone: Backbone) -> str:
     return digest.hexdigest()[:24]
 
 
-def features_key(backbone: Backbone, texts: Sequence[str], max_length: int) -> str:
+def features_key(backbone: Backbone, texts: Sequence[str], max_length: int, mixed_precision: str = "no") -> str:
+    precision = "" if mixed_precision == "no" else f"{mixed_precision}\0"  # float32 keys as before
     digest = hashlib.sha256(f"{FEATURES_FORMAT}\0{model_fingerprint(backbone)}\0{max_length}\0"
-                            f"{POOLING}\0{len(texts)}\0".encode())
+                            f"{POOLING}\0{len(texts)}\0{precision}".encode())
     for text in texts:
         digest.update(text.encode("utf-8", "surrogatepass"))
         digest.update(b"\0")
@@ -127,6 +134,26 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.bmm(weights, hidden.float())[:, 0] / weights.sum(2).clamp(min=1)
 
 
+def block_outputs(backbone: Backbone, inputs: dict) -> tuple[torch.Tensor, ...]:
+    """The L+1 states (b, t, d) of one batch: the embeddings' output, then each block's output.
+    transformers' hidden states, except the last: a pre-norm decoder returns it after its final
+    norm, so the last block's output comes from a forward hook instead."""
+    captured: list[torch.Tensor] = []
+
+    def keep(module, args, output):
+        captured.append(output[0] if isinstance(output, tuple) else output)
+
+    hook = find_layers(backbone.model)[-1].register_forward_hook(keep)
+    try:
+        states = backbone.model(**inputs, output_hidden_states=True).hidden_states
+    finally:
+        hook.remove()
+    if len(states) != backbone.num_layers + 1:
+        raise RuntimeError(f"{backbone.name} returned {len(states)} hidden states, expected "
+                           f"{backbone.num_layers + 1}")
+    return (*states[:-1], captured[-1])
+
+
 def _compute(backbone: Backbone, texts: list[str], max_length: int, batch_size: int,
              keep_tokens: bool, progress: bool) -> dict[str, np.ndarray]:
     model = backbone.model
@@ -145,11 +172,7 @@ def _compute(backbone: Backbone, texts: list[str], max_length: int, batch_size: 
                           unit="batch"):
             index = order[start:start + batch_size]
             encoded = _encode(backbone, [texts[i] for i in index], max_length)
-            output = model(**_model_inputs(backbone, encoded, device), output_hidden_states=True)
-            hidden_states = output.hidden_states  # L+1 tensors (b, t, d)
-            if len(hidden_states) != num_states:
-                raise RuntimeError(f"{backbone.name} returned {len(hidden_states)} hidden states, "
-                                   f"expected {num_states}")
+            hidden_states = block_outputs(backbone, _model_inputs(backbone, encoded, device))
             mask = encoded["attention_mask"].to(device)
             for layer, hidden in enumerate(hidden_states):
                 pooled[layer, index] = masked_mean(hidden, mask).cpu().numpy()
@@ -172,7 +195,7 @@ def _compute(backbone: Backbone, texts: list[str], max_length: int, batch_size: 
 
 def layer_features(backbone: Backbone, texts: Sequence[str], *, max_length: int,
                    batch_size: int = 32, keep_tokens: bool = False, cache: bool = True,
-                   progress: bool = True) -> LayerFeatures:
+                   progress: bool = True, mixed_precision: str = "no") -> LayerFeatures:
     """Every layer's representation of each text, from one forward pass per batch.
 
     Args:
@@ -185,6 +208,8 @@ def layer_features(backbone: Backbone, texts: Sequence[str], *, max_length: int,
         cache: read/write `cache_dir()/features/<key>/`, keyed by a hash of the model (name,
             source incl. checkpoint, a digest of its weights), the texts, max_length and pooling.
         progress: show a tqdm bar over batches.
+        mixed_precision: "bf16" runs the forward passes under bf16 autocast (pass the profile's
+            setting), "no" in float32; the cache key tells the two apart.
 
     Returns: LayerFeatures with pooled (L+1, n, d) float32 mean-pooled states (layer 0 =
     embeddings).
@@ -197,19 +222,33 @@ def layer_features(backbone: Backbone, texts: Sequence[str], *, max_length: int,
         raise TypeError(f"texts[{bad[0]}] is a {type(texts[bad[0]]).__name__}, expected str")
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2, got {max_length}")
+    autocast = precision_autocast(mixed_precision, next(backbone.model.parameters()).device)
     if not cache:
-        return LayerFeatures(key=None, **_compute(backbone, texts, max_length, batch_size, keep_tokens, progress))
-    key = features_key(backbone, texts, max_length)
+        with autocast or contextlib.nullcontext():
+            return LayerFeatures(key=None, **_compute(backbone, texts, max_length, batch_size, keep_tokens, progress))
+    key = features_key(backbone, texts, max_length, mixed_precision)
     folder = cache_dir() / "features" / key
     if (folder / "meta.json").exists():
         loaded = _read(folder, key, keep_tokens)
         if loaded is not None:
             return loaded
-    arrays = _compute(backbone, texts, max_length, batch_size, keep_tokens, progress)
+    with autocast or contextlib.nullcontext():
+        arrays = _compute(backbone, texts, max_length, batch_size, keep_tokens, progress)
     _write(folder, arrays, {"model": backbone.name, "source": backbone.source, "n": len(texts),
-                            "max_length": max_length, "pooling": POOLING,
+                            "max_length": max_length, "pooling": POOLING, "mixed_precision": mixed_precision,
                             "keep_tokens": keep_tokens, "format": FEATURES_FORMAT})
     return LayerFeatures(key=key, **arrays)
+
+
+MIXED_PRECISION = ("no", "bf16")
+
+
+def precision_autocast(mixed_precision: str, device: torch.device) -> torch.autocast | None:
+    """bf16 autocast on `device` for "bf16", None for "no" (float32); anything else is an error.
+    The one place a profile's `mixed_precision` becomes a context (features and the trainer)."""
+    if mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {mixed_precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if mixed_precision == "bf16" else None
 
 
 def _read(folder: Path, key: str, keep_tokens: bool) -> LayerFeatures | None:

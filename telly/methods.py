@@ -132,10 +132,13 @@ class BitFit(Method):
     def apply(self, task_model: nn.Module) -> dict:
         from telly.freezing import freeze_bottom
 
+        biases = [name for name, _ in task_model.backbone.named_parameters() if name.endswith("bias")]
+        if not biases:  # e.g. Llama-style decoders such as SmolLM2 carry no bias terms
+            raise ValueError(f"BitFit trains bias terms, and {type(task_model.backbone).__name__} has none")
         freeze_bottom(task_model, -1)
         for name, parameter in task_model.backbone.named_parameters():
             parameter.requires_grad_(name.endswith("bias"))
-        return {}
+        return {"bias_tensors": len(biases)}
 
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (Full, Telly, LoRA, BitFit)}

@@ -1,13 +1,17 @@
-"""Metrics as the field's evaluators score them: retrieval (MRR, MAP), clone F1, and CodeXGLUE's
-BLEU, exact match and edit similarity; plus the degenerate-output report beside every generation
-score.
+"""Metrics as the field's evaluators score them: retrieval (MRR, recall@k, MAP), clone F1, and
+CodeXGLUE's BLEU, exact match and edit similarity; plus the degenerate-output report beside every
+generation score.
 
-Code search ranks every candidate for every query (`retrieval_ranks`); summarization uses
-CodeXGLUE's smoothed sentence BLEU-4 (their bleu.py, reimplemented because no maintained library
-reproduces it); code generation corpus BLEU (sacrebleu statistics, so a bootstrap resample of rows
-gets its own corpus BLEU) and exact match; line completion exact match and edit similarity
-(rapidfuzz `fuzz.ratio`). Degenerate outputs (empty, all or mostly identical, looping) are
-reported beside the scores, never silently scored.
+Code search ranks every candidate for every query (`retrieval_scores`; tied scores count as a random
+order among the tied, so a collapsed encoder scores chance). Summarization uses CodeXGLUE's
+code-to-text smoothed sentence BLEU-4 (their bleu.py, reimplemented because no maintained library
+reproduces it). Code generation uses CodeXGLUE's text-to-code (CONCODE) evaluator: corpus BLEU-4 on
+whitespace tokens with +1 smoothing of every n-gram order, from per-example statistics so that a
+bootstrap resample of rows gets its own corpus BLEU, and exact match of the whitespace tokens. Line
+completion uses CodeXGLUE's line-level evaluator: exact match of the whitespace tokens and fuzzywuzzy's
+`fuzz.ratio` of the raw strings after its literal post-processing. References are scored as written:
+what a model's tokenizer cannot spell (capitals, for an uncased one) counts against it. Degenerate
+outputs (empty, all or mostly identical, looping) are reported beside the scores, never silently scored.
 """
 from __future__ import annotations
 
@@ -27,12 +31,29 @@ DEGENERATE_IDENTICAL_SHARE = 0.5
 
 # ------------------------------------------------------------------------------ retrieval
 
-def retrieval_ranks(similarity: np.ndarray) -> np.ndarray:
-    """Rank (1 = best) of each query's true candidate, which is the one on the diagonal of the
-    (queries, candidates) similarity matrix: 1 + how many candidates score strictly higher."""
+def retrieval_scores(similarity: np.ndarray, cutoffs: Sequence[int] = (1, 5, 10)) -> dict[str, np.ndarray]:
+    """Per-query "reciprocal_rank" and "hit@k" columns of a (queries, candidates) similarity matrix
+    whose true candidates lie on the diagonal.
+
+    A query's true candidate ranks after the `higher` candidates that score strictly more; the
+    `tied` others with its exact score take the places around it in a random order, so each column
+    is its expectation over that order: reciprocal rank (H(higher + tied + 1) - H(higher)) / (tied + 1)
+    with H the harmonic numbers, hit@k the share of those places within the top k. Without ties
+    this is 1 / rank and rank <= k; a collapsed encoder (every score equal) gets chance, MRR H(n) / n
+    and recall@k k / n, where counting only strictly higher scores would give it 1.0."""
     similarity = np.asarray(similarity)
+    if similarity.ndim != 2 or similarity.shape[0] > similarity.shape[1]:
+        raise ValueError(f"expected a (queries, candidates) matrix with at least as many candidates as "
+                         f"queries, got shape {similarity.shape}")
     correct = np.diagonal(similarity)[:, None]
-    return (similarity > correct).sum(1) + 1
+    higher = (similarity > correct).sum(1)
+    tied = (similarity == correct).sum(1) - 1  # the true candidate itself is not tied with itself
+    places = tied + 1
+    harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, similarity.shape[1] + 1))])
+    columns = {"reciprocal_rank": (harmonic[higher + places] - harmonic[higher]) / places}
+    for k in cutoffs:
+        columns[f"hit@{k}"] = np.clip(k - higher, 0, places) / places
+    return columns
 
 
 def ranking_average_precision(scores: np.ndarray, relevant: np.ndarray, *,
@@ -68,12 +89,17 @@ def ranking_average_precision(scores: np.ndarray, relevant: np.ndarray, *,
 # ------------------------------------------------------------------------------ classification
 
 def clone_scores(per_example: dict[str, np.ndarray]) -> dict[str, float]:
-    """Precision, recall and F1 of the clone class (scikit-learn) from prediction/label columns."""
-    from sklearn.metrics import precision_recall_fscore_support
-
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        per_example["label"], per_example["prediction"], average="binary", pos_label=1, zero_division=0)
-    return {"f1": float(f1), "precision": float(precision), "recall": float(recall)}
+    """Precision, recall and F1 of the clone class (label 1) from prediction/label columns, as
+    scikit-learn's binary scores with zero_division=0 (CodeXGLUE's BigCloneBench evaluator), counted
+    directly: the bootstrap calls this thousands of times and sklearn's checks cost 10 ms a call."""
+    prediction = np.asarray(per_example["prediction"]) == 1
+    label = np.asarray(per_example["label"]) == 1
+    hits = int(np.sum(prediction & label))
+    called, actual = int(prediction.sum()), int(label.sum())
+    precision = hits / called if called else 0.0
+    recall = hits / actual if actual else 0.0
+    f1 = 2 * hits / (called + actual) if called + actual else 0.0
+    return {"f1": f1, "precision": precision, "recall": recall}
 
 
 # ------------------------------------------------------------------------------ generation
@@ -135,53 +161,70 @@ def codexglue_smoothed_bleu(references: Sequence[str], predictions: Sequence[str
     return 100.0 * float(np.mean(scores)) if scores else 0.0
 
 
-def bleu_statistics(references: Sequence[str], predictions: Sequence[str]) -> dict[str, np.ndarray]:
-    """Per-example BLEU sufficient statistics from sacrebleu on CodeXGLUE-style code tokens
-    (splitPuncts, then whitespace; sacrebleu's own tokenizer off): matched and candidate n-grams
-    for n = 1..4, candidate and reference lengths. Summing rows gives the corpus statistics, so
-    a bootstrap resample of rows gets its own corpus BLEU."""
-    from sacrebleu.metrics import BLEU
-
+def bleu_statistics(references: Sequence[str], predictions: Sequence[str], n: int = 4) -> dict[str, np.ndarray]:
+    """Per-example sufficient statistics of CodeXGLUE's text-to-code BLEU (evaluator/bleu.py,
+    compute_bleu): both sides split on whitespace, clipped n-gram matches ("bleu_correct") and
+    candidate n-grams ("bleu_total") for orders 1..n, candidate and reference lengths. Summing
+    rows gives the corpus statistics, so a bootstrap resample of rows gets its own corpus BLEU."""
     _same_length(references, predictions)
-    metric = BLEU(tokenize="none", effective_order=True)  # counts only; silences its warning
-    scores = [metric.sentence_score(" ".join(code_tokens(p)), [" ".join(code_tokens(r))])
-              for r, p in zip(references, predictions)]
-    return {"bleu_correct": np.array([s.counts for s in scores], dtype=np.int64).reshape(-1, 4),
-            "bleu_total": np.array([s.totals for s in scores], dtype=np.int64).reshape(-1, 4),
-            "bleu_sys_len": np.array([s.sys_len for s in scores], dtype=np.int64),
-            "bleu_ref_len": np.array([s.ref_len for s in scores], dtype=np.int64)}
+    correct = np.zeros((len(references), n), dtype=np.int64)
+    total = np.zeros((len(references), n), dtype=np.int64)
+    for row, (reference, prediction) in enumerate(zip(references, predictions)):
+        ref, hyp = reference.split(), prediction.split()
+        for ngram, count in (_ngram_counts(hyp, n) & _ngram_counts(ref, n)).items():
+            correct[row, len(ngram) - 1] += count
+        total[row] = [max(len(hyp) - k + 1, 0) for k in range(1, n + 1)]
+    return {"bleu_correct": correct, "bleu_total": total,
+            "bleu_sys_len": np.array([len(p.split()) for p in predictions], dtype=np.int64),
+            "bleu_ref_len": np.array([len(r.split()) for r in references], dtype=np.int64)}
 
 
 def corpus_bleu_from_statistics(columns: dict[str, np.ndarray]) -> float:
-    """Corpus BLEU-4 (x100) from summed `bleu_statistics` rows, add-1 smoothing for n > 1
-    (sacrebleu's add-k; CodeXGLUE's text-to-code script also adds 1 to unigrams, which only
-    matters for very short outputs)."""
-    from sacrebleu.metrics import BLEU
-
+    """Corpus BLEU-4 (x100) from summed `bleu_statistics` rows as CodeXGLUE's text-to-code
+    evaluator computes it (smooth=True): every order's precision is (matches + 1) / (candidates + 1),
+    unigrams included; brevity penalty exp(1 - r / c) when c <= r. Where that script divides by
+    zero, the limit: no candidate words give 0, no reference words a penalty of 1."""
     if len(columns["bleu_sys_len"]) == 0:
         return 0.0
-    return float(BLEU.compute_bleu(
-        correct=columns["bleu_correct"].sum(0).tolist(), total=columns["bleu_total"].sum(0).tolist(),
-        sys_len=int(columns["bleu_sys_len"].sum()), ref_len=int(columns["bleu_ref_len"].sum()),
-        smooth_method="add-k", smooth_value=1).score)
+    correct = np.asarray(columns["bleu_correct"]).sum(0)
+    total = np.asarray(columns["bleu_total"]).sum(0)
+    sys_len, ref_len = int(np.sum(columns["bleu_sys_len"])), int(np.sum(columns["bleu_ref_len"]))
+    if sys_len == 0:
+        return 0.0
+    log_precision = float(np.mean(np.log((correct + 1.0) / (total + 1.0))))
+    brevity = 0.0 if sys_len > ref_len else 1.0 - ref_len / sys_len
+    return 100.0 * math.exp(log_precision + brevity)
 
 
 def corpus_bleu(references: Sequence[str], predictions: Sequence[str]) -> float:
-    """Corpus BLEU-4 (x100) of code, see `bleu_statistics` and `corpus_bleu_from_statistics`."""
+    """CodeXGLUE's text-to-code corpus BLEU-4 (x100), see `bleu_statistics` and `corpus_bleu_from_statistics`."""
     return corpus_bleu_from_statistics(bleu_statistics(references, predictions))
 
 
 def exact_match(reference: str, prediction: str) -> float:
-    """1.0 when the code token sequences are equal (CodeXGLUE: pred.split() == gold.split())."""
-    return float(code_tokens(reference) == code_tokens(prediction))
+    """1.0 when the whitespace-split tokens are equal (CodeXGLUE: pred.split() == gold.split())."""
+    return float(reference.split() == prediction.split())
+
+
+_LITERAL = re.compile(r"<(STR|NUM|CHAR)_LIT:(.*?)>", re.S)
+
+
+def codexglue_post_process(code: str) -> str:
+    """The line-completion evaluator's post_process: normalised literals back to text
+    (<NUM_LIT> -> 0, <STR_LIT> and <CHAR_LIT> -> nothing, <NUM_LIT:1> -> 1)."""
+    code = code.replace("<NUM_LIT>", "0").replace("<STR_LIT>", "").replace("<CHAR_LIT>", "")
+    return _LITERAL.sub(lambda match: match.group(2), code)
 
 
 def edit_similarity(reference: str, prediction: str) -> float:
-    """CodeXGLUE line completion's edit similarity: fuzz.ratio (0..100) of the token-spaced strings."""
+    """CodeXGLUE line completion's edit similarity (0..100): fuzzywuzzy's fuzz.ratio of the
+    post-processed strings, the prediction stripped first, as its evaluator scores them. That is
+    rapidfuzz's indel ratio (what fuzzywuzzy computes with python-Levenshtein, and thefuzz),
+    rounded to an integer as fuzzywuzzy does."""
     from rapidfuzz import fuzz
 
-    return float(fuzz.ratio(" ".join(code_tokens(prediction)), " ".join(code_tokens(reference))))
-
+    prediction, reference = codexglue_post_process(prediction.strip()), codexglue_post_process(reference)
+    return float(round(fuzz.ratio(prediction, reference)))
 
 
 # ------------------------------------------------------------------------------ degenerate outputs

@@ -76,6 +76,13 @@ class Profile:
     # "bf16": autocast in training and in probing/similarity forward passes (decoding stays float32);
     # "no": float32 everywhere. The record names it.
     mixed_precision: str = "no"
+    # RQ1 probing validity: the SBT token budget of the syntactic probe, chosen from the data so that
+    # at most 5% of SBT sequences are cut (its functions' code fits max_code_tokens, and their SBTs run
+    # about twice as long in tokens; the record measures the cut share); and how many times the
+    # weighted probe is refitted on bootstrap resamples of the training functions (the interval of
+    # where its weights sit) and as many times on shuffled labels (whether they moved from uniform).
+    sbt_max_tokens: int = 512
+    probe_weight_refits: int = 19
 
     def margin(self, metric: str) -> float:
         """The non-inferiority margin of `metric`; a metric without one is an error naming the known ones."""
@@ -98,15 +105,21 @@ PROFILES: dict[str, Profile] = {
         bootstrap_samples=200, bench_repeats=1, bench_steps=2, cache_memory_mb=256,
         bench_batch_size=2, bench_code_tokens=32, bench_probe_texts=16, bench_similarity_inputs=500,
         sweep_freeze="-1,3", extra_probe_models=(),
+        sbt_max_tokens=160, probe_weight_refits=4,
     ),
     "laptop": Profile(
         name="laptop", probe_functions=600, similarity_functions=1000, max_code_tokens=128,
-        max_text_tokens=32, feature_batch_size=32, probe_epochs=60, train_examples=500,
-        valid_examples=100, test_examples=400, batch_size=32, epochs=1, patience=1,
-        learning_rate=5e-5, warmup_ratio=0.1, max_target_tokens=24, num_beams=1, generation_examples=(300, 50, 100),
+        max_text_tokens=32, feature_batch_size=32, probe_epochs=60, train_examples=192,
+        valid_examples=64, test_examples=300, batch_size=32, epochs=3, patience=1,
+        learning_rate=5e-5, warmup_ratio=0.1, max_target_tokens=24, num_beams=1, generation_examples=(64, 32, 96),
         bootstrap_samples=1000, bench_repeats=3, bench_steps=2, cache_memory_mb=2048,
         bench_batch_size=8, bench_code_tokens=256, bench_probe_texts=256, bench_similarity_inputs=5000,
         book_runs_bench=False,
+        # RQ3 within the book's hour: three seeds of up to three epochs cost about nine one-epoch runs per
+        # depth, so fewer depths (L/2 and L-1 of MiniLM-L6's 6 layers) and small splits; generation, at the
+        # floor on this encoder (test BLEU 0.17 of 100 after 300 examples x 2 epochs), trains on few examples.
+        seeds=(0, 1, 2), sweep_freeze="-1,3,5", generation_freeze="-1,5",
+        sbt_max_tokens=320,
     ),
     "paper": Profile(
         name="paper", probe_functions=5000, similarity_functions=5000, max_code_tokens=256,
@@ -116,6 +129,34 @@ PROFILES: dict[str, Profile] = {
         bootstrap_samples=1000, bench_repeats=5, bench_steps=20, cache_memory_mb=16384,
         bench_batch_size=32, bench_code_tokens=256, bench_probe_texts=1000, bench_similarity_inputs=5000,
         generation_freeze="all",
+    ),
+    # The code-model study (`make study`: telly.studies.study) of smollm2-135m on 2 cores. Estimate,
+    # from the step times measured on an idle 2-core Xeon with AMX at 8 x 128 tokens (full step 2.9 s
+    # under bf16 autocast, 4.2 s fp32; a cached block ~0.06 s bf16 per step, the 49k-vocab LM head
+    # ~0.45 s; evaluation forwards fp32, 0.12 s per 128-token input; greedy decoding ~0.065 s per
+    # step of a batch; ~30 s per run to load, warm up, save and bootstrap), full runs stopping after
+    # ~3 epochs and frozen ones after all 4:
+    #   RQ3 (5 depths x 3 seeds = 15 runs per task): code-search 45 min, clone-detection 67,
+    #       code-summarization 49, code-generation 35, code-completion 49: ~4.1 h, of which training
+    #       ~1.6 h, validation and test ~1.7 h (fp32 forwards, decoding in batches of 8), per-run overhead ~0.6 h;
+    #   RQ2 (pre-trained + ~3.5 epoch checkpoints per task, 400 functions, 1000 bootstrap resamples
+    #       over 31 layers): ~7 min per task, ~0.6 h;
+    #   RQ1 (600 functions x 128 tokens, SBTs up to 320, 3 states): ~0.35 h.
+    # Total ~5.0 h on an idle machine, ~1 h under the 6-hour budget; study.json records the measured
+    # time per part. Depth 20 is left out (-1, 15, 25, 27, 29: the paper's key ratios K/L of 1/2,
+    # 5/6, 11/12 and the top block alone) and the splits are small so that three seeds fit.
+    "study": Profile(
+        name="study", probe_functions=600, similarity_functions=400, max_code_tokens=128,
+        max_text_tokens=32, feature_batch_size=32, probe_epochs=60, train_examples=160,
+        valid_examples=64, test_examples=200, batch_size=8, epochs=4, patience=1,
+        learning_rate=5e-5, warmup_ratio=0.1, max_target_tokens=32, num_beams=1, generation_examples=(160, 32, 120),
+        bootstrap_samples=1000, bench_repeats=3, bench_steps=2, cache_memory_mb=2048,
+        bench_batch_size=8, bench_code_tokens=128, bench_probe_texts=256, bench_similarity_inputs=5000,
+        sweep_freeze="-1,15,25,27,29", generation_freeze="-1,15,25,27,29", extra_probe_models=(),
+        book_runs_bench=False, sbt_max_tokens=320, seeds=(0, 1, 2),
+        # bf16 autocast: 0.70x the fp32 training step and 0.46x the forward pass on that machine
+        # (issue 14's measurement; `telly bench --sections precision` measures the machine at hand).
+        mixed_precision="bf16",
     ),
 }
 

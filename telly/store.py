@@ -18,7 +18,7 @@ import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -28,7 +28,7 @@ WEIGHTS = "backbone.safetensors"
 HEAD_WEIGHTS = "head.safetensors"
 EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
 VERSIONED = ("telly", "torch", "transformers", "accelerate", "peft", "datasets", "numpy",
-             "scikit-learn", "sacrebleu", "rapidfuzz")
+             "scikit-learn", "rapidfuzz", "radon")
 
 
 # ----------------------------------------------------------------------------- JSON on disk
@@ -101,7 +101,7 @@ def provenance(*, model: str, profile: str, corpus_fingerprint: str | None, seed
         "corpus_fingerprint": corpus_fingerprint,
         "seed": seed,
         "device": device_description(device),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": library_versions(),
     }
 

@@ -6,7 +6,8 @@ Read top to bottom, `finetune` does:
   3. zero-shot: score the pre-trained model on the test set when the task allows it (code search);
   4. frozen-prefix cache: for cached Telly-K run embeddings + blocks 0..K-1 once (prefix_cache.py);
   5. one untimed warm-up step on a copy of the model, which also measures peak memory;
-  6. train with AdamW + linear warmup/decay under Accelerate (same code for `accelerate launch`),
+  6. train with AdamW (the profile's weight decay, gradient norm clipped) + linear warmup/decay
+     under Accelerate (same code for `accelerate launch`),
      timing each epoch's training apart from its validation, early stopping on the validation metric;
   7. restore the best epoch, score the test set with bootstrap 95% CIs (stats.py);
   8. save the best backbone (HF base-model keys) and head as safetensors, then the JSON record.
@@ -145,13 +146,42 @@ def _set_dropout(model: torch.nn.Module, p: float) -> None:
             module.dropout = p
 
 
+ADAM_EPS = 1e-8
+REPLICATION_OPTIMIZER = ("the replication package's UniXcoder scripts: transformers.AdamW(model.parameters(), lr, "
+                         "eps=1e-8), whose weight decay defaults to 0, and clip_grad_norm_(max_norm=1.0) every step")
+
+
+def optimizer_settings(profile: Profile, head_learning_rate: float) -> dict:
+    """What a record says about its optimiser, beside what the replication package used."""
+    return {"name": "AdamW", "learning_rate": profile.learning_rate, "head_learning_rate": head_learning_rate,
+            "eps": ADAM_EPS, "weight_decay": profile.weight_decay, "max_grad_norm": profile.max_grad_norm,
+            "schedule": f"linear warm-up over {profile.warmup_ratio:.0%} of the steps, then linear decay to 0",
+            "replication_package": REPLICATION_OPTIMIZER}
+
+
 def optimizer_factory(task, profile: Profile, head_learning_rate: float):
-    """model -> AdamW over its trainable parameters; the head at its own learning rate."""
+    """model -> AdamW over its trainable parameters (the head at its own learning rate, the profile's
+    weight decay) whose every step first clips the gradients' global norm at profile.max_grad_norm."""
+    if not profile.max_grad_norm > 0:
+        raise ValueError(f"profile {profile.name!r}: max_grad_norm must be positive, got {profile.max_grad_norm}")
+    if profile.weight_decay < 0:
+        raise ValueError(f"profile {profile.name!r}: weight_decay must be >= 0, got {profile.weight_decay}")
+
     def make(task_model: torch.nn.Module) -> torch.optim.Optimizer:
         head_ids = {id(p) for p in task_model.head.parameters()}
         groups = [{"params": [p for p in task_model.parameters() if p.requires_grad and id(p) not in head_ids]},
                   {"params": [p for p in task_model.head.parameters() if p.requires_grad], "lr": head_learning_rate}]
-        return torch.optim.AdamW([g for g in groups if g["params"]], lr=profile.learning_rate, eps=1e-8)
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=profile.learning_rate, eps=ADAM_EPS,
+                                      weight_decay=profile.weight_decay)
+        trained = [p for g in optimizer.param_groups for p in g["params"]]
+
+        def clip(_optimizer, _args, _kwargs) -> None:
+            torch.nn.utils.clip_grad_norm_(trained, profile.max_grad_norm)
+
+        # A pre-step hook clips wherever a step is taken (the trainer, its warm-up step, the bench),
+        # after a mixed-precision scaler has unscaled the gradients.
+        optimizer.register_step_pre_hook(clip)
+        return optimizer
     return make
 
 
@@ -159,15 +189,17 @@ def optimizer_factory(task, profile: Profile, head_learning_rate: float):
 
 def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile: Profile | str | None = None,
              save_epoch_checkpoints: bool = False, dropout: float | None = None,
-             head_learning_rate: float | None = None, mixed_precision: str = "no",
+             head_learning_rate: float | None = None, mixed_precision: str | None = None,
              progress: bool = True, on_epoch: Callable[[dict, int], None] | None = None) -> dict:
     """Fine-tune `variant` and write its record (returned) and best weights into `store`.
 
     profile: the settings to run under (default: the registered profile `variant.profile` names;
     a custom Profile must carry that name). dropout: override every dropout probability (0.0 makes
     runs identical across process counts). head_learning_rate: the task head's learning rate
-    (default: the task's head_lr_scale x the profile's). on_epoch(epoch_summary, max_epochs) is called
-    after each epoch's validation (a live progress bar, for example).
+    (default: the task's head_lr_scale x the profile's). mixed_precision: "bf16" runs every training
+    forward pass (and the frozen-prefix cache's) under bf16 autocast, "no" in float32 (default: the
+    profile's); validation, test and decoding always run in float32. on_epoch(epoch_summary,
+    max_epochs) is called after each epoch's validation (a live progress bar, for example).
     """
     from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
     from accelerate.utils import set_seed
@@ -176,6 +208,7 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
     from transformers import get_linear_schedule_with_warmup
 
     from telly import backbones, stats
+    from telly.features import precision_autocast
     from telly.prefix_cache import build_prefix_cache
     from telly.store import provenance
     from telly.tasks import get_task, move_to
@@ -191,12 +224,16 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
     use_cache = method.cache
     name = variant.run_id
     run_dir = store.run_dir(variant)
+    mixed_precision = profile.mixed_precision if mixed_precision is None else mixed_precision
+    # Autocast is ours (train_step's `autocast`), not Accelerate's: Accelerate would wrap only
+    # `forward`, while the warm-up step, the prefix cache and the bench need the same context.
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision,
+        cpu=not torch.cuda.is_available(), mixed_precision="no",
         dataloader_config=DataLoaderConfiguration(split_batches=True),  # batch_size = global batch
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     device, main = accelerator.device, accelerator.is_main_process
+    autocast = precision_autocast(mixed_precision, device)
     set_seed(variant.seed)
 
     # 2. Backbone, data, task model; which parameters train.
@@ -210,7 +247,7 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
         _set_dropout(task_model, dropout)
     tokenizer = backbone.tokenizer
     zero_shot = (_zero_shot(task, task_model, data, tokenizer, profile, variant.model, store, device, main)
-                 if task.zero_shot else None)
+                 if task.has_zero_shot(backbone) else None)
     method_config = method.apply(task_model)
     trainable, total = _count(task_model.parameters())
     backbone_trainable, backbone_total = _count(task_model.backbone.parameters())
@@ -221,10 +258,11 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
     if use_cache:
         _sync(device)
         tick = time.perf_counter()
-        prefix_cache = build_prefix_cache(
-            task_model.backbone, data.train, lambda rows: task.collate(rows, tokenizer, profile), freeze,
-            batch_size=profile.batch_size, memory_mb=profile.cache_memory_mb, device=device,
-            disk_dir=backbones.cache_dir(), show_progress=progress and main)
+        with autocast or contextlib.nullcontext():  # the frozen blocks as uncached training runs them
+            prefix_cache = build_prefix_cache(
+                task_model.backbone, data.train, lambda rows: task.collate(rows, tokenizer, profile), freeze,
+                batch_size=profile.batch_size, memory_mb=profile.cache_memory_mb, device=device,
+                disk_dir=backbones.cache_dir(), show_progress=progress and main)
         _sync(device)
         cache_seconds = time.perf_counter() - tick
     state_dtype = next(task_model.parameters()).dtype
@@ -242,7 +280,8 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
     make_optimizer = optimizer_factory(task, profile, head_learning_rate)
     in_memory_cache = prefix_cache.nbytes() if prefix_cache is not None and prefix_cache.storage == "memory" else 0
     peak_bytes = step_peak_memory(task_model, make_optimizer, move_to(make_batch(list(range(
-        min(profile.batch_size, len(data.train))))), device), device, cache_bytes=in_memory_cache)
+        min(profile.batch_size, len(data.train))))), device), device, cache_bytes=in_memory_cache,
+        autocast=autocast)
     optimizer = make_optimizer(task_model)
     total_steps = steps_per_epoch * profile.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(profile.warmup_ratio * total_steps), total_steps)
@@ -260,7 +299,7 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
         tick = time.perf_counter()
         for batch in tqdm(loader, desc=f"{name} epoch {epoch}", disable=not (progress and main), leave=False):
             losses.append(train_step(wrapped, move_to(batch, device), optimizer, scheduler,
-                                     backward=accelerator.backward))
+                                     backward=accelerator.backward, autocast=autocast))
         _sync(device)
         train_seconds = time.perf_counter() - tick
         tick = time.perf_counter()
@@ -287,7 +326,9 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
     # 6. Test at the best epoch, with bootstrap CIs over test examples.
     task_model.load_state_dict(best_state, strict=False)
     test = _evaluate(task, task_model, data.test, tokenizer, profile)
-    test_ci = stats.bootstrap_ci(test.per_example, task.score, samples=profile.bootstrap_samples, seed=variant.seed)
+    # Rows sampled together (a clone pair's source function: "group") resample together.
+    test_ci = stats.bootstrap_ci(test.per_example, task.score, clusters=test.per_example.get("group"),
+                                 samples=profile.bootstrap_samples, seed=variant.seed)
 
     # 7. Weights, then the record (last: its presence means the run finished).
     best_epoch = best["epoch"]
@@ -298,6 +339,8 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
         "method_config": method_config, "task_config": task.config.to_dict(),
         "cache": cache_info, "uses_cache": use_cache,
         "dropout_override": dropout,
+        "mixed_precision": {"training": mixed_precision, "prefix_cache": mixed_precision if use_cache else None,
+                            "evaluation": "no"},  # evaluation: validation, test, zero-shot, decoding
         "metric": task.metric,
         "data": {"source": data.source, "fingerprint": data.fingerprint, "sizes": data.sizes(),
                  "path": variant.data_path},
@@ -305,6 +348,7 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
                        "backbone_total": backbone_total, "num_layers": backbone.num_layers},
         "batch_size": profile.batch_size, "num_processes": accelerator.num_processes,
         "learning_rate": profile.learning_rate, "head_learning_rate": head_learning_rate,
+        "optimizer": optimizer_settings(profile, head_learning_rate),
         "steps_per_epoch": steps_per_epoch,
         "epochs": epochs, "epochs_run": len(epochs), "epochs_to_best": best_epoch,
         "cache_seconds": cache_seconds,
@@ -369,7 +413,8 @@ def _zero_shot(task, task_model, data, tokenizer, profile, model, store: RunStor
         "task": task.name, "model": model, "profile": profile.name, "inputs": inputs,
         "data_fingerprint": data.fingerprint,
         "test": result.metrics,
-        "test_ci": stats.bootstrap_ci(result.per_example, task.score, samples=profile.bootstrap_samples),
+        "test_ci": stats.bootstrap_ci(result.per_example, task.score, clusters=result.per_example.get("group"),
+                                      samples=profile.bootstrap_samples),
         "test_per_example": {k: np.asarray(v).tolist() for k, v in result.per_example.items()},
         "provenance": provenance(model=model, profile=profile.name, corpus_fingerprint=data.fingerprint,
                                  device=device),

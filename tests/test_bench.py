@@ -374,3 +374,120 @@ def test_a_subset_of_sections_writes_only_those(tmp_path):
     table = (tmp_path / "bench.md").read_text()
     assert "Similarity (12 inputs x 13 layers" in table and "Training" not in table
     assert "RSA over 12 inputs" in report.summary_text(record)
+
+
+def test_bench_code_tokens_use_a_models_own_length():
+    laptop, smoke = get_profile("laptop"), get_profile("smoke")
+    assert bench.bench_code_tokens(laptop, "smollm2-135m") == 128  # the study's length, not the laptop's 256
+    assert bench.bench_code_tokens(laptop, "minilm-l6") == laptop.bench_code_tokens == 256
+    assert bench.bench_code_tokens(smoke, "smollm2-135m") == smoke.bench_code_tokens == 32  # never longer
+    assert bench.bench_profile(laptop, "smollm2-135m").max_code_tokens == 128
+    assert bench.bench_profile(laptop).max_code_tokens == 256
+
+
+def test_bench_models_bring_in_the_profiles_extra_backbones():
+    assert bench.bench_models("minilm-l6", get_profile("laptop")) == ["unixcoder-shape", "minilm-l6", "smollm2-135m"]
+    assert bench.bench_models("minilm-l6", get_profile("smoke")) == ["unixcoder-shape", "minilm-l6"]
+    assert bench.bench_models("smollm2-135m", get_profile("laptop")) == ["unixcoder-shape", "smollm2-135m"]
+    assert bench.bench_models("unixcoder-shape") == ["unixcoder-shape"]
+
+
+def test_bf16_units_read_the_cpu_flags():
+    assert bench.bf16_units("processor : 0\nflags : fpu sse avx512_bf16 amx_tile amx_bf16\n") == ["amx_bf16", "avx512_bf16"]
+    assert bench.bf16_units("Features : fp asimd bf16 i8mm\n") == ["bf16"]
+    assert bench.bf16_units("flags : fpu sse sse2 avx2\n") == []
+
+
+def test_precision_rows_compare_bf16_with_fp32_on_the_same_batch(smoke_record):
+    record, out, _ = smoke_record
+    stored = json.loads((out / "bench.json").read_text())
+    assert stored["precision"]["autocast"] == "torch.autocast('cpu', dtype=torch.bfloat16)"
+    assert isinstance(stored["precision"]["bf16_units"], list)
+    (row,) = stored["precision"]["rows"]
+    assert (row["model"], row["batch_size"], row["code_tokens"]) == ("tiny-random", 2, 16)
+    for name in ("fp32_step", "bf16_step", "fp32_forward", "bf16_forward"):
+        assert len(row["runs"][name]) == 2  # bench_repeats, interleaved
+        assert row[f"{name}_seconds"] == pytest.approx(float(np.median(row["runs"][name])))
+    assert row["step_ratio"] == pytest.approx(row["bf16_step_seconds"] / row["fp32_step_seconds"])
+    assert row["forward_ratio"] == pytest.approx(row["bf16_forward_seconds"] / row["fp32_forward_seconds"])
+    assert all((r["batch_size"], r["code_tokens"]) == (2, 16) for r in stored["training"])
+    table = (out / "bench.md").read_text()
+    assert "| tiny-random | 2 x 16 |" in table and "Ratio = bf16 time / float32 time" in table
+    assert "**tiny-random** (L = 4," in table and "batch 2 x 16 code tokens)" in table
+    assert report.precision_sentence(row) in report.summary_text(record)
+
+
+def test_precision_row_warms_each_precision_once_and_times_the_rest(tiny, monkeypatch):
+    from telly.tasks.code_search import SearchExample
+
+    steps = []
+    real_step = trainer.train_step
+    monkeypatch.setattr(trainer, "train_step",
+                        lambda *a, **k: steps.append(type(k["autocast"]).__name__) or real_step(*a, **k))
+    profile = replace(get_profile("smoke"), bench_batch_size=2, bench_steps=1, bench_code_tokens=16,
+                      max_text_tokens=8, bench_repeats=3)
+    examples = [SearchExample(query=f"add {i}", code=f"def f{i}(x):\n    return x + {i}\n", id=str(i)) for i in range(2)]
+    row = bench.precision_row(tiny, profile, torch.device("cpu"), examples=examples, progress=False)
+    # One untimed step per precision, then one timed step per repeat.
+    assert steps.count("autocast") == steps.count("nullcontext") == 1 + 3
+    assert all(len(runs) == 3 for runs in row["runs"].values())
+
+
+def test_precision_prose_and_table_follow_the_numbers():
+    def row(step, forward):
+        return {"model": "m", "batch_size": 8, "code_tokens": 128, "fp32_step_seconds": 1.0,
+                "bf16_step_seconds": step, "step_ratio": step, "fp32_forward_seconds": 1.0,
+                "bf16_forward_seconds": forward, "forward_ratio": forward}
+
+    assert report.precision_sentence(row(0.70, 0.46)) == (
+        "Under bf16 autocast a training step of m took 0.70x its float32 time and a forward pass 0.46x: "
+        "bf16 autocast is the faster choice for both here.")
+    assert report.precision_sentence(row(1.10, 1.30)).endswith("float32 is as fast or faster for both here.")
+    assert report.precision_sentence(row(0.90, 1.20)).endswith("bf16 autocast is faster only for the training step here.")
+    assert report.precision_sentence(row(1.05, 0.50)).endswith("bf16 autocast is faster only for the forward pass here.")
+
+    def record(units):
+        return {"timing": "median of 3", "precision": {"autocast": "torch.autocast('cpu', dtype=torch.bfloat16)",
+                                                       "bf16_units": units, "rows": [row(0.7, 0.46)]}}
+
+    assert "This CPU's bf16 units: amx_bf16." in report.precision_markdown(record(["amx_bf16"]))[0]
+    assert "reports no bf16 unit" in report.precision_markdown(record([]))[0]
+    assert "| m | 8 x 128 | 1 | 0.7 | 0.70 | 1 | 0.46 | 0.46 |" in report.precision_markdown(record([]))
+    assert report.precision_markdown({"timing": "x"}) == []  # records made before the precision rows
+
+
+def test_an_unavailable_extra_backbone_is_skipped_with_its_reason(tmp_path, monkeypatch):
+    import telly.studies.probing as probing
+    from telly.tasks.code_search import SearchExample
+
+    monkeypatch.setattr(probing, "unavailable_reason", lambda model: "no wheel here" if model == "smollm2-135m" else None)
+    profile = replace(get_profile("smoke"), bench_repeats=1, bench_steps=1, bench_batch_size=2, bench_code_tokens=16,
+                      max_text_tokens=8, extra_probe_models=("smollm2-135m",))
+    examples = [SearchExample(query=f"add {i}", code=f"def f{i}(x):\n    return x + {i}\n", id=str(i)) for i in range(2)]
+    record = bench.run_bench(profile, tmp_path, models=["tiny-random", "smollm2-135m"], sections=["training"],
+                             training_examples=examples, progress=False)
+    assert record["skipped_models"] == {"smollm2-135m": "no wheel here"}
+    assert {r["model"] for r in record["training"]} == {"tiny-random"}
+    assert [r["model"] for r in record["precision"]["rows"]] == ["tiny-random"]
+    assert "Not measured: smollm2-135m (no wheel here)." in (tmp_path / "bench.md").read_text()
+
+
+def test_the_shipped_reference_has_no_precision_table():
+    from telly.store import read_json
+
+    assert "Mixed precision" not in report.markdown(read_json(bench.reference_path("laptop", "cpu")))
+
+
+def test_bitfit_is_left_out_for_a_backbone_without_bias_terms(smoke_record, tiny):
+    from types import SimpleNamespace
+
+    assert bench.has_bias_terms(tiny)
+    assert not bench.has_bias_terms(SimpleNamespace(model=torch.nn.Linear(4, 4, bias=False)))  # SmolLM2's kind
+    assert [v.method.tag for v in bench.training_variants("m", 4, "smoke", bitfit=False)][-1] == "lora"
+    record, _, _ = smoke_record
+    assert "and BitFit" in report.summary_text(record)
+    without = {**record, "training": [r for r in record["training"] if r["method"] != "bitfit"],
+               "not_applicable": [{"model": "tiny-random", "method": "bitfit", "reason": "the backbone has no bias terms"}]}
+    text = report.summary_text(without)
+    assert "and BitFit" not in text and "BitFit was not run (the backbone has no bias terms)" in text
+    assert "BitFit on tiny-random: not applicable (the backbone has no bias terms)." in report.markdown(without)

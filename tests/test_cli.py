@@ -60,7 +60,7 @@ def test_chapters_import_only_studies_and_report():
     assert imported and all(name.split(".")[:2] in (["telly", "studies"], ["telly", "report"]) for name in imported), imported
 
 
-@pytest.mark.parametrize("command", ["fetch", "probe", "similarity", "finetune", "sweep", "bench", "book"])
+@pytest.mark.parametrize("command", ["fetch", "probe", "similarity", "finetune", "sweep", "bench", "book", "study"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main([command, "--help"])

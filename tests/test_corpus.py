@@ -103,6 +103,71 @@ def test_cyclomatic_complexity(code, expected):
     assert cyclomatic_complexity(code) == expected
 
 
+@pytest.mark.parametrize("code, expected", [
+    # A nested function's branches are its own block, not its parent's.
+    ("def f(x):\n    def g():\n        if x:\n            return 1\n    return g\n", 1),
+    # The `else` of a loop or a `try` is a decision point of its own.
+    ("def f(xs):\n    for x in xs:\n        pass\n    else:\n        return 0\n", 3),
+    ("def f():\n    try:\n        pass\n    except OSError:\n        pass\n    else:\n        pass\n", 3),
+    # `case _` is the match's fall-through, not a branch.
+    ("def f(x):\n    match x:\n        case 1:\n            pass\n        case _:\n            pass\n", 2),
+    # Decorators and default values are not the function's control flow.
+    ("@cache(1 if a else 2)\ndef f(x=1 if a else 2):\n    return x\n", 1),
+])
+def test_cyclomatic_complexity_follows_radon_where_a_hand_count_differs(code, expected):
+    from radon.complexity import cc_visit
+
+    assert cyclomatic_complexity(code) == cc_visit(code)[0].complexity == expected
+
+
+def test_cyclomatic_complexity_needs_one_function():
+    with pytest.raises(ValueError, match="exactly one top-level function"):
+        cyclomatic_complexity("def f():\n    pass\ndef g():\n    pass\n")
+    with pytest.raises(ValueError, match="does not parse"):
+        cyclomatic_complexity("def f(:\n")
+
+
+@pytest.mark.integration
+def test_complexity_equals_radon_on_the_whole_stdlib_corpus(tmp_path, monkeypatch):
+    """Each function's complexity, from its extracted code without docstring, equals radon's on
+    the function's own module file (radon run as the paper ran it)."""
+    from collections import defaultdict
+
+    from radon.complexity import cc_visit
+    from radon.visitors import Class
+
+    from telly.corpus import stdlib_root
+
+    monkeypatch.setenv("TELLY_CACHE", str(tmp_path / "cache"))
+    functions = load_corpus("stdlib", progress=False)
+
+    def blocks(found):
+        for block in found:
+            yield block
+            yield from blocks(block.methods + block.inner_classes if isinstance(block, Class)
+                              else block.closures)
+
+    by_file = defaultdict(list)
+    for fn in functions:
+        by_file[fn.path].append(fn)
+    compared, unknown = 0, []
+    for path, fns in by_file.items():
+        radon = {(b.lineno, b.name): b.complexity
+                 for b in blocks(cc_visit((stdlib_root() / path).read_text(encoding="utf-8")))
+                 if not isinstance(b, Class)}
+        for fn in fns:
+            definition = ast.parse(fn.code).body[0]
+            key = (fn.line + definition.lineno - 1, definition.name)
+            if key not in radon:
+                unknown.append(fn.qualname)
+                continue
+            assert fn.complexity == radon[key], f"{path}:{fn.qualname}"
+            compared += 1
+    # radon keeps no block for a method of a class defined inside a function.
+    assert all(".<locals>." in name for name in unknown) and len(unknown) < 0.005 * len(functions)
+    assert compared > 5000
+
+
 def test_complexity_class_caps_at_six():
     many_ifs = "def f(x):\n" + "".join(f"    if x == {i}:\n        return {i}\n" for i in range(9))
     fn = CodeFunction("f", "m", "m.py", 1, many_ifs, many_ifs, "doc")

@@ -123,3 +123,29 @@ def test_masked_mean_averages_real_tokens_only():
     expected = torch.stack([hidden[0, :2].mean(0), hidden[1, 0]])
     torch.testing.assert_close(masked_mean(hidden, mask), expected)
     assert torch.equal(masked_mean(hidden, torch.zeros(2, 3, dtype=torch.long)), torch.zeros(2, 4))
+
+
+def test_decoder_states_are_all_taken_before_the_final_norm(tiny):
+    """A pre-norm decoder's last hidden state from transformers carries the final norm; ours is
+    the last block's output like every other state, and the final norm turns it into theirs."""
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2)
+    model = LlamaModel(config).eval()
+    decoder = backbones.Backbone(name="tiny-llama", model=model, tokenizer=tiny.tokenizer,
+                                 kind="decoder", source="random-init")
+    features = layer_features(decoder, TEXTS[1:2], max_length=64, keep_tokens=True,
+                              progress=False, cache=False)
+    states = torch.from_numpy(features.token_states(0).astype(np.float32))  # (L+1, t, d)
+    encoded = tiny.tokenizer(TEXTS[1:2], return_tensors="pt")
+    with torch.no_grad():
+        output = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"],
+                       output_hidden_states=True)
+        normed = model.norm(states[-1])
+    torch.testing.assert_close(normed, output.last_hidden_state[0], atol=2e-2, rtol=1e-2)
+    # Every state has the scale of the residual stream; a normed one would sit at RMS 1.
+    rms = states.pow(2).mean(-1).sqrt().mean(-1)
+    assert rms[-1] < 0.5 and rms[-1] < 3 * rms[-2]
+    assert output.hidden_states[-1].pow(2).mean(-1).sqrt().mean() > 0.9  # what transformers returns

@@ -2,12 +2,27 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from telly import cli, trainer
 from telly.methods import Full, LoRA, Telly
 from telly.profiles import get_profile
-from telly.report.freezing import compare_to_full, degenerate_findings, freeze_findings, freeze_table
+from telly.report.freezing import (
+    bench_note,
+    degenerate_findings,
+    example_outputs,
+    freeze_findings,
+    freeze_table,
+    generation_note,
+    non_inferiority_summary,
+    ours_table,
+    paper_table,
+    summary_table,
+    swept_depths,
+    table_view,
+    training_note,
+)
 from telly.store import RunStore, Variant
 from telly.studies.freezing import parse_freeze, plan, sweep
 
@@ -108,28 +123,34 @@ def test_freeze_table_compares_every_depth_to_full_fine_tuning(tiny_sweep):
     assert len(records) == 3 and not RunStore(tiny_sweep).records(profile="laptop")
     table = freeze_table(records)
     assert list(table.freeze) == [-1, 2, 3] and list(table.method) == ["full", "telly", "telly"]
+    assert list(table.run) == ["Base (full)", "Telly-2", "Telly-3"] and set(table.timing) == {"separate runs"}
     full = table.iloc[0]
-    assert full.epoch_seconds_ratio == 1.0 and full.within_full_ci
+    assert full.epoch_seconds_ratio == 1.0 and full.seeds == 1
     assert table.trainable_millions.is_monotonic_decreasing
     for row in table.itertuples():
         assert row.low <= row.value <= row.high
-        assert row.within_full_ci == (row.value >= full.low)
+    view = table_view(table)
+    assert {"epoch ratio to full (separate runs)", "to-best ratio to full (separate runs)"} <= set(view.columns)
     with pytest.raises(ValueError, match="run the sweep first"):
         freeze_table([])
 
 
-def test_compare_to_full_and_generated_findings(tiny_sweep):
+def test_the_summary_and_findings_of_a_real_sweep(tiny_sweep):
     records = RunStore(tiny_sweep).records()
-    comparisons = compare_to_full(records, "code-search", samples=100)
-    assert set(comparisons.method) == {"telly", "zero-shot"} and len(comparisons) == 3
-    for row in comparisons.itertuples():
-        assert row.low <= row.difference <= row.high and 0 <= row.p_value <= 1
-    text = freeze_findings(freeze_table(records), comparisons)
+    summary = non_inferiority_summary(records, UNIT, samples=100)
+    entry = summary["tasks"]["code-search"]
+    assert [row["run"] for row in entry["rows"]] == ["Telly-2", "Telly-3"] and entry["depths"] == [2, 3]
+    for row in entry["rows"]:
+        assert row["low"] <= row["difference"] <= row["high"] and 0 < row["p_value"] <= row["p_holm"] <= 1
+        assert row["verdict"] == "no verdict"  # one seed, no trivial baseline
+    assert entry["zero_shot"]["name"].startswith("the pre-trained model")
+    assert entry["largest_non_inferior_k"] is None
+    assert any("ran 1 seed, a verdict needs 3" in reason for reason in entry["no_verdict"])
+    text = freeze_findings(freeze_table(records), summary)
     full = freeze_table(records).iloc[0]
     assert text.startswith("**code-search**") and f"mrr {full.value:.3f}" in text
-    assert ("stays within that CI for K =" in text) or ("No Telly-K run" in text)
-    with pytest.raises(ValueError, match="no full fine-tuning record"):
-        compare_to_full([r for r in records if r["method"] != "full"], "code-search")
+    assert "No verdict on which depths keep its quality: full fine-tuning ran 1 seed" in text
+    assert list(summary_table(summary).verdict) == ["no verdict", "no verdict"]
 
 
 def test_freeze_results_chart_and_paper_rows(tiny_sweep):
@@ -141,6 +162,10 @@ def test_freeze_results_chart_and_paper_rows(tiny_sweep):
     assert [len(row["hconcat"]) for row in spec["vconcat"]] == [2, 2]  # two panels abreast, readable on a page
     with pytest.raises(ValueError, match="no full or Telly-K rows"):
         freeze_results_chart(table, "clone-detection")
+    full = table[table.method == "full"].value.iloc[0]
+    floors = [row["value"] for rows in freeze_results_chart(table, "code-search", margin=0.02).to_dict()["datasets"].values()
+              for row in rows if "non-inferiority margin" in str(row.get("label"))]
+    assert floors == [pytest.approx(full - 0.02)]
     assert paper_trainable_millions(0) == 85.05 and paper_trainable_millions(11) == 7.09
     rows = paper_telly_rows(["code-search"])
     assert {r["freeze"] for r in rows} == {-1, 5, 8, 10, 11}
@@ -159,11 +184,195 @@ def test_degenerate_findings_name_the_degenerate_runs_from_the_records():
     records = [_generation_record(-1, 0.042, []), _generation_record(5, 0.011, ["all 8 predictions are identical: 'the'"]),
                {"task": "code-search", "method": "full", "freeze": -1, "metric": "mrr", "test": {"mrr": 0.5}}]
     text = degenerate_findings(records)
-    assert "code-search" not in text and "best test bleu 0.042 over 2 runs" in text
+    assert "code-search" not in text and "of 2 runs, the best with sound outputs is Base (full) at test bleu 0.042" in text
     assert "1 of 2 runs" in text and "Telly-5 (all 8 predictions are identical: 'the')" in text
-    assert "Base (full)" not in text
+    assert "Base (full) (" not in text  # the full run is not among the degenerate ones
     assert "no run's outputs are degenerate" in degenerate_findings([_generation_record(-1, 0.1, [])])
     assert degenerate_findings(records[2:]) == ""
+    # a degenerate run is never "the best", even with the highest score
+    contrary = [_generation_record(-1, 0.042, ["all empty"]), _generation_record(5, 0.011, [])]
+    assert "the best with sound outputs is Telly-5 at test bleu 0.011" in degenerate_findings(contrary)
+    assert "all 2 runs produce degenerate outputs" in degenerate_findings(
+        [_generation_record(-1, 0.042, ["all empty"]), _generation_record(5, 0.011, ["all empty"])])
+
+
+# ----------------------------------------------------------------------------- the verdict, from made-up runs
+
+def _search_record(freeze, seed, reciprocal_ranks, *, cached=True, epochs_run=3, zero_shot=None, data="d"):
+    """A finished code-search record whose test rows have these reciprocal ranks."""
+    rr = np.asarray(reciprocal_ranks, dtype=float)
+    method = "full" if freeze == -1 else "telly"
+    columns = {"reciprocal_rank": rr.tolist(), **{f"hit@{k}": (1 / rr <= k).astype(float).tolist() for k in (1, 5, 10)}}
+    return {"run": f"code-search__m__{method}{freeze}{'' if cached else 'u'}__seed{seed}__unit", "task": "code-search",
+            "method": method, "freeze": freeze, "seed": seed, "uses_cache": cached and method == "telly",
+            "label": "Full fine-tuning" if freeze == -1 else f"Telly-{freeze}", "metric": "mrr", "method_config": {},
+            "test": {"mrr": float(rr.mean())},
+            "test_ci": {"mrr": {"value": float(rr.mean()), "low": float(rr.mean()), "high": float(rr.mean())}},
+            "test_per_example": columns, "data": {"fingerprint": data, "path": None},
+            "parameters": {"backbone_trainable": 60 - 10 * (freeze + 1), "backbone_total": 60},
+            "epoch_seconds": 10.0 - freeze, "cache_seconds": 0.5, "time_to_best_seconds": 20.0 - freeze,
+            "epochs_run": epochs_run, "epochs_to_best": 2, "peak_tensor_memory_mb": 1.0,
+            "zero_shot": None if zero_shot is None else {
+                "data_fingerprint": data, "test": {"mrr": float(np.mean(zero_shot))},
+                "test_per_example": {"reciprocal_rank": list(zero_shot),
+                                     **{f"hit@{k}": [float(1 / r <= k) for r in zero_shot] for k in (1, 5, 10)}}}}
+
+
+def _full_ranks(seed, n=120):
+    return np.random.default_rng(seed).choice([1.0, 0.5, 1 / 3, 0.25, 0.1], size=n, p=[0.5, 0.2, 0.1, 0.1, 0.1])
+
+
+def _sweep_records(*, worse=(2,), seeds=(0, 1, 2), depths=(0, 1, 2, 3), zero_shot=0.3, **options):
+    """Full fine-tuning and Telly-K over `seeds`: K in `worse` loses a third of its reciprocal ranks'
+    mass, the others score exactly as full fine-tuning does."""
+    records = []
+    for seed in seeds:
+        full = _full_ranks(seed)
+        records.append(_search_record(-1, seed, full, zero_shot=np.full(len(full), zero_shot), **options))
+        records += [_search_record(k, seed, full * (2 / 3 if k in worse else 1.0), **options) for k in depths]
+    return records
+
+
+def _trivial(value, n=120):
+    from telly.tasks import Evaluation
+
+    rr = np.full(n, value)
+    return {"code-search": Evaluation({"mrr": value}, {"reciprocal_rank": rr, **{f"hit@{k}": (1 / rr <= k).astype(float)
+                                                                                for k in (1, 5, 10)}},
+                                      extras={"name": "lexical ranker"})}
+
+
+def test_the_summary_names_the_largest_k_whose_shallower_depths_all_pass():
+    from telly.stats import holm
+
+    summary = non_inferiority_summary(_sweep_records(worse=(2,)), UNIT, trivial=_trivial(0.2), samples=300)
+    entry = summary["tasks"]["code-search"]
+    assert entry["no_verdict"] == [] and entry["margin"] == UNIT.margin("mrr") and entry["seeds"] == [0, 1, 2]
+    assert [(r["run"], r["verdict"]) for r in entry["rows"]] == [
+        ("Telly-0", "non-inferior"), ("Telly-1", "non-inferior"), ("Telly-2", "not shown"), ("Telly-3", "non-inferior")]
+    assert entry["largest_non_inferior_k"] == 1  # Telly-3 passes alone, but Telly-2 below it fails
+    assert [r["p_holm"] for r in entry["rows"]] == pytest.approx(holm([r["p_value"] for r in entry["rows"]]))
+    assert entry["trivial"]["low"] > 0 and entry["zero_shot"]["low"] > 0
+    assert summary_table(summary).shape == (4, 10)
+    # the numbers flip the verdict: with every depth as good as full fine-tuning, K = 3 is named
+    assert non_inferiority_summary(_sweep_records(worse=()), UNIT, trivial=_trivial(0.2),
+                                   samples=300)["tasks"]["code-search"]["largest_non_inferior_k"] == 3
+    assert non_inferiority_summary(_sweep_records(worse=(0,)), UNIT, trivial=_trivial(0.2),
+                                   samples=300)["tasks"]["code-search"]["largest_non_inferior_k"] is None
+
+
+@pytest.mark.parametrize("case,reason", [
+    ("two seeds", "full fine-tuning ran 2 seeds, a verdict needs 3"),
+    ("no trivial baseline", "no trivial baseline"),
+    ("trivial baseline wins", "does not beat lexical ranker"),
+    ("degenerate", "full fine-tuning's test outputs are degenerate (seed 0, 1, 2)"),
+])
+def test_no_verdict_where_full_fine_tuning_proves_nothing(case, reason):
+    records = _sweep_records(seeds=(0, 1) if case == "two seeds" else (0, 1, 2))
+    if case == "degenerate":
+        for record in records:
+            record["test"]["degenerate"] = 1.0
+    trivial = None if case == "no trivial baseline" else _trivial(0.95 if case == "trivial baseline wins" else 0.2)
+    entry = non_inferiority_summary(records, UNIT, trivial=trivial, samples=200)["tasks"]["code-search"]
+    assert any(reason in r for r in entry["no_verdict"]), entry["no_verdict"]
+    assert entry["largest_non_inferior_k"] is None and {r["verdict"] for r in entry["rows"]} == {"no verdict"}
+    assert {r["p_value"] for r in entry["rows"]}  # the numbers are still there
+
+
+def test_the_summary_resamples_groups_and_refuses_mixed_data(monkeypatch):
+    from telly import stats
+
+    records = _sweep_records(depths=(1,))
+    for record in records:
+        record["test_per_example"]["group"] = [f"f{i // 3}" for i in range(120)]
+    seen = []
+    real = stats.non_inferiority
+    monkeypatch.setattr(stats, "non_inferiority", lambda *a, **k: seen.append(k["clusters"]) or real(*a, **k))
+    non_inferiority_summary(records, UNIT, trivial=_trivial(0.2), samples=50)
+    assert seen and all(list(c) == [f"f{i // 3}" for i in range(120)] for c in seen)
+    with pytest.raises(ValueError, match="different datasets"):
+        non_inferiority_summary(records + [_search_record(-1, 5, _full_ranks(5), data="other")], UNIT)
+
+
+def test_several_seeds_get_one_interval_over_seeds_and_test_rows():
+    from telly.stats import seeded_difference_draws
+
+    records = [_search_record(-1, seed, _full_ranks(seed)) for seed in (0, 1, 2)]
+    for record in records:  # per-seed intervals of zero width: their mean would be no interval at all
+        assert record["test_ci"]["mrr"]["low"] == record["test_ci"]["mrr"]["high"]
+    row = freeze_table(records, samples=400).iloc[0]
+    assert row.seeds == 3 and row.value == pytest.approx(np.mean([r["test"]["mrr"] for r in records]))
+    _, draws = seeded_difference_draws([{"zero": np.zeros(120)}] * 3, [r["test_per_example"] for r in records],
+                                       lambda c: {"mrr": 0.0} if "zero" in c else {"mrr": np.mean(c["reciprocal_rank"])},
+                                       "mrr", samples=400)
+    assert (row.low, row.high) == pytest.approx(tuple(np.percentile(draws, [2.5, 97.5])))
+    assert row.high - row.low > 0.05
+
+
+def test_findings_follow_the_numbers():
+    records = _sweep_records(worse=(2,))
+    table, summary = freeze_table(records, samples=100), non_inferiority_summary(records, UNIT, trivial=_trivial(0.2),
+                                                                                   samples=300)
+    text = freeze_findings(table, summary)
+    assert "the largest K for which Telly-K and every shallower depth are non-inferior" in text
+    assert "is K = 1: Telly-1" in text and "Telly-2 is not shown non-inferior" in text
+    assert "Telly-3 passes on its own, but not below a depth that fails" in text
+    assert "over separate runs of the sweep" in text and "one process" not in text
+    assert "fine-tuning adds" in text and "a significant gain" in text and "Lexical ranker, a model-free answer" in text
+    assert "full fine-tuning beats it" in text and "best validation score in" in text
+    # the bench's in-process ratio is preferred when it measured the depth
+    assert "takes 0.42x full fine-tuning's in one process" in freeze_findings(table, summary,
+                                                                              bench_ratios={(1, True): 0.42})
+    # zero-shot significantly better than fine-tuning is a loss, not "not a significant gain"
+    better = _sweep_records(worse=(2,), zero_shot=1.0)
+    flipped = freeze_findings(table, non_inferiority_summary(better, UNIT, trivial=_trivial(0.2), samples=300))
+    assert "fine-tuning loses" in flipped and "a significant loss" in flipped and "not a significant gain" not in flipped
+    # a trivial baseline that wins: no verdict, and the sentence says so
+    lost = freeze_findings(table, non_inferiority_summary(records, UNIT, trivial=_trivial(0.95), samples=300))
+    assert "full fine-tuning scores below it" in lost and "No verdict on which depths keep its quality" in lost
+    # one epoch each: no time-to-best sentence
+    single = _sweep_records(worse=(2,), epochs_run=1)
+    assert "best validation score" not in freeze_findings(freeze_table(single, samples=50), summary)
+
+
+def test_the_generation_note_reads_the_numbers_not_the_backbone_kind():
+    records = [_generation_record(-1, 5.0, []), _generation_record(3, 4.0, [])]
+
+    def summary(low):
+        trivial = {"name": "function name as words", "value": 2.0, "difference": 3.0, "low": low, "high": 4.0}
+        return {"tasks": {"code-summarization": {"trivial": trivial}}}
+
+    learned = generation_note(records, summary(1.0), model="minilm-l6", kind="encoder")
+    floor = generation_note(records, summary(-1.0), model="minilm-l6", kind="encoder")
+    assert "is an encoder, not a generative model" in learned and "floor" not in learned
+    assert "beats the model-free baseline on 1 of the 1 generation tasks checked (code-summarization)" in learned
+    assert "0 of the 1" in floor and "sits at the floor a model-free answer sets" in floor
+    assert "encoder" not in generation_note(records, summary(1.0), model="smollm2-135m", kind="decoder")
+    assert "No model-free baseline was scored for code-summarization" in generation_note(
+        records, {"tasks": {}}, model="m", kind="decoder")
+
+
+def test_example_outputs_never_pick_a_degenerate_run_as_best():
+    def record(method, freeze, bleu, predictions):
+        return {"task": "code-summarization", "method": method, "freeze": freeze, "metric": "bleu", "uses_cache": True,
+                "test": {"bleu": bleu, "degenerate": float(len(set(predictions)) == 1)},
+                "test_per_example": {"reference": ["a b", "c d"], "prediction": predictions}}
+
+    records = [record("full", -1, 10.0, ["a", "c"]), record("telly", 3, 40.0, ["", ""]), record("telly", 5, 5.0, ["a", "d"])]
+    assert [r["variant"] for r in example_outputs(records, n=1)] == ["best: Base (full)", "most frozen: Telly-5"]
+    every = [record("full", -1, 10.0, ["", ""]), record("telly", 3, 40.0, ["", ""])]
+    assert [r["variant"] for r in example_outputs(every, n=1)] == [
+        "full fine-tuning, every run degenerate: Base (full)", "most frozen: Telly-3"]
+
+
+def test_epoch_ratios_say_how_they_were_measured():
+    table = freeze_table(_sweep_records(depths=(1, 3)), samples=50)
+    ours = ours_table(table, bench_ratios={(3, False): 0.8, (3, True): 0.4})
+    assert list(ours.columns[-3:]) == ["uncached epoch ratio (one process)", "cached epoch ratio (one process)",
+                                       "cached epoch ratio (separate runs)"]
+    assert ours.loc[("code-search", 3)].tolist()[-3:] == [0.8, 0.4, round(7 / 11, 3)]  # epochs of 7 s and 11 s
+    assert np.isnan(ours.loc[("code-search", 1), "uncached epoch ratio (one process)"])  # the bench skipped K = 1
+    assert "uncached epoch ratio (separate runs)" in paper_table(["code-search"]).columns
 
 
 def test_a_real_data_run_never_reuses_or_mixes_with_the_offline_run(tmp_path):
@@ -216,3 +425,78 @@ def test_the_freeze_explorer_redraws_on_the_slider_and_trains_a_missing_depth(ti
     assert record is not None and record["freeze"] == 1
     assert explorer.progress.value == explorer.progress.max == profile.epochs
     assert marked(explorer.chart) == ([1], [-1, 1, 2, 3]) and explorer.button.disabled
+
+
+def test_telly_sweep_writes_the_verdicts_beside_the_records(tmp_path, capsys):
+    from telly.store import read_json
+
+    args = ["sweep", "--tasks", "code-search", "--freeze=-1,2", "--seeds", "0", "--model", "tiny-random",
+            "--profile", "smoke", "--out", str(tmp_path)]
+    assert cli.main(args) == 0
+    assert "code-search: no verdict: full fine-tuning ran 1 seed, a verdict needs 3" in capsys.readouterr().out
+    summary = read_json(tmp_path / "summary.json")
+    (row,) = summary["tasks"]["code-search"]["rows"]
+    assert {"difference", "low", "high", "margin", "p_value", "p_holm", "verdict"} <= set(row) and row["freeze"] == 2
+    assert summary["tasks"]["code-search"]["trivial"]["name"]  # the task's own model-free answer
+    assert summary["tasks"]["code-search"]["largest_non_inferior_k"] is None
+    assert [r["run"] for r in RunStore(tmp_path).records()] == [  # summary.json is not taken for a record
+        "code-search__tiny-random__full__seed0__smoke", "code-search__tiny-random__telly2__seed0__smoke"]
+    stamp = (tmp_path / "summary.json").stat().st_mtime_ns
+    assert cli.main(args) == 0 and (tmp_path / "summary.json").stat().st_mtime_ns == stamp  # current: read back
+
+
+def test_the_notes_on_depths_training_and_the_bench_follow_the_records():
+    records = _sweep_records(depths=(0, 3))
+    assert swept_depths(freeze_table(records, samples=50)) == \
+        "- **code-search**: K = -1, 0, 3 over 3 seeds, 3 epochs run (mean over seeds)"
+    one = [r for r in records if r["seed"] == 0] + [_search_record(3, 0, _full_ranks(0), cached=False, epochs_run=1)]
+    assert swept_depths(freeze_table(one)) == \
+        "- **code-search**: K = -1, 0, 3 uncached, 3 over 1 seed, 1 to 3 epochs run (mean over seeds)"
+    optimizer = {"name": "AdamW", "eps": 1e-8, "weight_decay": 0.0, "max_grad_norm": 1.0, "learning_rate": 5e-5,
+                 "head_learning_rate": 1e-3, "schedule": "linear warm-up over 10% of the steps, then linear decay to 0"}
+    for record in records:
+        record |= {"optimizer": optimizer, "profile_settings": {"epochs": 3, "patience": 1}}
+    assert training_note(records) == (
+        "Every run: AdamW (eps 1e-08, weight decay 0, gradient norm clipped at 1), learning rate 5e-05 (head 0.001), "
+        "linear warm-up over 10% of the steps, then linear decay to 0; up to 3 epochs, stopping after 1 without a "
+        "better validation score.")
+    records[0] = records[0] | {"optimizer": optimizer | {"weight_decay": 0.01}}
+    assert training_note(records).startswith("- 1 run: AdamW (eps 1e-08, weight decay 0.01,")
+    bench = {"origin": "reference", "device": "cpu: x86_64, 2 cores", "provenance": {"date": "2026-11-26T10:00:00"},
+             "timing": "median of 3 interleaved repeat(s)",
+             "training": [{"model": "minilm-l6", "method": "telly", "freeze": k, "cached": c, "ratio_to_full": 0.5}
+                          for k in (0, 3) for c in (False, True)]}
+    assert "the reference record shipped with Telly: cpu: x86_64, 2 cores, 2026-11-26; code search, K = 0, 3" in \
+        bench_note(bench, "minilm-l6")
+    assert "every epoch ratio quoted here comes from the sweep's separate runs" in bench_note(bench, "smollm2-135m")
+    assert "every epoch ratio quoted here comes from the sweep's separate runs" in bench_note(None, "minilm-l6")
+
+
+def test_the_cache_check_quotes_the_bench_for_its_epoch_ratio_when_it_can():
+    from telly.report.freezing import cache_check_prose
+
+    ranks = _full_ranks(0)
+    cached = _search_record(3, 0, ranks) | {"epoch_seconds": 2.0, "cache_seconds": 1.5}
+    uncached = _search_record(3, 0, ranks * 0.9, cached=False) | {"epoch_seconds": 8.0}
+    alone = cache_check_prose(cached, uncached, samples=100)
+    assert "Epoch, over these two separate runs: 2.0 s cached vs 8.0 s uncached (0.25x)" in alone
+    assert "cached minus uncached +0.0" in alone and "1.5 s once to build the cache" in alone
+    bench = cache_check_prose(cached, uncached, samples=100, bench_ratios={(3, True): 0.3, (3, False): 0.75})
+    assert "In one process (the bench: code search, interleaved) a cached epoch takes 0.40x an uncached one" in bench
+    assert "these two separate runs took 2.0 s and 8.0 s (0.25x)" in bench
+
+
+def test_the_laptop_profile_affords_a_verdict_on_every_task():
+    from telly.report.freezing import MIN_SEEDS
+    from telly.tasks import TASKS, get_task
+
+    laptop = get_profile("laptop")
+    # three seeds for a claim; more than one epoch, and patience after the best, so early stopping means something
+    assert len(set(laptop.seeds)) >= MIN_SEEDS and laptop.epochs >= 3 and laptop.patience >= 1
+    for spec in (laptop.sweep_freeze, laptop.generation_freeze):  # full fine-tuning and at least one Telly-K
+        depths = parse_freeze(spec, 6)
+        assert -1 in depths and any(k >= 0 for k in depths)
+    assert len(parse_freeze(laptop.sweep_freeze, 6)) >= 3  # the "every shallower K" verdict needs two depths
+    for task in TASKS:
+        assert laptop.margin(get_task(task).metric) > 0
+    assert laptop.weight_decay == 0.0 and laptop.max_grad_norm == 1.0  # the replication package's optimiser

@@ -2,6 +2,7 @@
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +17,9 @@ from telly.metrics import (
     edit_similarity,
     exact_match,
 )
-from telly.tasks.generation import IGNORE, GenerationModel, collate_pairs, prefix_lm_mask, source_ids
+from telly.tasks.generation import IGNORE, PROMPTS, GenerationModel, collate_pairs, prefix_lm_mask, source_ids
+
+PROMPT = PROMPTS["code-summarization"]
 
 
 @pytest.fixture()
@@ -51,12 +54,12 @@ def gpt2_backbone(tiny):
 @pytest.fixture(params=["bert", "bert-eager", "gpt2", "llama"])
 def any_model(tiny, request):
     """(GenerationModel, tokenizer) for a prefix-LM encoder (SDPA and eager attention, which take
-    boolean and additive masks) and two causal-LM decoders."""
+    boolean and additive masks) and two prompted causal-LM decoders."""
     torch.manual_seed(0)
     backbone = copy.deepcopy(tiny) if request.param.startswith("bert") else decoder_backbone(tiny, request.param)
     if request.param == "bert-eager":
         backbone.model.set_attn_implementation("eager")
-    return GenerationModel(backbone).eval(), backbone.tokenizer
+    return GenerationModel(backbone, PROMPT).eval(), backbone.tokenizer
 
 
 SOURCES = ["def add(a, b):\n    return a + b", "class Stack:\n    pass", "x = [i for i in range(10)]"]
@@ -97,9 +100,9 @@ def test_left_truncation_keeps_the_end_of_the_source(tiny):
     text = " ".join(f"word{i}" for i in range(40))
     right = source_ids(tiny.tokenizer, [text], 10)[0]
     left = source_ids(tiny.tokenizer, [text], 10, truncate="left")[0]
-    assert len(right) == len(left) == 10
-    assert tiny.tokenizer.decode(left[1:-1]).replace(" ", "").endswith("word39")
-    assert tiny.tokenizer.decode(right[1:-1]).replace(" ", "").startswith("word0")
+    assert len(right) == len(left) == 11  # [CLS] source [SEP] within 10, then the start token [CLS]
+    assert tiny.tokenizer.decode(left[1:-2]).replace(" ", "").endswith("word39")
+    assert tiny.tokenizer.decode(right[1:-2]).replace(" ", "").startswith("word0")
     with pytest.raises(ValueError, match="truncate"):
         source_ids(tiny.tokenizer, [text], 10, truncate="middle")
 
@@ -130,7 +133,7 @@ def test_freezing_both_stacks_counts_exactly(tiny, k):
 
 
 def test_freezing_a_decoder_backbone_counts_exactly(gpt2_backbone):
-    model = GenerationModel(gpt2_backbone)
+    model = GenerationModel(gpt2_backbone, PROMPT)
     report = freeze_bottom(model, 2)
     frozen = [*find_embeddings(model.backbone), *gpt2_backbone.layers[:2]]
     assert report.trainable_parameters == _numel([model]) - _numel(frozen)
@@ -141,11 +144,12 @@ def test_freezing_a_decoder_backbone_counts_exactly(gpt2_backbone):
 # ---------------------------------------------------------------- decoding
 
 def _greedy_by_recomputing(model, row, steps):
-    """Reference greedy decoding: the whole sequence through the model at every step, no KV cache."""
-    sequence, produced = [*row, model.specials["bos"]], []
+    """Reference greedy decoding: the whole sequence through the model at every step, no KV cache
+    (`row` is a framed source: it ends with the start token)."""
+    sequence, produced = list(row), []
     for _ in range(steps):
         ids = torch.tensor([sequence])
-        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "source_length": torch.tensor([len(row)])}
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "source_length": torch.tensor([len(row) - 1])}
         hidden, _ = model.encode(inputs)
         token = int(model.logits(hidden[0, -1]).argmax())
         if token == model.specials["eos"]:
@@ -157,7 +161,8 @@ def _greedy_by_recomputing(model, row, steps):
 
 def test_cached_batched_decoding_matches_recomputing_each_row(any_model):
     model, tokenizer = any_model
-    rows = source_ids(tokenizer, SOURCES, 16)
+    rows = source_ids(tokenizer, SOURCES, 24, prompt=model.prompt)
+    assert len({len(r) for r in rows}) > 1  # rows of different lengths: padding and positions are exercised
     batched = generate_ids(model, rows, max_new_tokens=5)
     assert batched == [_greedy_by_recomputing(model, row, 5) for row in rows]
     # beam search with one beam is greedy; a row's result does not depend on its batch
@@ -192,7 +197,7 @@ def test_the_cached_prefix_reproduces_the_uncached_model(any_model):
 
     def collate(rows):
         return collate_pairs(tokenizer, [e.source for e in rows], [e.target for e in rows],
-                             max_source_tokens=16, max_target_tokens=6)
+                             max_source_tokens=24, max_target_tokens=6, prompt=model.prompt)
 
     batch = collate(examples)
     with torch.no_grad():
@@ -243,24 +248,95 @@ def test_codexglue_smoothed_bleu_matches_hand_computed_values():
         codexglue_smoothed_bleu(["a", "b"], ["a"])
 
 
-def test_corpus_bleu_is_sacrebleu_on_code_tokens():
-    import sacrebleu
+def _concode_bleu(references, predictions):
+    """CodeXGLUE text-to-code evaluator/bleu.py (_bleu -> compute_bleu, smooth=True, max_order=4),
+    transcribed for the test: whitespace tokens, +1 on every order's matches and candidates."""
+    from collections import Counter
 
-    refs = ["return self._x + 1", "if x is None: return []", "def f(a, b): pass"]
-    preds = ["return self.x + 1", "if x: return None", "def f(a): pass"]
-    spaced = [" ".join(__import__("telly.metrics", fromlist=["code_tokens"]).code_tokens(t)) for t in refs + preds]
-    expected = sacrebleu.corpus_bleu(spaced[3:], [spaced[:3]], tokenize="none", smooth_method="add-k",
-                                     smooth_value=1).score
-    assert corpus_bleu(refs, preds) == pytest.approx(expected)
+    def grams(words):
+        return Counter(tuple(words[i:i + n]) for n in range(1, 5) for i in range(len(words) - n + 1))
+
+    matches, possible, ref_len, hyp_len = [0] * 4, [0] * 4, 0, 0
+    for reference, prediction in zip(references, predictions):
+        ref, hyp = reference.strip().split(), prediction.strip().split()
+        ref_len, hyp_len = ref_len + len(ref), hyp_len + len(hyp)
+        for gram, count in (grams(hyp) & grams(ref)).items():
+            matches[len(gram) - 1] += count
+        for n in range(1, 5):
+            possible[n - 1] += max(len(hyp) - n + 1, 0)
+    geo = math.exp(sum(math.log((m + 1) / (p + 1)) for m, p in zip(matches, possible)) / 4)
+    ratio = hyp_len / ref_len
+    return 100 * geo * (1.0 if ratio > 1.0 else math.exp(1 - 1 / ratio))
+
+
+def test_text_to_code_bleu_is_codexglue_concode_bleu():
+    from telly.metrics import bleu_statistics, corpus_bleu_from_statistics
+
+    # Whitespace tokens: "a+b" is one token, so "a + b" matches only "return" (old: splitPuncts made
+    # both sides identical, 100.0). Precisions 2/5, 1/4, 1/3, 1/2; the candidate is longer: no penalty.
+    assert corpus_bleu(["return a+b"], ["return a + b"]) == pytest.approx(100 * (2 / 5 * 1 / 4 * 1 / 3 * 1 / 2) ** 0.25)
+    # Every order is smoothed, unigrams too: one wrong word scores ((0+1)/(1+1)) ** (1/4) (old: 0.0).
+    assert corpus_bleu(["x"], ["y"]) == pytest.approx(100 * 0.5 ** 0.25)
+    refs = ["return self._x + 1", "if x is None:\n    return []", "def f(a, b): pass", "int function ( ) { return 0 ; }"]
+    preds = ["return self.x + 1", "if x:\n    return None", "def f(a): pass", "int function ( ) { return 0 ; }"]
+    assert corpus_bleu(refs, preds) == pytest.approx(_concode_bleu(refs, preds))
+    assert corpus_bleu(refs[:2], preds[:2]) == pytest.approx(_concode_bleu(refs[:2], preds[:2]))
     assert corpus_bleu(refs, refs) == pytest.approx(100.0)
+    # Per-example statistics: any resample of the rows sums to its own corpus BLEU.
+    stats = bleu_statistics(refs, preds)
+    rows = [2, 2, 0]
+    assert corpus_bleu_from_statistics({k: v[rows] for k, v in stats.items()}) == pytest.approx(
+        _concode_bleu([refs[i] for i in rows], [preds[i] for i in rows]))
+    assert corpus_bleu(["a b"], [""]) == 0.0  # no candidate words: the limit of the brevity penalty
 
 
-def test_exact_match_and_edit_similarity():
-    assert exact_match("x = foo(1)", "x=foo( 1 )") == 1.0
+def test_exact_match_and_edit_similarity_as_codexglue_evaluators():
+    from telly.metrics import codexglue_post_process
+
+    # Exact match: whitespace tokens (old: splitPuncts tokens made these equal).
+    assert exact_match("x = foo(1)", "x=foo( 1 )") == 0.0
+    assert exact_match("if x:\n    return y", "if x: return y") == 1.0
     assert exact_match("x = foo(1)", "x = foo(2)") == 0.0
-    # fuzz.ratio = 2 * matched characters / total characters * 100: "a b" vs "a c" share "a " (2 of 6).
-    assert edit_similarity("a b", "a c") == pytest.approx(200 / 3)
-    assert edit_similarity("return x", "return x") == 100.0
+    # Edit similarity: fuzz.ratio of the raw strings, rounded as fuzzywuzzy does. "a b" vs "a c"
+    # share "a " (4 of 6 characters): 66.67 -> 67; "x=foo(1)" vs "x = foo(1)": 16 of 18 -> 89
+    # (old: 100, both re-spaced as "x = foo ( 1 )").
+    assert edit_similarity("a b", "a c") == 67.0
+    assert edit_similarity("x=foo(1)", "x = foo(1)") == 89.0
+    assert edit_similarity("return x", "  return x\n") == 100.0  # the prediction is stripped
+    # The evaluator's literal post-processing, on both sides.
+    assert codexglue_post_process('s = "<STR_LIT:hi>" + <NUM_LIT> + <NUM_LIT:3>') == 's = "hi" + 0 + 3'
+    assert edit_similarity('s = "<STR_LIT:hi>"', 's = "hi"') == 100.0
+
+
+def test_retrieval_counts_ties_as_a_random_order():
+    from telly.metrics import retrieval_scores
+
+    n = 12
+    collapsed = retrieval_scores(np.zeros((n, n)))  # every candidate scores the same
+    harmonic = sum(1 / k for k in range(1, n + 1))
+    assert collapsed["reciprocal_rank"] == pytest.approx(np.full(n, harmonic / n))  # chance (old: 1.0)
+    assert collapsed["hit@1"] == pytest.approx(np.full(n, 1 / n))
+    assert collapsed["hit@10"] == pytest.approx(np.full(n, 10 / n))
+    # Query 0: one candidate above, one tied: rank 2 or 3 with equal chance.
+    scores = retrieval_scores(np.array([[0.5, 0.9, 0.5, 0.1], [0.0, 1.0, 0.2, 0.3]]), cutoffs=(1, 2))
+    assert scores["reciprocal_rank"] == pytest.approx([(1 / 2 + 1 / 3) / 2, 1.0])
+    assert scores["hit@1"] == pytest.approx([0.0, 1.0]) and scores["hit@2"] == pytest.approx([0.5, 1.0])
+    with pytest.raises(ValueError, match="queries, candidates"):
+        retrieval_scores(np.zeros((3, 2)))
+
+
+def test_clone_scores_match_scikit_learn_where_a_class_is_missing():
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from telly.metrics import clone_scores
+
+    rng = np.random.default_rng(0)
+    cases = [(rng.integers(0, 2, 20), rng.integers(0, 2, 20)) for _ in range(20)]
+    cases += [(np.zeros(5, int), np.zeros(5, int)), (np.ones(5, int), np.zeros(5, int)), (np.zeros(5, int), np.ones(5, int))]
+    for label, prediction in cases:
+        expected = precision_recall_fscore_support(label, prediction, average="binary", zero_division=0)[:3]
+        scores = clone_scores({"prediction": prediction, "label": label})
+        assert [scores["precision"], scores["recall"], scores["f1"]] == pytest.approx(list(expected))
 
 
 def test_degenerate_outputs_are_detected():

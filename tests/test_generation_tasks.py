@@ -114,6 +114,60 @@ def test_evaluation_keeps_examples_and_the_degenerate_report(tiny):
     assert extras["decode_seconds"] > 0 and extras["decoding"]["max_new_tokens"] == UNIT.max_target_tokens
 
 
+def test_references_are_scored_as_written_not_as_the_tokenizer_spells_them(tiny):
+    import copy
+
+    import torch
+
+    from telly.tasks.generation import GenerationExample
+
+    task = get_task("code-completion")
+    examples = [GenerationExample("def f(x):\n    y = x", "return Path(y)", "m:f:3")] * 2
+    model = task.build_model(copy.deepcopy(tiny)).eval()  # an uncased tokenizer: it cannot write "P"
+    with torch.no_grad():
+        evaluation = task.evaluate(model, examples, tiny.tokenizer, UNIT, batch_size=2)
+    # (old: references were decoded through the tokenizer, "return path ( y )")
+    assert list(evaluation.per_example["reference"]) == ["return Path(y)"] * 2
+    perfect = task.scored_columns(examples, ["return path(y)", "return Path(y)"])
+    assert list(perfect["exact_match"]) == [0.0, 100.0]  # lower-casing is the model's loss, not forgiven
+
+
+@pytest.mark.parametrize("name, prediction", [("code-summarization", "add all numbers"), ("code-generation", "pass"),
+                                              ("code-completion", "total = 0")])
+def test_trivial_baselines_are_scored_by_the_tasks_own_metrics(name, prediction):
+    from telly.tasks import TaskData
+    from telly.tasks.generation import GenerationExample
+
+    task = get_task(name)
+    example = GenerationExample("def addAllNumbers(values):\n    total = 0\n\n", "Add the values.",
+                                "lib/m.py:Calc.addAllNumbers")
+    data = TaskData([], [], [example, example], "x", "unit test")
+    baseline = task.trivial_baseline(data, UNIT)
+    assert list(baseline.per_example["prediction"]) == [prediction] * 2
+    assert baseline.metrics == task.score(baseline.per_example) and set(task.metrics) <= set(baseline.metrics)
+    assert baseline.extras["name"] and baseline.extras["description"]
+
+
+def test_trivial_baselines_on_the_offline_data():
+    summaries = get_task("code-summarization").load_data(UNIT)
+    names = get_task("code-summarization").trivial_baseline(summaries, UNIT)
+    assert all(p and p == p.lower() for p in names.per_example["prediction"])
+    completion = get_task("code-completion").load_data(UNIT)
+    previous = get_task("code-completion").trivial_baseline(completion, UNIT)
+    assert list(previous.per_example["prediction"]) == [
+        [line.strip() for line in e.source.splitlines() if line.strip()][-1] for e in completion.test]
+    assert 0 <= previous.metrics["edit_similarity"] <= 100
+
+
+def test_the_name_baseline_refuses_examples_without_a_function_name():
+    from telly.tasks import TaskData
+    from telly.tasks.generation import GenerationExample
+
+    data = TaskData([], [], [GenerationExample("code", "summary", "data/test.jsonl:")], "x", "unit test")
+    with pytest.raises(ValueError, match=r"'data/test.jsonl:' carries no function name"):
+        get_task("code-summarization").trivial_baseline(data, UNIT)
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("name", GENERATION_TASKS)
 def test_smoke_profile_on_minilm(tmp_path, name):

@@ -24,7 +24,8 @@ from telly.studies import probing as study
 from telly.studies.probing import run_probing
 
 TINY_PROFILE = dataclasses.replace(get_profile("smoke"), name="smoke", probe_functions=48,
-                                   max_code_tokens=32, probe_epochs=4, bootstrap_samples=50)
+                                   max_code_tokens=96, sbt_max_tokens=256, probe_epochs=4,
+                                   bootstrap_samples=50, probe_weight_refits=3)
 PROBES = [prop.name for prop in PROPERTIES]
 
 
@@ -185,12 +186,15 @@ def test_word_features_average_the_sub_tokens_of_each_word():
 
 
 def _write_corpus(root, modules=12, per_module=5):
-    """A small package of modules whose names put some in the test split and some in train."""
-    share = TINY_PROFILE.probe_test_share
+    """A small package of modules whose names put some in the tasks' test split, one in their
+    valid split, and the rest in their train split, two of those in the module-hash range
+    [0.2, 0.25) that a 25% probing split of its own would have held out."""
     names = [f"mod{i}" for i in range(200)]
-    test = [m for m in names if _bucket(m) < share][:3]
-    train = [m for m in names if _bucket(m) >= share][:modules - 3]
-    for m in test + train:
+    test = [m for m in names if _bucket(m) < 0.1][:3]
+    valid = [m for m in names if 0.1 <= _bucket(m) < 0.2][:1]
+    edge = [m for m in names if 0.2 <= _bucket(m) < 0.25][:2]
+    train = [m for m in names if _bucket(m) >= 0.25][:modules - 6]
+    for m in test + valid + edge + train:
         lines = []
         for j in range(per_module):
             branches = "".join(f"    if x > {k}:\n        x = x - {k}\n" for k in range(j))
@@ -222,21 +226,54 @@ def test_run_probing_end_to_end_on_tiny_random(tiny_corpus, tmp_path, monkeypatc
     assert record["data"]["train_functions"] > 0 and record["data"]["test_functions"] > 0
     layers = record["num_layers"] + 1
     assert list(record["probes"]) == PROBES
+    assert 0 <= record["data"]["sbt_cut_share"] <= 1 and record["data"]["sbt_max_tokens"] == 256
+    assert set(record["seconds"]) == {"random", "pretrained"}
     for probe in PROBES:
         result = record["probes"][probe]
         assert list(result["states"]) == ["random", "pretrained"]
-        for state in result["states"].values():
+        assert result["control"] == (probe == "lexical")
+        names = [b["name"] for b in result["baselines"]]
+        for state_name, state in result["states"].items():
             assert len(state["layerwise"]) == len(state["layerwise_ci"]) == layers
             assert len(state["weighted"]["weights"]) == layers
             assert sum(state["weighted"]["weights"]) == pytest.approx(1.0, abs=1e-5)
             low, high = state["weighted"]["ci"]
             assert low <= state["weighted"]["score"] <= high
-            assert state["selectivity"]["weighted"] == pytest.approx(
-                state["weighted"]["score"] - state["control"]["weighted"])
-    assert {b["name"] for b in record["probes"]["structural"]["baselines"]} >= {"length only"}
+            # Controls only where their keys recur (word types); everything else is read
+            # against the random-init backbone and the surface baselines.
+            assert ("selectivity" in state) == ("control" in state) == (probe == "lexical")
+            assert ("vs_random" in state) == (state_name != "random")
+            assert list(state["vs_baselines"]) == names
+            for difference in [state.get("vs_random"), *state["vs_baselines"].values()]:
+                if difference is not None:
+                    assert difference["low"] <= difference["difference"] <= difference["high"]
+                    assert 0 <= difference["p_value"] <= 1
+            location = state["location"]
+            assert location["centre"] == pytest.approx(
+                sum(k * w for k, w in enumerate(state["weighted"]["weights"])))
+            assert location["relative_depth"] == pytest.approx(location["centre"] / record["num_layers"])
+            if state_name == "random":  # nothing is located in a random network: no refits
+                assert "p_value" not in location and "centre_ci" not in location
+            else:
+                assert location["refits"] == 3 and len(location["shuffled_distances"]) == 3
+            assert state["peak"]["layer"] == int(np.argmax(state["layerwise"]))
+        if "pretrained" in result["states"]:
+            pretrained = result["states"]["pretrained"]
+            random_state = result["states"]["random"]
+            assert pretrained["vs_random"]["difference"] == pytest.approx(
+                pretrained["weighted"]["score"] - random_state["weighted"]["score"])
+            for b in result["baselines"]:
+                assert pretrained["vs_baselines"][b["name"]]["difference"] == pytest.approx(
+                    pretrained["weighted"]["score"] - b["score"])
+    lexical = record["probes"]["lexical"]["states"]["pretrained"]
+    assert lexical["selectivity"]["weighted"] == pytest.approx(
+        lexical["weighted"]["score"] - lexical["control"]["weighted"])
+    assert [b["name"] for b in record["probes"]["structural"]["baselines"]] == \
+        ["length only", "bag of tokens", "majority class"]
+    assert [b["name"] for b in record["probes"]["syntactic"]["baselines"]] == ["length matching"]
     assert set(record["findings"]) == set(PROBES)
     text = report.describe_probing(record)
-    assert "peaks at layer" in text and "tiny-random" in text
+    assert "layer weights centre on layer" in text and "tiny-random" in text
     assert len(report.layer_rows(record)) == 4 * 2 * layers
     contrast = report.paper_contrast(record)
     assert contrast.count("the paper finds it") == 4
@@ -246,7 +283,9 @@ def test_run_probing_end_to_end_on_tiny_random(tiny_corpus, tmp_path, monkeypatc
     assert len(table) == 4 * 3
     assert table[0]["paper (unixcoder-base)"] == PAPER_WEIGHTED_PROBES["lexical"]["random"]
     assert "tiny-random" in table[0] and "tiny-random" not in table[2]  # no fine-tuned state
-    assert [row["probe"] for row in report.weighted_table(record)] == PROBES
+    verdicts = report.verdict_table(record)
+    assert [(row["probe"], row["state"]) for row in verdicts] == [(p, "pretrained") for p in PROBES]
+    assert len(report.baseline_rows(record)) == 1 + 1 + 3 + 1
     description = report.data_description(record)
     assert description.startswith(f"**tiny-random** ({record['num_layers']} layers)")
     assert f"{record['data']['train_functions']} training" in description and "`smoke`" in description
@@ -365,8 +404,6 @@ def test_chapter_helpers(tmp_path):
     assert study.chapter_checkpoint("minilm-l6", "smoke", tmp_path, checkpoint="a/run") == \
         type(tmp_path)("a/run")
     assert study.chapter_checkpoint("minilm-l6", "smoke", tmp_path, finetune_task=None) is None
-    assert report.weight_spread([0.25] * 4) == pytest.approx(1.0)
-    assert report.weight_spread([1.0, 0.0, 0.0]) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_probing_study_keeps_records_per_backbone(tiny_corpus, tmp_path):
@@ -389,3 +426,310 @@ def test_near_misses_are_candidates_never_queries():
     scores[0, 4], scores[0, 2] = 2.0, 1.0
     ap = ranking_average_precision(scores, relevant, exclude_self=True)
     assert ap[0] == pytest.approx(0.5)
+
+
+# ================================================================ issue 13: probing validity
+
+
+def test_probed_functions_sit_in_the_fine_tuning_tasks_splits(tiny_corpus, tiny):
+    """No held-out probed function is in a fine-tuning task's train (or valid) split, and every
+    probing training function is in their train split, as `telly.corpus.split` makes them."""
+    from telly.corpus import load_corpus, split
+    from telly.probing.data import prepare
+
+    corpus = load_corpus(tiny_corpus, progress=False)
+    tasks = {name: {(f.path, f.qualname) for f in part} for name, part in split(corpus).items()}
+    data = prepare(corpus, 48, TINY_PROFILE, tokenizer=tiny.tokenizer, max_length=96,
+                   num_states=3, hidden_size=32)
+    held_out = {(f.path, f.qualname) for f, t in zip(data.functions, data.is_test) if t}
+    training = {(f.path, f.qualname) for f, t in zip(data.functions, data.is_test) if not t}
+    assert held_out and held_out <= tasks["test"]
+    assert training and training <= tasks["train"]
+
+
+def test_syntactic_functions_fit_their_code_budget_and_the_sbt_cut_is_measured(tiny_corpus):
+    """The syntactic probe draws functions whose code the backbone sees whole; the share of their
+    SBT sequences longer than the SBT budget is measured (here with one token per word)."""
+    from telly.corpus import load_corpus
+    from telly.probing.data import prepare
+
+    def words(texts, **kwargs):
+        return {"input_ids": [text.split() for text in texts]}
+
+    corpus = load_corpus(tiny_corpus, progress=False)
+    budget = 24
+    data = prepare(corpus, 48, dataclasses.replace(TINY_PROFILE, sbt_max_tokens=100),
+                   tokenizer=words, max_length=budget, num_states=3, hidden_size=32)
+    fits = [len(f.code_without_doc.split()) <= budget for f in data.functions]
+    assert all(fits[i] for i in data.syntactic) and not all(fits)
+    assert data.code_cut_share == pytest.approx(1 - np.mean(fits))
+    sbt_lengths = np.array([len(data.functions[i].sbt) for i in data.syntactic])
+    assert data.sbt_cut_share == pytest.approx((sbt_lengths > 100).mean())
+    assert 0 < data.sbt_cut_share < 1
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("profile_name", ["smoke", "laptop"])
+def test_sbt_budget_cuts_at_most_five_percent_on_the_stdlib(profile_name, tmp_path, monkeypatch):
+    """The profiles' SBT budgets, chosen from the data: at most 5% of the SBTs the syntactic probe
+    encodes are cut, with MiniLM's tokenizer at each profile's sizes."""
+    from telly.corpus import load_corpus
+    from telly.probing.data import prepare
+
+    monkeypatch.setenv("TELLY_CACHE", str(tmp_path / "cache"))
+    profile = get_profile(profile_name)
+    minilm = backbones.load("minilm-l6")
+    data = prepare(load_corpus("stdlib", progress=False), profile.probe_functions, profile,
+                   tokenizer=minilm.tokenizer, max_length=profile.max_code_tokens, num_states=7,
+                   hidden_size=384)
+    assert data.sbt_cut_share <= 0.05
+    assert profile.sbt_max_tokens <= minilm.model.config.max_position_embeddings
+
+
+def test_structural_baselines_see_what_a_surface_model_sees():
+    """A bag of tokens learns complexity from counted `if`s, better than lengths (equal line
+    counts) and the training majority; the length-matching retrieval baseline ranks by predicted
+    SBT length."""
+    from telly.probing.properties import Structural, Syntactic
+
+    def function(branches, filler):
+        body = "".join(f"    if x == {k}:\n        x = 0\n" for k in range(branches))
+        body += "".join(f"    y = x + {k}\n    z = y * {k}\n" for k in range(filler))
+        return SimpleNamespace(code_without_doc=f"def f(x):\n{body}    return x\n",
+                               complexity_class=min(branches + 1, 6) - 1)
+
+    rng = np.random.default_rng(0)
+    functions = []
+    for _ in range(120):
+        branches = int(rng.integers(0, 6))
+        functions.append(function(branches, 6 - branches))  # same number of lines for every class
+    data = SimpleNamespace(functions=functions, texts=[f.code_without_doc for f in functions],
+                           is_test=np.arange(120) >= 80)
+    found = {b.name: b.scores.per_example.mean() for b in Structural().baselines(data, TINY_PROFILE)}
+    assert list(found) == ["length only", "bag of tokens", "majority class"]
+    assert found["bag of tokens"] > 0.95 and found["bag of tokens"] > found["length only"]
+    labels = np.array([f.complexity_class for f in functions])
+    majority = np.bincount(labels[:80]).argmax()
+    assert found["majority class"] == pytest.approx((labels[80:] == majority).mean())
+
+    # Length matching: SBT length grows with code length, so the right tree is found by length.
+    from telly.corpus import structure_sequence, token_kinds
+
+    codes = ["def f(x):\n" + "".join(f"    x = x + {k}\n" for k in range(n)) + "    return x\n"
+             for n in range(1, 41)]
+    fns = [SimpleNamespace(token_kinds=token_kinds(c), sbt=structure_sequence(c)) for c in codes]
+    data = SimpleNamespace(functions=fns, syntactic=np.arange(40), is_test=np.arange(40) % 2 == 1,
+                           sbt_texts=[" ".join(f.sbt) for f in fns])
+    (baseline,) = Syntactic().baselines(data, TINY_PROFILE)
+    assert baseline.name == "length matching" and baseline.scores.per_example.mean() > 0.9
+    assert list(baseline.scores.rows) == list(range(1, 40, 2))
+
+
+def test_semantic_rows_resample_a_function_with_its_variants():
+    """The semantic probe's held-out rows (originals and variants) are clustered by function, and
+    its CIs resample whole functions."""
+    from telly.probing.data import StateFeatures
+    from telly.probing.properties import Semantic
+
+    rng = np.random.default_rng(0)
+    n, d = 24, 8
+    data = SimpleNamespace(semantic=np.arange(n), variants=[["v"] * 2 for _ in range(n)],
+                           mutants=[["m"] for _ in range(n)], is_test=np.arange(n) >= 16,
+                           functions=[SimpleNamespace(code_without_doc="def f():\n    pass\n")] * n)
+    centres = rng.normal(size=(n, d)).astype(np.float32)
+    code = (centres + 0.1 * rng.normal(size=(n, d)))[None].repeat(3, 0).astype(np.float32)
+    variants = np.concatenate([np.repeat(centres, 2, 0), centres + 2.0])
+    variants = (variants + 0.1 * rng.normal(size=variants.shape))[None].repeat(3, 0).astype(np.float32)
+    features = StateFeatures(code=code, variants=variants)
+    state = Semantic().evaluate(features, data, TINY_PROFILE)
+    groups, test, near_miss = _semantic_items(data)
+    queries, _, _ = _semantic_ranking(groups, test, near_miss)
+    assert list(state.weighted.clusters) == list(groups[queries])
+    assert len(set(state.weighted.clusters)) == 8 and len(queries) == 24
+    expected = bootstrap_ci(state.weighted.per_example, clusters=groups[queries],
+                            samples=TINY_PROFILE.bootstrap_samples)["value"]
+    assert state.result["weighted"]["ci"] == [expected["low"], expected["high"]]
+
+
+def test_peak_is_claimed_only_above_both_neighbours():
+    from telly.probing.properties import _peak
+
+    rng = np.random.default_rng(0)
+    flat = (rng.random((5, 200)) < 0.6).astype(float)
+    peaked = flat.copy()
+    peaked[2] = (rng.random(200) < 0.95).astype(float)
+    found = _peak(peaked, None, TINY_PROFILE, 0)
+    assert found["layer"] == 2 and found["distinct"]
+    assert [n["layer"] for n in found["neighbours"]] == [1, 3]
+    assert all(n["low"] > 0 for n in found["neighbours"])
+    found = _peak(flat, None, TINY_PROFILE, 0)
+    assert not found["distinct"]
+    edge = _peak(np.stack([peaked[2], flat[0], flat[1]]), None, TINY_PROFILE, 0)
+    assert edge["layer"] == 0 and [n["layer"] for n in edge["neighbours"]] == [1] and edge["distinct"]
+
+
+def test_weight_location_finds_the_layer_and_tells_moved_weights_from_shuffled_ones():
+    """Signal in layer 3 of 0..4: the weights centre near 3 and move from uniform further than on
+    shuffled labels; with no signal anywhere they do not."""
+    from telly.probing.properties import _location, centre_of_mass, distance_from_uniform
+
+    profile = dataclasses.replace(TINY_PROFILE, probe_weight_refits=19)
+    rng = np.random.default_rng(0)
+
+    def located(X, y):
+        def refit(index, shuffle, seed):
+            labels = y if shuffle is None else shuffle.permutation(y)
+            return ClassifierProbe(weighted=True, epochs=30, seed=seed).fit(X[:, index], labels[index]).weights_
+
+        weights = ClassifierProbe(weighted=True, epochs=30).fit(X, y).weights_
+        return _location(weights, refit, np.arange(len(y)), profile, 0)
+
+    X, y = _signal_layer(rng, 300, layer=3, layers=5)
+    found = located(X, y)
+    assert 2.5 < found["centre"] <= 4 and found["centre_ci"][0] > 2
+    assert found["relative_depth"] == pytest.approx(found["centre"] / 4)
+    assert found["p_value"] <= 0.05 and found["distance_from_uniform"] > max(found["shuffled_distances"])
+    noise = located(rng.normal(size=(5, 300, 16)).astype(np.float32), rng.integers(0, 3, 300))
+    assert noise["p_value"] > 0.05
+    assert centre_of_mass([0.2] * 5) == pytest.approx(2.0)
+    assert distance_from_uniform([0.2] * 5) == pytest.approx(0.0)
+    assert distance_from_uniform([1, 0, 0, 0, 0]) == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="at least 2"):
+        _location(np.full(5, 0.2), lambda *args: np.full(5, 0.2), np.arange(3),
+                  dataclasses.replace(profile, probe_weight_refits=1), 0)
+    assert set(_location(np.full(5, 0.2), None, np.arange(3), profile, 0)) == \
+        {"centre", "relative_depth", "distance_from_uniform"}
+
+
+def test_paired_comparisons_need_the_same_rows():
+    from telly.probing.properties import Scored, paired
+    from telly.probing.run import _on_rows
+
+    a = Scored(np.ones(4), np.arange(4))
+    with pytest.raises(ValueError, match="same held-out rows"):
+        paired(a, Scored(np.ones(4), np.arange(1, 5)), TINY_PROFILE, 0)
+    baseline = Scored(np.array([0.0, 1.0, 0.0, 1.0, 1.0]), np.array([10, 11, 12, 13, 14]))
+    probe = Scored(np.ones(3), np.array([11, 13, 14]), np.array([0, 0, 1]))
+    on_rows = _on_rows(baseline, probe)
+    assert on_rows.per_example.tolist() == [1.0, 1.0, 1.0] and on_rows.clusters.tolist() == [0, 0, 1]
+    with pytest.raises(ValueError, match="scored no row 99"):
+        _on_rows(baseline, Scored(np.ones(1), np.array([99])))
+
+
+def test_paper_syntactic_figure_is_footnoted_as_not_comparable():
+    from telly.report.paper import PAPER_PROBE_NOTES, paper_probe_rows
+
+    assert "not an MRR" in PAPER_PROBE_NOTES["syntactic"]
+    notes = {row["probe"]: row["note"] for row in paper_probe_rows()}
+    assert "not comparable" in notes["syntactic"] and notes["lexical"] == ""
+    rows = report.paper_comparison([_record()])
+    assert all(("not an MRR" in row["paper note"]) == (row["probe"] == "syntactic") for row in rows)
+
+
+# ---------------------------------------------------------------- generated prose (item 15)
+
+
+def _difference(low, high):
+    return {"difference": (low + high) / 2, "low": low, "high": high, "p_value": 0.5}
+
+
+def _record(*, vs_random=(0.05, 0.15), vs_baseline=(0.02, 0.10), moved_p=0.05, depth_ci=(0.05, 0.2),
+            centre=0.6, peak_distinct=True, sbt_cut=0.02, baseline_score=0.70, probe_ci=(0.70, 0.90)):
+    """A probing record with the numbers a test chooses, every probe alike (6 layers)."""
+    layers = 6
+    state = {"layerwise": [0.5] * (layers + 1), "layerwise_ci": [[0.4, 0.6]] * (layers + 1),
+             "peak": {"layer": 1, "score": 0.8, "distinct": peak_distinct, "neighbours": []},
+             "weighted": {"score": sum(probe_ci) / 2, "ci": list(probe_ci),
+                          "weights": [1 / (layers + 1)] * (layers + 1)},
+             "location": {"centre": centre * layers, "centre_ci": [depth_ci[0] * layers, depth_ci[1] * layers],
+                          "relative_depth": centre, "relative_depth_ci": list(depth_ci),
+                          "distance_from_uniform": 0.3, "distance_ci": [0.2, 0.4],
+                          "shuffled_distances": [0.1] * 19, "p_value": moved_p, "refits": 19},
+             "vs_baselines": {"length only": _difference(*vs_baseline)}}
+    probes = {}
+    for prop in PROPERTIES:
+        states = {"random": dict(state), "pretrained": {**state, "vs_random": _difference(*vs_random)}}
+        if prop.has_control:
+            for s in states.values():
+                s["control"] = {"layerwise": [0.3] * (layers + 1), "weighted": 0.3}
+                s["selectivity"] = {"layerwise": [0.2] * (layers + 1), "weighted": 0.5,
+                                    "weighted_ci": [0.4, 0.6]}
+        probes[prop.name] = {"metric": prop.metric, "control": prop.has_control, "states": states,
+                             "baselines": [{"name": "length only", "score": baseline_score,
+                                            "ci": [baseline_score - 0.05, baseline_score + 0.05]}]}
+    return {"model": "m", "num_layers": layers, "profile": "smoke", "probes": probes,
+            "data": {"sbt_cut_share": sbt_cut, "sbt_max_tokens": 320}}
+
+
+def test_a_baseline_touching_the_probes_lower_bound_is_no_verdict_against_it():
+    """The baseline reaches the probe's lower CI bound, yet the paired difference lies above 0:
+    the probe beats it and is informative (the old prose said it showed nothing more)."""
+    text = report.describe_probing(_record(baseline_score=0.70, probe_ci=(0.70, 0.90)))
+    assert "shows nothing that baseline does not" not in text
+    assert "beats length only (+0.060 [+0.020, +0.100])" in text
+    assert "is informative on this state" in text
+    assert report.findings(_record())["structural"]["states"]["pretrained"]["informative"]
+
+
+@pytest.mark.parametrize("interval, phrase", [
+    ((0.02, 0.10), "beats length only"),
+    ((-0.02, 0.10), "does not beat length only: the paired difference +0.040 [-0.020, +0.100] includes 0"),
+    ((-0.10, -0.02), "does worse than length only"),
+])
+def test_baseline_verdicts_follow_the_paired_interval(interval, phrase):
+    record = _record(vs_baseline=interval)
+    text = report.describe_probing(record)
+    assert phrase in text
+    informative = report.findings(record)["semantic"]["states"]["pretrained"]["informative"]
+    assert informative == (interval[0] > 0)
+    assert ("not shown to be informative" in text) == (interval[0] <= 0)
+    rows = report.verdict_table(record)
+    assert {row["informative"] for row in rows} == {"yes" if interval[0] > 0 else "no"}
+    assert rows[0]["vs baselines"].endswith("✓" if interval[0] > 0 else "✗")
+
+
+def test_random_backbone_verdict_flips_with_its_interval():
+    beats = report.describe_probing(_record(vs_random=(0.01, 0.2)))
+    ties = report.describe_probing(_record(vs_random=(-0.01, 0.2)))
+    assert "it beats the random-init backbone" in beats and "does not beat the random-init" not in beats
+    assert "it does not beat the random-init backbone" in ties
+    assert "does not beat the random-init backbone or" not in ties  # the baseline is beaten
+    assert "it does not beat the random-init backbone." in ties
+
+
+def test_location_and_peak_sentences_flip_with_the_tests():
+    moved = report.describe_probing(_record(moved_p=0.05, peak_distinct=True))
+    still = report.describe_probing(_record(moved_p=0.4, peak_distinct=False))
+    assert "and moved from their uniform start further than" in moved and "do not say where" not in moved
+    assert "do not say where the property lives" in still
+    assert "above both neighbouring layers" in moved and "no layer-wise peak is claimed" in still
+    assert "no layer-wise peak is claimed" not in moved
+
+
+@pytest.mark.parametrize("depth_ci, moved_p, lexical, semantic", [
+    ((0.05, 0.2), 0.05, "agrees with the paper", "differs from the paper"),
+    ((0.7, 0.9), 0.05, "differs from the paper", "differs from the paper"),
+    ((0.2, 0.5), 0.05, "cannot tell: the weights' centre", "differs from the paper"),
+    ((0.05, 0.2), 0.5, "cannot tell: the weights moved", "is consistent with the paper"),
+])
+def test_paper_contrast_flips_with_the_weight_location(depth_ci, moved_p, lexical, semantic):
+    lines = report.paper_contrast(_record(depth_ci=depth_ci, moved_p=moved_p)).splitlines()
+    by_probe = {line.split("**")[1]: line for line in lines}
+    assert lexical in by_probe["lexical"] and semantic in by_probe["semantic"]
+    assert "not informative" not in by_probe["lexical"]
+    uninformative = report.paper_contrast(_record(depth_ci=depth_ci, moved_p=moved_p, vs_random=(-0.1, 0.1)))
+    assert "not informative on this backbone" in uninformative
+
+
+def test_sbt_note_warns_only_above_five_percent():
+    assert "more than the 5%" not in report.sbt_note(_record(sbt_cut=0.05))
+    assert "2.0% of their SBT sequences are longer than 320 tokens" in report.sbt_note(_record(sbt_cut=0.02))
+    assert "raise the profile's sbt_max_tokens" in report.sbt_note(_record(sbt_cut=0.051))
+    assert "raise the profile's" in report.describe_probing(_record(sbt_cut=0.2))
+
+
+def test_selectivity_is_reported_for_the_lexical_probe_only():
+    found = report.findings(_record())
+    assert "selectivity" in found["lexical"] and "selectivity" not in found["structural"]
+    rows = report.layer_rows(_record())
+    assert {row["probe"] for row in rows if row["control"] is not None} == {"lexical"}

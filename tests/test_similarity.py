@@ -190,6 +190,117 @@ def test_layer_similarity_checks_layers_and_names_the_bad_one():
         layer_similarity(a, b)
 
 
+# ----------------------------------------------------------------------------- bootstrap intervals
+
+def reference_draw(X, Y, drawn):
+    """One resample scored the slow way, on the drawn rows themselves: an input drawn twice is not
+    paired with its own copy (RSA's off-diagonal pairs, biased CKA's off-diagonal kernel entries,
+    every same-input entry of the debiased U-statistic); kernels of rows centred on all n inputs."""
+    n = len(drawn)
+    same = drawn[:, None] == drawn[None, :]
+    copies = same & ~np.eye(n, dtype=bool)
+    A = X[drawn] / np.linalg.norm(X[drawn], axis=1, keepdims=True)
+    B = Y[drawn] / np.linalg.norm(Y[drawn], axis=1, keepdims=True)
+    upper = np.triu_indices(n)
+    kept = ~copies[upper]
+    rsa_value = stats.pearsonr((A @ A.T)[upper][kept], (B @ B.T)[upper][kept]).statistic
+    K = (X - X.mean(0))[drawn] @ (X - X.mean(0))[drawn].T
+    L = (Y - Y.mean(0))[drawn] @ (Y - Y.mean(0))[drawn].T
+    H, ones = np.eye(n) - 1.0 / n, np.ones(n)
+
+    def biased(first, second):
+        first, second = np.where(copies, 0.0, first), np.where(copies, 0.0, second)
+        return np.trace(first @ H @ second @ H)
+
+    def unbiased(first, second):
+        first, second = np.where(same, 0.0, first), np.where(same, 0.0, second)
+        return (np.trace(first @ second) + (ones @ first @ ones) * (ones @ second @ ones) / ((n - 1) * (n - 2))
+                - 2.0 / (n - 2) * (ones @ first @ second @ ones))
+
+    return {"rsa": rsa_value, "cka": biased(K, L) / np.sqrt(biased(K, K) * biased(L, L)),
+            "cka_debiased": unbiased(K, L) / np.sqrt(unbiased(K, K) * unbiased(L, L))}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_bootstrap_draws_equal_the_measures_on_explicitly_resampled_rows(seed):
+    from telly.similarity import bootstrap_layer_similarity
+
+    X, Y = correlated_pair(seed, n=40, dx=12, dy=9)
+    resampled = bootstrap_layer_similarity(np.stack([X, X + 0.5]), np.stack([Y, Y]), samples=6, seed=seed)
+    drawn = np.random.default_rng(seed).integers(0, 40, size=(6, 40))  # the documented draw
+    for sample in range(6):
+        expected = reference_draw(X, Y, drawn[sample])
+        for measure in MEASURES:
+            assert resampled.draws[measure][sample, 0] == pytest.approx(expected[measure], abs=1e-9)
+    # a shift of every row moves the cosines (RSA) but not the centred kernels (CKA)
+    assert np.allclose(resampled.draws["cka"][:, 0], resampled.draws["cka"][:, 1], atol=1e-9)
+
+
+def test_bootstrap_weights_are_draws_of_n_inputs_shared_by_every_layer():
+    from telly.similarity import resample_weights
+
+    weights = resample_weights(50, 30, seed=4)
+    assert weights.shape == (30, 50) and np.all(weights.sum(1) == 50)
+    assert np.array_equal(weights, resample_weights(50, 30, seed=4))
+    assert not np.array_equal(weights, resample_weights(50, 30, seed=5))
+    with pytest.raises(ValueError, match="samples=0"):
+        resample_weights(50, 0)
+
+
+def test_bootstrap_intervals_cover_the_point_and_identical_layers_are_exactly_one():
+    from telly.similarity import bootstrap_layer_similarity
+
+    rng = np.random.default_rng(2)
+    pretrained = (rng.normal(size=(3, 200, 64)) + 2.0 * rng.normal(size=(3, 1, 64))).astype(np.float32)
+    finetuned = pretrained.copy()
+    finetuned[1] += 0.3 * rng.normal(size=(200, 64)).astype(np.float32)
+    finetuned[2] += 1.5 * rng.normal(size=(200, 64)).astype(np.float32)
+    records = bootstrap_layer_similarity(pretrained, finetuned, samples=300).records()
+    assert set(records[0]) == {"layer", "n", *MEASURES, *(f"{m}_{side}" for m in MEASURES for side in ("low", "high"))}
+    for measure in MEASURES:
+        assert records[0][measure] == records[0][f"{measure}_low"] == records[0][f"{measure}_high"] == 1.0
+        for record in records[1:]:
+            assert record[f"{measure}_low"] < record[measure] < record[f"{measure}_high"] < 1.0
+        # more change, lower similarity, and the intervals do not overlap here
+        assert records[2][f"{measure}_high"] < records[1][f"{measure}_low"]
+    wider = bootstrap_layer_similarity(pretrained[:, :50], finetuned[:, :50], samples=300).records()
+    assert (wider[2]["rsa_high"] - wider[2]["rsa_low"]) > (records[2]["rsa_high"] - records[2]["rsa_low"])
+
+
+def test_drop_share_of_the_top_blocks_with_its_interval():
+    from telly.similarity import bootstrap_layer_similarity
+
+    rng = np.random.default_rng(3)
+    pretrained = rng.normal(size=(5, 150, 32)) + 1.0
+    finetuned = pretrained + np.array([0.0, 0.0, 0.1, 0.3, 2.0])[:, None, None] * rng.normal(size=(5, 150, 32))
+    resampled = bootstrap_layer_similarity(pretrained, finetuned, samples=200)
+    drops = [1.0 - p["rsa"] for p in resampled.points]
+    share = resampled.drop_share([4], "rsa")
+    assert share["value"] == pytest.approx(drops[4] / sum(drops))
+    assert 0.5 < share["low"] < share["value"] < share["high"] < 1.0
+    assert resampled.drop_share([4], "cka_debiased")["value"] > 0.5
+    unchanged = bootstrap_layer_similarity(pretrained, pretrained, samples=20)
+    assert unchanged.drop_share([4], "rsa") is None  # nothing dropped: no share to speak of
+    with pytest.raises(ValueError, match="no draws of 'pwcca'"):
+        resampled.drop_share([4], "pwcca")
+
+
+@pytest.mark.parametrize("num_layers, blocks", [(12, [11, 12]), (30, [26, 27, 28, 29, 30]), (6, [6]),
+                                                (4, [4]), (24, [21, 22, 23, 24]), (1, [1])])
+def test_top_blocks_are_the_papers_top_two_of_twelve_in_relative_depth(num_layers, blocks):
+    from telly.similarity import top_blocks
+
+    assert top_blocks(num_layers) == blocks
+
+
+def test_top_blocks_reject_a_depth_that_is_not_a_positive_count():
+    from telly.similarity import top_blocks
+
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="positive number of blocks"):
+            top_blocks(bad)
+
+
 # ----------------------------------------------------------------------------- RQ2 pipeline
 
 def write_corpus(root):
@@ -255,12 +366,56 @@ def test_run_similarity_sees_only_the_changed_layer_move(tmp_path, rq2_setup):
     (comparison,) = document["comparisons"]
     assert comparison["checkpoint"] == str(tmp_path / "run")
     layers = comparison["layers"]
-    assert len(layers) == 5  # tiny-random: embeddings + 4 blocks
-    for record in layers[:-1]:  # untouched blocks: identical features
+    assert len(layers) == 5 and document["num_layers"] == 4  # tiny-random: embeddings + 4 blocks
+    for record in layers[:-1]:  # untouched blocks: identical features, an interval of exactly 1
         assert record["rsa"] == pytest.approx(1.0, abs=1e-9)
         assert record["cka"] == pytest.approx(1.0, abs=1e-9)
-    assert layers[-1]["rsa"] < 0.999 and layers[-1]["cka"] < 0.999
+        assert record["rsa_low"] == record["rsa_high"] == record["cka_debiased_low"] == 1.0
+    top = layers[-1]
+    for measure in MEASURES:
+        assert top[f"{measure}_low"] <= top[measure] <= top[f"{measure}_high"] < 0.999
+    assert comparison["top_blocks"] == [4]
+    assert comparison["top_share"]["rsa"] == {"value": 1.0, "low": 1.0, "high": 1.0}  # only block 4 moved
+    assert set(comparison["seconds"]) == {"embed", "similarity"}
     assert checkpoint.exists()
+
+
+def test_similarity_embeds_functions_without_docstrings_and_pools_without_padding(tmp_path, rq2_setup,
+                                                                                   monkeypatch):
+    from dataclasses import replace
+
+    import telly.features
+    from telly.corpus import load_corpus
+    from telly.features import FEATURES_FORMAT
+    from telly.studies.similarity import run_similarity
+
+    profile, corpus = rq2_setup
+    perturbed_checkpoint(tmp_path / "ckpt.safetensors", scale=0.5)
+    embedded = []
+    original = telly.features.layer_features
+
+    def recording(backbone, texts, **kwargs):
+        embedded.append(list(texts))
+        return original(backbone, texts, **kwargs)
+
+    monkeypatch.setattr(telly.features, "layer_features", recording)
+    document = run_similarity("tiny-random", tmp_path / "ckpt.safetensors", profile, tmp_path / "out",
+                              corpus=str(corpus), samples=50, progress=False)
+    without_doc = {fn.code_without_doc for fn in load_corpus(str(corpus), progress=False)}
+    assert embedded[0] == embedded[1] and set(embedded[0]) <= without_doc
+    assert not any('"""' in text for text in embedded[0])  # the paper's `code_tokens`: no docstring
+    inputs = document["inputs"]
+    assert inputs["texts"]["field"] == "code_without_doc"
+    assert "padding left out" in inputs["pooling"]
+    assert inputs["features_format"] == FEATURES_FORMAT  # a new extraction makes stored documents stale
+    assert inputs["bootstrap"] == {"unit": "function", "samples": 50, "confidence": 0.95, "seed": 0}
+    # padding left out of the mean: how the functions are batched (how much padding) changes nothing
+    monkeypatch.setenv("TELLY_CACHE", str(tmp_path / "fresh-cache"))  # embed again, not from the cache
+    one_by_one = run_similarity("tiny-random", tmp_path / "ckpt.safetensors", replace(profile, feature_batch_size=1),
+                                tmp_path / "out-1", corpus=str(corpus), samples=50, progress=False)
+    for batched, alone in zip(document["comparisons"][0]["layers"], one_by_one["comparisons"][0]["layers"]):
+        for measure in MEASURES:
+            assert batched[measure] == pytest.approx(alone[measure], abs=1e-5)
 
 
 def counting_forward_passes(monkeypatch) -> list[str]:
@@ -291,12 +446,13 @@ def test_per_epoch_checkpoints_expand_in_epoch_order(tmp_path, rq2_setup, monkey
     assert [label for label, _, _ in epoch_checkpoints(run)] == ["epoch-1", "epoch-2", "best"]
     passes = counting_forward_passes(monkeypatch)
     document = run_similarity("tiny-random", [run], profile, tmp_path / "out", corpus=str(corpus),
-                              per_epoch=True, progress=False)
+                              per_epoch=True, samples=50, progress=False)
     assert (tmp_path / "out" / "similarity.json").exists()
     first, second, best = document["comparisons"]
     assert (first["epoch"], second["epoch"], best["epoch"]) == (1, 2, None)
     # the best weights are byte-identical to epoch 1's: reused, not embedded again
     assert best["layers"] == first["layers"] and len(passes) == 3  # pre-trained, epoch 1, epoch 2
+    assert best["top_share"] == first["top_share"]
     assert second["layers"][-1]["rsa"] < first["layers"][-1]["rsa"]  # bigger change, lower RSA
     fingerprints = [c["fingerprint"] for c in document["inputs"]["checkpoints"]]
     assert fingerprints[0] == fingerprints[2] != fingerprints[1]
@@ -461,61 +617,165 @@ def test_similarity_study_skips_tasks_not_in_this_checkout(tmp_path, rq2_setup, 
     rows = report.study_rows(study["documents"])
     assert {(r["layer"], r["depth"]) for r in rows} == {(k, k / 4) for k in range(5)}
     table = report.layer_table(rows)
-    assert list(table.columns) == ["cka", "cka_debiased", "rsa"] and len(table) == 5
+    assert list(table.columns) == list(MEASURES) and len(table) == 5
+    top = report.final_comparison(document)["layers"][-1]
+    assert table.loc[("code-search", 4), "rsa"] == f"{top['rsa']:.3f} [{top['rsa_low']:.3f}, {top['rsa_high']:.3f}]"
+    assert table.loc[("code-search", 0), "cka"] == "1.000 [1.000, 1.000]"
     prose = report.inputs_prose(study, profile.name)
     assert f"**{document['inputs']['texts']['n']}** held-out functions" in prose and "Skipped not-landed" in prose
+    assert "without its docstring" in prose and "padding left out" in prose and "1000 bootstrap resamples" in prose
     with pytest.raises(ValueError, match="none of the tasks"):
         rq2.similarity_study("tiny-random", profile, tmp_path / "store", ["not-landed"], progress=False)
 
 
-@pytest.mark.parametrize("curve, most_moved, agrees", [
-    ({0: 1.0, 1: 0.99, 2: 0.98, 3: 0.7, 4: 0.4}, [4, 3], True),
-    ({0: 1.0, 1: 0.5, 2: 0.98, 3: 0.97, 4: 0.6}, [1, 4], False),
-    # the top two lead, but every layer moved and they hold less than half of the total drop
-    ({0: 1.0, 1: 0.9, 2: 0.9, 3: 0.9, 4: 0.9, 5: 0.89, 6: 0.88}, [6, 5], False),
-])
-def test_movement_names_the_layers_that_moved_and_judges_top_two(curve, most_moved, agrees):
+def test_movement_judges_the_top_blocks_in_relative_depth():
     from telly.report.similarity import movement
 
+    # 30 blocks, the drop spread evenly over the top five: "top two of 12" in relative depth
+    curve = {k: 1.0 - (0.1 if k >= 26 else 0.002 if k else 0.0) for k in range(31)}
     verdict = movement(curve)
-    assert verdict["most_moved"] == most_moved
-    assert verdict["agrees"] is agrees
+    assert verdict["top_blocks"] == [26, 27, 28, 29, 30] and verdict["moved"] == list(range(1, 31))
+    assert verdict["top_share"] == pytest.approx(0.5 / (0.5 + 25 * 0.002))
+    assert verdict["verdict"] == "agrees"
+    # the same drop over blocks 21-25 instead: the layers that moved are not the top ones
+    lower = {k: 1.0 - (0.1 if 21 <= k <= 25 else 0.002 if k else 0.0) for k in range(31)}
+    assert movement(lower)["verdict"] == "disagrees" and movement(lower)["most_moved"][0] == 25
 
 
-def test_movement_of_an_unmoved_model_makes_no_claim():
-    from telly.report.paper import PAPER_RSA
+@pytest.mark.parametrize("curve, verdict, most_moved", [
+    ({0: 1.0, 1: 0.99, 2: 0.98, 3: 0.7, 4: 0.4}, "agrees", 4),
+    ({0: 1.0, 1: 0.5, 2: 0.98, 3: 0.97, 4: 0.6}, "disagrees", 1),  # a low layer moved most
+    # the top block leads, but every layer moved and it holds less than half of the summed drop
+    ({0: 1.0, 1: 0.9, 2: 0.9, 3: 0.9, 4: 0.9, 5: 0.89, 6: 0.88}, "disagrees", 6),
+])
+def test_movement_names_the_layer_that_moved_most_and_judges_the_share(curve, verdict, most_moved):
     from telly.report.similarity import movement
 
-    assert movement({0: 1.0, 1: 1.0, 2: 0.9999})["agrees"] is None
-    from telly.report.similarity import movement_prose
-
-    still = {"task": "code-search", "model": "m", "comparisons": [{"label": "best", "epoch": None, "layers": [
-        {"layer": k, "n": 9, "rsa": 1.0} for k in range(4)]}]}
-    assert movement_prose({"code-search": still}).startswith("No layer of m moved measurably")
-    assert all(movement(curve)["agrees"] for curve in PAPER_RSA.values())  # the paper's own finding
+    judged = movement(curve)
+    assert judged["most_moved"][0] == most_moved and judged["verdict"] == verdict
 
 
-def test_prose_is_generated_from_the_numbers():
-    from telly.report.similarity import epoch_prose, movement_prose
+def test_movement_counts_a_layer_as_moved_only_when_its_interval_excludes_one():
+    from telly.report.similarity import movement
 
-    def document(task, values, epochs=None):
-        layers = [{"layer": k, "n": 9, "rsa": v, "cka": v, "cka_debiased": v} for k, v in enumerate(values)]
-        comparisons = [{"label": f"epoch-{e}", "epoch": e, "checkpoint": "x",
-                        "layers": [dict(r, rsa=1 - (1 - r["rsa"]) * e / len(epochs)) for r in layers]}
-                       for e in (epochs or [])]
-        return {"task": task, "model": "m", "comparisons": comparisons + [
-            {"label": "best", "epoch": None, "checkpoint": "x", "layers": layers}]}
+    curve = {0: 1.0, 1: 0.999, 2: 0.995, 3: 0.99}
+    assert movement(curve)["verdict"] == "agrees"  # points alone: layer 3 moved most
+    wide = {0: (1.0, 1.0), 1: (0.99, 1.0), 2: (0.98, 1.0), 3: (0.97, 1.0)}
+    judged = movement(curve, intervals=wide)
+    assert judged["moved"] == [] and judged["verdict"] == "no movement"
+    narrow = {**wide, 3: (0.985, 0.995)}
+    assert movement(curve, intervals=narrow)["moved"] == [3]
+    # the share's interval decides: wholly above one half agrees, across it cannot tell, below disagrees
+    assert movement(curve, intervals=narrow, share_interval=(0.55, 0.8))["verdict"] == "agrees"
+    assert movement(curve, intervals=narrow, share_interval=(0.4, 0.8))["verdict"] == "undecided"
+    assert movement(curve, intervals=narrow, share_interval=(0.2, 0.45))["verdict"] == "disagrees"
 
-    documents = {"code-search": document("code-search", [1.0, 0.99, 0.8, 0.6], epochs=[1, 2]),
-                 "clone-detection": document("clone-detection", [1.0, 0.5, 0.99, 0.98])}
-    text = movement_prose(documents)
-    assert "On **1 of 2** tasks" in text
-    assert "layer 3 (rsa 0.600) and layer 2 (rsa 0.800)" in text
-    assert "layer 1 (rsa 0.500)" in text and "does not match" in text
+
+def test_the_papers_verdict_is_computed_on_the_seven_layers_it_reports():
+    from telly.report.paper import PAPER_RSA
+    from telly.report.similarity import movement, paper_movement
+
+    for task, curve in PAPER_RSA.items():
+        assert sorted(curve) == [0, 4, 8, 9, 10, 11, 12]
+        judged = paper_movement(task)
+        assert judged["top_blocks"] == [11, 12] and judged["verdict"] == "agrees"
+    # completion: 62% of the drop over the reported layers; layers 1-3 and 5-7 would only lower it
+    assert paper_movement("code-completion")["top_share"] == pytest.approx(0.108 / 0.175, abs=1e-3)
+    assert movement({0: 1.0, 11: 0.97, 12: 0.5}, num_layers=12)["top_blocks"] == [11, 12]
+    with pytest.raises(ValueError, match="top block 12 has no value"):
+        movement({0: 1.0, 4: 0.9, 8: 0.8}, num_layers=12)
+    with pytest.raises(ValueError, match="reports no RSA"):
+        paper_movement("line-counting")
+
+
+def similarity_document(task, values, *, bounds=None, share=None, epochs=(), num_layers=None, model="m"):
+    """A similarity document as run_similarity writes it, from per-layer RSA values (and intervals)."""
+    def layers(scale=1.0):
+        rows = []
+        for k, v in enumerate(values):
+            value = 1 - (1 - v) * scale
+            low, high = bounds[k] if bounds else (value - 0.01, min(value + 0.01, 1.0))
+            if bounds and scale != 1.0:
+                low, high = 1 - (1 - low) * scale, 1 - (1 - high) * scale
+            rows.append({"layer": k, "n": 9, "rsa": value, "rsa_low": low, "rsa_high": high})
+        return rows
+
+    top = num_layers or len(values) - 1
+    blocks = [k for k in range(1, top + 1) if 6 * k > 5 * top]
+    comparisons = [{"label": f"epoch-{e}", "epoch": e, "checkpoint": "x", "layers": layers(e / max(epochs)),
+                    "top_blocks": blocks, "top_share": {"rsa": share}} for e in epochs]
+    comparisons.append({"label": "best", "epoch": None, "checkpoint": "x", "layers": layers(),
+                        "top_blocks": blocks, "top_share": {"rsa": share}})
+    return {"task": task, "model": model, "num_layers": top, "comparisons": comparisons}
+
+
+def test_movement_prose_flips_with_the_numbers():
+    from telly.report.similarity import movement_prose, movement_table
+
+    agreeing = similarity_document("code-search", [1.0, 0.99, 0.97, 0.8, 0.5],
+                                   share={"value": 0.68, "low": 0.6, "high": 0.75})
+    text = movement_prose({"code-search": agreeing})
+    assert "agrees with the paper's \"top two layers\" on **1 of 1** tasks" in text
+    # layer 1's interval reaches 1 (0.99 + 0.01): not counted as moved
+    assert "layers 2-4 moved" in text and "layer 4 moved most (rsa 0.500 [0.490, 0.510])" in text
+    assert "The top block (4 of 4) holds 68% [60%, 75%]" in text and "agrees with the paper's" in text
     assert "RSA 0.371 at its top layer, 12" in text  # the paper's code-search value beside ours
-    assert "50% of the way" in epoch_prose(documents["code-search"])
-    one_epoch = document("code-search", [1.0, 0.9, 0.8], epochs=[1])
+    assert "UniXcoder agrees on 1 of 1" in text and "7 layers the paper reports" in text
+    # contrary numbers: a low layer moved most
+    low = similarity_document("code-search", [1.0, 0.5, 0.97, 0.9, 0.8], share={"value": 0.3, "low": 0.25, "high": 0.35})
+    text = movement_prose({"code-search": low})
+    assert "on **0 of 1** tasks" in text and "layer 1 moved most" in text and "does not match" in text
+    # the share's interval straddles one half: no verdict either way
+    straddling = similarity_document("code-search", [1.0, 0.99, 0.97, 0.8, 0.7],
+                                     share={"value": 0.55, "low": 0.45, "high": 0.62})
+    text = movement_prose({"code-search": straddling})
+    assert "on 1 the interval cannot tell" in text and "cannot tell (the interval crosses" in text
+    # intervals that all reach 1: nothing moved, no claim
+    still = similarity_document("clone-detection", [1.0, 0.999, 0.995, 0.99],
+                                bounds=[(1.0, 1.0), (0.99, 1.0), (0.98, 1.0), (0.97, 1.0)],
+                                share={"value": 0.6, "low": 0.1, "high": 0.9})
+    assert movement_prose({"clone-detection": still}).startswith("No layer of m moved on any task")
+    table = movement_table({"code-search": agreeing, "clone-detection": still})
+    assert table.loc["code-search", "verdict"] == "agrees" and table.loc["clone-detection", "verdict"] == "no movement"
+    assert table.loc["code-search", "top_share"] == "68% [60%, 75%]" and table.loc["clone-detection", "moved"] == "none"
+    assert table.loc["code-search", "paper_verdict"] == "agrees"
+
+
+def test_epoch_prose_flips_with_the_numbers():
+    from telly.report.similarity import epoch_prose
+
+    fast = similarity_document("code-search", [1.0, 0.99, 0.8, 0.6], epochs=[2, 3])  # 2/3 of the drop early
+    text = epoch_prose(fast)
+    assert "After epoch 2 the top block (3) had already moved 67% of the way to its rsa after epoch 3" in text
+    assert "layer that moved most by the last epoch is layer 3" in text
+    slow = similarity_document("code-search", [1.0, 0.99, 0.8, 0.6], epochs=[1, 2, 3, 4])
+    assert "had moved only 25% of the way" in epoch_prose(slow)
+    # after epoch 1 the top block's interval still reaches 1
+    barely = similarity_document("code-search", [1.0, 0.99, 0.99, 0.99], epochs=[1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+                                 bounds=[(1.0, 1.0), (0.98, 0.995), (0.98, 0.995), (0.98, 0.995)])
+    assert "its interval not yet clear of 1" in epoch_prose(barely)
+    unmoved = similarity_document("code-search", [1.0, 0.999, 0.999, 0.9995], epochs=[1, 2],
+                                  bounds=[(1.0, 1.0)] * 3 + [(0.998, 1.0)])
+    assert "the top block (3) had not moved" in epoch_prose(unmoved)
+    one_epoch = similarity_document("code-search", [1.0, 0.9, 0.8], epochs=[1])
     assert "only the pre-trained start and epoch 1" in epoch_prose(one_epoch)
+
+
+def test_inputs_prose_says_what_was_embedded_and_how_from_the_inputs():
+    from telly.report.similarity import inputs_prose
+
+    texts = {"n": 800, "source": "stdlib", "split": "test", "max_length": 128, "field": "code_without_doc"}
+    inputs = {"texts": texts, "pooling": "mean over each function's real tokens (padding left out)",
+              "bootstrap": {"unit": "function", "samples": 2000, "confidence": 0.9, "seed": 0}}
+    study = {"documents": {"code-search": {"inputs": inputs}}, "skipped": {}}
+    text = inputs_prose(study, "study")
+    assert "**800** held-out functions" in text and "each without its docstring" in text
+    assert "90% percentile intervals over 2000 bootstrap resamples" in text and "Skipped" not in text
+    # an older document: whole functions, no intervals
+    older = {"texts": dict(texts, field="code"), "pooling": "mean over all positions"}
+    text = inputs_prose({"documents": {"code-search": {"inputs": older}}, "skipped": {"x": "why"}}, "laptop")
+    assert "as their `code` text" in text and "mean over all positions" in text
+    assert "bootstrap" not in text and "**Skipped x**: why" in text
 
 
 def test_similarity_charts_build_from_rows():
@@ -523,9 +783,12 @@ def test_similarity_charts_build_from_rows():
     from telly.report.paper import paper_rsa_rows
 
     ours = [{"task": "code-search", "layer": k, "depth": k / 4, "measure": m, "value": 1 - k / 10,
-             "source": "ours (tiny)"} for k in range(5) for m in ("rsa", "cka")]
+             "low": 0.98 - k / 10, "high": 1 - k / 20, "source": "ours (tiny)"} for k in range(5) for m in ("rsa", "cka")]
     spec = similarity_layers_chart(ours + paper_rsa_rows(["code-search"])).to_dict()
     assert spec["facet"]["field"] == "task" and spec["columns"] == 2  # two panels abreast
+    band = spec["spec"]["layer"][0]
+    assert band["mark"]["type"] == "area" and band["encoding"]["y2"]["field"] == "high"
+    assert similarity_layers_chart(paper_rsa_rows(["code-search"])).to_dict()["facet"]["field"] == "task"
     epochs = [{"epoch": e, "layer": k, "measure": "rsa", "value": 1 - e * k / 10} for e in (1, 2) for k in range(3)]
     assert similarity_epochs_chart(epochs).to_dict()["facet"]["field"] == "measure_title"
     with pytest.raises(ValueError, match="missing column"):

@@ -11,9 +11,12 @@ from telly.features import masked_mean
 from telly.profiles import get_profile
 from telly.tasks import TASKS, Evaluation, Task, TaskData, TaskModel, get_task
 from telly.tasks.clone_detection import (
+    PAIR_KINDS,
     ClonePairExample,
     _anonymise,
+    clone_baselines,
     code_token_set,
+    second_side_baseline,
     token_jaccard,
     token_overlap_baseline,
 )
@@ -82,6 +85,35 @@ def test_code_search_evaluation_ranks_the_identical_text_first(tiny):
     assert len(worse) == 12 and task.score(worse.per_example) == worse.metrics
 
 
+def test_a_collapsed_code_search_encoder_scores_chance_not_one(tiny, monkeypatch):
+    task = get_task("code-search")
+    examples = [SearchExample(query=f"query {i}", code=f"def f{i}(): pass", id=str(i)) for i in range(12)]
+    model = task.build_model(tiny).eval()
+    # Every text embeds to the same vector, so every candidate ties (old: each query ranked its own code first).
+    monkeypatch.setattr(model, "embed", lambda inputs: torch.ones(len(inputs["input_ids"]), 4))
+    result = task.evaluate(model, examples, tiny.tokenizer, SMOKE, batch_size=5)
+    assert result.metrics["mrr"] == pytest.approx(sum(1 / k for k in range(1, 13)) / 12)
+    assert result.metrics["recall@1"] == pytest.approx(1 / 12) and result.metrics["recall@10"] == pytest.approx(10 / 12)
+
+
+def test_code_search_trivial_baseline_is_a_lexical_ranker_of_identifier_words():
+    from telly.tasks import identifier_words
+
+    assert identifier_words("def getHTTPResponse_2(file_name): x = self.maxSize") == [
+        "def", "get", "http", "response", "2", "file", "name", "x", "self", "max", "size"]
+    task = get_task("code-search")
+    codes = ["def read_file(path):\n    return open(path).read()", "def parseJsonText(text):\n    return loads(text)",
+             "def add_numbers(a, b):\n    return a + b", "def unrelated():\n    pass"]
+    queries = ["Read a file", "parse JSON text", "add two numbers", "nothing shared here"]
+    test = [SearchExample(query=q, code=c, id=str(i)) for i, (q, c) in enumerate(zip(queries, codes))]
+    baseline = task.trivial_baseline(TaskData([], [], test, "x", "unit test"), SMOKE)
+    # The first three queries name their code's identifiers; the last shares no word with any code:
+    # all four codes tie for it, so it gets the chance reciprocal rank (1 + 1/2 + 1/3 + 1/4) / 4.
+    assert baseline.per_example["reciprocal_rank"] == pytest.approx([1, 1, 1, (1 + 1 / 2 + 1 / 3 + 1 / 4) / 4])
+    assert baseline.metrics == task.score(baseline.per_example)
+    assert baseline.extras["name"].startswith("lexical") and "identifier" in baseline.extras["description"]
+
+
 def test_code_search_loss_trains_only_unfrozen_parameters(tiny):
     from telly.backbones import load
     from telly.freezing import freeze_bottom
@@ -103,6 +135,7 @@ def test_clone_pairs_are_balanced_with_rewritten_variants_and_no_name_shortcut()
     for split in ("train", "valid", "test"):
         labels = [e.label for e in data.split(split)]
         assert abs(sum(labels) - len(labels) / 2) <= 1
+        assert all(PAIR_KINDS[e.kind] == e.label for e in data.split(split))
     for pair in data.train[:20]:
         for code in (pair.code_a, pair.code_b):
             ast.parse(code)  # both sides are valid Python
@@ -124,11 +157,15 @@ def test_clone_detection_scores_f1_with_scikit_learn(tiny):
     scores = task.score(per_example)
     assert scores["f1"] == pytest.approx(f1_score(per_example["label"], per_example["prediction"]))
     assert scores["precision"] == pytest.approx(2 / 3) and scores["recall"] == pytest.approx(2 / 3)
-    examples = [ClonePairExample("def func(a): return a", "def func(b): return b", i % 2, str(i)) for i in range(6)]
+    examples = [ClonePairExample("def func(a): return a", "def func(b): return b", i % 2, str(i), f"f{i // 2}",
+                                 "variant" if i % 2 else "other-function") for i in range(6)]
     model = task.build_model(tiny).eval()
     with torch.no_grad():
         result = task.evaluate(model, examples, tiny.tokenizer, SMOKE, batch_size=4)
     assert len(result) == 6 and set(result.per_example["prediction"]) <= {0, 1}
+    # each pair's function travels with it, so the statistics resample a function's pairs together
+    assert list(result.per_example["group"]) == ["f0", "f0", "f1", "f1", "f2", "f2"]
+    assert list(result.per_example["kind"][:2]) == ["other-function", "variant"]
     assert isinstance(model, TaskModel) and model.backbone is tiny.model
 
 
@@ -157,7 +194,7 @@ def test_a_broken_dataset_line_names_the_file_and_line(tmp_path):
 
 
 def test_clone_head_compares_the_pair_by_default_and_takes_the_papers_concat_on_request(tiny):
-    pair = [ClonePairExample("def f(x):\n    return x", "def g(y):\n    return y", 1, "0")] * 2
+    pair = [ClonePairExample("def f(x):\n    return x", "def g(y):\n    return y", 1, "0", "f", "variant")] * 2
     batch = get_task("clone-detection").collate(pair, tiny.tokenizer, SMOKE)
     for features, width in (("compare", 4), ("concat", 2)):
         model = get_task("clone-detection", pair_features=features).build_model(tiny)
@@ -173,10 +210,13 @@ def test_clone_detection_reads_bigclonebench_through_the_loaders(tmp_path):
     data = get_task("clone-detection", data_path=str(root)).load_data(SMOKE)
     assert data.sizes() == {"train": 3, "valid": 3, "test": 2} and {e.label for e in data.train} == {0, 1}
     assert "BigCloneBench" in data.source
+    assert all(e.group == e.id.split("/")[0] and e.kind == "bigclonebench" for e in data.train)
 
 
 def _pairs(rows) -> list[ClonePairExample]:
-    return [ClonePairExample(a, b, label, str(i)) for i, (a, b, label) in enumerate(rows)]
+    """Unit-test pairs, two rows per function (group)."""
+    return [ClonePairExample(a, b, label, str(i), f"f{i // 2}", "variant" if label else "other-function")
+            for i, (a, b, label) in enumerate(rows)]
 
 
 SAME = "def func(a, b):\n    return a + b\n"
@@ -188,7 +228,7 @@ def test_token_overlap_baseline_is_perfect_where_overlap_separates_the_classes()
     rows = [(SAME, SAME, 1), (SAME, OTHER, 0)] * 4
     data = TaskData(train=[], valid=_pairs(rows), test=_pairs(rows), fingerprint="x", source="unit test")
     result = token_overlap_baseline(data, samples=50)
-    assert result["test"] == {"f1": 1.0, "precision": 1.0, "recall": 1.0}
+    assert result["test"] == {"f1": 1.0, "precision": 1.0, "recall": 1.0, "accuracy": 1.0}
     assert 0 < result["threshold"] <= 1 and result["valid_f1"] == 1.0
     assert result["test_ci"]["f1"]["low"] == 1.0 and len(result["test_per_example"]["overlap"]) == 8
 
@@ -223,18 +263,143 @@ def test_token_sets_fall_back_to_words_for_code_python_cannot_tokenize():
         token_overlap_baseline(TaskData([], [], _pairs([(SAME, SAME, 1)]), "x", "unit test"))
 
 
-def test_clone_negatives_include_near_misses_that_token_overlap_cannot_separate():
-    from telly.corpus import token_kinds
-
+def test_clone_pairs_put_edits_on_both_labels_so_spotting_an_edit_wins_nothing():
     data = get_task("clone-detection").load_data(SMOKE)
     pairs = data.train + data.valid + data.test
-    near = [p for p in pairs if p.label == 0 and p.id.endswith("~")]
-    assert len(near) >= len(pairs) // 8
+    by_group: dict[str, list] = {}
+    for pair in pairs:
+        by_group.setdefault(pair.group, []).append(pair)
+    complete = [group for group in by_group.values() if len(group) == 2]
+    assert len(complete) >= len(by_group) - 3  # truncating a split may cut one function's second pair
+    for clone, other in (sorted(group, key=lambda p: -p.label) for group in complete):
+        assert (clone.label, other.label) == (1, 0)
+        # A function with two near misses gives both edited kinds, and side A is the same near miss in
+        # both: whether a side carries an edit says nothing about the label.
+        assert (clone.kind == "same-edit") == (other.kind == "different-edits")
+        if clone.kind == "same-edit":
+            assert clone.code_a == other.code_a and clone.code_b != other.code_b
+    kinds = {kind: sum(p.kind == kind for p in pairs) for kind in PAIR_KINDS}
+    assert kinds["same-edit"] == kinds["different-edits"] >= len(pairs) // 10  # (old data: no same-edit clones)
 
     def overlap(pair):
-        a, b = ({t.text for t in token_kinds(code)} for code in (pair.code_a, pair.code_b))
-        return len(a & b) / len(a | b)
+        return token_jaccard(pair.code_a, pair.code_b)
 
-    clones = {p.id[:-1]: p for p in pairs if p.label == 1}
-    gaps = [overlap(clones[p.id[:-1]]) - overlap(p) for p in near if p.id[:-1] in clones]
-    assert gaps and np.median(np.abs(gaps)) < 0.1  # a near miss overlaps its clone's original as much as the clone
+    # Near misses keep token overlap from separating the edited pairs: both overlap alike.
+    same = np.median([overlap(p) for p in pairs if p.kind == "same-edit"])
+    different = np.median([overlap(p) for p in pairs if p.kind == "different-edits"])
+    assert abs(same - different) < 0.1
+
+
+def test_clone_trivial_baseline_answers_clone_for_every_pair():
+    data = get_task("clone-detection").load_data(SMOKE)
+    baseline = get_task("clone-detection").trivial_baseline(data, SMOKE)
+    share = np.mean([e.label for e in data.test])
+    assert baseline.metrics["recall"] == 1.0 and baseline.metrics["precision"] == pytest.approx(share)
+    assert baseline.metrics["f1"] == pytest.approx(2 * share / (1 + share))
+    assert list(baseline.per_example["group"]) == [e.group for e in data.test]
+    assert baseline.extras["name"] == "always clone"
+
+
+def _leaky(n_functions: int, leak: bool) -> list[ClonePairExample]:
+    """Pairs whose second side names its label (leak) or is the same for both labels."""
+    pairs = []
+    for i in range(n_functions):
+        for label in (1, 0):
+            marker = ("same_thing" if label else "other_thing") if leak else "thing"
+            pairs.append(ClonePairExample(f"def func(a{i}):\n    return a{i}", f"def func(b):\n    return {marker}({i})",
+                                          label, f"{i}/{label}", f"f{i}", "variant" if label else "other-function"))
+    return pairs
+
+
+def test_the_second_side_baseline_finds_a_label_that_leaks_into_one_side():
+    leaky = TaskData(_leaky(20, True), _leaky(6, True), _leaky(10, True), "x", "unit test")
+    found = second_side_baseline(leaky, samples=50)
+    assert found["test"]["f1"] == found["test"]["accuracy"] == 1.0 and found["C"] in (0.01, 0.1, 1.0, 10.0)
+    sealed = TaskData(_leaky(20, False), _leaky(6, False), _leaky(10, False), "x", "unit test")
+    assert second_side_baseline(sealed, samples=50)["test"]["f1"] <= 2 / 3  # no better than always "clone"
+    with pytest.raises(ValueError, match="train split is empty"):
+        second_side_baseline(TaskData([], leaky.valid, leaky.test, "x", "unit test"))
+
+
+def test_clone_baselines_resample_a_functions_pairs_together():
+    data = TaskData(_leaky(20, False), _leaky(6, False), _leaky(10, False), "x", "unit test")
+    result = clone_baselines(data, SMOKE)
+    assert set(result["baselines"]) == {"always-clone", "second-side", "token-overlap"}
+    assert result["test_kinds"] == {"other-function": {"pairs": 10, "clones": 0}, "variant": {"pairs": 10, "clones": 10}}
+    always = result["baselines"]["always-clone"]
+    # Each function has one clone and one non-clone: resampling functions keeps precision at 1/2, so
+    # the interval of always "clone" has no width (resampling rows would give it one).
+    assert always["test_ci"]["f1"]["low"] == always["test_ci"]["f1"]["high"] == pytest.approx(2 / 3)
+    assert always["clone_share_by_kind"] == {"other-function": 1.0, "variant": 1.0}
+
+
+def _clone_table(lows):
+    import pandas as pd
+
+    rows = [{"task": "clone-detection", "method": "full" if k == -1 else "telly", "freeze": k, "uses_cache": k >= 0,
+             "run": "Base (full)" if k == -1 else f"Telly-{k}", "value": low + 0.02, "low": low, "high": low + 0.04}
+            for k, low in lows.items()]
+    return pd.DataFrame(rows)
+
+
+def _baselines(second_accuracy=(0.51, 0.46, 0.56), kinds=None):
+    def result(name, value, low, high, accuracy=(0.5, 0.5, 0.5), **extra):
+        return {"name": name, "test": {"precision": 0.5},
+                "test_ci": {"f1": {"value": value, "low": low, "high": high},
+                            "accuracy": dict(zip(("value", "low", "high"), accuracy))},
+                "clone_share_by_kind": {"different-edits": 0.9}, **extra}
+
+    return {"baselines": {"always-clone": result("always clone", 0.667, 0.667, 0.667),
+                          "second-side": result("second function only (bag of tokens)", 0.55, 0.50, 0.60,
+                                                accuracy=second_accuracy),
+                          "token-overlap": result("token overlap (Jaccard)", 0.74, 0.72, 0.76, threshold=0.4)},
+            "test_kinds": kinds if kinds is not None else {"variant": {"pairs": 120, "clones": 120},
+                                                           "same-edit": {"pairs": 73, "clones": 73},
+                                                           "different-edits": {"pairs": 73, "clones": 0},
+                                                           "other-function": {"pairs": 120, "clones": 0}},
+            "functions": 193}
+
+
+def test_clone_baseline_table_puts_every_baseline_above_the_runs():
+    from telly.report.freezing import clone_baseline_table
+
+    table = clone_baseline_table(_baselines(), _clone_table({-1: 0.8, 2: 0.7}))
+    assert list(table.run) == ["always clone", "second function only (bag of tokens)", "token overlap (Jaccard)",
+                               "Base (full)", "Telly-2"]
+    assert list(table.kind) == ["baseline"] * 3 + ["fine-tuned"] * 2
+
+
+def test_clone_baseline_prose_names_near_misses_and_follows_the_numbers():
+    from telly.report.freezing import clone_baseline_prose
+
+    text = clone_baseline_prose(_baselines(), _clone_table({-1: 0.8, 2: 0.7}))
+    assert "73 put the same one-edit change on both sides (clones)" in text
+    assert "near-miss (Type-3) clones" in text and "146 pairs built from near misses" in text
+    assert "no better, so one side alone does not give the label away" in text
+    assert "always answering the larger class gets 0.500" in text
+    assert "calls 90% of the different-edit near misses clones" in text
+    assert "1 of the 2 fine-tuned variants score above every baseline's CI: Base (full)." in text
+    # Contrary numbers: a second side that predicts the label (at an F1 below always "clone"), no
+    # variant above the baselines, real data.
+    leaky = clone_baseline_prose(_baselines(second_accuracy=(0.6, 0.56, 0.64)), _clone_table({-1: 0.7, 2: 0.7}))
+    assert "one side alone carries part of the label" in leaky and "does not give" not in leaky
+    assert "0 of the 2 fine-tuned variants score above every baseline's CI." in leaky
+    real = clone_baseline_prose(_baselines(kinds={"bigclonebench": {"pairs": 10, "clones": 5}}), _clone_table({-1: 0.8}))
+    assert "near miss" not in real.split("Always")[0] and "test pairs come from" not in real
+    plain = clone_baseline_prose(_baselines(kinds={"variant": {"pairs": 5, "clones": 5},
+                                                    "other-function": {"pairs": 5, "clones": 0}}), _clone_table({-1: 0.8}))
+    assert "test pairs come from 193 functions" in plain and "Type-3" not in plain
+
+
+def test_trivial_baseline_table_says_whether_full_fine_tuning_beats_it():
+    from telly.report.freezing import trivial_baseline_table
+
+    def summary(low):
+        trivial = {"name": "previous line", "value": 40.0, "difference": 5.0, "low": low, "high": 9.0}
+        return {"tasks": {"code-completion": {"metric": "edit_similarity", "full": {"value": 45.0}, "trivial": trivial},
+                          "code-search": {"metric": "mrr", "full": {"value": 0.7}, "trivial": None}}}
+
+    table = trivial_baseline_table(summary(1.0))
+    assert list(table.task) == ["code-completion"] and table["full beats it"].tolist() == [True]
+    assert table.iloc[0]["baseline"] == "previous line" and table.iloc[0]["baseline score"] == 40.0
+    assert trivial_baseline_table(summary(-1.0))["full beats it"].tolist() == [False]

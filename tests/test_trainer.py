@@ -179,3 +179,54 @@ def test_the_warm_up_step_measures_memory_without_touching_the_model_or_the_rand
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert step_peak_memory(model, make, batch, torch.device("cpu"), measure=False) is None
+
+
+def test_the_optimiser_uses_the_profiles_weight_decay_and_clips_the_gradient_norm():
+    from telly.tasks import get_task
+    from telly.trainer import optimizer_factory
+
+    task = get_task("clone-detection")
+    model = task.build_model(backbones.load("tiny-random"))
+    profile = replace(UNIT, weight_decay=0.0, max_grad_norm=1.0)
+    optimizer = optimizer_factory(task, profile, 1e-3)(model)
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [0.0, 0.0]  # torch's AdamW default is 0.01
+    trained = [p for group in optimizer.param_groups for p in group["params"]]
+    for parameter in trained:
+        parameter.grad = torch.full_like(parameter, 10.0)
+    optimizer.step()
+    assert torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trained])).item() == pytest.approx(1.0, rel=1e-4)
+    assert optimizer_factory(task, replace(UNIT, weight_decay=0.1), 1e-3)(model).param_groups[0]["weight_decay"] == 0.1
+    with pytest.raises(ValueError, match="max_grad_norm must be positive, got 0"):
+        optimizer_factory(task, replace(UNIT, max_grad_norm=0), 1e-3)
+
+
+def test_the_record_names_the_optimiser_and_epoch_one_is_timed_after_the_warm_up_step(tmp_path, monkeypatch):
+    from telly import trainer
+
+    events = []
+    real_warm_up, real_step, real_clock = trainer.step_peak_memory, trainer.train_step, trainer.time.perf_counter
+
+    def warm_up(*args, **kwargs):
+        events.append("warm-up starts")
+        result = real_warm_up(*args, **kwargs)
+        events.append("warm-up ends")
+        return result
+
+    def step(*args, **kwargs):
+        events.append("step")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "step_peak_memory", warm_up)
+    monkeypatch.setattr(trainer, "train_step", step)
+    clock = []
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: clock.append(len(events)) or real_clock())
+    record = run(tmp_path, "code-search", 2, profile=replace(UNIT, epochs=1), progress=False)
+    assert record["optimizer"] | {"replication_package": None} == {
+        "name": "AdamW", "learning_rate": UNIT.learning_rate, "head_learning_rate": UNIT.learning_rate,
+        "eps": 1e-8, "weight_decay": UNIT.weight_decay, "max_grad_norm": UNIT.max_grad_norm,
+        "schedule": "linear warm-up over 10% of the steps, then linear decay to 0", "replication_package": None}
+    warmed = events.index("warm-up ends")
+    # the warm-up step runs inside step_peak_memory; the first timed step comes after it, and the
+    # epoch's clock starts after the warm-up has ended
+    assert events[:warmed + 1] == ["warm-up starts", "step", "warm-up ends"] and events[warmed + 1] == "step"
+    assert warmed + 1 in clock

@@ -1,9 +1,13 @@
 """What the probes read: the sampled functions with every probe's labels (`ProbeData`, from
 `prepare`), and a backbone's states of them (`StateFeatures`, from `state_features`).
 
-Train and test functions come from different modules (`telly.corpus.split`). Sizes come from the
+Probed functions come from the fine-tuning tasks' module-disjoint splits (`telly.corpus.split`,
+as the tasks call it): held-out functions from their test split, training functions from their
+train split, so a fine-tuned state is never probed on its own training data. Sizes come from the
 profile: the held-out share, the shares of functions the syntactic and semantic probes encode extra
-inputs for, variants per semantic function, and the lexical probe's token-state budget.
+inputs for, variants per semantic function, the lexical probe's token-state budget, and the SBT
+token budget. The syntactic probe draws only functions whose code the backbone sees whole (not cut
+at `max_length`), so the tree it must retrieve describes code the backbone saw.
 """
 from __future__ import annotations
 
@@ -28,10 +32,12 @@ INPUT_SETS = ("code_tokens", "code", "sbt", "variants")
 
 @dataclass
 class ProbeData:
-    """The functions a run probes and the labels of each probe (independent of the backbone).
+    """The functions a run probes and the labels of each probe (independent of the backbone state).
 
     `functions` is ordered: the lexical subset first, then the rest; `is_test` marks the held-out
-    (other-module) functions.
+    functions (the tasks' test split). `code_cut_share` is the share of functions whose code is
+    longer than the code budget; `sbt_cut_share` the share of the syntactic subset's SBT sequences
+    longer than `sbt_max_tokens` (both in the backbone's tokens, special tokens included).
     """
 
     functions: list
@@ -43,10 +49,18 @@ class ProbeData:
     variants: list = field(default_factory=list)  # per semantic function: list of variant codes
     mutants: list = field(default_factory=list)  # per semantic function: list of near-miss codes
     skipped: int = 0
+    sbt_max_tokens: int = 0
+    sbt_cut_share: float = 0.0
+    code_cut_share: float = 0.0
 
     @property
     def texts(self) -> list[str]:
         return [f.code_without_doc for f in self.functions]
+
+    @property
+    def sbt_texts(self) -> list[str]:
+        """The syntactic subset's SBT sequences as the backbone reads them."""
+        return [" ".join(self.functions[i].sbt) for i in self.syntactic]
 
 
 def _usable(fn) -> bool:
@@ -57,14 +71,24 @@ def _usable(fn) -> bool:
         return False
 
 
-def prepare(functions: Sequence, n: int, profile: Profile, *, max_length: int, num_states: int,
-            hidden_size: int, seed: int = 0) -> ProbeData:
-    """Sample n functions (train and test from different modules) and build every probe's data."""
+def token_counts(tokenizer, texts: Sequence[str]) -> np.ndarray:
+    """(n,) tokens of each text, special tokens included, before any truncation."""
+    if not texts:
+        return np.zeros(0, dtype=np.int64)
+    ids = tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
+    return np.array([len(row) for row in ids], dtype=np.int64)
+
+
+def prepare(functions: Sequence, n: int, profile: Profile, *, tokenizer, max_length: int,
+            num_states: int, hidden_size: int, seed: int = 0) -> ProbeData:
+    """Sample n functions (held-out ones from the tasks' test split, training ones from their
+    train split) and build every probe's data. tokenizer: the backbone's, to tell which code and
+    SBT inputs its budgets cut."""
     from telly.corpus import VariantError, make_variant, sample, split
 
     if not functions:
         raise ValueError("the corpus holds no functions to probe")
-    parts = split(list(functions), valid=0.0, test=profile.probe_test_share)
+    parts = split(list(functions))  # the fine-tuning tasks' split: probe test <= task test
     n_test = max(4, round(n * profile.probe_test_share))
     shuffler = random.Random(seed)
     skipped = 0
@@ -89,8 +113,9 @@ def prepare(functions: Sequence, n: int, profile: Profile, *, max_length: int, n
     if len(train) < 4 or len(test) < 4:
         modules = len({f.module for f in functions})
         raise ValueError(f"corpus has {len(functions)} functions in {modules} module(s): "
-                         f"{len(train)} usable ones fall in train and {len(test)} in test (split "
-                         "by module); probing needs at least 4 of each, so give it more modules")
+                         f"{len(train)} usable ones fall in the tasks' train split and {len(test)} "
+                         "in their test split (split by module); probing needs at least 4 of each, "
+                         "so give it more modules")
     # Lexical probe: only as many functions as the token-state budget allows.
     per_function = num_states * hidden_size * max_length
     lexical_n = max(8, min(len(train) + len(test), profile.lexical_functions,
@@ -105,15 +130,25 @@ def prepare(functions: Sequence, n: int, profile: Profile, *, max_length: int, n
     is_test = np.array([False] * len(lex_train_fns) + [True] * len(lex_test_fns)
                        + [False] * len(rest_train) + [True] * len(rest_test))
     rng = np.random.default_rng(seed)
+    code_fits = token_counts(tokenizer, [f.code_without_doc for f in ordered]) <= max_length
 
-    def subset(share: float) -> np.ndarray:
+    def subset(share: float, eligible: np.ndarray | None = None) -> np.ndarray:
+        """`share` of each split (at least 4), drawn among the `eligible` functions."""
         picked = []
         for flag in (False, True):
             pool = np.flatnonzero(is_test == flag)
-            picked.append(rng.choice(pool, size=min(len(pool), max(4, round(len(pool) * share))),
-                                     replace=False))
+            size = max(4, round(len(pool) * share))
+            if eligible is not None:
+                pool = pool[eligible[pool]]
+            picked.append(rng.choice(pool, size=min(len(pool), size), replace=False))
         return np.sort(np.concatenate(picked))
 
+    syntactic = subset(profile.syntactic_share, code_fits)
+    if min((~is_test[syntactic]).sum(), is_test[syntactic].sum()) < 2:
+        raise ValueError(f"the syntactic probe needs at least 2 training and 2 held-out functions "
+                         f"whose code fits in max_length={max_length} tokens; "
+                         f"{int(code_fits.sum())} of {len(ordered)} fit")
+    sbt_lengths = token_counts(tokenizer, [" ".join(ordered[i].sbt) for i in syntactic])
     semantic, variants, mutants = [], [], []
     for i in subset(profile.semantic_share):
         codes = []
@@ -131,8 +166,11 @@ def prepare(functions: Sequence, n: int, profile: Profile, *, max_length: int, n
     return ProbeData(functions=ordered, is_test=is_test,
                      lexical_count=len(lex_train_fns) + len(lex_test_fns),
                      words=[f.token_kinds for f in ordered[:len(lex_train_fns) + len(lex_test_fns)]],
-                     syntactic=subset(profile.syntactic_share), semantic=np.array(semantic, dtype=int),
-                     variants=variants, mutants=mutants, skipped=skipped)
+                     syntactic=syntactic, semantic=np.array(semantic, dtype=int),
+                     variants=variants, mutants=mutants, skipped=skipped,
+                     sbt_max_tokens=profile.sbt_max_tokens,
+                     sbt_cut_share=float((sbt_lengths > profile.sbt_max_tokens).mean()),
+                     code_cut_share=float((~code_fits).mean()))
 
 
 def _near_misses(codes: list[str], seed: int) -> list[str]:
@@ -150,8 +188,9 @@ def _near_misses(codes: list[str], seed: int) -> list[str]:
 
 
 def control_labels(keys: Sequence[str], labels: Sequence[int], *, seed: int = 0) -> np.ndarray:
-    """Hewitt & Liang control task: each distinct key (word type, function) gets one label drawn
-    at random from the empirical label distribution, independent of the property."""
+    """Hewitt & Liang control task: each distinct key (a word type) gets one label drawn at random
+    from the empirical label distribution, independent of the property. It measures memorisation
+    only where keys recur between train and test, as word types do (functions do not)."""
     labels = np.asarray(labels)
     values, counts = np.unique(labels, return_counts=True)
     distinct = sorted(set(keys))
@@ -200,9 +239,10 @@ class StateFeatures:
 
 
 def state_features(backbone: Backbone, data: ProbeData, needs: Iterable[str] = INPUT_SETS, *,
-                   max_length: int, batch_size: int, progress: bool = True) -> StateFeatures:
+                   max_length: int, batch_size: int, mixed_precision: str = "no",
+                   progress: bool = True) -> StateFeatures:
     """The input sets in `needs`, through `telly.features.layer_features` (one pass per set,
-    cached on disk)."""
+    cached on disk; forward passes under `mixed_precision`, the profile's setting)."""
     from telly.features import layer_features
 
     needs = set(needs)
@@ -210,7 +250,8 @@ def state_features(backbone: Backbone, data: ProbeData, needs: Iterable[str] = I
     if unknown:
         raise ValueError(f"unknown probe input set(s) {unknown}; expected some of {list(INPUT_SETS)}")
     texts = data.texts
-    kwargs = {"max_length": max_length, "batch_size": batch_size, "progress": progress}
+    kwargs = {"max_length": max_length, "batch_size": batch_size, "progress": progress,
+              "mixed_precision": mixed_precision}
     found = {}
     if needs & {"code_tokens", "code"}:
         # The lexical subset is its own pass: the pooled states of every function reuse it.
@@ -224,8 +265,8 @@ def state_features(backbone: Backbone, data: ProbeData, needs: Iterable[str] = I
                 pooled.append(layer_features(backbone, texts[data.lexical_count:], **kwargs).pooled)
             found["code"] = np.concatenate(pooled, axis=1)
     if "sbt" in needs:
-        found["sbt"] = layer_features(backbone, [" ".join(data.functions[i].sbt)
-                                                 for i in data.syntactic], **kwargs).pooled
+        found["sbt"] = layer_features(backbone, data.sbt_texts,
+                                      **{**kwargs, "max_length": data.sbt_max_tokens}).pooled
     if "variants" in needs:
         # Variants and near misses in one pass: they are all extra inputs of the semantic probe.
         extra = [v for codes in data.variants for v in codes] + [m for ms in data.mutants for m in ms]

@@ -1,11 +1,15 @@
-"""Every property of `PROPERTIES` on one backbone state, and the baselines that need no model."""
+"""Every property of `PROPERTIES` on one backbone state, the baselines that need no model, and each
+probe's record entry: its states compared with the random-init backbone and with the baselines."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from telly.probing.data import ProbeData, state_features
-from telly.probing.properties import PROPERTIES
+from telly.probing.properties import PROPERTIES, Baseline, Property, Scored, StateResult, paired
 from telly.profiles import Profile
+from telly.stats import bootstrap_ci
 
 if TYPE_CHECKING:
     from telly.backbones import Backbone
@@ -15,14 +19,57 @@ STATES = ("random", "pretrained", "finetuned")
 
 
 def probe_state(backbone: Backbone, data: ProbeData, profile: Profile, *, max_length: int, seed: int = 0,
-                progress: bool = True) -> dict[str, dict]:
-    """{property name: result} for `backbone`, reading each input set the properties need once."""
+                locate: bool = True, progress: bool = True) -> dict[str, StateResult]:
+    """{property name: result} for `backbone`, reading each input set the properties need once;
+    `locate`: refit the weighted probes for the interval and test of where their weights sit."""
     needs = {name for prop in PROPERTIES for name in prop.inputs}
     features = state_features(backbone, data, needs, max_length=max_length,
-                              batch_size=profile.feature_batch_size, progress=progress)
-    return {prop.name: prop.evaluate(features, data, profile, seed) for prop in PROPERTIES}
+                              batch_size=profile.feature_batch_size,
+                              mixed_precision=profile.mixed_precision, progress=progress)
+    return {prop.name: prop.evaluate(features, data, profile, seed, locate=locate)
+            for prop in PROPERTIES}
 
 
-def baselines(data: ProbeData, profile: Profile, seed: int = 0) -> dict[str, list[dict]]:
+def baselines(data: ProbeData, profile: Profile, seed: int = 0) -> dict[str, list[Baseline]]:
     """{property name: its baselines} on the same split (no backbone involved)."""
     return {prop.name: prop.baselines(data, profile, seed) for prop in PROPERTIES}
+
+
+def _on_rows(baseline: Scored, probe: Scored) -> Scored:
+    """The baseline's scores on the probe's held-out rows (the lexical probe drops words that its
+    backbone cut off), with the probe's sampling units."""
+    position = {row: k for k, row in enumerate(baseline.rows.tolist())}
+    missing = [row for row in probe.rows.tolist() if row not in position]
+    if missing:
+        raise ValueError(f"the baseline scored no row {missing[0]}: baselines must score every "
+                         "held-out row a probe scores")
+    index = np.array([position[row] for row in probe.rows.tolist()], dtype=np.int64)
+    return Scored(baseline.per_example[index], probe.rows, probe.clusters)
+
+
+def probe_entry(prop: Property, states: dict[str, StateResult], references: list[Baseline],
+                profile: Profile, seed: int = 0) -> dict:
+    """One probe's record: per state its numbers, `vs_random` (state - random-init backbone) and
+    `vs_baselines` ({name: probe - baseline}), each a paired bootstrap over the sampled units of
+    the weighted probe's held-out scores ({"difference", "low", "high", "p_value"}); and the
+    baselines' own scores with CIs on the same rows."""
+    scored = next(iter(states.values())).weighted
+    for state, result in states.items():
+        if not np.array_equal(result.weighted.rows, scored.rows):
+            raise ValueError(f"{prop.name}: state {state!r} was scored on other held-out rows")
+    aligned = {b.name: _on_rows(b.scores, scored) for b in references}
+    entry = {"metric": prop.metric, "control": prop.has_control, "states": {}, "baselines": []}
+    for name, scores in aligned.items():
+        interval = bootstrap_ci(scores.per_example, clusters=scores.clusters,
+                                samples=profile.bootstrap_samples, seed=seed)["value"]
+        entry["baselines"].append({"name": name, "score": interval["value"],
+                                   "ci": [interval["low"], interval["high"]]})
+    for state in (s for s in STATES if s in states):
+        result = dict(states[state].result)
+        weighted = states[state].weighted
+        if state != "random" and "random" in states:
+            result["vs_random"] = paired(states["random"].weighted, weighted, profile, seed)
+        result["vs_baselines"] = {name: paired(scores, weighted, profile, seed)
+                                  for name, scores in aligned.items()}
+        entry["states"][state] = result
+    return entry

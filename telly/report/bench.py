@@ -10,6 +10,8 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from telly.methods import METHODS
+
 
 def _seconds(value: float | None) -> str:
     if value is None:
@@ -44,6 +46,12 @@ def _row(rows: Sequence[Mapping], method: str, freeze: int = -1, cached: bool = 
                      f"cached {cached} (it has {[(r['method'], r['freeze'], r['cached']) for r in rows]})")
 
 
+def _not_applicable(record: Mapping, model: str, method: str) -> str:
+    """Why the record holds no `method` row for `model`."""
+    return next((s["reason"] for s in record.get("not_applicable", []) if (s["model"], s["method"]) == (model, method)),
+                "no row in the record")
+
+
 def markdown(record: Mapping) -> str:
     """The bench record as markdown tables (what bench.md and the README show)."""
     cpu = f" ({record['cpu']})" if record.get("cpu") and record["device_type"] == "cpu" else ""
@@ -60,7 +68,8 @@ def markdown(record: Mapping) -> str:
                   f"{record['memory_method']}.", ""]
         for model in dict.fromkeys(r["model"] for r in record["training"]):
             rows = [r for r in record["training"] if r["model"] == model]
-            lines += [f"**{model}** (L = {rows[0]['num_layers']}, {_params(rows[0]['total_parameters'])} parameters)", "",
+            shape = f", batch {rows[0]['batch_size']} x {rows[0]['code_tokens']} code tokens" if "code_tokens" in rows[0] else ""
+            lines += [f"**{model}** (L = {rows[0]['num_layers']}, {_params(rows[0]['total_parameters'])} parameters{shape})", "",
                       "| variant | trainable | epoch s | ratio to full | compute limit (L-K)/L | peak memory MB | memory ratio |",
                       "|---|---:|---:|---:|---:|---:|---:|"]
             for r in rows:
@@ -76,6 +85,8 @@ def markdown(record: Mapping) -> str:
             lines.append(f"| {c['model']} | {c['freeze']} | {_seconds(c['cache_seconds'])} | "
                          f"{_seconds(c['cached_epoch_seconds'])} | {_seconds(c['uncached_epoch_seconds'])} | "
                          f"{_payback(c['payback_epochs'])} | {_payback(c['payback_epochs_vs_full'])} |")
+        precision = precision_markdown(record)
+        lines += ["", *precision] if precision else []
         lines += ["", "Acceptance (issue 8; binding at the UniXcoder shape, other models for reference):", "",
                   "| model | target | value | threshold | result |", "|---|---|---:|---:|---|"]
         for a in record["acceptance"]:
@@ -83,6 +94,11 @@ def markdown(record: Mapping) -> str:
             model = a["model"] if a["binding"] else f"{a['model']} (reference)"
             lines.append(f"| {model} | {a['target']} | {a['value']:.3f} | {a['threshold']:.3f} | {result} |")
         lines.append("")
+        for skipped in record.get("not_applicable", []):
+            lines += [f"{METHODS[skipped['method']].label} on {skipped['model']}: not applicable ({skipped['reason']}).", ""]
+        if record.get("skipped_models"):
+            lines += ["Not measured: " + "; ".join(f"{model} ({reason})" for model, reason in record["skipped_models"].items())
+                      + ".", ""]
     if "probing" in record:
         p = record["probing"]
         lines += [f"Probing features ({p['model']}, {p['texts']} texts x <= {p['max_length']} tokens): all "
@@ -101,13 +117,51 @@ def markdown(record: Mapping) -> str:
     return "\n".join(lines)
 
 
+def precision_markdown(record: Mapping) -> list[str]:
+    """The bf16-autocast-against-float32 table of a bench record (none in records made before it)."""
+    precision = record.get("precision")
+    if not precision or not precision["rows"]:
+        return []
+    units = precision["bf16_units"]
+    if units is None:
+        hardware = ""
+    elif units:
+        hardware = f" This CPU's bf16 units: {', '.join(units)}."
+    else:
+        hardware = " This CPU reports no bf16 unit (amx_bf16, avx512_bf16, bf16): autocast may gain nothing on it."
+    lines = [f"Mixed precision: `{precision['autocast']}` against float32 on the same weights and batch "
+             f"({record['timing']}; each after one untimed call): one full fine-tuning step (AdamW), and one "
+             "forward pass of the backbone over the batch's code returning every layer's states. Ratio = bf16 time "
+             f"/ float32 time.{hardware}", "",
+             "| model | batch | fp32 step s | bf16 step s | step ratio | fp32 forward s | bf16 forward s | forward ratio |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in precision["rows"]:
+        lines.append(f"| {r['model']} | {r['batch_size']} x {r['code_tokens']} | {_seconds(r['fp32_step_seconds'])} | "
+                     f"{_seconds(r['bf16_step_seconds'])} | {_ratio(r['step_ratio'])} | "
+                     f"{_seconds(r['fp32_forward_seconds'])} | {_seconds(r['bf16_forward_seconds'])} | "
+                     f"{_ratio(r['forward_ratio'])} |")
+    return lines
+
+
+def precision_sentence(row: Mapping) -> str:
+    """What bf16 autocast did to one model's training step and forward pass, and which wins."""
+    faster = [name for name, ratio in (("training step", row["step_ratio"]), ("forward pass", row["forward_ratio"]))
+              if ratio < 1]
+    verdict = ("bf16 autocast is the faster choice for both here" if len(faster) == 2 else
+               "float32 is as fast or faster for both here" if not faster else
+               f"bf16 autocast is faster only for the {faster[0]} here")
+    return (f"Under bf16 autocast a training step of {row['model']} took {row['step_ratio']:.2f}x its float32 time "
+            f"and a forward pass {row['forward_ratio']:.2f}x: {verdict}.")
+
+
 def summary_text(record: Mapping) -> str:
     """A paragraph of prose about the bench record, every number read from it."""
     parts = [f"Measured on {record['device']} ({record['timing']})."]
     for model in dict.fromkeys(r["model"] for r in record.get("training", [])):
         rows = [r for r in record["training"] if r["model"] == model]
         deep = rows[0]["num_layers"] - 2
-        full, lora, bitfit = _row(rows, "full"), _row(rows, "lora"), _row(rows, "bitfit")
+        full, lora = _row(rows, "full"), _row(rows, "lora")
+        bitfit = next((r for r in rows if r["method"] == "bitfit"), None)
         cached, uncached = _row(rows, "telly", deep, cached=True), _row(rows, "telly", deep)
         parts.append(
             f"On {model} one epoch of full fine-tuning took {_seconds(full['epoch_seconds'])} s. "
@@ -115,13 +169,15 @@ def summary_text(record: Mapping) -> str:
             f"every batch (the paper's way; compute estimate {uncached['paper_estimate']:.2f}x) and "
             f"{cached['ratio_to_full']:.2f}x from the frozen-prefix cache, against a compute limit of "
             f"{cached['compute_limit']:.2f}x; its peak memory was {cached['peak_memory_ratio']:.2f}x full "
-            f"fine-tuning's. LoRA took {lora['ratio_to_full']:.2f}x and BitFit "
-            f"{bitfit['ratio_to_full']:.2f}x of full fine-tuning's epoch time.")
+            f"fine-tuning's. LoRA took {lora['ratio_to_full']:.2f}x "
+            + (f"and BitFit {bitfit['ratio_to_full']:.2f}x of full fine-tuning's epoch time." if bitfit is not None else
+               f"of full fine-tuning's epoch time; BitFit was not run ({_not_applicable(record, model, 'bitfit')})."))
         cache = next(c for c in record["cache"] if c["model"] == model and c["freeze"] == deep)
         payback = cache["payback_epochs"]
         parts.append(f"Building that cache cost {_seconds(cache['cache_seconds'])} s once, "
                      + (f"repaid against uncached Telly-{deep} after {payback:.2f} epochs."
                         if payback is not None else f"which never pays back against uncached Telly-{deep}."))
+    parts += [precision_sentence(row) for row in record.get("precision", {}).get("rows", [])]
     missed = [a for a in record.get("acceptance", []) if a["binding"] and not a["met"]]
     binding = [a for a in record.get("acceptance", []) if a["binding"]]
     if binding:

@@ -298,39 +298,54 @@ def similarity_layers_chart(rows: pd.DataFrame | Sequence[Mapping[str, Any]], *,
 
     rows: task, layer, depth (layer / L, so backbones of different depth share the x axis),
     measure ("rsa", "cka", "cka_debiased"), value, source (e.g. "ours (minilm-l6)" or
-    "paper (unixcoder-base)"). Colour = measure, dashes = source.
+    "paper (unixcoder-base)"); optional low, high: the interval, drawn as a band where given.
+    Colour = measure, dashes = source.
     """
-    frame = _similarity_frame(rows, ("task", "layer", "depth", "measure", "value", "source"),
-                              "similarity_layers_chart")
+    frame = _with_interval_columns(_similarity_frame(
+        rows, ("task", "layer", "depth", "measure", "value", "source"), "similarity_layers_chart"))
     order = [SIMILARITY_MEASURE_TITLES[m] for m in SIMILARITY_MEASURE_TITLES
              if SIMILARITY_MEASURE_TITLES[m] in set(frame["measure_title"])]
+    x = alt.X("depth:Q", title="depth (layer / L; 0 = embeddings)", scale=alt.Scale(domain=[0, 1]))
+    color = alt.Color("measure_title:N", title="measure", sort=order)
     base = alt.Chart(frame).encode(
-        x=alt.X("depth:Q", title="depth (layer / L; 0 = embeddings)", scale=alt.Scale(domain=[0, 1])),
-        y=alt.Y("value:Q", title="similarity to pre-trained", scale=alt.Scale(zero=False)),
-        color=alt.Color("measure_title:N", title="measure", sort=order),
-        strokeDash=alt.StrokeDash("source:N", title="model"),
-        detail="source:N",
-        tooltip=["task:N", "source:N", "layer:O", "measure_title:N",
-                 alt.Tooltip("value:Q", format=".3f")],
+        x=x, y=alt.Y("value:Q", title="similarity to pre-trained", scale=alt.Scale(zero=False)),
+        color=color, strokeDash=alt.StrokeDash("source:N", title="model"), detail="source:N",
+        tooltip=["task:N", "source:N", "layer:O", "measure_title:N", alt.Tooltip("value:Q", format=".3f"),
+                 alt.Tooltip("low:Q", format=".3f"), alt.Tooltip("high:Q", format=".3f")],
     )
-    return (base.mark_line() + base.mark_point(filled=True, size=30)).properties(
+    band = alt.Chart(frame).transform_filter("isValid(datum.low) && isValid(datum.high)").mark_area(
+        opacity=0.2).encode(x=x, y="low:Q", y2="high:Q", color=color, detail="source:N")
+    return (band + base.mark_line() + base.mark_point(filled=True, size=30)).properties(
         width=width, height=height).facet(facet=alt.Facet("task:N", title=None), columns=PANELS_PER_ROW)
+
+
+def _with_interval_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """low/high columns (None where a row has no interval, e.g. the paper's numbers)."""
+    for column in ("low", "high"):
+        if column not in frame.columns:
+            frame[column] = None
+    return frame
 
 
 def similarity_epochs_chart(rows: pd.DataFrame | Sequence[Mapping[str, Any]], *, width: int = 290,
                             height: int = 160) -> alt.FacetChart:
     """Per-epoch view: each layer's similarity to the pre-trained model after every epoch.
 
-    rows: epoch, layer, measure, value (one row per epoch x layer x measure); panels = measures.
+    rows: epoch, layer, measure, value (one row per epoch x layer x measure); optional low, high:
+    the interval, drawn as a vertical bar where given; panels = measures.
     """
-    frame = _similarity_frame(rows, ("epoch", "layer", "measure", "value"), "similarity_epochs_chart")
+    frame = _with_interval_columns(_similarity_frame(rows, ("epoch", "layer", "measure", "value"),
+                                                     "similarity_epochs_chart"))
+    x = alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d"))
+    color = alt.Color("layer:O", title="layer", scale=alt.Scale(scheme="viridis"))
     base = alt.Chart(frame).encode(
-        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
-        y=alt.Y("value:Q", title="similarity to pre-trained", scale=alt.Scale(zero=False)),
-        color=alt.Color("layer:O", title="layer", scale=alt.Scale(scheme="viridis")),
-        tooltip=["epoch:Q", "layer:O", "measure_title:N", alt.Tooltip("value:Q", format=".3f")],
+        x=x, y=alt.Y("value:Q", title="similarity to pre-trained", scale=alt.Scale(zero=False)), color=color,
+        tooltip=["epoch:Q", "layer:O", "measure_title:N", alt.Tooltip("value:Q", format=".3f"),
+                 alt.Tooltip("low:Q", format=".3f"), alt.Tooltip("high:Q", format=".3f")],
     )
-    return (base.mark_line() + base.mark_point(filled=True)).properties(
+    bars = alt.Chart(frame).transform_filter("isValid(datum.low) && isValid(datum.high)").mark_rule().encode(
+        x=x, y="low:Q", y2="high:Q", color=color)
+    return (bars + base.mark_line() + base.mark_point(filled=True)).properties(
         width=width, height=height).facet(facet=alt.Facet("measure_title:N", title=None), columns=PANELS_PER_ROW)
 
 
@@ -386,15 +401,16 @@ _FREEZE_COSTS = {"trainable_millions": "trainable backbone parameters (M)",
                  "time_to_best_seconds": "seconds to best validation"}
 
 
-def freeze_results_chart(table: pd.DataFrame, task: str, *, highlight: int | None = None, width: int = 300,
-                         height: int = 170) -> alt.VConcatChart:
+def freeze_results_chart(table: pd.DataFrame, task: str, *, highlight: int | None = None, margin: float | None = None,
+                         width: int = 300, height: int = 170) -> alt.VConcatChart:
     """Quality and costs against freeze depth K for one task, from `telly.report.freezing.freeze_table`,
     two panels abreast so each stays readable on a page.
 
     Quality panel: Telly-K points with 95% CI bars, full fine-tuning as a line with its CI as a band,
-    the zero-shot pre-trained score as a dashed line. Cost panels: trainable parameters, epoch time,
-    time to best (full fine-tuning drawn at K = -1). `highlight`: a depth marked by a red rule in
-    every panel (the live widget's selected K)."""
+    the zero-shot pre-trained score as a dashed line and, given the non-inferiority `margin`, a dotted
+    line that far below full fine-tuning. Cost panels: trainable parameters, epoch time, time to best
+    (full fine-tuning drawn at K = -1). `highlight`: a depth marked by a red rule in every panel (the
+    live widget's selected K)."""
     needed = ["task", "method", "freeze", "value", "low", "high", "metric", "uses_cache", *_FREEZE_COSTS]
     missing = [c for c in needed if c not in table.columns]
     if missing:
@@ -423,6 +439,11 @@ def freeze_results_chart(table: pd.DataFrame, task: str, *, highlight: int | Non
                                   "value": [full.value.iloc[0]], "label": ["full fine-tuning (95% CI)"]})
         layers.insert(0, alt.Chart(reference).mark_rect(opacity=0.15, color="#54a24b").encode(y="low:Q", y2="high:Q"))
         layers.append(alt.Chart(reference).mark_rule(color="#54a24b").encode(y="value:Q", tooltip=["label"]))
+        if margin is not None:
+            floor = pd.DataFrame({"value": [full.value.iloc[0] - margin],
+                                  "label": [f"full fine-tuning - non-inferiority margin ({margin:g})"]})
+            layers.append(alt.Chart(floor).mark_rule(color="#54a24b", strokeDash=[2, 2])
+                          .encode(y="value:Q", tooltip=["label"]))
     zero = rows.zero_shot.dropna() if "zero_shot" in rows else pd.Series(dtype=float)
     if not zero.empty:
         layers.append(alt.Chart(pd.DataFrame({"value": [zero.iloc[0]], "label": ["zero-shot (pre-trained)"]}))
@@ -448,8 +469,9 @@ def probing_layers_chart(rows: pd.DataFrame | Sequence[Mapping[str, Any]], *, wi
     """Layer-wise probe score per layer (0 = embeddings), one panel per probe.
 
     rows: model, probe, metric, state, layer, score, ci_low, ci_high, control (one row per probe x
-    state x layer, as telly.report.probing.layer_rows gives). Colour = backbone state; the band is the
-    bootstrap 95% CI; the dotted line is the control task (Hewitt & Liang) of the same state.
+    state x layer, as telly.report.probing.layer_rows gives; control is None for a probe without a
+    control task). Colour = backbone state; the band is the bootstrap 95% CI; the dotted line is
+    the lexical probe's control task (Hewitt & Liang, per word type) of the same state.
     """
     frame = _chart_frame(rows, ("model", "probe", "metric", "state", "layer", "score", "ci_low",
                                   "ci_high", "control"), "probing_layers_chart")

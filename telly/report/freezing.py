@@ -1,156 +1,516 @@
 """RQ3 in words and tables: pure functions of fine-tuning records (`telly.trainer.finetune`).
 
-Tables (`freeze_table`, `compare_to_full`, `paper_table`, `clone_baseline_table`), the sentences
-chapter 3 shows (`freeze_findings`, `degenerate_findings`, `clone_baseline_prose`,
-`cache_check_prose`) and example outputs of the generation tasks. Records in, text or frames out:
-nothing here trains, loads a model or writes a file.
+The verdict: `non_inferiority_summary` (what `telly sweep` writes as summary.json) tests every
+variant against full fine-tuning of the same task, paired on the same seeds and test rows, and
+names per task the largest freeze depth K for which Telly-K and every shallower depth swept are
+non-inferior. Tables (`freeze_table`, `summary_table`, `paper_table`, `ours_table`,
+`clone_baseline_table`), the sentences chapter 3 shows (`freeze_findings`, `generation_note`,
+`degenerate_findings`, `clone_baseline_prose`, `cache_check_prose`) and example outputs of the
+generation tasks. Records in, text or frames out: nothing here trains, loads a model or writes a file.
+
+Epoch-time ratios come from two kinds of measurement and every table names its kind: runs in one
+process with the variants interleaved (the bench, `telly.studies.bench`), or the sweep's separate
+runs, each timed alone, so that whatever else the machine did meanwhile lands in their ratios. A
+sentence quotes the bench's ratio wherever the bench measured that depth.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from telly.report.charts import freeze_label
 
+ALPHA = 0.05  # level of each one-sided non-inferiority test, after Holm's correction
+MIN_SEEDS = 3  # seeds a "keeps quality" verdict needs (DESIGN.md, "Statistics the book uses")
+SWEEP_TIMING = "separate runs"
+BENCH_TIMING = "one process"
+_ZERO = "__zero__"  # the column of a reference that scores 0 on every resample
 
-def freeze_table(records: list[dict]):
-    """One row per (task, method, freeze, cache) averaged over seeds: quality with its 95% CI, trainable
-    parameters, epoch time, time to best, epochs to best, peak memory, and cost ratios to full
-    fine-tuning of the same task (seed-averaged). With one seed the CI is the run's bootstrap CI;
-    with several it is the mean of the per-seed bounds (approximate)."""
+
+# ----------------------------------------------------------------------------- variants and seeds
+
+def _variant_key(record: Mapping) -> tuple:
+    """What makes runs the same variant apart from their seed."""
+    return (record["task"], record["method"], int(record["freeze"]), bool(record.get("uses_cache", False)),
+            json.dumps(record.get("method_config") or {}, sort_keys=True))
+
+
+def _by_variant(records: Sequence[Mapping]) -> dict[tuple, dict[int, Mapping]]:
+    """{variant key: {seed: record}}, refusing records of one task from different datasets."""
+    datasets: dict[str, set] = {}
+    for record in records:
+        datasets.setdefault(record["task"], set()).add((record.get("data") or {}).get("fingerprint"))
+    mixed = {task: sorted(map(str, prints)) for task, prints in datasets.items() if len(prints) > 1}
+    if mixed:
+        raise ValueError(f"records of one task come from different datasets {mixed}: pass the runs of one "
+                         "dataset (RunStore.records(data_paths=...))")
+    variants: dict[tuple, dict[int, Mapping]] = {}
+    for record in records:
+        runs = variants.setdefault(_variant_key(record), {})
+        if record["seed"] in runs:
+            raise ValueError(f"two records of one variant and seed: {runs[record['seed']]['run']} and {record['run']}")
+        runs[record["seed"]] = record
+    return variants
+
+
+def run_name(record: Mapping) -> str:
+    """A variant's name in tables and prose: Base (full), Telly-K (uncached when it ran without the
+    prefix cache), or the method's label."""
+    if record["method"] == "full":
+        return freeze_label(-1)
+    if record["method"] == "telly":
+        return freeze_label(int(record["freeze"])) + ("" if record.get("uses_cache", True) else " uncached")
+    return record.get("label", record["method"])
+
+
+def _columns(record: Mapping) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in record["test_per_example"].items()}
+
+
+def _clusters(columns: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The resampling unit when the task's rows come in groups (a function's pairs), else rows."""
+    return columns.get("group")
+
+
+def _scorer(task: str):
+    from telly.tasks import get_task
+
+    return get_task(task).score
+
+
+def _quality(task: str, metric: str, runs: Sequence[Mapping], samples: int) -> tuple[float, float, float]:
+    """(mean over seeds, low, high) of the test metric. One seed: the run's own bootstrap CI. Several:
+    draws that resample the seeds and the test rows together, as the seeded difference to a reference
+    that scores zero on every resample."""
+    from telly import stats
+
+    if len(runs) == 1:
+        ci = runs[0]["test_ci"][metric]
+        return ci["value"], ci["low"], ci["high"]
+    score = _scorer(task)
+    columns = [_columns(r) for r in runs]
+    zero = {_ZERO: np.zeros(len(next(iter(columns[0].values()))))}
+
+    def statistic(rows: dict[str, np.ndarray]) -> dict[str, float]:
+        return {metric: 0.0} if _ZERO in rows else score(rows)
+
+    value, draws = stats.seeded_difference_draws([zero] * len(runs), columns, statistic, metric,
+                                                 clusters=_clusters(columns[0]), samples=samples)
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return value, float(low), float(high)
+
+
+# ----------------------------------------------------------------------------- the table
+
+def freeze_table(records: list[dict], *, samples: int = 1000) -> pd.DataFrame:
+    """One row per (task, method, freeze, cache) over its seeds: quality (the mean over seeds) with
+    its 95% CI, trainable parameters, epoch time, time to best, epochs run and to best, peak memory,
+    and cost ratios to full fine-tuning of the same task. One seed: the run's bootstrap CI over test
+    examples; several: a bootstrap that resamples seeds and test examples together (`samples` draws).
+    The time ratios compare the sweep's separate runs (column `timing`)."""
     if not records:
         raise ValueError("no finished fine-tuning records to tabulate: run the sweep first")
     rows = []
-    for r in records:
-        metric = r["metric"]
-        ci = r["test_ci"][metric]
-        rows.append({"task": r["task"], "method": r["method"], "freeze": r["freeze"], "seed": r["seed"],
-                     "uses_cache": r.get("uses_cache", False), "metric": metric, "value": ci["value"],
-                     "low": ci["low"], "high": ci["high"],
-                     "trainable_millions": r["parameters"]["backbone_trainable"] / 1e6,
-                     "trainable_fraction": r["parameters"]["backbone_trainable"] / r["parameters"]["backbone_total"],
-                     "epoch_seconds": r["epoch_seconds"], "cache_seconds": r.get("cache_seconds", 0.0),
-                     "time_to_best_seconds": r["time_to_best_seconds"], "epochs_to_best": r["epochs_to_best"],
-                     "peak_tensor_memory_mb": r["peak_tensor_memory_mb"],
-                     "zero_shot": (r.get("zero_shot") or {}).get("test", {}).get(metric)})
-    frame = pd.DataFrame(rows)
-    keys = ["task", "method", "freeze", "uses_cache", "metric"]
-    table = frame.groupby(keys, as_index=False).agg(
-        value=("value", "mean"), low=("low", "mean"), high=("high", "mean"), seeds=("seed", "nunique"),
-        trainable_millions=("trainable_millions", "first"), trainable_fraction=("trainable_fraction", "first"),
-        epoch_seconds=("epoch_seconds", "mean"), cache_seconds=("cache_seconds", "mean"),
-        time_to_best_seconds=("time_to_best_seconds", "mean"), epochs_to_best=("epochs_to_best", "mean"),
-        peak_tensor_memory_mb=("peak_tensor_memory_mb", "mean"), zero_shot=("zero_shot", "first"))
+    for (task, method, freeze, cached, _config), runs in _by_variant(records).items():
+        seeded = [runs[s] for s in sorted(runs)]
+        metric = seeded[0]["metric"]
+        value, low, high = _quality(task, metric, seeded, samples)
+
+        def mean(field: str, default: float | None = None, runs: list = seeded) -> float:
+            return float(np.mean([r.get(field, default) for r in runs]))
+
+        parameters = seeded[0]["parameters"]
+        rows.append({"task": task, "method": method, "freeze": freeze, "uses_cache": cached, "run": run_name(seeded[0]),
+                     "metric": metric, "value": value, "low": low, "high": high, "seeds": len(seeded),
+                     "trainable_millions": parameters["backbone_trainable"] / 1e6,
+                     "trainable_fraction": parameters["backbone_trainable"] / parameters["backbone_total"],
+                     "epoch_seconds": mean("epoch_seconds"), "cache_seconds": mean("cache_seconds", 0.0),
+                     "time_to_best_seconds": mean("time_to_best_seconds"), "epochs_run": mean("epochs_run"),
+                     "epochs_to_best": mean("epochs_to_best"), "peak_tensor_memory_mb": mean("peak_tensor_memory_mb"),
+                     "zero_shot": (seeded[0].get("zero_shot") or {}).get("test", {}).get(metric)})
+    table = pd.DataFrame(rows)
     full = table[table.method == "full"].set_index("task")
     for column in ("epoch_seconds", "time_to_best_seconds"):
         table[f"{column}_ratio"] = [value / full.loc[task, column] if task in full.index else None
                                     for task, value in zip(table.task, table[column])]
-    table["within_full_ci"] = [bool(row.value >= full.loc[row.task, "low"]) if row.task in full.index else None
-                               for row in table.itertuples()]
-    return table.sort_values(["task", "method", "freeze"]).reset_index(drop=True)
+    table["timing"] = SWEEP_TIMING
+    return table.sort_values(["task", "method", "freeze", "uses_cache"]).reset_index(drop=True)
 
 
-def compare_to_full(records: list[dict], task: str, *, samples: int = 1000, seed: int = 0):
-    """Paired bootstrap of every variant against full fine-tuning (same seed, same test rows):
-    difference = variant - full in the task's metric, its 95% CI and p-value; plus zero-shot vs full."""
-    from telly.stats import paired_bootstrap
-    from telly.tasks import get_task
-
-    scorer = get_task(task)
-    chosen = [r for r in records if r["task"] == task and r["seed"] == seed]
-    full = next((r for r in chosen if r["method"] == "full"), None)
-    if full is None:
-        raise ValueError(f"no full fine-tuning record for {task} (seed {seed}) to compare against")
-    base = {k: np.asarray(v) for k, v in full["test_per_example"].items()}
-    others = [(r["method"], r["freeze"], r.get("uses_cache", False), r["test_per_example"]) for r in chosen if r is not full]
-    if full.get("zero_shot") and full["zero_shot"].get("data_fingerprint") == full["data"]["fingerprint"]:
-        others.append(("zero-shot", -1, False, full["zero_shot"]["test_per_example"]))
-    rows = []
-    for method, freeze, cached, per_example in others:
-        result = paired_bootstrap(base, {k: np.asarray(v) for k, v in per_example.items()}, scorer.score,
-                                  samples=samples, seed=seed)[scorer.metric]
-        rows.append({"task": task, "method": method, "freeze": freeze, "uses_cache": cached,
-                     "difference": result["difference"], "low": result["low"], "high": result["high"],
-                     "p_value": result["p_value"]})
-    return pd.DataFrame(rows)
+TABLE_COLUMNS = {"task": "task", "run": "run", "metric": "metric", "value": "value", "low": "low", "high": "high",
+                 "seeds": "seeds", "zero_shot": "zero-shot", "trainable_millions": "trainable (M)",
+                 "epoch_seconds": "epoch (s)", "epoch_seconds_ratio": f"epoch ratio to full ({SWEEP_TIMING})",
+                 "time_to_best_seconds": "to best (s)",
+                 "time_to_best_seconds_ratio": f"to-best ratio to full ({SWEEP_TIMING})",
+                 "epochs_run": "epochs run", "epochs_to_best": "best epoch", "peak_tensor_memory_mb": "peak memory (MB)"}
 
 
-def freeze_findings(table, comparisons=None) -> str:
-    """Markdown sentences, one paragraph per task, generated from the numbers in `table`
-    (freeze_table) and, when given, `comparisons` (compare_to_full, all tasks concatenated)."""
+def table_view(table: pd.DataFrame) -> pd.DataFrame:
+    """The columns of `freeze_table` a page shows, named for a reader and rounded."""
+    return table[list(TABLE_COLUMNS)].rename(columns=TABLE_COLUMNS).round(3)
+
+
+# ----------------------------------------------------------------------------- the verdict
+
+def _paired(reference: Sequence[Mapping[str, np.ndarray]], variant: Sequence[Mapping[str, np.ndarray]], task: str,
+            metric: str, margin: float, clusters, samples: int) -> dict:
+    from telly import stats
+
+    return stats.non_inferiority(reference, variant, _scorer(task), metric, margin, clusters=clusters, samples=samples)
+
+
+def _against_baseline(name: str, value: float, columns: Mapping[str, np.ndarray], full: Sequence[Mapping], task: str,
+                      metric: str, clusters, samples: int) -> dict:
+    """Full fine-tuning (the mean over its seeds) minus a baseline scored once on the same test rows:
+    the difference, its 95% CI over seeds and test rows, and the one-sided p-value of no gain."""
+    fulls = [_columns(r) for r in full]
+    if len(next(iter(columns.values()))) != len(next(iter(fulls[0].values()))):
+        raise ValueError(f"{task}: the {name} was scored on {len(next(iter(columns.values())))} test rows, full "
+                         f"fine-tuning on {len(next(iter(fulls[0].values())))}: they must share the test split")
+    result = _paired([columns] * len(fulls), fulls, task, metric, 0.0, clusters, samples)
+    return {"name": name, "value": value, "difference": result["difference"], "low": result["low"],
+            "high": result["high"], "p_value": result["p_value"]}
+
+
+def _largest_non_inferior(rows: Sequence[Mapping]) -> int | None:
+    """The largest K whose row and every shallower row (in K order) are non-inferior."""
+    largest = None
+    for row in sorted(rows, key=lambda r: r["freeze"]):
+        if row["verdict"] != "non-inferior":
+            break
+        largest = row["freeze"]
+    return largest
+
+
+def non_inferiority_summary(records: Sequence[Mapping], profile, *, trivial: Mapping | None = None,
+                            samples: int | None = None) -> dict:
+    """Per task: full fine-tuning (mean over seeds, CI), against the task's trivial baseline and the
+    zero-shot model; every other variant against full fine-tuning, paired on the seeds both ran and
+    on the same test rows (clusters when the rows carry a "group" column): the difference, its 95% CI,
+    the margin (`profile.margin(metric)`), the one-sided non-inferiority p-value and its Holm
+    adjustment across the freeze depths of one method and cache mode, and a verdict; and the largest
+    K for which Telly-K and every shallower depth swept are non-inferior.
+
+    trivial: task -> `telly.tasks.Evaluation` of `Task.trivial_baseline` on the same test split. No
+    verdict (for any depth of a task) when full fine-tuning ran fewer than MIN_SEEDS seeds, produced
+    degenerate test outputs, has no trivial baseline to beat, or does not beat it (its CI's lower
+    bound above 0). A variant with fewer than MIN_SEEDS shared seeds gets numbers but no verdict."""
+    from telly import stats
+    from telly.profiles import get_profile
+
+    profile = get_profile(profile)
+    samples = samples or profile.bootstrap_samples
+    trivial = dict(trivial or {})
+    variants = _by_variant(records)
+    tasks = {}
+    for task in sorted({key[0] for key in variants}):
+        full_key = next((key for key in variants if key[0] == task and key[1] == "full"), None)
+        if full_key is None:
+            tasks[task] = {"no_verdict": ["no full fine-tuning run to compare against"], "rows": [],
+                           "largest_non_inferior_k": None}
+            continue
+        full_runs = variants[full_key]
+        seeds = sorted(full_runs)
+        full = [full_runs[s] for s in seeds]
+        metric = full[0]["metric"]
+        margin = profile.margin(metric)
+        clusters = _clusters(_columns(full[0]))
+        value, low, high = _quality(task, metric, full, samples)
+        degenerate = [s for s in seeds if full_runs[s]["test"].get("degenerate")]
+        entry = {"metric": metric, "margin": margin, "seeds": seeds,
+                 "full": {"value": value, "low": low, "high": high, "degenerate_seeds": degenerate},
+                 "trivial": None, "zero_shot": None}
+        if task in trivial:
+            evaluation = trivial[task]
+            name = evaluation.extras.get("name", "the trivial baseline")
+            entry["trivial"] = _against_baseline(name, evaluation.metrics[metric], evaluation.per_example, full,
+                                                 task, metric, clusters, samples)
+        zero_shot = full[0].get("zero_shot")
+        if zero_shot and zero_shot.get("data_fingerprint") == (full[0].get("data") or {}).get("fingerprint"):
+            entry["zero_shot"] = _against_baseline("the pre-trained model (zero-shot)", zero_shot["test"][metric],
+                                                   {k: np.asarray(v) for k, v in zero_shot["test_per_example"].items()},
+                                                   full, task, metric, clusters, samples)
+        reasons = []
+        if len(seeds) < MIN_SEEDS:
+            reasons.append(f"full fine-tuning ran {len(seeds)} seed{'s' if len(seeds) != 1 else ''}, "
+                           f"a verdict needs {MIN_SEEDS}")
+        if degenerate:
+            reasons.append(f"full fine-tuning's test outputs are degenerate (seed {', '.join(map(str, degenerate))})")
+        baseline = entry["trivial"]
+        if baseline is None:
+            reasons.append("no trivial baseline to show that full fine-tuning learned the task")
+        elif not baseline["low"] > 0:  # its numbers are in entry["trivial"]
+            reasons.append(f"full fine-tuning does not beat {baseline['name']}")
+        rows = []
+        for key, runs in variants.items():
+            if key[0] != task or key == full_key:
+                continue
+            shared = sorted(set(runs) & set(seeds))
+            if not shared:
+                continue
+            result = _paired([_columns(full_runs[s]) for s in shared], [_columns(runs[s]) for s in shared],
+                             task, metric, margin, clusters, samples)
+            first = runs[shared[0]]
+            rows.append({"run": run_name(first), "method": key[1], "freeze": key[2], "uses_cache": key[3],
+                         "seeds": shared, **{k: result[k] for k in ("difference", "low", "high", "margin", "p_value")}})
+        for family in {(row["method"], row["uses_cache"]) for row in rows}:
+            members = [row for row in rows if (row["method"], row["uses_cache"]) == family]
+            for row, adjusted in zip(members, stats.holm([row["p_value"] for row in members])):
+                row["p_holm"] = adjusted
+        for row in rows:
+            if reasons or len(row["seeds"]) < MIN_SEEDS:
+                row["verdict"] = "no verdict"
+            else:
+                row["verdict"] = "non-inferior" if row["p_holm"] < ALPHA else "not shown"
+        rows.sort(key=lambda r: (r["method"] != "telly", not r["uses_cache"], r["method"], r["freeze"]))
+        telly = [r for r in rows if r["method"] == "telly"]
+        cached = [r for r in telly if r["uses_cache"]]
+        family = cached or telly
+        entry |= {"no_verdict": reasons, "rows": rows,
+                  "depths": sorted(r["freeze"] for r in family),
+                  "family": "Telly-K cached" if cached else ("Telly-K uncached" if telly else None),
+                  "largest_non_inferior_k": None if reasons or not family else _largest_non_inferior(family)}
+        tasks[task] = entry
+    return {"profile": profile.name, "alpha": ALPHA, "min_seeds": MIN_SEEDS, "bootstrap_samples": samples,
+            "test": ("one-sided paired non-inferiority against full fine-tuning: H0 difference (variant - full) "
+                     "<= -margin, bootstrap draws resampling seeds and test rows together (whole groups where "
+                     "the rows carry them; telly.stats.non_inferiority), Holm across the freeze depths of each "
+                     f"task; non-inferior when the Holm-adjusted p < {ALPHA}"),
+            "margins": dict(profile.margins), "tasks": tasks}
+
+
+def summary_table(summary: Mapping) -> pd.DataFrame:
+    """One row per (task, variant) of `non_inferiority_summary`: the difference to full fine-tuning,
+    its CI, the margin, raw and Holm-adjusted p-values and the verdict."""
+    rows = [{"task": task, "run": row["run"], "seeds": len(row["seeds"]), "difference": row["difference"],
+             "low": row["low"], "high": row["high"], "margin": row["margin"], "p": row["p_value"],
+             "p (Holm)": row["p_holm"], "verdict": row["verdict"]}
+            for task, entry in summary["tasks"].items() for row in entry["rows"]]
+    return pd.DataFrame(rows, columns=["task", "run", "seeds", "difference", "low", "high", "margin", "p", "p (Holm)",
+                                       "verdict"]).round(4)
+
+
+# ----------------------------------------------------------------------------- sentences
+
+def bench_epoch_ratios(bench: Mapping | None, model: str) -> dict[tuple[int, bool], float]:
+    """{(K, cached): epoch time / full fine-tuning's} of `model`'s Telly-K rows in a bench record
+    (`telly.studies.bench`: code search, every variant in one process, interleaved); {} without one."""
+    if not bench:
+        return {}
+    return {(int(row["freeze"]), bool(row["cached"])): row["ratio_to_full"] for row in bench.get("training", [])
+            if row["model"] == model and row["method"] == "telly"}
+
+
+def _difference(row: Mapping) -> str:
+    return (f"difference {row['difference']:+.3f}, 95% CI {row['low']:+.3f} to {row['high']:+.3f}, "
+            f"Holm-adjusted p = {row['p_holm']:.3f}")
+
+
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _zero_shot_sentence(zero: Mapping | None) -> str:
+    if zero is None:
+        return ""
+    gain = zero["difference"]
+    if zero["low"] > 0:
+        verdict = "a significant gain"
+    elif zero["high"] < 0:
+        verdict = "a significant loss: the pre-trained model does better without fine-tuning"
+    else:
+        verdict = "no significant difference"
+    return (f" The pre-trained model scores {zero['value']:.3f} before any fine-tuning; fine-tuning "
+            f"{'adds' if gain >= 0 else 'loses'} {abs(gain):.3f} ({verdict}: full minus zero-shot {gain:+.3f}, "
+            f"paired 95% CI {zero['low']:+.3f} to {zero['high']:+.3f}).")
+
+
+def _beats(baseline: Mapping) -> str:
+    if baseline["low"] > 0:
+        return "beats it"
+    return "scores below it" if baseline["high"] < 0 else "does not beat it"
+
+
+def _trivial_sentence(trivial: Mapping | None) -> str:
+    if trivial is None:
+        return ""
+    return (f" {_capitalised(trivial['name'])}, a model-free answer, scores {trivial['value']:.3f}; full fine-tuning "
+            f"{_beats(trivial)} (difference {trivial['difference']:+.3f}, paired 95% CI {trivial['low']:+.3f} to "
+            f"{trivial['high']:+.3f}).")
+
+
+def _depth_verdict(entry: Mapping, rows: pd.DataFrame, bench_ratios: Mapping[tuple[int, bool], float]) -> str:
+    """The sentence naming the largest non-inferior K, what it saves, and the first depth that fails."""
+    cached = entry["family"] == "Telly-K cached"
+    family = sorted((r for r in entry["rows"] if r["method"] == "telly" and r["uses_cache"] == cached),
+                    key=lambda r: r["freeze"])
+    if not family:
+        return " No Telly-K run yet."
+    test = (f"non-inferior to full fine-tuning (margin {entry['margin']:g} {entry['metric']}, Holm-adjusted "
+            f"one-sided p < {ALPHA} over {len(entry['seeds'])} seeds)")
+    swept = f"Of the depths swept (K = {', '.join(str(r['freeze']) for r in family)})"
+    largest = entry["largest_non_inferior_k"]
+    if largest is None:
+        return f" {swept}, none is {test}: already {family[0]['run']} is not ({_difference(family[0])})."
+    chosen = next(r for r in family if r["freeze"] == largest)
+    row = rows[(rows.method == "telly") & (rows.freeze == largest) & (rows.uses_cache == cached)].iloc[0]
+    full = rows[rows.method == "full"].iloc[0]
+    text = (f" {swept}, the largest K for which Telly-K and every shallower depth are {test} is K = {largest}: "
+            f"{chosen['run']} ({_difference(chosen)}) trains {row.trainable_fraction:.0%} of the backbone's parameters")
+    ratio = bench_ratios.get((largest, cached))
+    if ratio is not None:
+        text += f"; its epoch takes {ratio:.2f}x full fine-tuning's in one process (the bench: code search, interleaved)"
+    else:
+        text += f"; its epoch takes {row.epoch_seconds_ratio:.2f}x full fine-tuning's over separate runs of the sweep"
+    if row.epochs_run > 1 and full.epochs_run > 1:  # with one epoch, time to best is epoch time again
+        text += (f", and it reaches its best validation score in {row.time_to_best_seconds_ratio:.2f}x the time "
+                 "(separate runs, building the cache included)")
+    text += "."
+    deeper = [r for r in family if r["freeze"] > largest]
+    if deeper:
+        text += f" {deeper[0]['run']} is not shown non-inferior ({_difference(deeper[0])})"
+        alone = [r["run"] for r in deeper[1:] if r["verdict"] == "non-inferior"]
+        if alone:
+            text += (f"; {', '.join(alone)} pass{'es' if len(alone) == 1 else ''} on "
+                     f"{'its' if len(alone) == 1 else 'their'} own, but not below a depth that fails")
+        text += "."
+    return text
+
+
+def freeze_findings(table: pd.DataFrame, summary: Mapping, *,
+                    bench_ratios: Mapping[tuple[int, bool], float] | None = None) -> str:
+    """Markdown, one paragraph per task, generated from `table` (freeze_table), `summary`
+    (non_inferiority_summary) and, when given, the bench's in-process epoch ratios
+    (bench_epoch_ratios), quoted in preference to the ratios of the sweep's separate runs."""
+    bench_ratios = dict(bench_ratios or {})
     paragraphs = []
-    for task, rows in table.groupby("task"):
-        full = rows[rows.method == "full"]
-        if full.empty:
+    for task in sorted(set(table.task)):
+        rows = table[table.task == task]
+        entry = summary["tasks"].get(task) or {}
+        if rows[rows.method == "full"].empty or "full" not in entry:
             paragraphs.append(f"**{task}**: no full fine-tuning run yet, so nothing to compare against.")
             continue
-        full = full.iloc[0]
-        metric = full.metric
-        telly = rows[(rows.method == "telly") & rows.uses_cache].sort_values("freeze")
-        kept = telly[telly.within_full_ci]
-        text = (f"**{task}**: full fine-tuning reaches {metric} {full.value:.3f} "
-                f"(95% CI {full.low:.3f}-{full.high:.3f}).")
-        if full.zero_shot is not None and full.zero_shot == full.zero_shot:
-            text += f" The pre-trained model scores {full.zero_shot:.3f} before any fine-tuning"
-            if comparisons is not None and not comparisons.empty:
-                zero = comparisons[(comparisons.task == task) & (comparisons.method == "zero-shot")]
-                if not zero.empty:
-                    z = zero.iloc[0]
-                    verdict = "a gain outside the paired 95% CI" if z.high < 0 else "not a significant gain"
-                    text += (f"; fine-tuning adds {-z.difference:.4f} ({verdict}: "
-                             f"zero-shot minus full is {z.difference:.4f}, CI {z.low:.4f} to {z.high:.4f})")
-            text += "."
-        if telly.empty:
-            text += " No cached Telly-K run yet."
-        elif kept.empty:
-            text += f" No Telly-K run (K = {', '.join(map(str, telly.freeze))}) stays within that CI."
+        full, seeds = entry["full"], len(entry["seeds"])
+        text = (f"**{task}**: full fine-tuning reaches {entry['metric']} {full['value']:.3f} "
+                f"(95% CI {full['low']:.3f}-{full['high']:.3f}, {seeds} seed{'s' if seeds != 1 else ''}).")
+        text += _zero_shot_sentence(entry["zero_shot"]) + _trivial_sentence(entry["trivial"])
+        if entry["no_verdict"]:
+            text += f" No verdict on which depths keep its quality: {'; '.join(entry['no_verdict'])}."
         else:
-            deepest = kept.iloc[-1]
-            text += (f" Telly-K stays within that CI for K = {', '.join(str(int(k)) for k in kept.freeze)}"
-                     f" ({len(kept)} of {len(telly)} cached depth{'s' if len(telly) > 1 else ''} run); the deepest, {freeze_label(int(deepest.freeze))}, trains "
-                     f"{deepest.trainable_fraction:.0%} of the backbone's parameters, its epoch takes "
-                     f"{deepest.epoch_seconds_ratio:.2f}x the full fine-tuning epoch and it reaches its best "
-                     f"validation score in {deepest.time_to_best_seconds_ratio:.2f}x the time.")
-            missed = telly[~telly.within_full_ci]
-            if not missed.empty:
-                text += f" Below the CI: K = {', '.join(str(int(k)) for k in missed.freeze)}."
+            text += _depth_verdict(entry, rows, bench_ratios)
         paragraphs.append(text)
     return "\n\n".join(paragraphs)
 
 
+def _is_degenerate(record: Mapping) -> bool:
+    report = (record.get("generation") or {}).get("degenerate") or {}
+    return bool(record["test"].get("degenerate")) or bool(report.get("is_degenerate"))
+
+
 def degenerate_findings(records: list[dict]) -> str:
     """Markdown naming the generation runs whose test outputs are degenerate (empty or all alike,
-    per `record["test"]["degenerate"]` / `record["generation"]["degenerate"]`), one line per task;
-    "" when `records` hold no generation run."""
+    per `record["test"]["degenerate"]` / `record["generation"]["degenerate"]`) and the best of the
+    others, one line per task; "" when `records` hold no generation run."""
     lines = []
     for task in sorted({r["task"] for r in records if r.get("generation")}):
         runs = sorted((r for r in records if r["task"] == task and r.get("generation")),
                       key=lambda r: (r["method"] != "full", r["freeze"]))
-        bad = []
-        for r in runs:
-            report = r["generation"].get("degenerate") or {}
-            if r["test"].get("degenerate") or report.get("is_degenerate"):
-                name = freeze_label(r["freeze"]) if r["method"] in ("telly", "full") else r["method"]
-                bad.append(f"{name} ({'; '.join(report.get('reasons', [])) or 'flagged degenerate'})")
+        bad = [f"{run_name(r)} ({'; '.join((r['generation'].get('degenerate') or {}).get('reasons', [])) or 'flagged degenerate'})"
+               for r in runs if _is_degenerate(r)]
+        sound = [r for r in runs if not _is_degenerate(r)]
         metric = runs[0]["metric"]
-        best = max(r["test"][metric] for r in runs)
-        text = f"**{task}**: best test {metric} {best:.3f} over {len(runs)} runs; "
+        if not sound:
+            lines.append(f"**{task}**: all {len(runs)} runs produce degenerate outputs, so no score here is "
+                         f"evidence of generation quality: {', '.join(bad)}.")
+            continue
+        best = max(sound, key=lambda r: r["test"][metric])
+        text = (f"**{task}**: of {len(runs)} runs, the best with sound outputs is {run_name(best)} at test {metric} "
+                f"{best['test'][metric]:.3f}; ")
         text += (f"{len(bad)} of {len(runs)} runs produce degenerate outputs, so their scores are not "
                  f"evidence of generation quality: {', '.join(bad)}." if bad else "no run's outputs are degenerate.")
         lines.append(text)
     return "\n\n".join(lines)
 
 
-TABLE_COLUMNS = ["task", "method", "freeze", "uses_cache", "metric", "value", "low", "high", "zero_shot",
-                 "trainable_millions", "epoch_seconds", "epoch_seconds_ratio", "time_to_best_seconds",
-                 "time_to_best_seconds_ratio", "epochs_to_best", "peak_tensor_memory_mb", "within_full_ci"]
+def generation_note(records: list[dict], summary: Mapping, *, model: str, kind: str) -> str:
+    """What the generation runs show, read from the numbers: for an encoder backbone, how its
+    generation head is built; on which generation tasks full fine-tuning beats the task's model-free
+    baseline (only there do depths say anything about freezing); then `degenerate_findings`."""
+    degenerate = degenerate_findings(records)
+    if not degenerate:
+        return ""
+    text = "**Generation tasks.**"
+    if kind == "encoder":
+        text += (f" `{model}` is an encoder, not a generative model (the default, MiniLM-L6, is a sentence encoder "
+                 "trained on text, not code): its generation head is warm-started from encoder weights.")
+    tasks = sorted({r["task"] for r in records if r.get("generation")})
+    checked = {t: summary["tasks"][t]["trivial"] for t in tasks if (summary["tasks"].get(t) or {}).get("trivial")}
+    learned = [t for t, trivial in checked.items() if trivial["low"] > 0]
+    floor = [f"{t} ({trivial['name']}: {trivial['value']:.3f}, full fine-tuning {trivial['value'] + trivial['difference']:.3f})"
+             for t, trivial in checked.items() if not trivial["low"] > 0]
+    if checked:
+        text += f" Full fine-tuning beats the model-free baseline on {len(learned)} of the {len(checked)} generation tasks checked"
+        text += f" ({', '.join(learned)})." if learned else "."
+        if floor:
+            text += (f" On {'; '.join(floor)} it does not: there generation sits at the floor a model-free answer "
+                     "sets, and differences between depths say nothing about freezing.")
+    unchecked = [t for t in tasks if t not in checked]
+    if unchecked:
+        text += f" No model-free baseline was scored for {', '.join(unchecked)}."
+    return f"{text}\n\n{degenerate}"
 
 
-def table_view(table: pd.DataFrame) -> pd.DataFrame:
-    """The columns of `freeze_table` a page shows, rounded."""
-    return table[TABLE_COLUMNS].round(3)
+def swept_depths(table: pd.DataFrame) -> str:
+    """Markdown: per task, the full and Telly-K depths in `table` (freeze_table), over how many seeds
+    and epochs, so a page says which depths the verdicts rest on."""
+    lines = []
+    for task, rows in table.groupby("task"):
+        curve = rows[(rows.method == "full") | (rows.method == "telly")].sort_values("freeze")
+        depths = ", ".join(str(int(k)) + ("" if cached or k == -1 else " uncached")
+                           for k, cached in zip(curve.freeze, curve.uses_cache))
+        seeds = sorted(set(curve.seeds))
+        low, high = curve.epochs_run.min(), curve.epochs_run.max()
+        epochs = f"{low:.3g}" if low == high else f"{low:.3g} to {high:.3g}"
+        lines.append(f"- **{task}**: K = {depths} over {'/'.join(map(str, seeds))} seed{'s' if seeds != [1] else ''}, "
+                     f"{epochs} epoch{'s' if high != 1 else ''} run (mean over seeds)")
+    return "\n".join(lines)
+
+
+def training_note(records: Sequence[Mapping]) -> str:
+    """How the runs were trained, read from their records: optimiser, schedule, epochs and early
+    stopping; one sentence per distinct setting."""
+    settings = {}
+    for record in records:
+        optimizer, profile = record.get("optimizer"), record["profile_settings"]
+        if optimizer is None:
+            text = "optimiser settings not recorded (a record from before they were)"
+        else:
+            text = (f"{optimizer['name']} (eps {optimizer['eps']:g}, weight decay {optimizer['weight_decay']:g}, "
+                    f"gradient norm clipped at {optimizer['max_grad_norm']:g}), learning rate "
+                    f"{optimizer['learning_rate']:g} (head {optimizer['head_learning_rate']:g}), {optimizer['schedule']}")
+        text += (f"; up to {profile['epochs']} epoch{'s' if profile['epochs'] != 1 else ''}, stopping after "
+                 f"{profile['patience']} without a better validation score")
+        settings.setdefault(text, []).append(record["run"])
+    if len(settings) == 1:
+        return f"Every run: {next(iter(settings))}."
+    return "\n".join(f"- {len(runs)} run{'s' if len(runs) != 1 else ''}: {text}." for text, runs in settings.items())
+
+
+def bench_note(bench: Mapping | None, model: str) -> str:
+    """Where the in-process epoch ratios quoted on a page come from, or that there are none."""
+    ratios = bench_epoch_ratios(bench, model)
+    if not ratios:
+        return (f"No bench record with `{model}` is at hand, so every epoch ratio quoted here comes from the "
+                "sweep's separate runs.")
+    source = {"reference": "the reference record shipped with Telly", "store": "this machine's results store",
+              "run": "a run for this build"}.get(bench.get("origin"), "a bench record")
+    depths = ", ".join(str(k) for k in sorted({k for k, _cached in ratios}))
+    return (f"Epoch ratios quoted in one process come from the bench ({source}: {bench['device']}, "
+            f"{bench['provenance']['date'][:10]}; code search, K = {depths}, {bench['timing']}); other depths fall "
+            "back to the sweep's separate runs.")
 
 
 def sweep_note(result: dict) -> str:
@@ -160,24 +520,7 @@ def sweep_note(result: dict) -> str:
     return "\n\n".join(lines)
 
 
-def comparisons(records: list[dict], *, seed: int = 0, samples: int = 1000) -> pd.DataFrame:
-    """`compare_to_full` for every task that has a full fine-tuning run of `seed`."""
-    tasks = sorted({r["task"] for r in records if r["method"] == "full" and r["seed"] == seed})
-    frames = [compare_to_full(records, task, seed=seed, samples=samples) for task in tasks]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def generation_note(records: list[dict], *, model: str, kind: str) -> str:
-    """The degenerate-output findings of the generation runs, after a note on encoder backbones."""
-    degenerate = degenerate_findings(records)
-    if not degenerate:
-        return ""
-    encoder_note = (f"`{model}` is an encoder, not a generative model (the default, MiniLM-L6, is a sentence "
-                    "encoder trained on text, not code): its generation head is warm-started from "
-                    "encoder weights, so generation quality sits near the floor and depth-to-depth differences "
-                    "on these tasks say little. " if kind == "encoder" else "")
-    return f"**Generation tasks.** {encoder_note}\n\n{degenerate}"
-
+# ----------------------------------------------------------------------------- charts and the paper
 
 def freeze_slider(table: pd.DataFrame):
     """The static page's freeze-depth slider over every task's full and cached Telly-K runs."""
@@ -188,24 +531,35 @@ def freeze_slider(table: pd.DataFrame):
                                                        "to best (s)": ".1f"})
 
 
-def ours_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Our full and cached Telly-K rows in the shape of `paper_table`."""
-    return curve_table(table).set_index(["task", "freeze"])[["quality", "low", "high", "trainable (M)",
-                                                              "epoch_seconds_ratio"]].round(3)
+def ours_table(table: pd.DataFrame, bench_ratios: Mapping[tuple[int, bool], float] | None = None) -> pd.DataFrame:
+    """Our full and cached Telly-K rows in the shape of `paper_table`: quality, trainable parameters,
+    and epoch ratios to full fine-tuning: uncached Telly-K (the paper's method) and cached, each as the
+    bench measured it in one process (`bench_epoch_ratios`; blank where it did not measure the depth),
+    then cached as the sweep's separate runs timed it."""
+    bench_ratios = dict(bench_ratios or {})
+    curve = curve_table(table)
+    view = curve.set_index(["task", "freeze"])[["quality", "low", "high", "trainable (M)"]].copy()
+    for cached in (False, True):
+        view[f"{'cached' if cached else 'uncached'} epoch ratio ({BENCH_TIMING})"] = [
+            1.0 if k == -1 else bench_ratios.get((int(k), cached), np.nan) for _task, k in view.index]
+    view[f"cached epoch ratio ({SWEEP_TIMING})"] = curve.epoch_seconds_ratio.to_numpy()
+    return view.round(3)
 
 
 def paper_table(tasks: Sequence[str]) -> pd.DataFrame:
     """The paper's RQ3 table for `tasks`: quality per metric, trainable parameters (M) and the epoch
-    time as a ratio to Base, by (task, freeze)."""
+    time as a ratio to Base, by (task, freeze); the paper's Telly-K ran uncached, each depth a
+    separate training run."""
     from telly.report.paper import PAPER_TELLY_QUALITY, paper_telly_rows
 
     paper = pd.DataFrame(paper_telly_rows([t for t in tasks if t in PAPER_TELLY_QUALITY]))
     if paper.empty:
         return paper
+    ratio = f"uncached epoch ratio ({SWEEP_TIMING})"
     full_epoch = paper[paper.freeze == -1].drop_duplicates("task").set_index("task").epoch_seconds
-    paper["epoch ratio"] = paper.epoch_seconds / paper.task.map(full_epoch)
+    paper[ratio] = paper.epoch_seconds / paper.task.map(full_epoch)
     return paper.pivot_table(index=["task", "freeze"], columns="metric", values="value").join(
-        paper.drop_duplicates(["task", "freeze"]).set_index(["task", "freeze"])[["trainable_millions", "epoch ratio"]]
+        paper.drop_duplicates(["task", "freeze"]).set_index(["task", "freeze"])[["trainable_millions", ratio]]
     ).round(3)
 
 
@@ -217,74 +571,135 @@ def curve_table(table: pd.DataFrame) -> pd.DataFrame:
                                  "epoch_seconds": "epoch (s)", "time_to_best_seconds": "to best (s)"})
 
 
-def clone_baseline_table(baseline: dict, table: pd.DataFrame) -> pd.DataFrame:
-    """The token-overlap baseline (`telly.tasks.clone_detection.token_overlap_baseline`) beside the
+CLONE_KINDS = {  # telly.tasks.clone_detection.PAIR_KINDS in words, in the order the prose names them
+    "variant": "pair a function with a semantics-preserving variant of itself (clones)",
+    "same-edit": "put the same one-edit change on both sides (clones)",
+    "different-edits": "put two different one-edit changes of one function on the two sides (not clones)",
+    "other-function": "pair a function with a variant of another function (not clones)",
+}
+
+
+def _clone_runs(table: pd.DataFrame) -> pd.DataFrame:
+    return table[(table.task == "clone-detection")
+                 & ((table.method == "full") | ((table.method == "telly") & table.uses_cache))]
+
+
+def clone_baseline_table(baselines: Mapping, table: pd.DataFrame) -> pd.DataFrame:
+    """The clone-detection baselines (`telly.tasks.clone_detection.clone_baselines`) above the
     clone-detection runs of `freeze_table` (full and cached Telly-K): run, F1 and its 95% CI."""
-    rows = table[(table.task == "clone-detection") & ((table.method == "full") | ((table.method == "telly") & table.uses_cache))]
-    f1 = baseline["test_ci"]["f1"]
-    return pd.concat([pd.DataFrame([{"run": "token overlap (Jaccard)", "value": f1["value"], "low": f1["low"],
-                                     "high": f1["high"]}]),
-                      rows.assign(run=[freeze_label(int(k)) for k in rows.freeze])[["run", "value", "low", "high"]]],
+    rows = [{"run": b["name"], "kind": "baseline", "value": b["test_ci"]["f1"]["value"], "low": b["test_ci"]["f1"]["low"],
+             "high": b["test_ci"]["f1"]["high"]} for b in baselines["baselines"].values()]
+    runs = _clone_runs(table)
+    return pd.concat([pd.DataFrame(rows), runs.assign(kind="fine-tuned")[["run", "kind", "value", "low", "high"]]],
                      ignore_index=True)
 
 
-def clone_baseline_prose(baseline: dict, table: pd.DataFrame) -> str:
-    """What string matching alone gets, and which fine-tuned variants score above its CI."""
-    rows = table[(table.task == "clone-detection") & ((table.method == "full") | ((table.method == "telly") & table.uses_cache))]
-    f1 = baseline["test_ci"]["f1"]
-    beaten = rows[rows.low > f1["high"]]
-    return (f"Token overlap alone (threshold {baseline['threshold']:.2f} from the validation split) reaches test F1 "
-            f"{baseline['test']['f1']:.3f} (95% CI {f1['low']:.3f}-{f1['high']:.3f}, "
-            f"precision {baseline['test']['precision']:.3f}, recall {baseline['test']['recall']:.3f}); "
-            f"{len(beaten)} of the {len(rows)} fine-tuned variants score above that CI"
-            + (f": {', '.join(freeze_label(int(k)) for k in beaten.freeze)}." if len(beaten) else "."))
+def _f1(baseline: Mapping) -> str:
+    ci = baseline["test_ci"]["f1"]
+    return f"F1 {ci['value']:.3f} (95% CI {ci['low']:.3f}-{ci['high']:.3f})"
 
 
-def cache_check_prose(cached: dict, uncached: dict, *, samples: int = 1000) -> str:
-    """Cached against uncached Telly-K on the same seed: the paired difference in test quality and
-    the epoch times."""
+def clone_baseline_prose(baselines: Mapping, table: pd.DataFrame) -> str:
+    """What the test pairs are (near misses named as such), what each baseline reaches, whether one
+    side alone gives the label away, and which fine-tuned variants score above every baseline's CI."""
+    kinds, found = baselines["test_kinds"], baselines["baselines"]
+    always, second, overlap = found["always-clone"], found["second-side"], found["token-overlap"]
+    text = ""
+    if kinds and set(kinds) <= set(CLONE_KINDS):
+        pairs = sum(k["pairs"] for k in kinds.values())
+        parts = "; ".join(f"{kinds[k]['pairs']} {words}" for k, words in CLONE_KINDS.items() if k in kinds)
+        text += f"The {pairs} test pairs come from {baselines['functions']} functions: {parts}. "
+        edited = sum(kinds[k]["pairs"] for k in ("same-edit", "different-edits") if k in kinds)
+        if edited:
+            text += ("A one-edit change (a flipped comparison, a swapped operator, an integer off by one or exchanged "
+                     "if/else bodies) makes a near miss: code that reads like the function and behaves differently. "
+                     "The clone literature calls such look-alikes near-miss (Type-3) clones; here the label follows "
+                     f"behaviour, so the {edited} pairs built from near misses are clones only where both sides "
+                     "carry the same edit, and these F1 scores are not comparable with BigCloneBench's. ")
+    clones = always["test"]["precision"]  # always "clone": precision is the share of clones
+    majority = max(clones, 1 - clones)
+    accuracy = second["test_ci"]["accuracy"]
+    text += (f"Always answering \"clone\" reaches {_f1(always)}. A bag-of-tokens classifier that sees only the "
+             f"second function of each pair reaches {_f1(second)} and accuracy {accuracy['value']:.3f} (95% CI "
+             f"{accuracy['low']:.3f}-{accuracy['high']:.3f}) where always answering the larger class gets {majority:.3f}: ")
+    if accuracy["low"] > majority:
+        text += "one side alone carries part of the label. "
+    else:
+        text += "no better, so one side alone does not give the label away. "
+    text += f"Token overlap (threshold {overlap['threshold']:.2f} from the validation split) reaches {_f1(overlap)}"
+    near_miss = overlap["clone_share_by_kind"].get("different-edits")
+    text += (f" and calls {near_miss:.0%} of the different-edit near misses clones. " if near_miss is not None else ". ")
+    runs = _clone_runs(table)
+    bar = max(b["test_ci"]["f1"]["high"] for b in found.values())
+    beaten = runs[runs.low > bar]
+    text += f"{len(beaten)} of the {len(runs)} fine-tuned variants score above every baseline's CI"
+    return text + (f": {', '.join(beaten.run)}." if len(beaten) else ".")
+
+
+def trivial_baseline_table(summary: Mapping) -> pd.DataFrame:
+    """Per task of `non_inferiority_summary`: the trivial baseline (`telly.tasks.Task.trivial_baseline`)
+    beside full fine-tuning, and full minus baseline with its paired 95% CI."""
+    rows = [{"task": task, "metric": entry["metric"], "baseline": entry["trivial"]["name"],
+             "baseline score": entry["trivial"]["value"], "full fine-tuning": entry["full"]["value"],
+             "difference": entry["trivial"]["difference"], "low": entry["trivial"]["low"],
+             "high": entry["trivial"]["high"], "full beats it": bool(entry["trivial"]["low"] > 0)}
+            for task, entry in summary["tasks"].items() if entry.get("trivial")]
+    return pd.DataFrame(rows, columns=["task", "metric", "baseline", "baseline score", "full fine-tuning",
+                                       "difference", "low", "high", "full beats it"])
+
+
+def cache_check_prose(cached: dict, uncached: dict, *, samples: int = 1000,
+                      bench_ratios: Mapping[tuple[int, bool], float] | None = None) -> str:
+    """Cached against uncached Telly-K on the same seed: the paired difference in test quality, and
+    what caching does to the epoch: in one process from the bench when it measured this depth both
+    ways (`bench_epoch_ratios`), else from these two separate runs."""
     from telly.stats import paired_bootstrap
     from telly.tasks import get_task
 
     scorer = get_task(cached["task"])
     diff = paired_bootstrap(uncached["test_per_example"], cached["test_per_example"], scorer.score,
                             samples=samples)[scorer.metric]
-    return (f"Telly-{cached['freeze']} on {cached['task']}: cached {scorer.metric} {cached['test'][scorer.metric]:.3f}, "
+    freeze, bench_ratios = cached["freeze"], dict(bench_ratios or {})
+    separate = cached["epoch_seconds"] / uncached["epoch_seconds"]
+    if (freeze, True) in bench_ratios and (freeze, False) in bench_ratios:
+        epoch = (f"In one process (the bench: code search, interleaved) a cached epoch takes "
+                 f"{bench_ratios[(freeze, True)] / bench_ratios[(freeze, False)]:.2f}x an uncached one; these two "
+                 f"separate runs took {cached['epoch_seconds']:.1f} s and {uncached['epoch_seconds']:.1f} s ({separate:.2f}x)")
+    else:
+        epoch = (f"Epoch, over these two separate runs: {cached['epoch_seconds']:.1f} s cached vs "
+                 f"{uncached['epoch_seconds']:.1f} s uncached ({separate:.2f}x)")
+    return (f"Telly-{freeze} on {cached['task']}: cached {scorer.metric} {cached['test'][scorer.metric]:.3f}, "
             f"uncached {uncached['test'][scorer.metric]:.3f}; cached minus uncached {diff['difference']:+.3f} "
             f"(paired 95% CI {diff['low']:+.3f} to {diff['high']:+.3f}, p = {diff['p_value']:.2f}). "
-            f"Epoch: {cached['epoch_seconds']:.1f} s cached vs {uncached['epoch_seconds']:.1f} s uncached "
-            f"({cached['epoch_seconds'] / uncached['epoch_seconds']:.2f}x), plus {cached['cache_seconds']:.1f} s "
-            f"once to build the cache.")
+            f"{epoch}, plus {cached['cache_seconds']:.1f} s once to build the cache.")
 
 
 def example_outputs(records: Sequence[dict], n: int = 3) -> list[dict]:
     """A few test predictions beside their references for the book: from the best variant (highest
-    headline metric) and the most frozen one, on the same test rows. `records` are finished
-    fine-tuning records of one generation task and model (`telly.trainer.finetune`)."""
+    headline metric among the runs whose outputs are not degenerate; full fine-tuning when every run
+    is degenerate) and the most frozen one, on the same test rows. `records` are finished fine-tuning
+    records of one generation task and model (`telly.trainer.finetune`)."""
     if not records:
         raise ValueError("no records to take example outputs from")
     tasks = {r["task"] for r in records}
     if len(tasks) != 1:
         raise ValueError(f"example outputs compare variants of one task, got {sorted(tasks)}")
-    best = max(records, key=lambda r: r["test"][r["metric"]])
+    sound = [r for r in records if not _is_degenerate(r)]
+    full = next((r for r in records if r["method"] == "full"), None)
+    chosen = ([("best", max(sound, key=lambda r: r["test"][r["metric"]]))] if sound else
+              [("full fine-tuning, every run degenerate", full)] if full is not None else [])
     most_frozen = max(records, key=lambda r: r["freeze"] if r["method"] in ("telly", "full") else -2)
-    chosen = [("best", best)] + ([("most frozen", most_frozen)] if most_frozen is not best else [])
+    if all(record is not most_frozen for _role, record in chosen):
+        chosen.append(("most frozen", most_frozen))
     rows = []
     for role, record in chosen:
         columns = record["test_per_example"]
         for index, (reference, prediction) in enumerate(zip(columns["reference"][:n], columns["prediction"][:n])):
-            rows.append({"variant": f"{role}: {_variant_name(record)}", "example": index,
+            rows.append({"variant": f"{role}: {run_name(record)}", "example": index,
                          f"{record['metric']}": record["test"][record["metric"]],
-                         "degenerate": bool(record["test"].get("degenerate", 0.0)),
-                         "reference": reference, "prediction": prediction})
+                         "degenerate": _is_degenerate(record), "reference": reference, "prediction": prediction})
     return rows
 
 
 def example_frame(records: Sequence[dict], n: int = 3) -> pd.DataFrame:
     return pd.DataFrame(example_outputs(records, n=n))
-
-
-def _variant_name(record: dict) -> str:
-    if record["method"] == "telly":
-        return f"Telly-{record['freeze']}"
-    return record["method"]

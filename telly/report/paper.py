@@ -13,7 +13,8 @@ PAPER_MODEL = "unixcoder-base"
 PAPER_NUM_LAYERS = 12
 
 # RQ2: RSA between the pre-trained and the fully fine-tuned UniXcoder, per layer (0 = embeddings),
-# 5,000 CodeSearchNet Python functions. The paper reports these seven layers only.
+# 5,000 CodeSearchNet Python functions. The paper reports these seven layers only, without
+# intervals: chapter 2 judges its "top two layers" on them (telly.report.similarity.paper_movement).
 PAPER_RSA: dict[str, dict[int, float]] = {
     "code-search": {0: 1.000, 4: 0.997, 8: 0.960, 9: 0.892, 10: 0.799, 11: 0.588, 12: 0.371},
     "clone-detection": {0: 1.000, 4: 0.970, 8: 0.892, 9: 0.844, 10: 0.647, 11: 0.505, 12: 0.265},
@@ -114,12 +115,18 @@ PAPER_WEIGHTED_PROBES: dict[str, dict[str, float]] = {
     "structural": {"random": 0.348, "pretrained": 0.297, "finetuned": 0.622},
 }
 PAPER_PROBE_METRICS = {prop.name: prop.metric for prop in PROPERTIES}
+# Where the paper's number is not what its label says: shown beside it wherever it appears.
+PAPER_PROBE_NOTES = {
+    "syntactic": ("not an MRR, not comparable: the replication package's script ranks the wrong "
+                  "index when it computes the syntactic probe's reciprocal ranks"),
+}
 
 
 def paper_probe_rows() -> list[dict]:
-    """The paper's weighted-probe table as rows: probe, metric, state, score, source."""
+    """The paper's weighted-probe table as rows: probe, metric, state, score, source, and a note
+    where the number is not comparable (`PAPER_PROBE_NOTES`)."""
     return [{"probe": probe, "metric": PAPER_PROBE_METRICS[probe], "state": state, "score": score,
-             "source": f"paper ({PAPER_MODEL})"}
+             "source": f"paper ({PAPER_MODEL})", "note": PAPER_PROBE_NOTES.get(probe, "")}
             for probe, scores in PAPER_WEIGHTED_PROBES.items() for state, score in scores.items()]
 # Where the paper found each property (RQ1): the third of the layers the probes peak in.
 PAPER_PROBE_REGIONS = {prop.name: prop.paper_region for prop in PROPERTIES}

@@ -1,73 +1,110 @@
 """RQ1 in words, rows and tables: pure functions of probing records (`telly.studies.probing`).
 
-`findings` reads each probe's numbers (peak layer, where the weighted probe looks, saturation,
-selectivity); `describe_probing` and `paper_contrast` turn them into sentences; `layer_rows` and
-`weight_rows` feed `telly.report.charts`; `weighted_table` and `paper_comparison` are the tables.
-Nothing here trains, loads a model or writes a file.
+`findings` reads each probe's numbers into verdicts that only a confidence interval can give:
+whether a state beats the random-init backbone and each surface baseline (the lower bound of the
+paired difference above 0), whether the probe is informative (it beats both), whether the
+layer-wise peak beats its neighbours, and where the weighted probe's layer weights centre (with
+whether they moved from uniform further than on shuffled labels). `describe_probing` and
+`paper_contrast` turn findings into sentences; `layer_rows` and `weight_rows` feed
+`telly.report.charts`; `verdict_table` and `paper_comparison` are the tables. Everything is
+computed from the record on each call; nothing here trains, loads a model or writes a file.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import numpy as np
-
 from telly.probing.properties import PROPERTIES
 from telly.probing.run import STATES
-from telly.report.paper import PAPER_MODEL, PAPER_PROBE_REGIONS, PAPER_WEIGHTED_PROBES
+from telly.report.paper import (
+    PAPER_MODEL,
+    PAPER_PROBE_NOTES,
+    PAPER_PROBE_REGIONS,
+    PAPER_WEIGHTED_PROBES,
+)
 
-# A probe is "saturated" when the random-init backbone already scores this close to the top.
-SATURATION_GAP = 0.02
-# Mix weights this close to uniform (normalised entropy) read as "spread over all layers".
-SPREAD_ENTROPY = 0.9
+# Weights "moved from uniform" when the permutation test against shuffled-label refits gives
+# p <= ALPHA (with 19 refits that needs every shuffled refit to move them less).
+ALPHA = 0.05
+# The syntactic probe's SBT inputs may be cut for at most this share of functions (issue 13).
+SBT_CUT_LIMIT = 0.05
+
+
+def _beats(difference: Mapping | None) -> bool | None:
+    """A verdict from a paired difference: True only when its 95% CI lies above 0."""
+    return None if difference is None else bool(difference["low"] > 0)
+
+
+def _region(depth: float) -> str:
+    """Lower / middle / upper third of the relative depth 0..1 (0 = embeddings, 1 = last block)."""
+    return "lower" if depth < 1 / 3 else "middle" if depth <= 2 / 3 else "upper"
+
+
+def _main_state(states: Mapping) -> str:
+    return "pretrained" if "pretrained" in states else next(iter(states))
 
 
 def findings(record: dict) -> dict:
-    """Per probe, what the numbers say: peak layer, weight peak, saturation, selectivity."""
+    """Per probe: the main (pre-trained) state's peak and weight location, and per backbone
+    state its score, its comparisons with the random-init backbone and with each baseline
+    (`beats` only where the paired 95% CI lies above 0) and whether it is informative (beats the
+    random backbone and every baseline)."""
     out = {}
     num_layers = record["num_layers"]
     for probe, result in record["probes"].items():
         states = result["states"]
-        main = states.get("pretrained") or next(iter(states.values()))
-        layerwise = np.array(main["layerwise"])
-        weights = np.array(main["weighted"]["weights"])
-        peak = int(layerwise.argmax())
+        main = states[_main_state(states)]
+        peak, location = main["peak"], main["location"]
         entry = {
-            "peak_layer": peak,
-            "peak_score": float(layerwise[peak]),
-            "peak_region": _region(peak, num_layers),
-            # The peak stands out when its CI clears the weakest layer's score.
-            "peak_distinct": bool(main["layerwise_ci"][peak][0] > layerwise.min()),
-            "weight_peak_layer": int(weights.argmax()),
-            "weight_centre": float((weights * np.arange(len(weights))).sum()),
-            "weighted_score": main["weighted"]["score"],
-            "selectivity": main["selectivity"]["weighted"],
+            "main_state": _main_state(states),
+            "peak": {"layer": peak["layer"], "score": peak["score"],
+                     "region": _region(peak["layer"] / num_layers), "distinct": peak["distinct"]},
+            "location": {**{k: location[k] for k in ("centre", "centre_ci", "relative_depth",
+                                                      "relative_depth_ci", "p_value")},
+                         "region": _region(location["relative_depth"]),
+                         "moved": bool(location["p_value"] <= ALPHA)},
+            "states": {},
         }
-        if "random" in states and "pretrained" in states:
-            random_score = states["random"]["weighted"]["score"]
-            pretrained = states["pretrained"]["weighted"]
-            entry["random_score"] = random_score
-            # Saturated: a random-init backbone already does (about) as well as the trained one.
-            entry["saturated"] = bool(random_score >= pretrained["ci"][0]
-                                      or random_score >= pretrained["score"] - SATURATION_GAP)
+        for state, r in states.items():
+            vs_random = r.get("vs_random")
+            baselines = {name: {**d, "beats": _beats(d)} for name, d in r["vs_baselines"].items()}
+            verdict = {"score": r["weighted"]["score"], "ci": r["weighted"]["ci"],
+                       "vs_random": None if vs_random is None else {**vs_random,
+                                                                    "beats": _beats(vs_random)},
+                       "baselines": baselines}
+            if state != "random":
+                verdict["informative"] = bool(_beats(vs_random) and all(
+                    b["beats"] for b in baselines.values()))
+            entry["states"][state] = verdict
+        if result.get("control"):
+            entry["selectivity"] = main["selectivity"]["weighted"]
+            entry["selectivity_ci"] = main["selectivity"]["weighted_ci"]
         out[probe] = entry
     return out
 
 
-def _region(layer: int, num_layers: int) -> str:
-    """Lower / middle / upper third of the L+1 states (0 = embeddings)."""
-    third = layer / max(num_layers, 1)
-    return "lower" if third < 1 / 3 else "middle" if third <= 2 / 3 else "upper"
-
-
 def data_description(record: dict) -> str:
-    """One paragraph: the backbone, how many functions each probe saw, the corpus, the profile."""
+    """One paragraph: the backbone, how many functions each probe saw, the corpus, the cuts."""
     data = record["data"]
     return (f"**{record['model']}** ({record['num_layers']} layers): {data['train_functions']} "
-            f"training and {data['test_functions']} held-out functions from the `{data['corpus']}` "
-            f"corpus, at most {data['max_tokens']} tokens each; lexical probe on "
-            f"{data['lexical_functions']} of them, syntactic on {data['syntactic_functions']}, "
-            f"semantic on {data['semantic_functions']} with {data['variants']} variants. "
-            f"Profile `{record['profile']}`.")
+            f"training functions (from the fine-tuning tasks' train split) and "
+            f"{data['test_functions']} held-out ones (from their test split) of the "
+            f"`{data['corpus']}` corpus, at most {data['max_tokens']} tokens each "
+            f"({data['code_cut_share']:.0%} of them are longer and cut); lexical probe on "
+            f"{data['lexical_functions']} of them, syntactic on {data['syntactic_functions']} "
+            f"(functions whose code fits whole; {sbt_note(record)}), semantic on "
+            f"{data['semantic_functions']} with {data['variants']} variants. Profile "
+            f"`{record['profile']}`.")
+
+
+def sbt_note(record: dict) -> str:
+    """How many SBT sequences the SBT token budget cut, and whether that stays within the limit."""
+    data = record["data"]
+    share, budget = data["sbt_cut_share"], data["sbt_max_tokens"]
+    text = f"{share:.1%} of their SBT sequences are longer than {budget} tokens and cut"
+    if share > SBT_CUT_LIMIT:
+        text += (f", more than the {SBT_CUT_LIMIT:.0%} this study allows: raise the profile's "
+                 "sbt_max_tokens before reading the syntactic probe")
+    return text
 
 
 def backbones_note(records: Sequence[dict], skipped: Mapping[str, str]) -> str:
@@ -76,52 +113,99 @@ def backbones_note(records: Sequence[dict], skipped: Mapping[str, str]) -> str:
     return "".join(lines) + "Backbones probed: " + ", ".join(f"`{r['model']}`" for r in records)
 
 
+def _interval(d: Mapping) -> str:
+    return f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
+def _comparison(d: Mapping, other: str) -> str:
+    """'beats X (+d [lo, hi])' / 'does worse than X' / 'does not beat X' from the paired CI."""
+    if d["low"] > 0:
+        return f"beats {other} ({_interval(d)})"
+    if d["high"] < 0:
+        return f"does worse than {other} ({_interval(d)})"
+    return f"does not beat {other}: the paired difference {_interval(d)} includes 0"
+
+
+def _state_sentence(probe: str, state: str, f: Mapping, model: str, metric: str) -> str:
+    low, high = f["ci"]
+    text = f"The weighted probe on the {state} {model} scores {f['score']:.3f} [{low:.3f}, {high:.3f}] ({metric})"
+    parts = []
+    if f["vs_random"] is not None:
+        parts.append(_comparison(f["vs_random"], "the random-init backbone"))
+    parts += [_comparison(d, name) for name, d in f["baselines"].items()]
+    if parts:
+        text += "; it " + "; it ".join(parts)
+    text += "."
+    if "informative" in f:
+        if f["informative"]:
+            text += (f" The {probe} probe is informative on this state: it beats the random-init "
+                     "backbone and every surface baseline.")
+        else:
+            missed = ([] if f["vs_random"] is not None and f["vs_random"]["beats"]
+                      else ["the random-init backbone"])
+            missed += [name for name, d in f["baselines"].items() if not d["beats"]]
+            text += (f" So it is not shown to be informative on this state: it does not beat "
+                     f"{' or '.join(missed)}.")
+    return text
+
+
+def _location_sentence(f: Mapping, num_layers: int) -> str:
+    loc = f["location"]
+    low, high = loc["relative_depth_ci"]
+    text = (f"Its layer weights centre on layer {loc['centre']:.1f} of {num_layers} in this fit "
+            f"(relative depth {loc['relative_depth']:.2f}, the {loc['region']} layers; refits on "
+            f"resampled training functions with other seeds put it at [{low:.2f}, {high:.2f}])")
+    if loc["moved"]:
+        return text + (f" and moved from their uniform start further than refits on shuffled labels "
+                       f"move them (p = {loc['p_value']:.2f}).")
+    return text + (f", but they moved from their uniform start no further than refits on shuffled "
+                   f"labels move them (p = {loc['p_value']:.2f}): they do not say where the "
+                   "property lives.")
+
+
+def _peak_sentence(f: Mapping, num_layers: int) -> str:
+    peak = f["peak"]
+    if peak["distinct"]:
+        return (f"The layer-wise probe peaks at layer {peak['layer']} of {num_layers} "
+                f"({peak['region']} layers, {peak['score']:.3f}), above both neighbouring layers "
+                "in a paired bootstrap.")
+    return (f"The layer-wise probe's best layer, {peak['layer']} ({peak['score']:.3f}), does not "
+            "beat its neighbouring layers beyond the paired 95% CI: no layer-wise peak is claimed.")
+
+
 def describe_probing(record: dict) -> str:
-    """A paragraph per probe, generated from the numbers (no hard-coded findings)."""
+    """A paragraph per probe, generated from the numbers on each call (no hard-coded findings)."""
     lines = []
     model, num_layers = record["model"], record["num_layers"]
-    for probe, f in record["findings"].items():
+    for probe, f in findings(record).items():
         metric = record["probes"][probe]["metric"]
-        text = (f"**{probe}** ({metric}): on {model} the layer-wise probe peaks at layer "
-                f"{f['peak_layer']} of {num_layers} ({f['peak_region']} layers, "
-                f"{f['peak_score']:.3f}"
-                f"{'' if f['peak_distinct'] else '; no layer stands out beyond the 95% CIs'}"
-                f"); the weighted probe scores {f['weighted_score']:.3f} and "
-                f"puts most weight on layer {f['weight_peak_layer']} (weight centre "
-                f"{f['weight_centre']:.1f}); selectivity over the control task is "
-                f"{f['selectivity']:+.3f}.")
-        if "saturated" in f:
-            text += (f" A random-init backbone scores {f['random_score']:.3f}: the probe is "
-                     "saturated, so read selectivity rather than the raw score."
-                     if f["saturated"] else
-                     f" A random-init backbone scores {f['random_score']:.3f}, so pre-training "
-                     "adds what the gap shows.")
-        baselines = record["probes"][probe].get("baselines", [])
-        if baselines:
-            text += " Baselines without the model: " + ", ".join(
-                f"{b['name']} {b['score']:.3f}" for b in baselines) + "."
-            main = record["probes"][probe]["states"].get("pretrained")
-            matched = [b for b in baselines if main and b["score"] >= main["weighted"]["ci"][0]]
-            if matched:
-                name = matched[0]["name"]
-                text += (f" {name[:1].upper() + name[1:]} alone reaches the probe's 95% CI: on "
-                         "this data the probe shows nothing that baseline does not.")
-        lines.append(text)
+        sentences = [f"**{probe}**."]
+        sentences += [_state_sentence(probe, state, s, model, metric)
+                      for state, s in f["states"].items() if state != "random"]
+        sentences += [_location_sentence(f, num_layers), _peak_sentence(f, num_layers)]
+        if "selectivity" in f:
+            low, high = f["selectivity_ci"]
+            sentences.append(f"Selectivity over the per-word-type control task: "
+                             f"{f['selectivity']:+.3f} [{low:+.3f}, {high:+.3f}].")
+        if probe == "syntactic":
+            sentences.append(f"Its inputs: {sbt_note(record)}.")
+        lines.append(" ".join(sentences))
     return "\n\n".join(lines)
 
 
 def layer_rows(record: dict) -> list[dict]:
-    """Long-form rows (probe, state, layer, score, ci_low, ci_high, control, selectivity) for charts."""
+    """Long-form rows (probe, state, layer, score, ci_low, ci_high, control) for charts; control
+    is None where the probe has no control task."""
     rows = []
     for probe, result in record["probes"].items():
         for state, r in result["states"].items():
+            control = r.get("control", {}).get("layerwise")
             for layer, score in enumerate(r["layerwise"]):
                 rows.append({"model": record["model"], "probe": probe, "metric": result["metric"],
                              "state": state, "layer": layer, "score": score,
                              "ci_low": r["layerwise_ci"][layer][0],
                              "ci_high": r["layerwise_ci"][layer][1],
-                             "control": r["control"]["layerwise"][layer],
-                             "selectivity": r["selectivity"]["layerwise"][layer]})
+                             "control": None if control is None else control[layer]})
     return rows
 
 
@@ -134,57 +218,95 @@ def weight_rows(record: dict) -> list[dict]:
             for layer, weight in enumerate(r["weighted"]["weights"])]
 
 
-def weighted_table(record: dict) -> list[dict]:
-    """One row per probe: weighted score [CI] per state, control and selectivity (pretrained)."""
+def _mark(beats: bool | None) -> str:
+    return "" if beats is None else " ✓" if beats else " ✗"
+
+
+def verdict_table(record: dict) -> list[dict]:
+    """One row per probe and trained state: the weighted score [CI], the paired difference to the
+    random-init backbone and to each baseline [CI] (✓ = lower bound above 0), whether the probe
+    is informative, and where its weights centre (relative depth [interval], moved or not)."""
     rows = []
-    for probe, result in record["probes"].items():
-        row = {"model": record["model"], "probe": probe, "metric": result["metric"]}
-        for state, r in result["states"].items():
-            w = r["weighted"]
-            row[state] = w["score"]
-            row[f"{state}_ci"] = w["ci"]
-            row[f"{state}_selectivity"] = r["selectivity"]["weighted"]
-        row["baselines"] = {b["name"]: b["score"] for b in result.get("baselines", [])}
-        rows.append(row)
+    for probe, f in findings(record).items():
+        loc = f["location"]
+        for state, s in f["states"].items():
+            if state == "random":
+                continue
+            low, high = s["ci"]
+            rows.append({
+                "model": record["model"], "probe": probe, "metric": record["probes"][probe]["metric"],
+                "state": state, "score": f"{s['score']:.3f} [{low:.3f}, {high:.3f}]",
+                "vs random": ("" if s["vs_random"] is None
+                              else _interval(s["vs_random"]) + _mark(s["vs_random"]["beats"])),
+                "vs baselines": "; ".join(f"{name} {_interval(d)}{_mark(d['beats'])}"
+                                          for name, d in s["baselines"].items()),
+                "informative": "yes" if s["informative"] else "no",
+                "weights centre (depth)": (f"{loc['relative_depth']:.2f} (refits {loc['relative_depth_ci'][0]:.2f}"
+                                           f"-{loc['relative_depth_ci'][1]:.2f})"
+                                           if state == f["main_state"] else ""),
+                "weights moved": (f"{'yes' if loc['moved'] else 'no'} (p = {loc['p_value']:.2f})"
+                                  if state == f["main_state"] else ""),
+            })
     return rows
 
 
-def weight_spread(weights: Sequence[float]) -> float:
-    """Normalised entropy of the mix weights: 1 = uniform over all layers, 0 = one layer."""
-    w = np.clip(np.asarray(weights, dtype=float), 1e-12, None)
-    return float(-(w * np.log(w)).sum() / np.log(len(w)))
+def baseline_rows(record: dict) -> list[dict]:
+    """The surface baselines' own scores [CI], one row per probe and baseline."""
+    return [{"model": record["model"], "probe": probe, "metric": result["metric"],
+             "baseline": b["name"], "score": f"{b['score']:.3f} [{b['ci'][0]:.3f}, {b['ci'][1]:.3f}]"}
+            for probe, result in record["probes"].items() for b in result["baselines"]]
 
 
 def paper_contrast(record: dict) -> str:
-    """Per probe: where the paper found the property and whether this backbone agrees."""
+    """Per probe: where the paper found the property and whether this backbone's weight location
+    agrees, differs, or cannot tell (weights that did not move, or an interval over two thirds)."""
     lines = []
-    for probe, f in record["findings"].items():
+    for probe, f in findings(record).items():
         paper = PAPER_PROBE_REGIONS[probe]
-        state = record["probes"][probe]["states"].get("pretrained")
-        spread = weight_spread(state["weighted"]["weights"]) if state else float("nan")
+        loc = f["location"]
+        low, high = loc["relative_depth_ci"]
         where = "spread over all layers" if paper == "spread" else f"in the {paper} layers"
-        agrees = spread >= SPREAD_ENTROPY if paper == "spread" else f["peak_region"] == paper
-        lines.append(f"- **{probe}**: the paper finds it {where}; on {record['model']} the "
-                     f"layer-wise peak is at layer {f['peak_layer']} ({f['peak_region']} layers) "
-                     f"and the weighted probe's weights have spread {spread:.2f} (normalised "
-                     f"entropy, 1 = uniform): this run {'agrees with' if agrees else 'differs from'} "
-                     "the paper.")
+        if paper == "spread":
+            verdict = ("differs from the paper: the weights moved from uniform, centring at "
+                       f"relative depth {loc['relative_depth']:.2f} [{low:.2f}, {high:.2f}]"
+                       if loc["moved"] else
+                       "is consistent with the paper: the weights moved from uniform no further "
+                       "than on shuffled labels")
+        elif not loc["moved"]:
+            verdict = ("cannot tell: the weights moved from uniform no further than on shuffled "
+                       "labels")
+        elif _region(low) == _region(high):
+            verdict = (f"{'agrees with' if _region(low) == paper else 'differs from'} the paper: "
+                       f"the weights centre at relative depth {loc['relative_depth']:.2f} "
+                       f"[{low:.2f}, {high:.2f}], the {_region(low)} layers")
+        else:
+            verdict = (f"cannot tell: the weights' centre, relative depth {loc['relative_depth']:.2f} "
+                       f"[{low:.2f}, {high:.2f}], spans more than one third of the layers")
+        informative = f["states"][f["main_state"]].get("informative")
+        caveat = ("" if informative else
+                  " (the probe is not informative on this backbone, so where it looks says little)")
+        lines.append(f"- **{probe}**: the paper finds it {where}; {record['model']} {verdict}{caveat}.")
     return "\n".join(lines)
 
 
 def paper_comparison(records: Sequence[dict]) -> list[dict]:
-    """The paper's weighted-probe scores beside ours: one row per probe and state."""
+    """The paper's weighted-probe scores beside ours: one row per probe and state, our score [CI]
+    and its paired difference to our random-init backbone; a note where the paper's number is
+    not comparable."""
     rows = []
     for prop in PROPERTIES:
         for state in STATES:
             row = {"probe": prop.name, "metric": prop.metric, "state": state,
-                   f"paper ({PAPER_MODEL})": PAPER_WEIGHTED_PROBES[prop.name][state]}
+                   f"paper ({PAPER_MODEL})": PAPER_WEIGHTED_PROBES[prop.name][state],
+                   "paper note": PAPER_PROBE_NOTES.get(prop.name, "")}
             for record in records:
                 result = record["probes"][prop.name]["states"].get(state)
                 if result is not None:
                     low, high = result["weighted"]["ci"]
                     row[record["model"]] = (f"{result['weighted']['score']:.3f} "
                                             f"[{low:.3f}, {high:.3f}]")
-                    row[f"{record['model']} selectivity"] = round(result["selectivity"]["weighted"], 3)
+                    vs_random = result.get("vs_random")
+                    row[f"{record['model']} vs random"] = (
+                        "" if vs_random is None else _interval(vs_random) + _mark(_beats(vs_random)))
             rows.append(row)
     return rows

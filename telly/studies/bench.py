@@ -3,9 +3,12 @@
 `run_bench(profile, out)` (`telly bench --profile P --out DIR`) writes DIR/bench.json and
 DIR/bench.md with
   * training: one epoch's train time and peak memory of full fine-tuning, Telly-K uncached and
-    cached (K in 0, L/2, L-2, L-1), LoRA and BitFit, on `unixcoder-shape` and on `model`;
+    cached (K in 0, L/2, L-2, L-1), LoRA and BitFit, on `unixcoder-shape`, on `model` and on the
+    profile's extra backbones (the code-aware decoder smollm2-135m, at its own input length);
     ratios to full fine-tuning, the compute limit (L-K)/L beside every cached ratio, and the
     one-time cost of building the frozen-prefix cache with the epoch after which it pays back;
+    and on each of those models bf16 autocast against float32 side by side (one full training
+    step and one forward pass, same weights and batch), with the CPU's bf16 units named;
   * probing: all layers' features from one forward pass against L+1 truncated forwards;
   * similarity: RSA, linear CKA and debiased CKA over 13 layers of n x 768 features;
   * corpus: loading the corpus cold (an empty TELLY_CACHE) and from its cache.
@@ -26,7 +29,8 @@ How it measures (the same for every section):
     (weights, gradients, optimizer state, activations, an in-memory prefix cache on a CPU). Unlike
     process RSS, it does not depend on what earlier variants left in the allocator, and it
     excludes the interpreter and libraries.
-  * On CUDA the forward passes run under bf16 autocast (AMP); on CPU everything is float32.
+  * On CUDA the forward passes run under bf16 autocast (AMP); on CPU everything is float32 but in
+    the precision rows, which time the same step and forward pass both ways.
 """
 from __future__ import annotations
 
@@ -58,6 +62,12 @@ SIMILARITY_DIM = 768
 TARGET_CACHED_EPOCH_RATIO = 0.25  # cached Telly-(L-2) epoch time / full
 TARGET_LIMIT_FACTOR = 1.3  # cached Telly-K ratio / compute limit, for every K >= L/2
 TARGET_CACHED_MEMORY_RATIO = 0.5  # cached Telly-(L-2) peak memory / full
+# The code-aware decoder of the study trains on 128-token code (profile "study"): its rows use that
+# length when the profile's bench_code_tokens is longer, so they time the steps the study takes.
+MODEL_CODE_TOKENS = {"smollm2-135m": 128}
+# CPU feature flags of bf16 arithmetic (x86 AMX and AVX-512 BF16, Arm BF16): without one, bf16
+# autocast may run no faster than float32.
+BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
 
 
 # ----------------------------------------------------------------------------- the harness
@@ -152,11 +162,17 @@ def freeze_depths(num_layers: int) -> list[int]:
     return sorted({0, num_layers // 2, num_layers - 2, num_layers - 1})
 
 
-def training_variants(model: str, num_layers: int, profile: str) -> list[Variant]:
-    """Full fine-tuning, Telly-K uncached and cached at every bench depth, LoRA and BitFit."""
+def training_variants(model: str, num_layers: int, profile: str, *, bitfit: bool = True) -> list[Variant]:
+    """Full fine-tuning, Telly-K uncached and cached at every bench depth, LoRA and BitFit (left
+    out with `bitfit=False`: a backbone without bias terms, such as SmolLM2's, has nothing for it to train)."""
     methods = [Full(), *(Telly(k, cache) for k in freeze_depths(num_layers) for cache in (False, True)),
-               LoRA(), BitFit()]
+               LoRA(), *([BitFit()] if bitfit else [])]
     return [Variant(BENCH_TASK, model, method, profile=profile) for method in methods]
+
+
+def has_bias_terms(backbone) -> bool:
+    """Whether the backbone has bias parameters, the only ones BitFit trains."""
+    return any(name.endswith("bias") for name, _ in backbone.model.named_parameters())
 
 
 def compute_limit(num_layers: int, freeze: int) -> float:
@@ -169,10 +185,16 @@ def paper_estimate(num_layers: int, freeze: int) -> float:
     return (num_layers + 2 * (num_layers - freeze)) / (3 * num_layers)
 
 
-def bench_profile(profile: Profile) -> Profile:
-    """The profile the training rows run with: the bench's batch and code length."""
+def bench_code_tokens(profile: Profile, model: str | None = None) -> int:
+    """The code length `model`'s training rows use: the profile's bench_code_tokens, or the
+    model's own length (MODEL_CODE_TOKENS) when that is shorter."""
+    return min(profile.bench_code_tokens, MODEL_CODE_TOKENS.get(str(model), profile.bench_code_tokens))
+
+
+def bench_profile(profile: Profile, model: str | None = None) -> Profile:
+    """The profile the training rows of `model` run with: the bench's batch and code length."""
     steps, batch = profile.bench_steps, profile.bench_batch_size
-    return replace(profile, batch_size=batch, max_code_tokens=profile.bench_code_tokens,
+    return replace(profile, batch_size=batch, max_code_tokens=bench_code_tokens(profile, model),
                    train_examples=steps * batch, valid_examples=batch, test_examples=batch)
 
 
@@ -195,7 +217,7 @@ class TrainingWorkload:
         from telly.tasks import get_task
 
         self.backbone = backbone
-        self.profile = bench_profile(profile)
+        self.profile = bench_profile(profile, backbone.name)
         self.device = device
         self.task = get_task(BENCH_TASK)
         self.examples = list(examples) if examples is not None else self.task.load_data(self.profile).train
@@ -208,6 +230,12 @@ class TrainingWorkload:
 
     def collate(self, rows):
         return self.task.collate(rows, self.backbone.tokenizer, self.profile)
+
+    def first_batch(self) -> dict:
+        """The epoch's first batch, collated, on the device."""
+        from telly.tasks import move_to
+
+        return move_to(self.collate([self.examples[i] for i in self.batches[0]]), self.device)
 
     def run(self, variant: Variant, watch: Stopwatch, measure_memory: bool) -> dict:
         """Build the variant, (build its cache,) take one untimed warm-up step on a copy (measuring
@@ -261,7 +289,8 @@ def training_rows(backbone, profile: Profile, device: torch.device, *, examples:
     """(one row per training variant, one row per cached depth about the cache's cost)."""
     workload = TrainingWorkload(backbone, profile, device, examples)
     num_layers = backbone.num_layers
-    variants = {v.method.tag: v for v in training_variants(backbone.name, num_layers, profile.name)}
+    variants = {v.method.tag: v for v in training_variants(backbone.name, num_layers, profile.name,
+                                                            bitfit=has_bias_terms(backbone))}
     runs = interleave({name: (lambda watch, repeat, v=v: workload.run(v, watch, measure_memory=repeat == 0))
                        for name, v in variants.items()},
                       profile.bench_repeats, clock=clock, sync=_sync_for(device),
@@ -276,6 +305,7 @@ def training_rows(backbone, profile: Profile, device: torch.device, *, examples:
         rows.append({
             "model": backbone.name, "num_layers": num_layers, "variant": name, "label": variant.label,
             "method": method.name, "freeze": variant.freeze, "cached": method.cache,
+            "batch_size": workload.profile.batch_size, "code_tokens": workload.profile.max_code_tokens,
             "epoch_seconds": epoch[name], "epoch_seconds_runs": run.seconds["epoch_seconds"],
             "ratio_to_full": time_ratio[name],
             "compute_limit": limit,
@@ -306,6 +336,76 @@ def training_rows(backbone, profile: Profile, device: torch.device, *, examples:
     return rows, cache_rows
 
 
+# ----------------------------------------------------------------------------- precision
+
+def bf16_units(cpuinfo: str | None = None) -> list[str] | None:
+    """The BF16_FLAGS this machine's CPU reports (Linux /proc/cpuinfo "flags" or "Features");
+    None where there is no /proc/cpuinfo to ask."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return [flag for flag in BF16_FLAGS if flag in flags]
+
+
+def precision_row(backbone, profile: Profile, device: torch.device, *, examples: Sequence | None = None,
+                  clock: Callable[[], float] = time.perf_counter, progress: bool = True) -> dict:
+    """bf16 autocast against float32 on one backbone, interleaved: one full fine-tuning step (the
+    trainer's AdamW and step) and one forward pass of the backbone over the same batch's code
+    (every layer's states, as probing and similarity read them). Each precision takes one untimed
+    warm-up call first. Ratios are bf16 time / float32 time."""
+    from telly import trainer
+
+    workload = TrainingWorkload(backbone, profile, device, examples)
+    model = workload.task.build_model(replace(backbone, model=copy.deepcopy(backbone.model)))
+    Full().apply(model)
+    model.to(device)
+    optimizer = trainer.optimizer_factory(workload.task, workload.profile, workload.task.head_lr_scale
+                                          * workload.profile.learning_rate)(model)
+    batch = workload.first_batch()
+    code = {name: tensor for name, tensor in batch["inputs"]["code"].items() if name in ("input_ids", "attention_mask")
+            or (name == "token_type_ids" and getattr(backbone.config, "type_vocab_size", 0))}
+    contexts = {"fp32": contextlib.nullcontext, "bf16": lambda: torch.autocast(device.type, dtype=torch.bfloat16)}
+    warmed: set[str] = set()
+
+    def step(precision):
+        def run(watch, _repeat):
+            model.train()
+            for timed in ([False] if precision + "step" not in warmed else []) + [True]:
+                with watch.measure("seconds") if timed else contextlib.nullcontext():
+                    trainer.train_step(model, batch, optimizer, autocast=contexts[precision]())
+            warmed.add(precision + "step")
+        return run
+
+    def forward(precision):
+        def run(watch, _repeat):
+            model.eval()
+            with torch.inference_mode(), contexts[precision]():
+                for timed in ([False] if precision + "forward" not in warmed else []) + [True]:
+                    with watch.measure("seconds") if timed else contextlib.nullcontext():
+                        model.backbone(**code, output_hidden_states=True)
+            warmed.add(precision + "forward")
+        return run
+
+    runs = interleave({f"{precision}_{kind}": (step if kind == "step" else forward)(precision)
+                       for kind in ("step", "forward") for precision in contexts},
+                      profile.bench_repeats, clock=clock, sync=_sync_for(device),
+                      desc=f"precision {backbone.name}", progress=progress)
+    seconds = {name: r.median("seconds") for name, r in runs.items()}
+    return {"model": backbone.name, "num_layers": backbone.num_layers, "batch_size": workload.profile.batch_size,
+            "code_tokens": workload.profile.max_code_tokens,
+            **{f"{name}_seconds": value for name, value in seconds.items()},
+            "step_ratio": seconds["bf16_step"] / seconds["fp32_step"],
+            "forward_ratio": seconds["bf16_forward"] / seconds["fp32_forward"],
+            "runs": {name: r.seconds["seconds"] for name, r in runs.items()}}
+
+
 # ----------------------------------------------------------------------------- probing
 
 def _length_sorted_batches(tokenizer, texts: Sequence[str], max_length: int, batch_size: int):
@@ -319,7 +419,7 @@ def truncated_layer_features(backbone, texts: Sequence[str], *, max_length: int,
     """What probing costs without one all-layer pass: for each layer k = 0..L, a forward pass
     through the embeddings and blocks 0..k-1 only, mean-pooled. Returns (L+1, n, d) like
     `telly.features.layer_features(...).pooled`."""
-    from telly.features import masked_mean
+    from telly.features import block_outputs, masked_mean
     from telly.prefix_cache import run_prefix
 
     model = backbone.model.eval()
@@ -338,8 +438,8 @@ def truncated_layer_features(backbone, texts: Sequence[str], *, max_length: int,
                               or (n == "token_type_ids" and getattr(backbone.config, "type_vocab_size", 0))}
                     if k < backbone.num_layers:
                         hidden = run_prefix(model, inputs, k)
-                    else:
-                        hidden = model(**inputs).last_hidden_state
+                    else:  # the last block's output before a decoder's final norm, as layer_features takes it
+                        hidden = block_outputs(backbone, inputs)[-1]
                     pooled[k, index] = masked_mean(hidden, inputs["attention_mask"]).cpu().numpy()
     finally:
         tokenizer.padding_side = side
@@ -497,9 +597,12 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def bench_models(model: str) -> list[str]:
-    """Training rows run at the paper's size and on the chosen model."""
-    return [SHAPE_MODEL] if model == SHAPE_MODEL else [SHAPE_MODEL, model]
+def bench_models(model: str, profile: Profile | None = None) -> list[str]:
+    """Training rows run at the paper's size, on the chosen model and on the profile's extra
+    backbones (Profile.extra_probe_models: the code-aware decoder the laptop and paper profiles
+    bring into the book; smoke brings none)."""
+    extras = profile.extra_probe_models if profile is not None else ()
+    return list(dict.fromkeys([SHAPE_MODEL, model, *extras]))
 
 
 def bench_inputs(profile: Profile, sections: Sequence[str], models: Sequence[str],
@@ -516,13 +619,15 @@ def run_bench(profile: str | Profile = "laptop", out: str | Path = "runs/bench",
     """Run the benchmarks and write OUT/bench.json and OUT/bench.md; returns the record.
 
     model: the model of the probing row and the second training model (the first is always
-    `unixcoder-shape` unless `models` lists the training models explicitly). sections: any of
-    corpus, similarity, probing, training. training_examples: code-search examples to train on
-    (default: the profile's sample of the embedded corpus).
+    `unixcoder-shape`, then the profile's extra backbones, unless `models` lists the training
+    models explicitly; an extra backbone whose weights cannot be had is skipped, with the reason in
+    `skipped_models`). sections: any of corpus, similarity, probing, training. training_examples:
+    code-search examples to train on (default: the profile's sample of the embedded corpus).
     """
     from telly import backbones
     from telly.report.bench import markdown
     from telly.store import device_description, provenance
+    from telly.studies.probing import unavailable_reason
     from telly.trainer import memory_method
 
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -531,7 +636,7 @@ def run_bench(profile: str | Profile = "laptop", out: str | Path = "runs/bench",
     if unknown or not sections:
         raise ValueError(f"unknown bench section(s) {unknown or list(sections)}; expected some of {list(SECTIONS)}")
     device = torch.device(device) if device is not None else default_device()
-    models = list(models) if models is not None else bench_models(model)
+    models = list(models) if models is not None else bench_models(model, profile)
     load_start = os.getloadavg()
     record: dict = {
         "kind": "bench", "profile": profile.name,
@@ -571,12 +676,24 @@ def run_bench(profile: str | Profile = "laptop", out: str | Path = "runs/bench",
                 "code_tokens": shaped.max_code_tokens, "query_tokens": shaped.max_text_tokens,
                 "optimizer": "AdamW", "warmup_steps_untimed": 1,
             }
-            record["training"], record["cache"] = [], []
+            record["training"], record["cache"], record["skipped_models"], record["not_applicable"] = [], [], {}, []
+            record["precision"] = {"autocast": f"torch.autocast({device.type!r}, dtype=torch.bfloat16)",
+                                   "bf16_units": bf16_units() if device.type == "cpu" else None, "rows": []}
             for name in models:
-                rows, cache_rows = training_rows(backbones.load(name), profile, device,
-                                                 examples=training_examples, progress=progress)
+                reason = unavailable_reason(name) if name in profile.extra_probe_models else None
+                if reason:
+                    record["skipped_models"][name] = reason
+                    continue
+                backbone = backbones.load(name)
+                if not has_bias_terms(backbone):
+                    record["not_applicable"].append({"model": name, "method": BitFit.name,
+                                                     "reason": "the backbone has no bias terms"})
+                rows, cache_rows = training_rows(backbone, profile, device, examples=training_examples,
+                                                 progress=progress)
                 record["training"] += rows
                 record["cache"] += cache_rows
+                record["precision"]["rows"].append(precision_row(backbone, profile, device, examples=training_examples,
+                                                                 progress=progress))
             record["acceptance"] = acceptance(record["training"])
         record["section_seconds"][section] = time.perf_counter() - tick
     record["load_average"] = {"start": list(load_start), "end": list(os.getloadavg())}
@@ -616,7 +733,7 @@ def load_or_run(profile: str | Profile = "laptop", out: str | Path = "runs/lapto
     from telly.store import read_json
 
     profile = get_profile(profile)
-    models = list(models) if models is not None else bench_models(model)
+    models = list(models) if models is not None else bench_models(model, profile)
     stored = RunStore(out).find_document(DOCUMENT, bench_inputs(profile, SECTIONS, models, corpus_source))
     if stored is not None:
         return {**stored, "origin": "store"}

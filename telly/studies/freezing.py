@@ -6,8 +6,13 @@ leaves the finished runs' records and nothing for the interrupted one: restarted
 arguments it skips the finished runs and redoes only that one. `force` reruns everything. A run
 that fails (e.g. out of memory) is reported and the sweep goes on with the others.
 
+`write_summary` tests the finished runs against full fine-tuning (paired non-inferiority over seeds
+and test rows, Holm across depths; `telly.report.freezing.non_inferiority_summary`) and writes
+summary.json beside the records: `telly sweep` and `freezing_study` both call it.
+
 `freezing_study` is what chapter 3 runs: the classification and search tasks over one set of
-depths, the slower generation tasks over another, then every finished record of the model.
+depths, the slower generation tasks over another, each over the profile's seeds, then every
+finished record of the model and their summary.
 """
 from __future__ import annotations
 
@@ -18,9 +23,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from telly.profiles import Profile, get_profile
-from telly.store import RunStore, Variant, as_store
+from telly.store import RunStore, Variant, as_store, as_stored
 
 GENERATION_TASKS = ("code-summarization", "code-generation", "code-completion")
+SUMMARY = "summary"  # the store document summary.json: the non-inferiority verdicts of the records beside it
 
 
 def parse_freeze(spec: str | Sequence[int], num_layers: int) -> list[int]:
@@ -100,17 +106,51 @@ def sweep(tasks: Sequence[str], freeze: str | Sequence[int] = "all", seeds: Sequ
     return {"records": records, "skipped": skipped, "failed": failed}
 
 
+def trivial_baselines(tasks: Sequence[str], profile: str | Profile,
+                      data_paths: Mapping[str, str | None] | None = None) -> dict:
+    """task -> `telly.tasks.Evaluation` of the task's model-free answer (`Task.trivial_baseline`) on
+    the profile's test split (the offline corpus, or the task's `data_paths` entry)."""
+    from telly.tasks import get_task
+
+    profile, data_paths = get_profile(profile), dict(data_paths or {})
+    baselines = {}
+    for name in tasks:
+        task = get_task(name, **({"data_path": data_paths[name]} if data_paths.get(name) else {}))
+        baselines[name] = task.trivial_baseline(task.load_data(profile), profile)
+    return baselines
+
+
+def write_summary(records: Sequence[dict], profile: str | Profile, store: RunStore | str | Path) -> dict:
+    """The non-inferiority summary of `records` (`telly.report.freezing.non_inferiority_summary`, each
+    task's trivial baseline scored on the records' own data) as summary.json in `store`; read back
+    instead while summary.json was made from exactly these records under this profile."""
+    from telly.report.freezing import non_inferiority_summary
+
+    profile, store = get_profile(profile), as_store(store)
+    inputs = {"profile": profile.to_dict(), "runs": sorted([r["run"], r["provenance"]["date"]] for r in records)}
+    stored = store.find_document(SUMMARY, inputs)
+    if stored is not None:
+        return stored
+    data_paths = {r["task"]: r["data"]["path"] for r in records}
+    summary = non_inferiority_summary(records, profile, trivial=trivial_baselines(sorted(data_paths), profile, data_paths))
+    document = summary | {"inputs": inputs}
+    store.write_document(SUMMARY, document)
+    return as_stored(document)
+
+
 def freezing_study(model: str, profile: str | Profile, store: RunStore | str | Path, *,
                    tasks: Sequence[str] = ("code-search", "clone-detection"),
                    generation_tasks: Sequence[str] = GENERATION_TASKS, freeze: str | None = None,
-                   generation_freeze: str | None = None, seeds: Sequence[int] = (0,),
+                   generation_freeze: str | None = None, seeds: Sequence[int] | None = None,
                    baselines: Sequence[str] = (), data: Mapping[str, str] | None = None,
                    progress: bool = True) -> dict:
     """Chapter 3's runs: `tasks` over `freeze` depths (default: the profile's sweep_freeze), the
-    generation tasks over `generation_freeze` (the profile's generation_freeze), each with the
-    `baselines` methods beside Telly-K; then every finished record of the model in the store.
-    Returns {"records", "failed", "ran": {task group: (records, read back)}}."""
+    generation tasks over `generation_freeze` (the profile's generation_freeze), each over `seeds`
+    (the profile's seeds) with the `baselines` methods beside Telly-K; then every finished record of
+    the model in the store and their summary (`write_summary`).
+    Returns {"records", "failed", "ran": {task group: (records, read back)}, "summary", "seeds"}."""
     profile, store, data = get_profile(profile), as_store(store), dict(data or {})
+    seeds = list(profile.seeds if seeds is None else seeds)
     groups = ((list(tasks), profile.sweep_freeze if freeze is None else freeze),
               (list(generation_tasks), profile.generation_freeze if generation_freeze is None else generation_freeze))
     failed, ran = [], {}
@@ -122,7 +162,19 @@ def freezing_study(model: str, profile: str | Profile, store: RunStore | str | P
         failed += result["failed"]
         ran[", ".join(group)] = (len(result["records"]), len(result["skipped"]))
     records = store.records(model=model, profile=profile.name, tasks=[*tasks, *generation_tasks], data_paths=data)
-    return {"records": records, "failed": failed, "ran": ran}
+    return {"records": records, "failed": failed, "ran": ran, "seeds": seeds,
+            "summary": write_summary(records, profile, store)}
+
+
+def bench_record(model: str, profile: str | Profile, store: RunStore | str | Path) -> dict | None:
+    """The bench record chapter 4 shows (`telly.studies.bench.load_or_run` on STORE/bench, never run
+    from here): its epoch ratios come from one process; None when there is none."""
+    from telly.studies.bench import load_or_run
+
+    try:
+        return load_or_run(profile, as_store(store).root / "bench", model=model, run=False, progress=False)
+    except FileNotFoundError:
+        return None
 
 
 def backbone_facts(model: str) -> dict:
@@ -134,13 +186,14 @@ def backbone_facts(model: str) -> dict:
 
 
 def clone_baseline(profile: str | Profile, *, data_path: str | None = None, seed: int = 0) -> dict:
-    """The token-overlap reference for clone detection on the profile's split
-    (`telly.tasks.clone_detection.token_overlap_baseline`)."""
+    """The references chapter 3 shows beside clone detection on the profile's split (always "clone",
+    one side alone, token overlap: `telly.tasks.clone_detection.clone_baselines`)."""
     from telly.tasks import get_task
-    from telly.tasks.clone_detection import token_overlap_baseline
+    from telly.tasks.clone_detection import clone_baselines
 
+    profile = get_profile(profile)
     task = get_task("clone-detection", **({"data_path": data_path} if data_path else {}))
-    return token_overlap_baseline(task.load_data(get_profile(profile)), seed=seed)
+    return clone_baselines(task.load_data(profile), profile, seed=seed)
 
 
 def cache_check(task: str, model: str, freeze: int, profile: str | Profile, store: RunStore | str | Path, *,

@@ -1,21 +1,23 @@
 """RQ1: probe every layer of a backbone in each state, or read the stored record back.
 
 `run_probing` probes the random-init, pre-trained and (given a checkpoint) fine-tuned states of one
-backbone with every property of `telly.probing.properties.PROPERTIES` and stores the record as the
-document `probing` of a `telly.store.RunStore` (`<out>/probing.json`); a stored record made from the
-same inputs is returned as is. `probing_study` is what chapter 1 runs: the chosen backbone with
+backbone with every property of `telly.probing.properties.PROPERTIES`, compares each state with the
+random-init one and with the surface baselines (`telly.probing.run.probe_entry`), and stores the
+record as the document `probing` of a `telly.store.RunStore` (`<out>/probing.json`); a stored record
+made from the same inputs is returned as is. `probing_study` is what chapter 1 runs: the chosen backbone with
 its fine-tuned state, then the profile's extra backbones (skipped, with the reason, when their
 weights cannot be had).
 """
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from telly.probing.data import prepare
 from telly.probing.properties import PROPERTIES
-from telly.probing.run import STATES, baselines, probe_state
+from telly.probing.run import STATES, baselines, probe_entry, probe_state
 from telly.profiles import Profile, get_profile
 from telly.store import (
     RunStore,
@@ -26,12 +28,17 @@ from telly.store import (
     slug,
 )
 
-PROBING_FORMAT = 2  # 2: near misses as hard negatives in the semantic probe
+# 2: near misses as hard negatives in the semantic probe; 3: radon complexity, probed functions
+# within the tasks' splits, vs_random and baselines with paired CIs, weight location, SBT budget,
+# every layer before a decoder's final norm
+PROBING_FORMAT = 3
 DOCUMENT = "probing"
 PROBING_DIR = "probing"  # under the results store root: one folder per backbone
-# Profile fields that size the probing data: a change to any of them changes the numbers.
-DATA_SIZES = ("probe_test_share", "syntactic_share", "semantic_share", "variants_per_function",
-              "lexical_token_budget", "lexical_functions")
+# Profile fields beside probe_epochs and bootstrap_samples that change a probing record's numbers:
+# the data's sizes, the weight refits and the forward passes' precision.
+PROBING_SETTINGS = ("probe_test_share", "syntactic_share", "semantic_share", "variants_per_function",
+              "lexical_token_budget", "lexical_functions", "sbt_max_tokens", "probe_weight_refits",
+              "mixed_precision")
 
 
 def probing_inputs(model: str, profile: str | Profile, corpus, *,
@@ -47,7 +54,7 @@ def probing_inputs(model: str, profile: str | Profile, corpus, *,
     return as_stored({
         "format": PROBING_FORMAT, "model": str(model), "profile": profile.name,
         "probe_epochs": profile.probe_epochs, "bootstrap_samples": profile.bootstrap_samples,
-        **{size: getattr(profile, size) for size in DATA_SIZES},
+        **{name: getattr(profile, name) for name in PROBING_SETTINGS},
         "corpus": corpus.source, "corpus_fingerprint": corpus.fingerprint, "functions": n,
         "max_tokens": max_tokens or profile.max_code_tokens,
         "checkpoint": None if checkpoint is None else checkpoint_fingerprint(checkpoint),
@@ -83,21 +90,23 @@ def run_probing(model: str, profile: str | Profile, *, corpus: str | Path = "std
     plan = ([("finetuned", {"checkpoint": checkpoint})] if checkpoint is not None else [])
     plan += [("random", {"random_init": True, "seed": seed}), ("pretrained", {})]
     data = None
-    models, states = {}, {}
+    models, states, seconds = {}, {}, {}
     for state, options in plan:
         backbone = load(model, **options)
         models[state] = backbone.describe()
         if data is None:
-            data = prepare(corpus_functions, n, profile, max_length=max_length,
-                           num_states=backbone.num_layers + 1, hidden_size=backbone.hidden_size,
-                           seed=seed)
+            data = prepare(corpus_functions, n, profile, tokenizer=backbone.tokenizer,
+                           max_length=max_length, num_states=backbone.num_layers + 1,
+                           hidden_size=backbone.hidden_size, seed=seed)
+        start = time.perf_counter()
+        # Where a property lives is asked of trained states; the random one gets no refits.
         states[state] = probe_state(backbone, data, profile, max_length=max_length, seed=seed,
-                                    progress=progress)
+                                    locate=state != "random", progress=progress)
+        seconds[state] = round(time.perf_counter() - start, 1)
         del backbone
     references = baselines(data, profile, seed)
-    results = {prop.name: {"metric": prop.metric,
-                           "states": {s: states[s][prop.name] for s in STATES if s in states},
-                           "baselines": references[prop.name]}
+    results = {prop.name: probe_entry(prop, {s: states[s][prop.name] for s in STATES if s in states},
+                                      references[prop.name], profile, seed)
                for prop in PROPERTIES}
     record = {
         "kind": "probing",
@@ -115,7 +124,12 @@ def run_probing(model: str, profile: str | Profile, *, corpus: str | Path = "std
                  "variants": sum(len(v) for v in data.variants),
                  "unusable_functions": data.skipped,
                  "skipped_files": corpus_functions.skipped_files,
-                 "max_tokens": max_length},
+                 "max_tokens": max_length,
+                 "code_cut_share": data.code_cut_share,
+                 "sbt_max_tokens": data.sbt_max_tokens,
+                 "sbt_cut_share": data.sbt_cut_share},
+        # Features and probes of each state (a feature cache hit makes it shorter).
+        "seconds": seconds,
         "probes": results,
     }
     record["findings"] = findings(record)

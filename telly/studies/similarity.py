@@ -2,18 +2,41 @@
 
 `run_similarity` embeds held-out corpus functions with the pre-trained model and with each
 fine-tuned checkpoint (every layer, one forward pass each, features cached on disk), scores every
-layer with RSA (the paper's measure), linear CKA and debiased CKA, and writes one document:
+layer with RSA (the paper's measure), linear CKA and debiased CKA, each with a bootstrap interval
+over the compared functions, and writes one document:
 
     DIR/similarity.json            (no task given)
     DIR/similarity-<task>.json     (task given: one file per task, so tasks never overwrite)
 
-    {"task", "model", "profile",
+    {"task", "model", "profile", "num_layers",
      "inputs": {"model", "profile_settings",
-                "texts": {"source", "split", "n", "max_length", "corpus_fingerprint"},
+                "texts": {"source", "split", "field", "n", "max_length", "corpus_fingerprint"},
+                "pooling", "features_format", "bootstrap": {"unit", "samples", "confidence", "seed"},
                 "checkpoints": [{"label", "epoch", "fingerprint"}, ...]},
-     "comparisons": [{"label", "epoch", "checkpoint", "layers": [{"layer", "n", "rsa", "cka",
-                      "cka_debiased"}, ...]}, ...],
+     "comparisons": [{"label", "epoch", "checkpoint",
+                      "layers": [{"layer", "n", "rsa", "rsa_low", "rsa_high", "cka", "cka_low",
+                                  "cka_high", "cka_debiased", "cka_debiased_low",
+                                  "cka_debiased_high"}, ...],
+                      "top_blocks": [k, ...],
+                      "top_share": {measure: {"value", "low", "high"} or None},
+                      "seconds": {"embed", "similarity"}}, ...],
      "provenance": {...}}
+
+Layer 0 is the embeddings, layer k block k's output. Each value is the statistic on all n
+functions, low/high its percentile interval over `bootstrap.samples` resamples of the functions
+(one set of resamples shared by every layer: telly.similarity.bootstrap_layer_similarity).
+`top_blocks` are the blocks the paper's "top two layers" are in relative depth (k / L > 5/6,
+telly.similarity.top_blocks) and `top_share` their share of the summed drop (1 - similarity)
+over all layers, with its interval from the same resamples (None when no layer dropped).
+`seconds` is the wall time of that comparison's forward pass and of its similarity bootstrap.
+`features_format` is telly.features.FEATURES_FORMAT: a change in how states are extracted makes a
+stored document stale. The forward passes run under the profile's `mixed_precision`.
+
+The functions are embedded without their docstrings (the corpus's `code_without_doc`, as the
+paper embeds CodeSearchNet's `code_tokens`), and each layer's state is the mean over the
+function's real tokens: padding is left out of the mean (the paper's script averaged the
+padding positions in as well, which pulls a short function's pooled state towards the state of
+the padding token).
 
 One comparison per checkpoint, in the order given. A fine-tuning run directory that kept epoch
 checkpoints (`<run>/epoch-<i>/backbone.safetensors` beside the best `<run>/backbone.safetensors`)
@@ -25,12 +48,14 @@ store (trained when missing), then its similarity document, reused while its `in
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from telly.profiles import Profile, get_profile
+from telly.similarity import BOOTSTRAP_SAMPLES, CONFIDENCE, MEASURES, bootstrap_layer_similarity, top_blocks
 from telly.store import RunStore, Variant, as_store, as_stored, checkpoint_fingerprint, epoch_checkpoints, provenance
 
 SPLIT = "test"  # held-out functions: no fine-tuning run has trained on them
@@ -38,15 +63,18 @@ SIMILARITY_DIR = "similarity"  # under the results store: the chapter's similari
 EPOCH_RUNS_DIR = "similarity/epoch-runs"  # re-runs that keep per-epoch checkpoints, when needed
 
 Checkpoint = tuple[str, int | None, Path]  # (label, epoch, path)
+TEXT_FIELD = "code_without_doc"  # the function without its docstring: the paper's `code_tokens`
+POOLING = "mean over each function's real tokens (padding left out)"
+BOOTSTRAP_SEED = 0
 
 
 def similarity_texts(profile: Profile, corpus: str = "stdlib", progress: bool = True
                      ) -> tuple[list[str], dict]:
     """The inputs both models embed: `profile.similarity_functions` held-out corpus functions.
 
-    Whole function sources (docstring included, as the paper's CodeSearchNet `code` field), from
-    the test split so that the fine-tuned model has not seen them. Returns the texts and a
-    description of where they came from.
+    Each function without its docstring (`code_without_doc`: the paper embeds CodeSearchNet's
+    `code_tokens`, the function without its docstring), from the test split so that the
+    fine-tuned model has not seen them. Returns the texts and a description of where they came from.
     """
     from telly.corpus import load_corpus, sample, split
 
@@ -55,9 +83,9 @@ def similarity_texts(profile: Profile, corpus: str = "stdlib", progress: bool = 
     if not held_out:
         raise ValueError(f"corpus {functions.source!r} has no functions in its {SPLIT} split")
     chosen = sample(held_out, profile.similarity_functions, seed=0)
-    described = {"source": functions.source, "split": SPLIT, "n": len(chosen),
+    described = {"source": functions.source, "split": SPLIT, "field": TEXT_FIELD, "n": len(chosen),
                  "max_length": profile.max_code_tokens, "corpus_fingerprint": functions.fingerprint}
-    return [fn.code for fn in chosen], described
+    return [getattr(fn, TEXT_FIELD) for fn in chosen], described
 
 
 def output_path(out: str | Path, task: str | None) -> Path:
@@ -78,22 +106,30 @@ def _targets(checkpoints: Sequence[str | Path], per_epoch: bool) -> list[Checkpo
 
 
 def _inputs(model: str, profile: Profile, texts: dict, fingerprints: list[str],
-            targets: list[Checkpoint]) -> dict:
+            targets: list[Checkpoint], samples: int) -> dict:
     """Everything a similarity document depends on: equal inputs, equal document."""
+    from telly.features import FEATURES_FORMAT  # a change in how states are extracted re-scores
+
+    if samples < 1:
+        raise ValueError(f"bootstrap samples must be a positive number of resamples; got {samples}")
+    bootstrap = {"unit": "function", "samples": samples, "confidence": CONFIDENCE, "seed": BOOTSTRAP_SEED}
     return as_stored({"model": model, "profile_settings": profile.to_dict(), "texts": texts,
+                      "pooling": POOLING, "features_format": FEATURES_FORMAT, "bootstrap": bootstrap,
                       "checkpoints": [{"label": label, "epoch": epoch, "fingerprint": fingerprint}
                                       for (label, epoch, _), fingerprint in zip(targets, fingerprints)]})
 
 
 def run_similarity(model: str, checkpoint: str | Path | Sequence[str | Path], profile: str | Profile,
                    out: str | Path, task: str | None = None, corpus: str = "stdlib", *,
-                   per_epoch: bool = False, device: str | None = None, progress: bool = True) -> dict:
+                   per_epoch: bool = False, device: str | None = None, samples: int = BOOTSTRAP_SAMPLES,
+                   progress: bool = True) -> dict:
     """Per-layer RSA, CKA and debiased CKA of `model` against each fine-tuned `checkpoint`.
 
     checkpoint: one path or a list (a .safetensors file or a run directory); with `per_epoch`,
     run directories expand to their per-epoch checkpoints (see the module docstring). device:
-    where the forward passes run (default: CUDA when available). Writes the document described in
-    the module docstring to `output_path(out, task)` and returns it.
+    where the forward passes run (default: CUDA when available). samples: bootstrap resamples
+    per interval. Writes the document described in the module docstring to
+    `output_path(out, task)` and returns it.
     """
     profile = get_profile(profile)
     given = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
@@ -102,7 +138,7 @@ def run_similarity(model: str, checkpoint: str | Path | Sequence[str | Path], pr
     targets = _targets(given, per_epoch)
     fingerprints = [checkpoint_fingerprint(path) for _, _, path in targets]
     texts, described = similarity_texts(profile, corpus, progress)
-    inputs = _inputs(model, profile, described, fingerprints, targets)
+    inputs = _inputs(model, profile, described, fingerprints, targets, samples)
     return _compare(model, profile, texts, inputs, targets, fingerprints, RunStore(out), task,
                     device=device, progress=progress)
 
@@ -115,14 +151,14 @@ def _compare(model: str, profile: Profile, texts: list[str], inputs: dict, targe
 
     from telly import backbones
     from telly.features import layer_features
-    from telly.similarity import layer_similarity
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     def pooled(backbone) -> np.ndarray:
         backbone.model.to(device)
         return layer_features(backbone, texts, max_length=profile.max_code_tokens,
-                              batch_size=profile.feature_batch_size, progress=progress).pooled
+                              batch_size=profile.feature_batch_size, progress=progress,
+                              mixed_precision=profile.mixed_precision).pooled
 
     pretrained = backbones.load(model)
     reference = pooled(pretrained)
@@ -131,14 +167,18 @@ def _compare(model: str, profile: Profile, texts: list[str], inputs: dict, targe
     comparisons, seen = [], {}
     for (label, epoch, path), fingerprint in zip(targets, fingerprints):
         if fingerprint in seen:  # the best weights are one epoch's weights: no second forward pass
-            layers = seen[fingerprint]["layers"]
+            scores = {key: seen[fingerprint][key] for key in ("layers", "top_blocks", "top_share", "seconds")}
         else:
-            layers = layer_similarity(reference, pooled(backbones.load(model, checkpoint=path)),
-                                      progress=progress)
-        comparisons.append({"label": label, "epoch": epoch, "checkpoint": str(path), "layers": layers})
+            started = time.perf_counter()
+            finetuned = pooled(backbones.load(model, checkpoint=path))
+            embedded = time.perf_counter()
+            scores = compare_layers(reference, finetuned, inputs["bootstrap"], progress=progress)
+            scores["seconds"] = {"embed": embedded - started, "similarity": time.perf_counter() - embedded}
+        comparisons.append({"label": label, "epoch": epoch, "checkpoint": str(path), **scores})
         seen.setdefault(fingerprint, comparisons[-1])
     document = as_stored({
-        "task": task, "model": model, "profile": profile.name, "inputs": inputs,
+        "task": task, "model": model, "profile": profile.name, "num_layers": len(reference) - 1,
+        "inputs": inputs,
         "comparisons": comparisons,
         "provenance": provenance(model=model, profile=profile.name,
                                  corpus_fingerprint=inputs["texts"]["corpus_fingerprint"], device=device)
@@ -146,6 +186,18 @@ def _compare(model: str, profile: Profile, texts: list[str], inputs: dict, targe
     })
     store.write_document(_document_name(task), document)
     return document
+
+
+def compare_layers(reference: np.ndarray, finetuned: np.ndarray, bootstrap: dict, *,
+                   progress: bool = False) -> dict:
+    """One comparison's scores: {"layers", "top_blocks", "top_share"} (the module docstring's
+    fields) from (L+1, n, d) pooled states of the same n inputs and the `bootstrap` settings
+    ({"samples", "confidence", "seed"})."""
+    resampled = bootstrap_layer_similarity(reference, finetuned, samples=bootstrap["samples"],
+                                           seed=bootstrap["seed"], progress=progress)
+    blocks = top_blocks(len(resampled.points) - 1)
+    return {"layers": resampled.records(bootstrap["confidence"]), "top_blocks": blocks,
+            "top_share": {m: resampled.drop_share(blocks, m, bootstrap["confidence"]) for m in MEASURES}}
 
 
 # ----------------------------------------------------------------------------- chapter 2
@@ -163,7 +215,7 @@ def ensure_finetuned(task: str, model: str, profile: str | Profile, store: RunSt
 
     profile, store = get_profile(profile), as_store(store)
     variant = Variant.of(task, model, -1, profile=profile.name, seed=seed)
-    epoch_store = RunStore(store.root / EPOCH_RUNS_DIR)
+    epoch_store = RunStore(store.root / EPOCH_RUNS_DIR, store.weights_root / EPOCH_RUNS_DIR)
     runs = [candidate.run_dir(variant) for candidate in (store, epoch_store)
             if candidate.find(variant, profile) is not None and candidate.weights(variant).exists()]
     usable = [run for run in runs if _has_epochs(run)] if per_epoch else runs
@@ -179,16 +231,17 @@ def _has_epochs(run_dir: Path) -> bool:
 
 
 def task_similarity(task: str, model: str, profile: str | Profile, store: RunStore | str | Path, *,
-                    per_epoch: bool = False, corpus: str = "stdlib", progress: bool = True) -> dict:
+                    per_epoch: bool = False, corpus: str = "stdlib", samples: int = BOOTSTRAP_SAMPLES,
+                    progress: bool = True) -> dict:
     """RQ2 for one task: fine-tune if needed, then its similarity document, stored under
-    `similarity/similarity-<task>.json` and reused while model, profile settings, texts and
-    checkpoint fingerprints are unchanged."""
+    `similarity/similarity-<task>.json` and reused while model, profile settings, texts, pooling,
+    bootstrap settings and checkpoint fingerprints are unchanged."""
     profile, store = get_profile(profile), as_store(store)
     run = ensure_finetuned(task, model, profile, store, per_epoch=per_epoch, progress=progress)
     targets = _targets([run], per_epoch)
     fingerprints = [checkpoint_fingerprint(path) for _, _, path in targets]
     texts, described = similarity_texts(profile, corpus, progress)
-    inputs = _inputs(model, profile, described, fingerprints, targets)
+    inputs = _inputs(model, profile, described, fingerprints, targets, samples)
     documents = RunStore(store.root / SIMILARITY_DIR)
     stored = documents.find_document(_document_name(task), inputs)
     if stored is not None:
@@ -199,7 +252,7 @@ def task_similarity(task: str, model: str, profile: str | Profile, store: RunSto
 
 def similarity_study(model: str, profile: str | Profile, store: RunStore | str | Path, tasks: Sequence[str], *,
                      epoch_task: str | None = "code-search", corpus: str = "stdlib",
-                     progress: bool = True) -> dict:
+                     samples: int = BOOTSTRAP_SAMPLES, progress: bool = True) -> dict:
     """Chapter 2's data: {"documents": {task: document}, "skipped": {task: why}}.
 
     `epoch_task` also gets the per-epoch view. A task whose module is not in this checkout is
@@ -215,7 +268,7 @@ def similarity_study(model: str, profile: str | Profile, store: RunStore | str |
             skipped[task] = str(exc)
             continue
         documents[task] = task_similarity(task, model, profile, store, per_epoch=task == epoch_task,
-                                          corpus=corpus, progress=progress)
+                                          corpus=corpus, samples=samples, progress=progress)
     if not documents:
         raise ValueError(f"none of the tasks {list(tasks)} could run: {skipped}")
     return {"documents": documents, "skipped": skipped}

@@ -36,7 +36,14 @@ A task module defines
     within a short budget.
   - ``zero_shot = True`` when the pre-trained model with its freshly built head is a meaningful
     baseline (code search: a mean-pooled bi-encoder needs no training); the trainer then also
-    records the test metrics before fine-tuning.
+    records the test metrics before fine-tuning. ``has_zero_shot(backbone)`` is what the trainer
+    asks: ``zero_shot`` unless a task overrides it per backbone kind (generation: decoders only,
+    whose own LM head, prompted, already answers).
+  - ``trivial_baseline(data, profile) -> Evaluation``: what a model-free answer scores on
+    ``data.test`` with the task's own ``score`` (summarization: the function's name split into
+    words; generation: a body of ``pass``; completion: the previous line again; clone detection:
+    always "clone"; code search: a lexical ranker), with ``extras = {"name", "description"}``.
+    Fine-tuning that does not beat it has learned nothing the book can report.
 
 ``get_task(name, **config)`` returns a task instance from the registry ``TASKS`` (unknown names
 raise ValueError listing the valid ones); modules are imported lazily.
@@ -47,6 +54,7 @@ import hashlib
 import importlib
 import json
 import random
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -168,6 +176,10 @@ class Task(ABC):
     def describe(self) -> dict:
         return {"task": self.name, "metric": self.metric, "config": self.config.to_dict()}
 
+    def has_zero_shot(self, backbone: Backbone) -> bool:
+        """Whether the pre-trained `backbone` with this task's fresh head is a baseline worth scoring."""
+        return self.zero_shot
+
     @abstractmethod
     def load_data(self, profile: Profile, seed: int = 0) -> TaskData:
         ...
@@ -188,6 +200,11 @@ class Task(ABC):
     @abstractmethod
     def score(self, per_example: dict[str, np.ndarray]) -> dict[str, float]:
         ...
+
+    @abstractmethod
+    def trivial_baseline(self, data: TaskData, profile: Profile) -> Evaluation:
+        """A model-free answer scored on data.test by `score`, extras {"name", "description"};
+        a ValueError naming the missing field when the data lack what it needs."""
 
 
 def get_task(name: str | Task, **config) -> Task:
@@ -251,6 +268,16 @@ def sample_examples(functions: Sequence, n: int | None, build, seed: int = 0) ->
         if example is not None:
             kept.append((index, example))
     return [example for _, example in sorted(kept, key=lambda pair: pair[0])]
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SUBWORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+
+
+def identifier_words(text: str) -> list[str]:
+    """Lower-cased sub-words of every identifier-like token of `text`: snake_case and camelCase
+    split, digits apart (getHTTPResponse_2 -> get, http, response, 2)."""
+    return [word.lower() for identifier in _IDENTIFIER.findall(text) for word in _SUBWORD.findall(identifier)]
 
 
 def batches(items: Sequence, size: int) -> Iterator[Sequence]:

@@ -7,9 +7,11 @@ Real data: CodeXGLUE's line-completion set (`telly.loaders.load_line_completion`
 by default); only its test file is published, so without train/dev files it is split 80/10/10 by a
 seeded shuffle. Its <s>/<EOL> markers become text and newlines. Sources are cut from the left:
 the lines right before the cursor matter most.
-Metrics: exact match of the code token sequence and edit similarity (rapidfuzz fuzz.ratio), x100.
-The headline is edit similarity: exact match of a whole line is near zero for small CPU runs, which
-would leave early stopping and the freeze-depth comparison blind.
+Metrics as CodeXGLUE's line-completion evaluator scores them (`telly.metrics`): exact match of the
+whitespace tokens (x100) and edit similarity (fuzzywuzzy's fuzz.ratio of the raw strings, 0..100),
+both after its literal post-processing. The headline is edit similarity: exact match of a whole line
+is near zero for small CPU runs, which would leave early stopping and the freeze-depth comparison blind.
+Trivial baseline: the last non-blank line before the cursor, repeated.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from functools import partial
 
 import numpy as np
 
-from telly.metrics import code_tokens, edit_similarity, exact_match
+from telly.metrics import code_tokens, codexglue_post_process, edit_similarity, exact_match
 from telly.profiles import Profile
 from telly.tasks import TaskConfig, TaskData, sample_examples, task_data
 from telly.tasks.generation import DEGENERATE_METRICS, GenerationExample, GenerationTask
@@ -95,9 +97,18 @@ class CodeCompletionTask(GenerationTask):
         return task_data(self.name, splits, f"line completion ({language}) at {path} ({note})")
 
     def per_example_scores(self, references: list[str], predictions: list[str]) -> dict[str, np.ndarray]:
-        return {"exact_match": np.array([100.0 * exact_match(r, p) for r, p in zip(references, predictions)]),
+        # The evaluator post-processes literals (and strips the prediction) before both metrics.
+        exact = [100.0 * exact_match(codexglue_post_process(r), codexglue_post_process(p))
+                 for r, p in zip(references, predictions)]
+        return {"exact_match": np.array(exact),
                 "edit_similarity": np.array([edit_similarity(r, p) for r, p in zip(references, predictions)])}
 
     def quality(self, per_example: dict[str, np.ndarray]) -> dict[str, float]:
         return {"edit_similarity": float(np.mean(per_example["edit_similarity"])),
                 "exact_match": float(np.mean(per_example["exact_match"]))}
+
+    trivial_answer = ("previous line", "the last non-blank line before the cursor, repeated (stripped)")
+
+    def trivial_prediction(self, example: GenerationExample) -> str:
+        lines = [line.strip() for line in example.source.splitlines() if line.strip()]
+        return lines[-1] if lines else ""

@@ -6,7 +6,11 @@ than `pass` (`telly.corpus`, split by module). Real data: CONCODE (`telly.loader
 description with class context -> Java method. CodeXGLUE scores CONCODE on its dev set (the test
 answers are not published): without a test file, dev is the test split and the validation split
 is held out from the end of train.
-Metrics: corpus BLEU-4 (sacrebleu on code tokens) and exact match of the code token sequence.
+Metrics as CodeXGLUE's text-to-code evaluator scores CONCODE (`telly.metrics`): corpus BLEU-4 on
+whitespace tokens, every n-gram order smoothed, and exact match of the whitespace tokens. A body's
+newlines and indentation are whitespace like any other (that evaluator reads one line per example),
+so `a+b` and `a + b` differ while re-indented code does not.
+Trivial baseline: a body of `pass`.
 """
 from __future__ import annotations
 
@@ -105,3 +109,8 @@ class CodeGenerationTask(GenerationTask):
     def quality(self, per_example: dict[str, np.ndarray]) -> dict[str, float]:
         return {"bleu": corpus_bleu_from_statistics(per_example),
                 "exact_match": float(np.mean(per_example["exact_match"]))}
+
+    trivial_answer = ("body `pass`", "every generated body is `pass`")
+
+    def trivial_prediction(self, example: GenerationExample) -> str:
+        return "pass"

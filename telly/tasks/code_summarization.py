@@ -4,6 +4,7 @@ Offline data: each corpus function's code without its docstring -> the docstring
 (`telly.corpus`, split by module). Real data: CodeSearchNet in the CodeXGLUE code-to-text format
 (`telly.loaders.load_codesearchnet`), code and docstring tokens joined by spaces as CodeXGLUE does.
 Metric: CodeXGLUE's smoothed sentence BLEU-4, averaged, x100 (`telly.metrics`).
+Trivial baseline: the function's name split into words (`get_file_name` -> "get file name").
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from telly.metrics import codexglue_sentence_bleu
 from telly.profiles import Profile
-from telly.tasks import TaskConfig, TaskData, corpus_examples, task_data
+from telly.tasks import TaskConfig, TaskData, corpus_examples, identifier_words, task_data
 from telly.tasks.generation import DEGENERATE_METRICS, GenerationExample, GenerationTask
 
 
@@ -51,3 +52,18 @@ class CodeSummarizationTask(GenerationTask):
     def quality(self, per_example: dict[str, np.ndarray]) -> dict[str, float]:
         return {"bleu": float(np.mean(per_example["bleu"]))}
 
+    trivial_answer = ("function name as words", "the function's name split into lower-cased words "
+                      "(snake_case and camelCase), e.g. get_file_name -> 'get file name'")
+
+    def trivial_prediction(self, example: GenerationExample) -> str:
+        return " ".join(identifier_words(function_name(example)))
+
+
+def function_name(example: GenerationExample) -> str:
+    """The summarised function's own name, from the example id both sources build as
+    "<path>:<qualified name>" (Class.method -> method)."""
+    name = example.id.rpartition(":")[2].rpartition(".")[2]
+    if not name:
+        raise ValueError(f"code-summarization: example {example.id!r} carries no function name "
+                         "(expected an id '<path>:<function name>'): the name baseline needs it")
+    return name

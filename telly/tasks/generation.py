@@ -22,8 +22,21 @@ model, and:
 * One stack of L blocks costs about half of an encoder plus a decoder on a 2-core CPU, and the
   parameter count stays the backbone's (the paper's 125.93M at the UniXcoder shape).
 
-Decoder backbones (GPT-2, Llama, SmolLM2) use the same sequence layout with a causal mask
-everywhere: a causal LM with the source as prompt, loss on target tokens only.
+Decoder backbones (GPT-2, Llama, SmolLM2) are their own causal LM: causal mask everywhere, logits
+from the tied input embeddings (the pre-trained LM head, no new parameters), loss on the target
+tokens only. Each task reads the source through a fixed prompt (`PROMPTS`):
+
+    <instruction line>\n<source>\n<separator line>\n<target><EOS>
+
+e.g. "Summarize this function in one sentence.\n{code}\nSummary:\n{summary}<|im_end|>" for
+SmolLM2, whose EOS is the chat end-of-turn token <|im_end|> (BOS <|im_start|> is never added;
+padding reuses EOS, masked out). The separator's final newline is the start token: its output
+predicts the first target token, as [CLS] does before an encoder's target. The three parts are
+tokenized apart and concatenated, so truncating the source (from the right, or from the left for
+line completion) never cuts the instruction or the separator. Sequences are right-padded with
+explicit position ids 0..n-1, so a row's positions never depend on its batch; decoding keeps the
+padded prefix in the KV cache under the attention mask and numbers each new token after its own
+row's prefix (`telly.decoding`), which is what left padding would give without shifting rows.
 
 Metrics (`telly.metrics`) and decoding (`telly.decoding`) live beside this module; a task subclass
 says which metrics it reports.
@@ -44,7 +57,7 @@ from torch import nn
 
 from telly.backbones import Backbone
 from telly.profiles import Profile
-from telly.tasks import Batch, Evaluation, Task, TaskModel
+from telly.tasks import Batch, Evaluation, Task, TaskData, TaskModel
 
 IGNORE = -100  # label of positions that carry no loss (source, padding)
 EXAMPLE_OUTPUTS = 5  # predictions kept in an evaluation's extras (Evaluation.extras) for the book
@@ -63,37 +76,72 @@ class GenerationExample:
 # ------------------------------------------------------------------------------ sequence layout
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """How a decoder reads one task: an instruction line, the source, a separator line; the target
+    follows on the next line and ends with EOS. one_line: the answer is a single line, so decoding
+    stops at the first line break (line completion)."""
+
+    instruction: str
+    separator: str
+    one_line: bool = False
+
+    def text(self, source: str) -> str:
+        """Everything the model reads before the target, as one string."""
+        return f"{self.instruction}\n{source}\n{self.separator}\n"
+
+
+# The fixed prompt of each generation task for decoder backbones (encoders read [CLS] source [SEP]).
+PROMPTS = {
+    "code-summarization": Prompt("Summarize this function in one sentence.", "Summary:"),
+    "code-generation": Prompt("Write the body of this function.", "Body:"),
+    "code-completion": Prompt("Write the next line of this code.", "Next line:", one_line=True),
+}
+
+
 def special_ids(tokenizer) -> dict[str, int | None]:
-    """Token ids framing source and target: BERT/RoBERTa wrap the source in CLS..SEP and start the
-    target with CLS and end it with SEP; GPT-style tokenizers use BOS (or EOS) / EOS."""
-    wraps = tokenizer.cls_token_id is not None and tokenizer.sep_token_id is not None
-    if wraps:
+    """Token ids around source and target: BERT/RoBERTa wrap the source in CLS..SEP, start the
+    target with CLS (bos) and end it with SEP (eos); a decoder's target ends with its EOS and
+    starts after its prompt (bos None)."""
+    if tokenizer.cls_token_id is not None and tokenizer.sep_token_id is not None:
         return {"source_start": tokenizer.cls_token_id, "source_end": tokenizer.sep_token_id,
                 "bos": tokenizer.cls_token_id, "eos": tokenizer.sep_token_id}
-    eos = tokenizer.eos_token_id
-    if eos is None:
+    if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {type(tokenizer).__name__} has neither CLS/SEP nor an EOS token")
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
-    return {"source_start": None, "source_end": None, "bos": bos, "eos": eos}
+    return {"source_start": None, "source_end": None, "bos": None, "eos": tokenizer.eos_token_id}
 
 
-def source_ids(tokenizer, texts: Sequence[str], max_tokens: int, truncate: str = "right") -> list[list[int]]:
-    """Token ids of each source, framed and cut to max_tokens; truncate="left" keeps the end
-    (line completion needs the lines right before the cursor)."""
+def framing(tokenizer, prompt: Prompt | None) -> tuple[list[int], list[int]]:
+    """(ids before the source, ids after it) of what the model reads before the target; the last id
+    after it is the start token, whose output predicts the first target token. Encoders: [CLS] and
+    [SEP, CLS] (the prompt is ignored); decoders: the prompt's instruction line and separator line."""
+    ids = special_ids(tokenizer)
+    if ids["source_start"] is not None:
+        return [ids["source_start"]], [ids["source_end"], ids["bos"]]
+    if prompt is None:
+        raise ValueError(f"{type(tokenizer).__name__} has no CLS/SEP framing: a decoder needs a Prompt")
+    before, after = _token_ids(tokenizer, [f"{prompt.instruction}\n", f"\n{prompt.separator}\n"])
+    if not after:
+        raise ValueError(f"the separator of {prompt!r} tokenizes to nothing")
+    return before, after
+
+
+def source_ids(tokenizer, texts: Sequence[str], max_tokens: int, truncate: str = "right",
+               prompt: Prompt | None = None) -> list[list[int]]:
+    """Each source as the model reads it before the target (see `framing`), ending with the start
+    token; the source is cut so that the row without its start token holds at most max_tokens.
+    truncate="left" keeps the end of the source (line completion needs the lines before the cursor)."""
     if truncate not in ("right", "left"):
         raise ValueError(f"truncate must be 'right' or 'left', got {truncate!r}")
-    ids = special_ids(tokenizer)
-    framing = [i for i in (ids["source_start"], ids["source_end"]) if i is not None]
-    room = max_tokens - len(framing)
+    before, after = framing(tokenizer, prompt)
+    room = max_tokens - len(before) - len(after) + 1
     if room < 1:
-        raise ValueError(f"max source tokens {max_tokens} leaves no room for text")
-    encoded = _token_ids(tokenizer, texts)
+        raise ValueError(f"max source tokens {max_tokens} leaves no room for text "
+                         f"({len(before) + len(after) - 1} go to the framing)")
     rows = []
-    for tokens in encoded:
+    for tokens in _token_ids(tokenizer, texts):
         tokens = tokens[-room:] if truncate == "left" else tokens[:room]
-        if ids["source_start"] is not None:
-            tokens = [ids["source_start"], *tokens, ids["source_end"]]
-        rows.append(tokens or [ids["bos"]])
+        rows.append([*before, *tokens, *after])
     return rows
 
 
@@ -105,19 +153,19 @@ def _token_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
 
 
 def collate_pairs(tokenizer, sources: Sequence[str], targets: Sequence[str], *, max_source_tokens: int,
-                  max_target_tokens: int, truncate: str = "right") -> Batch:
-    """Teacher-forcing batch: each row is [source ; BOS target] right-padded, labels are the
-    target followed by EOS (cut to max_target_tokens) at the target positions, IGNORE elsewhere."""
-    ids = special_ids(tokenizer)
-    sources_ids = source_ids(tokenizer, sources, max_source_tokens, truncate)
+                  max_target_tokens: int, truncate: str = "right", prompt: Prompt | None = None) -> Batch:
+    """Teacher-forcing batch: each row is the framed source (`source_ids`, ending with the start
+    token) then the target, right-padded; labels are the target followed by EOS (at most
+    max_target_tokens, counted from the start token) at the positions that predict them, IGNORE
+    elsewhere. source_length counts the row's tokens before the start token."""
+    eos = special_ids(tokenizer)["eos"]
+    readings = source_ids(tokenizer, sources, max_source_tokens, truncate, prompt)
     rows, label_rows = [], []
-    for src, tgt in zip(sources_ids, _token_ids(tokenizer, targets)):
-        decoder_input = [ids["bos"], *tgt][:max_target_tokens]
-        labels = [*tgt, ids["eos"]][:max_target_tokens]
-        rows.append(src + decoder_input)
-        label_rows.append([IGNORE] * len(src) + labels)
+    for reading, tgt in zip(readings, _token_ids(tokenizer, targets)):
+        rows.append(reading + tgt[:max_target_tokens - 1])
+        label_rows.append([IGNORE] * (len(reading) - 1) + [*tgt, eos][:max_target_tokens])
     width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids["eos"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
@@ -125,7 +173,7 @@ def collate_pairs(tokenizer, sources: Sequence[str], targets: Sequence[str], *, 
         input_ids[i, :len(row)] = torch.tensor(row)
         attention_mask[i, :len(row)] = 1
         labels[i, :len(row)] = torch.tensor(label_row)
-    source_length = torch.tensor([len(s) for s in sources_ids], dtype=torch.long)
+    source_length = torch.tensor([len(r) - 1 for r in readings], dtype=torch.long)
     return {"inputs": {"sequence": {"input_ids": input_ids, "attention_mask": attention_mask,
                                     "source_length": source_length}},
             "labels": labels, "source_length": source_length}
@@ -208,15 +256,19 @@ class LMHead(nn.Module):
 
 
 class GenerationModel(TaskModel):
-    """A backbone run as a prefix-LM (encoders) or a prompted causal LM (decoders), plus an LM head."""
+    """A backbone run as a prefix-LM (encoders) or a prompted causal LM (decoders), plus an LM head.
+    prompt: how a decoder reads the task (required for decoders; encoders ignore it)."""
 
-    def __init__(self, backbone: Backbone) -> None:
+    def __init__(self, backbone: Backbone, prompt: Prompt | None = None) -> None:
+        if backbone.kind == "decoder" and prompt is None:
+            raise ValueError(f"{backbone.name} is a decoder: GenerationModel needs the task's Prompt")
         embedding = backbone.model.get_input_embeddings()
         tied = backbone.kind == "encoder" or bool(getattr(backbone.config, "tie_word_embeddings", False))
         head = LMHead(backbone.hidden_size, embedding, transform=backbone.kind == "encoder", tied=tied)
         super().__init__(backbone, head)
         self.bidirectional_source = backbone.kind == "encoder"
         self.specials = special_ids(backbone.tokenizer)
+        self.prompt = prompt if backbone.kind == "decoder" else None
         self.head_note = ("output weights tied to the input embeddings" if tied else
                           "output weights: a trainable copy of the input embeddings (the checkpoint's "
                           "untied LM head is not part of the base model)")
@@ -257,18 +309,29 @@ class GenerationTask(Task):
     """What the three generation tasks share: model, batching, decoding and evaluation.
 
     A subclass sets `name`, `metric`, `metrics` (ending with DEGENERATE_METRICS), `config_class`,
-    `truncate_source`, and defines `load_data`, `per_example_scores(references, predictions)`
-    (numeric columns, one row per example) and `quality(per_example)` (metrics from the columns)."""
+    `truncate_source`, `trivial_answer`, and defines `load_data`, `per_example_scores(references,
+    predictions)` (numeric columns, one row per example), `quality(per_example)` (metrics from the
+    columns) and `trivial_prediction(example)` (the model-free answer of `trivial_baseline`)."""
 
     truncate_source: ClassVar[str] = "right"
+    trivial_answer: ClassVar[tuple[str, str]]  # (name, description) of the model-free answer
+
+    @property
+    def prompt(self) -> Prompt:
+        """How a decoder backbone reads this task (`PROMPTS`); encoders read [CLS] source [SEP]."""
+        return PROMPTS[self.name]
+
+    def has_zero_shot(self, backbone: Backbone) -> bool:
+        """A decoder's own LM head, prompted, already answers the task; an encoder's new LM head does not."""
+        return backbone.kind == "decoder"
 
     def build_model(self, backbone: Backbone) -> GenerationModel:
-        return GenerationModel(backbone)
+        return GenerationModel(backbone, self.prompt)
 
     def collate(self, examples: Sequence[GenerationExample], tokenizer, profile: Profile) -> Batch:
         return collate_pairs(tokenizer, [e.source for e in examples], [e.target for e in examples],
-                             max_source_tokens=profile.max_code_tokens,
-                             max_target_tokens=profile.max_target_tokens, truncate=self.truncate_source)
+                             max_source_tokens=profile.max_code_tokens, max_target_tokens=profile.max_target_tokens,
+                             truncate=self.truncate_source, prompt=self.prompt)
 
     def evaluate(self, model: GenerationModel, examples: Sequence[GenerationExample], tokenizer,
                  profile: Profile, batch_size: int) -> Evaluation:
@@ -281,12 +344,7 @@ class GenerationTask(Task):
                                max_new_tokens=profile.max_target_tokens, num_beams=profile.num_beams,
                                batch_size=batch_size, truncate=self.truncate_source, show_progress=True)
         decode_seconds = time.perf_counter() - started
-        # References are scored as the model's tokenizer can spell them (an uncased tokenizer
-        # cannot produce capitals); with a cased byte-level tokenizer this changes nothing.
-        references = [spelled(tokenizer, e.target) for e in examples]
-        per_example = {"prediction": np.array(predictions, dtype=object),
-                       "reference": np.array(references, dtype=object),
-                       **self.per_example_scores(references, predictions)}
+        per_example = self.scored_columns(examples, predictions)
         # decode_seconds rides along with the metrics (a float, outside `metrics` and the CIs),
         # so the record keeps decoding time apart from the epochs' train_seconds.
         return Evaluation(self.score(per_example) | {"decode_seconds": decode_seconds}, per_example, extras={
@@ -306,6 +364,24 @@ class GenerationTask(Task):
                                             "most_common_share": report["most_common_share"],
                                             "degenerate": float(report["is_degenerate"])}
 
+    def scored_columns(self, examples: Sequence[GenerationExample], predictions: Sequence[str]) -> dict[str, np.ndarray]:
+        """Per-example columns: prediction, reference and the task's scores. References are scored
+        as written, never re-spelled through the model's tokenizer: what it cannot write (capitals,
+        for an uncased one) is the model's loss."""
+        references = [e.target for e in examples]
+        return {"prediction": np.array(predictions, dtype=object), "reference": np.array(references, dtype=object),
+                **self.per_example_scores(references, list(predictions))}
+
+    def trivial_baseline(self, data: TaskData, profile: Profile) -> Evaluation:
+        name, description = self.trivial_answer
+        predictions = [self.trivial_prediction(e) for e in data.test]
+        per_example = self.scored_columns(data.test, predictions)
+        return Evaluation(self.score(per_example), per_example, extras={"name": name, "description": description})
+
+    @abstractmethod
+    def trivial_prediction(self, example: GenerationExample) -> str:
+        """The model-free answer for one example (see `telly.tasks.Task.trivial_baseline`)."""
+
     @abstractmethod
     def per_example_scores(self, references: list[str], predictions: list[str]) -> dict[str, np.ndarray]:
         """Numeric columns, one row per example (each task defines its own)."""
@@ -313,8 +389,3 @@ class GenerationTask(Task):
     @abstractmethod
     def quality(self, per_example: dict[str, np.ndarray]) -> dict[str, float]:
         """The task's metrics from its columns (any resample of the rows)."""
-
-
-def spelled(tokenizer, text: str) -> str:
-    """`text` as the tokenizer writes it back (lower-cased by uncased tokenizers, [UNK] dropped)."""
-    return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"], skip_special_tokens=True).strip()

@@ -1,0 +1,35 @@
+"""Fine-tuning methods: validated settings, run-id tags and labels, and what each one trains."""
+import pytest
+from torch import nn
+
+from telly.methods import METHODS, BitFit, Full, LoRA, Telly, make_method
+
+
+def test_methods_validate_their_settings_and_name_themselves():
+    assert list(METHODS) == ["full", "telly", "lora", "bitfit"]
+    assert make_method("telly", -1) == Full() and make_method("telly", 3) == Telly(3)
+    assert make_method("telly", 3, cache=False).tag == "telly3-nocache"
+    assert [m.label for m in (Full(), Telly(3), Telly(3, cache=False), LoRA(), BitFit())] == \
+        ["Full fine-tuning", "Telly-3 cached", "Telly-3 uncached", "LoRA", "BitFit"]
+    assert LoRA(r=16).tag == "lora-r16" and LoRA(targets=["q_proj"]).targets == ("q_proj",)
+    with pytest.raises(ValueError, match="K >= 0"):
+        Telly(-2)
+    with pytest.raises(ValueError, match="rank r"):
+        LoRA(r=0)
+    with pytest.raises(ValueError, match="freeze must be -1"):
+        make_method("bitfit", 2)
+    with pytest.raises(ValueError, match="unknown method 'adapter'"):
+        make_method("adapter")
+
+
+def test_bitfit_refuses_a_backbone_without_bias_terms():
+    from transformers import LlamaConfig, LlamaModel
+
+    backbone = LlamaModel(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=2))
+    task_model = nn.Module()
+    task_model.backbone, task_model.head = backbone, nn.Linear(16, 2)
+    assert not any(name.endswith("bias") for name, _ in backbone.named_parameters())
+    with pytest.raises(ValueError, match="BitFit trains bias terms, and LlamaModel has none"):
+        BitFit().apply(task_model)
+    assert all(p.requires_grad for p in backbone.parameters())  # nothing was frozen on the way

@@ -1,0 +1,177 @@
+"""telly.studies.study: the whole study (RQ3, RQ2, RQ1) on tiny-random with a tiny profile, killed
+mid-way and resumed, then rerun on the same machine and on a "fresh clone" holding only the records."""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from telly import trainer
+from telly.profiles import get_profile
+from telly.store import RunStore, Variant, read_json, write_json
+from telly.studies import study
+
+TASKS = ("code-search", "code-completion")  # one pooled-representation task, one generation task
+TINY = replace(get_profile("smoke"), name="tiny-study", train_examples=8, valid_examples=8, test_examples=8,
+               batch_size=8, epochs=2, patience=2, generation_examples=(8, 8, 8), max_target_tokens=8,
+               bootstrap_samples=20, seeds=(0,), sweep_freeze="-1,3", generation_freeze="-1,3",
+               probe_functions=48, similarity_functions=12, max_code_tokens=32, probe_epochs=4,
+               probe_weight_refits=3)
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """A TELLY_CACHE of the test's own, holding a copy of the parsed corpus when there is one."""
+    cache = tmp_path / "cache"
+    parsed = Path(os.environ.get("TELLY_CACHE", Path.home() / ".cache" / "telly")) / "corpus"
+    if parsed.is_dir():
+        shutil.copytree(parsed, cache / "corpus")
+    monkeypatch.setenv("TELLY_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+REAL_FINETUNE = trainer.finetune
+
+
+def _counting_finetune(monkeypatch, calls: list, die_at: int | None = None):
+    """Record each fine-tuned run id; raise KeyboardInterrupt (a kill) on call `die_at`."""
+    def finetune(variant, *args, **kwargs):
+        calls.append(variant.run_id)
+        if die_at is not None and len(calls) == die_at:
+            raise KeyboardInterrupt
+        return REAL_FINETUNE(variant, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "finetune", finetune)
+
+
+def _stamps(root: Path) -> dict[str, int]:
+    """Every JSON record under `root` but the ledger, by path -> modification time."""
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*.json") if p.name != "study.json"}
+
+
+def _run(tmp_path, **options):
+    return study.run_study("tiny-random", TINY, out=tmp_path / "out", records=tmp_path / "records", tasks=TASKS,
+                           progress=False, **options)
+
+
+def test_the_study_resumes_after_a_kill_and_a_fresh_clone_reruns_nothing(tmp_path, private_cache, monkeypatch):
+    records, weights = tmp_path / "records", tmp_path / "out" / study.WEIGHTS_DIR
+    full = {task: Variant.of(task, "tiny-random", -1, profile=TINY.name) for task in TASKS}
+
+    # 1. Killed while the third run (code completion's full fine-tune) trains.
+    calls: list[str] = []
+    _counting_finetune(monkeypatch, calls, die_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path)
+    ledger = read_json(records / "study.json")
+    assert ledger["parts"]["rq3/code-search"]["status"] == "finished"
+    assert ledger["parts"]["rq3/code-search"]["wall_seconds"] > 0
+    assert ledger["parts"]["rq3/code-completion"]["status"] == "running"
+    assert ledger["parts"]["rq1"]["status"] == "finished"  # right after code search, the task it probes
+    assert ledger["parts"]["rq2/code-completion"] == {"status": "pending", "wall_seconds": None}  # listed before it is reached
+    finished = {path: stamp for path, stamp in _stamps(records).items() if path != "summary.json"}  # summary grows
+    assert {f"{Variant.of('code-search', 'tiny-random', k, profile=TINY.name).run_id}.json" for k in (-1, 3)} \
+        <= set(finished) and f"{full['code-completion'].run_id}.json" not in finished
+
+    # 2. Resumed: only code completion's two runs train; nothing finished is written again.
+    calls.clear()
+    _counting_finetune(monkeypatch, calls)
+    document = _run(tmp_path)
+    assert calls == [full["code-completion"].run_id,
+                     Variant.of("code-completion", "tiny-random", 3, profile=TINY.name).run_id]
+    assert {path: stamp for path, stamp in _stamps(records).items() if path in finished} == finished
+    assert [part for part, entry in document["parts"].items() if entry["status"] == "finished"] == study.parts(TASKS)
+    assert document["sessions"][-1]["ran"] == ["rq3/code-completion", "rq2/code-completion"]
+    assert all(entry["wall_seconds"] > 0 for entry in document["parts"].values())
+    assert document["wall_seconds"]["total"] == pytest.approx(
+        sum(entry["wall_seconds"] for entry in document["parts"].values()))
+    assert document["parts"]["rq3/code-completion"]["runs"] == 2
+    assert {"machine", "commit", "date"} <= set(document["parts"]["rq1"])
+    assert {"machine", "commit", "started", "updated"} <= set(document["sessions"][-1])
+    assert document["depths"] == {task: [-1, 3] for task in TASKS} and document["profile"] == TINY.name
+    # RQ2 compared each epoch checkpoint; RQ1 probed the code-search fine-tune; no weights among the records.
+    similarity = read_json(records / "similarity" / "similarity-code-completion.json")
+    assert [c["label"] for c in similarity["comparisons"]][:2] == ["epoch-1", "epoch-2"]
+    probing = read_json(records / "probing" / "tiny-random" / "probing.json")
+    assert "finetuned" in probing["backbones"]
+    assert (records / "summary.json").exists() and not list(records.rglob("*.safetensors"))
+    # Only the full fine-tunes' weights are kept (RQ2 and RQ1 read them).
+    assert sorted(p.name for p in weights.iterdir()) == sorted(RunStore(records).run_dir(v).name for v in full.values())
+
+    # 3. Rerun on the same machine: nothing trains, nothing is rewritten, no time is added.
+    stamps, seconds = _stamps(records), document["wall_seconds"]
+    calls.clear()
+    again = _run(tmp_path)
+    assert calls == [] and _stamps(records) == stamps and again["wall_seconds"] == seconds
+    assert again["sessions"][-1]["ran"] == []
+
+    # 4. A fresh clone: the committed records without the weights. Still nothing runs.
+    shutil.rmtree(tmp_path / "out")
+    fresh = _run(tmp_path)
+    assert calls == [] and _stamps(records) == stamps and fresh["wall_seconds"] == seconds
+
+    # 5. ... but a part whose recorded inputs differ from what it would read now runs again, which
+    # without weights means fine-tuning its full run again first (its record is replaced).
+    ledger = read_json(records / "study.json")
+    ledger["parts"]["rq2/code-search"]["inputs"]["finetuned"]["date"] = "1970-01-01T00:00:00+00:00"
+    write_json(records / "study.json", ledger)
+    redone = _run(tmp_path)
+    assert calls == [full["code-search"].run_id]
+    assert redone["sessions"][-1]["ran"][0] == "rq2/code-search"
+    retrained = read_json(records / f"{full['code-search'].run_id}.json")
+    assert redone["parts"]["rq2/code-search"]["inputs"]["finetuned"]["date"] == retrained["provenance"]["date"]
+    assert redone["parts"]["rq2/code-search"]["wall_seconds"] > seconds["rq2"] - redone["parts"]["rq2/code-completion"]["wall_seconds"]
+
+
+def test_a_failing_part_is_recorded_and_the_others_still_run(tmp_path, private_cache, monkeypatch):
+    attempted = []
+
+    def broken(variant, *args, **kwargs):
+        attempted.append(variant.task)
+        raise ValueError(f"{variant.task} exploded")
+
+    monkeypatch.setattr(trainer, "finetune", broken)
+    document = study.run_study("tiny-random", TINY, out=tmp_path / "out", records=tmp_path / "records",
+                               tasks=["code-completion"], progress=False)
+    assert attempted == ["code-completion", "code-completion", "code-search"]  # rq3, rq2, then rq1's fine-tune
+    assert {part: entry["status"] for part, entry in document["parts"].items()} == \
+        {"rq3/code-completion": "failed", "rq2/code-completion": "failed", "rq1": "failed"}
+    assert document["parts"]["rq1"]["error"] == "ValueError: code-search exploded"
+    assert "rq1: failed" in "\n".join(study.part_lines(document))
+
+
+def test_part_lines_follow_the_numbers():
+    def document(status, seconds, runs=None):
+        entry = {"status": status, "wall_seconds": seconds, **({"runs": runs} if runs is not None else {})}
+        return {"parts": {"rq3/code-search": entry},
+                "wall_seconds": {"rq1": 0.0, "rq2": 0.0, "rq3": seconds or 0.0, "total": seconds or 0.0}}
+
+    finished = study.part_lines(document("finished", 5400.0, runs=15))
+    assert finished[0] == "rq3/code-search: finished, 1.5 h, 15 runs"
+    assert finished[-1] == "measured: RQ3 1.5 h, RQ2 0.0 min, RQ1 0.0 min, total 1.5 h"
+    assert study.part_lines(document("running", 90.0))[0] == "rq3/code-search: running, 1.5 min"
+    assert study.part_lines(document("finished", None))[0] == "rq3/code-search: finished, not measured here"
+
+
+def test_the_cli_names_an_unknown_task_before_anything_runs(tmp_path, capsys):
+    from telly.cli import main
+
+    assert main(["study", "--profile", "smoke", "--out", str(tmp_path / "out"), "--records",
+                 str(tmp_path / "records"), "--tasks", "code-search,typo"]) == 2
+    assert "unknown task" in capsys.readouterr().err
+    assert not (tmp_path / "records").exists()
+
+
+def test_the_study_command_defaults_to_the_code_model_and_its_profile(capsys):
+    from telly.cli import build_parser, main
+
+    args = build_parser().parse_args(["study"])
+    assert (args.model, args.profile, args.out, args.records) == ("smollm2-135m", "study", "runs/study", None)
+    assert args.tasks.split(",") == ["code-search", "clone-detection", "code-summarization", "code-generation",
+                                     "code-completion"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["study", "--help"])
+    assert exit_.value.code == 0 and "--records" in capsys.readouterr().out
