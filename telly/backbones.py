@@ -95,6 +95,7 @@ class Backbone:
             "model": self.name,
             "model_source": self.source,
             "architecture": type(self.model).__name__,
+            "kind": self.kind,
             "num_layers": self.num_layers,
             "hidden_size": self.hidden_size,
             "parameters": sum(p.numel() for p in self.model.parameters()),

@@ -181,8 +181,7 @@ def backbone_facts(model: str) -> dict:
     """What a page says about the backbone: name, source, architecture, layers, width, parameters, kind."""
     from telly.backbones import load
 
-    backbone = load(model)
-    return backbone.describe() | {"kind": backbone.kind}
+    return load(model).describe()
 
 
 def clone_baseline(profile: str | Profile, *, data_path: str | None = None, seed: int = 0) -> dict:
