@@ -75,6 +75,12 @@ def test_the_study_resumes_after_a_kill_and_a_fresh_clone_reruns_nothing(tmp_pat
     finished = {path: stamp for path, stamp in _stamps(records).items() if path != "summary.json"}  # summary grows
     assert {f"{Variant.of('code-search', 'tiny-random', k, profile=TINY.name).run_id}.json" for k in (-1, 3)} \
         <= set(finished) and f"{full['code-completion'].run_id}.json" not in finished
+    # A chapter shows the finished parts only: code search's three, none of code completion's yet.
+    shown = study.load_study(records)
+    assert shown.finished("rq3") == ["rq3/code-search"] and shown.unfinished("rq2") == {"rq2/code-completion": "pending"}
+    assert {r["task"] for r in shown.runs} == {"code-search"} and len(shown.runs) == 2
+    assert list(shown.similarity) == ["code-search"] and [r["model"] for r in shown.probing] == ["tiny-random"]
+    assert set(shown.summary["tasks"]) == {"code-search"}
 
     # 2. Resumed: only code completion's two runs train; nothing finished is written again.
     calls.clear()
@@ -100,6 +106,9 @@ def test_the_study_resumes_after_a_kill_and_a_fresh_clone_reruns_nothing(tmp_pat
     assert (records / "summary.json").exists() and not list(records.rglob("*.safetensors"))
     # Only the full fine-tunes' weights are kept (RQ2 and RQ1 read them).
     assert sorted(p.name for p in weights.iterdir()) == sorted(RunStore(records).run_dir(v).name for v in full.values())
+
+    shown = study.load_study(records)
+    assert len(shown.runs) == 4 and list(shown.similarity) == list(TASKS) and shown.unfinished("rq3") == {}
 
     # 3. Rerun on the same machine: nothing trains, nothing is rewritten, no time is added.
     stamps, seconds = _stamps(records), document["wall_seconds"]
@@ -175,3 +184,11 @@ def test_the_study_command_defaults_to_the_code_model_and_its_profile(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["study", "--help"])
     assert exit_.value.code == 0 and "--records" in capsys.readouterr().out
+
+
+def test_a_folder_without_a_study_shows_nothing(tmp_path):
+    empty = study.load_study(tmp_path / "nothing-here")
+    assert empty.ledger is None and empty.model is None and empty.runs == [] and empty.probing == []
+    write_json(tmp_path / "study.json", {"kind": "bench"})
+    with pytest.raises(ValueError, match="study.json: not a study ledger"):
+        study.load_study(tmp_path)

@@ -463,6 +463,14 @@ def generation_note(records: list[dict], summary: Mapping, *, model: str, kind: 
     return f"{text}\n\n{degenerate}"
 
 
+def sweep_view(records: list[dict], summary: Mapping, *, kind: str, bench: Mapping | None = None) -> dict:
+    """What chapter 3 shows of one sweep (the study's or the live one): its records and summary,
+    their freeze table, seeds, model and kind, and the bench record with its epoch ratios (if any)."""
+    model = records[0]["model"]
+    return {"records": records, "summary": summary, "table": freeze_table(records), "model": model, "kind": kind,
+            "seeds": sorted({r["seed"] for r in records}), "bench": bench, "bench_ratios": bench_epoch_ratios(bench, model)}
+
+
 def swept_depths(table: pd.DataFrame) -> str:
     """Markdown: per task, the full and Telly-K depths in `table` (freeze_table), over how many seeds
     and epochs, so a page says which depths the verdicts rest on."""

@@ -184,11 +184,13 @@ def chapter_checkpoint(model: str, profile: str | Profile, store: RunStore | str
 def probing_study(model: str, profile: str | Profile, store: RunStore | str | Path, *,
                   corpus: str | Path = "stdlib", checkpoint: str | Path | None = None,
                   finetune_task: str | None = "code-search",
-                  extra_models: Sequence[str] | None = None, progress: bool = True) -> dict:
+                  extra_models: Sequence[str] | None = None, shown_from_study: Sequence[str] = (),
+                  progress: bool = True) -> dict:
     """Chapter 1's runs: `model` in its random, pre-trained and fine-tuned states (see
     `chapter_checkpoint`), then each of `extra_models` (None: the profile's extra_probe_models) in
-    its random and pre-trained states on fewer, shorter inputs (`extra_model_size`). Records live
-    under `record_dir(store root, model)`. Returns {"records": [...], "skipped": {model: reason}}."""
+    its random and pre-trained states on fewer, shorter inputs (`extra_model_size`), except those in
+    `shown_from_study` (the page shows their study record instead). Records live under
+    `record_dir(store root, model)`. Returns {"records": [...], "skipped": {model: reason}}."""
     profile, store = get_profile(profile), as_store(store)
     tuned = chapter_checkpoint(model, profile, store, checkpoint, finetune_task)
     records = [run_probing(model, profile, corpus=corpus, checkpoint=tuned,
@@ -196,6 +198,9 @@ def probing_study(model: str, profile: str | Profile, store: RunStore | str | Pa
     skipped = {}
     for extra in profile.extra_probe_models if extra_models is None else extra_models:
         if extra == model:
+            continue
+        if extra in shown_from_study:
+            skipped[extra] = "its full record from the code-model study is shown instead of a smaller live probe"
             continue
         reason = unavailable_reason(extra)
         if reason:

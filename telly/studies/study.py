@@ -51,6 +51,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -377,6 +378,62 @@ def read_study(records: str | Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: `make study` (telly study) writes it")
     return read_json(path)
+
+
+@dataclass(frozen=True)
+class StudyRecords:
+    """What a chapter shows of a study: the records of its finished parts, read back, never run.
+    A part still running or pending shows nothing yet (its ledger entry says how far it got)."""
+
+    root: Path
+    ledger: dict | None  # study.json; None when the folder holds no study
+    probing: list[dict]  # [the RQ1 record] once rq1 finished, else []
+    similarity: dict[str, dict]  # task -> RQ2 document, for each finished rq2 part
+    runs: list[dict]  # the RQ3 records of each task whose rq3 part finished
+    summary: dict | None  # summary.json: RQ3's verdicts over those tasks
+
+    @property
+    def model(self) -> str | None:
+        return self.ledger["model"] if self.ledger else None
+
+    @property
+    def profile(self) -> str | None:
+        return self.ledger["profile"] if self.ledger else None
+
+    def finished(self, question: str) -> list[str]:
+        """The finished parts of one research question ("rq1", "rq2", "rq3"), in run order."""
+        return [part for part, entry in (self.ledger or {}).get("parts", {}).items()
+                if part.split("/")[0] == question and entry["status"] == "finished"]
+
+    def unfinished(self, question: str) -> dict[str, str]:
+        """Parts of `question` not finished: part -> status (pending, running, failed)."""
+        return {part: entry["status"] for part, entry in (self.ledger or {}).get("parts", {}).items()
+                if part.split("/")[0] == question and entry["status"] != "finished"}
+
+
+def load_study(records: str | Path) -> StudyRecords:
+    """The finished parts of the study whose records are in `records` (e.g. book/records/smollm2-135m):
+    an empty StudyRecords (ledger None) when the folder holds no study.json."""
+    from telly.studies.freezing import SUMMARY
+    from telly.studies.probing import record_dir
+    from telly.studies.similarity import SIMILARITY_DIR, output_path
+
+    root = Path(records)
+    try:
+        ledger = read_study(root)
+    except FileNotFoundError:
+        return StudyRecords(root, None, [], {}, [], None)
+    if not isinstance(ledger, dict) or ledger.get("kind") != "study" or "parts" not in ledger:
+        raise ValueError(f"{root / f'{DOCUMENT}.json'}: not a study ledger (expected kind 'study' and its parts)")
+    found = StudyRecords(root, ledger, [], {}, [], None)
+    model, store = ledger["model"], RunStore(root)
+    probing = [read_json(record_dir(root, model) / "probing.json")] if found.finished("rq1") else []
+    tasks = {question: [part.partition("/")[2] for part in found.finished(question)] for question in ("rq2", "rq3")}
+    similarity = {task: read_json(output_path(root / SIMILARITY_DIR, task)) for task in tasks["rq2"]}
+    runs = store.records(model=model, profile=ledger["profile"], tasks=tasks["rq3"]) if tasks["rq3"] else []
+    summary_path = store.document_path(SUMMARY)
+    summary = read_json(summary_path) if runs and summary_path.exists() else None
+    return StudyRecords(root, ledger, probing, similarity, runs, summary)
 
 
 def _duration(seconds: float | None) -> str:

@@ -1,0 +1,92 @@
+"""What a chapter says about the code-model study's records (`telly.studies.study.StudyRecords`):
+which parts it shows, where they were measured, and which block of a page is the study's and which
+the build's own live run. Pure functions of the records."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from telly.report.charts import ProvenanceBox, provenance_box
+
+QUESTIONS = {"rq1": "probing", "rq2": "layer similarity", "rq3": "freezing"}
+
+
+def study_heading(study) -> str:
+    """The heading of the study's block on a page."""
+    return f"{study.model}: the code-model study's records (profile `{study.profile}`)"
+
+
+def live_heading(model: str, profile: str) -> str:
+    """The heading of the build's own live run on a page."""
+    return f"{model}: this build's live run (profile `{profile}`)"
+
+
+def shown(study, study_part: Any, live_part: Any, *, model: str, profile: str) -> dict[str, Any]:
+    """heading -> what to show, the study's first, each only when it holds something (a record
+    list, a document dict, ...): the order in which every section of a chapter shows its sources."""
+    blocks = {}
+    if study.ledger is not None and study_part:
+        blocks[study_heading(study)] = study_part
+    if live_part:
+        blocks[live_heading(model, profile)] = live_part
+    return blocks
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def study_status(study, question: str) -> str:
+    """Markdown: which of the study's parts of `question` this page shows, and which are not there yet."""
+    where = f"`{study.root}`"
+    if study.ledger is None:
+        return (f"No study records in {where}: this page shows only the live run below. `make study` "
+                f"writes them (hours on a CPU; it resumes where it stopped).")
+    finished, unfinished = study.finished(question), study.unfinished(question)
+    what = QUESTIONS[question]
+    text = (f"The {what} part of the code-model study of **{study.model}** ({len(finished)} of "
+            f"{len(finished) + len(unfinished)} parts finished), read from {where}: recorded by `make study`, "
+            f"not rerun by this build.")
+    if unfinished:
+        text += (" Not there yet: " + ", ".join(f"{part} ({status})" for part, status in unfinished.items())
+                 + "; `make study` resumes them, and this page shows them once their records exist.")
+    return text
+
+
+def study_box(study, question: str, records: Sequence[Mapping]) -> ProvenanceBox | None:
+    """Where the shown parts of `question` were measured: machine, date, profile, commit, measured
+    wall time (from study.json), then the records' own provenance. None when none is finished."""
+    finished = study.finished(question)
+    if study.ledger is None or not finished or not records:
+        return None
+    entries = [study.ledger["parts"][part] for part in finished]
+    dates = sorted(e["date"] for e in entries if e.get("date"))
+    commits = list(dict.fromkeys(
+        (e["commit"] or "unknown")[:12] + (" (with uncommitted changes)" if e.get("dirty") else "")
+        for e in entries if "commit" in e))
+    seconds = sum(e.get("wall_seconds") or 0.0 for e in entries)
+    when = "unknown" if not dates else dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+    rows = [("study", f"`make study` records in {study.root}"), ("parts", ", ".join(finished)),
+            ("machine", "; ".join(dict.fromkeys(e["machine"] for e in entries if e.get("machine"))) or "unknown"),
+            ("finished", when), ("commit", ", ".join(commits) or "unknown"),
+            ("measured wall time", _duration(seconds) if seconds else "not measured"),
+            ("profile", study.profile)]
+    own = provenance_box(list(records)).rows
+    rows += [(label, value) for label, value in own if label not in {"profile"}]
+    return ProvenanceBox(rows, f"Provenance of the study's records: {study.model}, {QUESTIONS[question]}")
+
+
+def headed(study, study_records: Sequence[Mapping], live_records: Sequence[Mapping], *,
+           profile: str) -> list[tuple[str, Mapping]]:
+    """(heading, record) pairs: the study's records first, then the live run's (each under its model)."""
+    return [(study_heading(study), r) for r in study_records] + \
+        [(live_heading(r["model"], profile), r) for r in live_records]
+
+
+def sweep_view(study) -> dict | None:
+    """The study's RQ3 runs as chapter 3 shows a sweep (`telly.report.freezing.sweep_view`), or None."""
+    from telly.report.freezing import sweep_view as view
+
+    if not study.runs or study.summary is None:
+        return None
+    return view(study.runs, study.summary, kind=study.runs[0]["provenance"]["backbone"]["kind"])
