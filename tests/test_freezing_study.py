@@ -175,7 +175,7 @@ def test_freeze_results_chart_and_paper_rows(tiny_sweep):
 
 
 def _generation_record(freeze, bleu, reasons):
-    return {"task": "code-summarization", "method": "full" if freeze == -1 else "telly", "freeze": freeze,
+    return {"task": "code-summarization", "method": "full" if freeze == -1 else "telly", "freeze": freeze, "seed": 0,
             "metric": "bleu", "test": {"bleu": bleu, "degenerate": float(bool(reasons))},
             "generation": {"degenerate": {"is_degenerate": bool(reasons), "reasons": reasons}}}
 
@@ -184,14 +184,14 @@ def test_degenerate_findings_name_the_degenerate_runs_from_the_records():
     records = [_generation_record(-1, 0.042, []), _generation_record(5, 0.011, ["all 8 predictions are identical: 'the'"]),
                {"task": "code-search", "method": "full", "freeze": -1, "metric": "mrr", "test": {"mrr": 0.5}}]
     text = degenerate_findings(records)
-    assert "code-search" not in text and "of 2 runs, the best with sound outputs is Base (full) at test bleu 0.042" in text
-    assert "1 of 2 runs" in text and "Telly-5 (all 8 predictions are identical: 'the')" in text
-    assert "Base (full) (" not in text  # the full run is not among the degenerate ones
+    assert "code-search" not in text and "of 2 runs, the best with sound outputs is Base (full) (seed 0) at test bleu 0.042" in text
+    assert "1 of 2 runs" in text and "Telly-5 seed 0 (all 8 predictions are identical: 'the')" in text
+    assert "Base (full) seed" not in text  # the full run is not among the degenerate ones
     assert "no run's outputs are degenerate" in degenerate_findings([_generation_record(-1, 0.1, [])])
     assert degenerate_findings(records[2:]) == ""
     # a degenerate run is never "the best", even with the highest score
     contrary = [_generation_record(-1, 0.042, ["all empty"]), _generation_record(5, 0.011, [])]
-    assert "the best with sound outputs is Telly-5 at test bleu 0.011" in degenerate_findings(contrary)
+    assert "the best with sound outputs is Telly-5 (seed 0) at test bleu 0.011" in degenerate_findings(contrary)
     assert "all 2 runs produce degenerate outputs" in degenerate_findings(
         [_generation_record(-1, 0.042, ["all empty"]), _generation_record(5, 0.011, ["all empty"])])
 

@@ -709,7 +709,7 @@ def test_location_and_peak_sentences_flip_with_the_tests():
 @pytest.mark.parametrize("depth_ci, moved_p, lexical, semantic", [
     ((0.05, 0.2), 0.05, "agrees with the paper", "differs from the paper"),
     ((0.7, 0.9), 0.05, "differs from the paper", "differs from the paper"),
-    ((0.2, 0.5), 0.05, "cannot tell: the weights' centre", "differs from the paper"),
+    ((0.2, 0.5), 0.05, "[0.20, 0.50], lies across the lower and middle layers", "differs from the paper"),
     ((0.05, 0.2), 0.5, "cannot tell: the weights moved", "is consistent with the paper"),
 ])
 def test_paper_contrast_flips_with_the_weight_location(depth_ci, moved_p, lexical, semantic):

@@ -417,8 +417,8 @@ def degenerate_findings(records: list[dict]) -> str:
     lines = []
     for task in sorted({r["task"] for r in records if r.get("generation")}):
         runs = sorted((r for r in records if r["task"] == task and r.get("generation")),
-                      key=lambda r: (r["method"] != "full", r["freeze"]))
-        bad = [f"{run_name(r)} ({'; '.join((r['generation'].get('degenerate') or {}).get('reasons', [])) or 'flagged degenerate'})"
+                      key=lambda r: (r["method"] != "full", r["freeze"], r["seed"]))
+        bad = [f"{run_name(r)} seed {r['seed']} ({'; '.join((r['generation'].get('degenerate') or {}).get('reasons', [])) or 'flagged degenerate'})"
                for r in runs if _is_degenerate(r)]
         sound = [r for r in runs if not _is_degenerate(r)]
         metric = runs[0]["metric"]
@@ -427,7 +427,7 @@ def degenerate_findings(records: list[dict]) -> str:
                          f"evidence of generation quality: {', '.join(bad)}.")
             continue
         best = max(sound, key=lambda r: r["test"][metric])
-        text = (f"**{task}**: of {len(runs)} runs, the best with sound outputs is {run_name(best)} at test {metric} "
+        text = (f"**{task}**: of {len(runs)} runs, the best with sound outputs is {run_name(best)} (seed {best['seed']}) at test {metric} "
                 f"{best['test'][metric]:.3f}; ")
         text += (f"{len(bad)} of {len(runs)} runs produce degenerate outputs, so their scores are not "
                  f"evidence of generation quality: {', '.join(bad)}." if bad else "no run's outputs are degenerate.")

@@ -259,7 +259,7 @@ def baseline_rows(record: dict) -> list[dict]:
 
 def paper_contrast(record: dict) -> str:
     """Per probe: where the paper found the property and whether this backbone's weight location
-    agrees, differs, or cannot tell (weights that did not move, or an interval over two thirds)."""
+    agrees, differs, or cannot tell (weights that did not move, or an interval across two thirds)."""
     lines = []
     for probe, f in findings(record).items():
         paper = PAPER_PROBE_REGIONS[probe]
@@ -281,7 +281,7 @@ def paper_contrast(record: dict) -> str:
                        f"[{low:.2f}, {high:.2f}], the {_region(low)} layers")
         else:
             verdict = (f"cannot tell: the weights' centre, relative depth {loc['relative_depth']:.2f} "
-                       f"[{low:.2f}, {high:.2f}], spans more than one third of the layers")
+                       f"[{low:.2f}, {high:.2f}], lies across the {_region(low)} and {_region(high)} layers")
         informative = f["states"][f["main_state"]].get("informative")
         caveat = ("" if informative else
                   " (the probe is not informative on this backbone, so where it looks says little)")
