@@ -20,7 +20,7 @@ def test_status_names_what_is_shown_and_what_is_not_there_yet():
                     "rq3/clone-detection": {"status": "running", "wall_seconds": 60.0},
                     "rq1": {"status": "pending", "wall_seconds": None}})
     text = report.study_status(study, "rq3")
-    assert "(1 of 2 parts finished)" in text and "rq3/clone-detection (running)" in text and "rq1" not in text
+    assert "(1 of 2 parts finished)" in text and "rq3/clone-detection (started, not finished)" in text and "rq1" not in text
     assert "No study records" in report.study_status(StudyRecords(Path("x"), None, [], {}, [], None), "rq1")
 
 

@@ -48,7 +48,9 @@ def study_status(study, question: str) -> str:
             f"{len(finished) + len(unfinished)} parts finished), read from {where}: recorded by `make study`, "
             f"not rerun by this build.")
     if unfinished:
-        text += (" Not there yet: " + ", ".join(f"{part} ({status})" for part, status in unfinished.items())
+        # "running" is what the ledger last said: the session may have stopped since.
+        said = {"running": "started, not finished"}
+        text += (" Not there yet: " + ", ".join(f"{part} ({said.get(status, status)})" for part, status in unfinished.items())
                  + "; `make study` resumes them, and this page shows them once their records exist.")
     return text
 
