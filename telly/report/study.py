@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from telly.report.charts import ProvenanceBox, provenance_box
+from telly.studies.study import duration
 
 QUESTIONS = {"rq1": "probing", "rq2": "layer similarity", "rq3": "freezing"}
 
@@ -30,10 +31,6 @@ def shown(study, study_part: Any, live_part: Any, *, model: str, profile: str) -
     if live_part:
         blocks[live_heading(model, profile)] = live_part
     return blocks
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
 def study_status(study, question: str) -> str:
@@ -71,7 +68,7 @@ def study_box(study, question: str, records: Sequence[Mapping]) -> ProvenanceBox
     rows = [("study", f"`make study` records in {study.root}"), ("parts", ", ".join(finished)),
             ("machine", "; ".join(dict.fromkeys(e["machine"] for e in entries if e.get("machine"))) or "unknown"),
             ("finished", when), ("commit", ", ".join(commits) or "unknown"),
-            ("measured wall time", _duration(seconds) if seconds else "not measured"),
+            ("measured wall time", duration(seconds) if seconds else "not measured"),
             ("profile", study.profile)]
     own = provenance_box(list(records)).rows
     rows += [(label, value) for label, value in own if label not in {"profile"}]

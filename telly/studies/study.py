@@ -436,7 +436,8 @@ def load_study(records: str | Path) -> StudyRecords:
     return StudyRecords(root, ledger, probing, similarity, runs, summary)
 
 
-def _duration(seconds: float | None) -> str:
+def duration(seconds: float | None) -> str:
+    """A measured time as a reader wants it (minutes or hours); None: not measured here."""
     if seconds is None:
         return "not measured here"
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
@@ -446,13 +447,13 @@ def part_lines(document: Mapping) -> list[str]:
     """One line per part and one for the total, from study.json's numbers: what the command prints."""
     lines = []
     for part, entry in document["parts"].items():
-        line = f"{part}: {entry['status']}, {_duration(entry.get('wall_seconds'))}"
+        line = f"{part}: {entry['status']}, {duration(entry.get('wall_seconds'))}"
         if entry.get("runs") is not None:
             line += f", {entry['runs']} runs"
         if entry.get("error") or entry.get("failed"):
             line += f" ({entry.get('error') or '; '.join(f['run'] + ': ' + f['error'] for f in entry['failed'])})"
         lines.append(line)
     totals = document["wall_seconds"]
-    lines.append("measured: " + ", ".join(f"{q.upper()} {_duration(totals[q])}" for q in QUESTIONS)
-                 + f", total {_duration(totals['total'])}")
+    lines.append("measured: " + ", ".join(f"{q.upper()} {duration(totals[q])}" for q in QUESTIONS)
+                 + f", total {duration(totals['total'])}")
     return lines
