@@ -130,25 +130,21 @@ PROFILES: dict[str, Profile] = {
         bench_batch_size=32, bench_code_tokens=256, bench_probe_texts=1000, bench_similarity_inputs=5000,
         generation_freeze="all",
     ),
-    # The code-model study (`make study`: telly.studies.study) of smollm2-135m on 2 cores. Estimate,
-    # from the step times measured on an idle 2-core Xeon with AMX at 8 x 128 tokens (full step 2.9 s
-    # under bf16 autocast, 4.2 s fp32; a cached block ~0.06 s bf16 per step, the 49k-vocab LM head
-    # ~0.45 s; evaluation forwards fp32, 0.12 s per 128-token input; greedy decoding ~0.065 s per
-    # step of a batch; ~30 s per run to load, warm up, save and bootstrap), full runs stopping after
-    # ~3 epochs and frozen ones after all 4:
-    #   RQ3 (5 depths x 3 seeds = 15 runs per task): code-search 45 min, clone-detection 67,
-    #       code-summarization 49, code-generation 35, code-completion 49: ~4.1 h, of which training
-    #       ~1.6 h, validation and test ~1.7 h (fp32 forwards, decoding in batches of 8), per-run overhead ~0.6 h;
-    #   RQ2 (pre-trained + ~3.5 epoch checkpoints per task, 400 functions, 1000 bootstrap resamples
-    #       over 31 layers): ~7 min per task, ~0.6 h;
-    #   RQ1 (600 functions x 128 tokens, SBTs up to 320, 3 states): ~0.35 h.
-    # Total ~5.0 h on an idle machine, ~1 h under the 6-hour budget; study.json records the measured
-    # time per part. Depth 20 is left out (-1, 15, 25, 27, 29: the paper's key ratios K/L of 1/2,
-    # 5/6, 11/12 and the top block alone) and the splits are small so that three seeds fit.
+    # The code-model study (`make study`: telly.studies.study) of smollm2-135m on 2 cores. Sized from
+    # its first records (idle 2-core Xeon with AMX, bf16 autocast training, fp32 evaluation), made
+    # with at most 4 epochs and patience 1: RQ3 code search took 37 min for 15 runs (full ~5 min a
+    # run, Telly-15 2.7, Telly-25..29 1.4-1.8), RQ2 64 s a task, RQ1 10 min. There the full
+    # fine-tunes were still improving at epoch 4 (best epoch 4 of 4 on two code-search seeds) and one
+    # clone-detection seed stopped after two chance-level epochs, so training now runs up to 6 epochs
+    # and stops after 2 without a better validation score. Expected: RQ3 ~1.4x those runs, code
+    # search ~50 min, clone detection ~70, each generation task ~50-70 (estimated from step and
+    # decoding times, not yet measured): ~5.5 h in all, under the 6-hour budget; study.json records
+    # the measured time per part. Depth 20 is left out (-1, 15, 25, 27, 29: the paper's key ratios
+    # K/L of 1/2, 5/6, 11/12 and the top block alone) and the splits are small so that three seeds fit.
     "study": Profile(
         name="study", probe_functions=600, similarity_functions=400, max_code_tokens=128,
         max_text_tokens=32, feature_batch_size=32, probe_epochs=60, train_examples=160,
-        valid_examples=64, test_examples=200, batch_size=8, epochs=4, patience=1,
+        valid_examples=64, test_examples=200, batch_size=8, epochs=6, patience=2,
         learning_rate=5e-5, warmup_ratio=0.1, max_target_tokens=32, num_beams=1, generation_examples=(160, 32, 120),
         bootstrap_samples=1000, bench_repeats=3, bench_steps=2, cache_memory_mb=2048,
         bench_batch_size=8, bench_code_tokens=128, bench_probe_texts=256, bench_similarity_inputs=5000,

@@ -13,6 +13,7 @@ from telly.tasks import TASKS, Evaluation, Task, TaskData, TaskModel, get_task
 from telly.tasks.clone_detection import (
     PAIR_KINDS,
     ClonePairExample,
+    PairClassifierHead,
     _anonymise,
     clone_baselines,
     code_token_set,
@@ -202,6 +203,23 @@ def test_clone_head_compares_the_pair_by_default_and_takes_the_papers_concat_on_
         assert model.logits(batch["inputs"]).shape == (2, 2)
     with pytest.raises(ValueError, match=r"pair_features must be one of \['compare', 'concat'\], got 'sum'"):
         get_task("clone-detection", pair_features="sum")
+
+
+def test_clone_head_normalises_each_pooled_vector_so_an_outlier_dimension_cannot_saturate_it():
+    torch.manual_seed(0)
+    head = PairClassifierHead(16, dropout=0.0).eval()
+    first, second = torch.randn(4, 16), torch.randn(4, 16)
+    with torch.no_grad():
+        logits = head(first, second)
+        # Scaling and shifting each vector leaves the logits as they were ...
+        assert torch.allclose(head(3.0 * first + 1.0, 0.5 * second - 2.0), logits, atol=1e-5)
+        # ... and a decoder's outlier dimension (SmolLM2's pooled states: ~37 where the rest are ~2)
+        # leaves the tanh layer unsaturated.
+        first[:, 0] = second[:, 0] = 40.0
+        normalised = [torch.nn.functional.layer_norm(x, (16,)) for x in (first, second)]
+        features = torch.cat(normalised + [(normalised[0] - normalised[1]).abs(), normalised[0] * normalised[1]], -1)
+        assert torch.allclose(head(first, second), head.out(torch.tanh(head.dense(features))), atol=1e-5)
+        assert torch.tanh(head.dense(features)).abs().max() < 1.0 - 1e-3
 
 
 def test_clone_detection_reads_bigclonebench_through_the_loaders(tmp_path):
