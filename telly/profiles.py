@@ -151,7 +151,8 @@ PROFILES: dict[str, Profile] = {
         sweep_freeze="-1,15,25,27,29", generation_freeze="-1,15,25,27,29", extra_probe_models=(),
         book_runs_bench=False, sbt_max_tokens=320, seeds=(0, 1, 2),
         # bf16 autocast: 0.70x the fp32 training step and 0.46x the forward pass on that machine
-        # (issue 14's measurement; `telly bench --sections precision` measures the machine at hand).
+        # (issue 14's measurement; `telly bench --sections precision` measures the machine at hand);
+        # the study's precision/code-search part tests, paired, whether it keeps fine-tuning quality.
         mixed_precision="bf16",
     ),
 }

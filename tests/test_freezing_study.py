@@ -18,6 +18,8 @@ from telly.report.freezing import (
     non_inferiority_summary,
     ours_table,
     paper_table,
+    precision_check,
+    precision_text,
     summary_table,
     swept_depths,
     table_view,
@@ -333,6 +335,31 @@ def test_findings_follow_the_numbers():
     # one epoch each: no time-to-best sentence
     single = _sweep_records(worse=(2,), epochs_run=1)
     assert "best validation score" not in freeze_findings(freeze_table(single, samples=50), summary)
+
+
+def _precision_runs(precision, scale=1.0, seeds=(0, 1, 2)):
+    """Full code-search runs trained in `precision` whose reciprocal ranks are full's times `scale`."""
+    runs = []
+    for seed in seeds:
+        record = _search_record(-1, seed, _full_ranks(seed) * scale)
+        runs.append(record | {"mixed_precision": {"training": precision, "prefix_cache": None, "evaluation": "no"},
+                              "epoch_seconds": 10.0 if precision == "no" else 6.5})
+    return runs
+
+
+def test_the_precision_check_calls_bf16_equivalent_only_when_both_sides_are_ruled_out():
+    same = precision_check(_precision_runs("no"), _precision_runs("bf16"), UNIT)
+    assert same["verdict"] == "equivalent" and same["difference"] == 0.0 and same["seeds"] == [0, 1, 2]
+    assert same["p_lower"] < 0.05 and same["p_upper"] < 0.05 and same["epoch_ratio"] == pytest.approx(0.65)
+    assert "keeps the quality within the margin" in precision_text(same) and "0.65x float32's" in precision_text(same)
+    for scale, side in ((0.8, "below -0.02"), (1.25, "above +0.02")):
+        apart = precision_check(_precision_runs("no"), _precision_runs("bf16", scale), UNIT)
+        assert apart["verdict"] == "not shown" and (apart["difference"] < 0) == (scale < 1)
+        assert f"a difference {side} cannot be ruled out" in precision_text(apart)
+    with pytest.raises(ValueError, match="'bf16' runs were trained otherwise"):
+        precision_check(_precision_runs("no"), _precision_runs("no"), UNIT)
+    with pytest.raises(ValueError, match="same seeds"):
+        precision_check(_precision_runs("no", seeds=(0,)), _precision_runs("bf16", seeds=(1,)), UNIT)
 
 
 def test_the_generation_note_reads_the_numbers_not_the_backbone_kind():

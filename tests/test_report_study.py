@@ -22,6 +22,7 @@ def test_status_names_what_is_shown_and_what_is_not_there_yet():
     text = report.study_status(study, "rq3")
     assert "(1 of 2 parts finished)" in text and "rq3/clone-detection (started, not finished)" in text and "rq1" not in text
     assert "No study records" in report.study_status(StudyRecords(Path("x"), None, [], {}, [], None), "rq1")
+    assert "has no precision check part yet" in report.study_status(study, "precision")
 
 
 def test_the_box_says_where_and_when_the_shown_parts_were_measured():
@@ -43,3 +44,26 @@ def test_sources_come_study_first_and_only_when_they_hold_something():
     assert list(report.shown(study, [], ["live"], model="minilm-l6", profile="laptop").values()) == [["live"]]
     assert [h for h, _ in report.headed(study, [{"model": "smollm2-135m"}], [{"model": "minilm-l6"}], profile="laptop")] \
         == [report.study_heading(study), report.live_heading("minilm-l6", "laptop")]
+
+
+def test_the_bench_and_precision_notes_say_where_they_come_from_and_follow_the_check():
+    from dataclasses import replace
+
+    study = _study({"precision/code-search": {"status": "pending", "wall_seconds": None}})
+    assert "No bench of the study's model" in report.bench_origin(study)
+    bench = {"profile": "study", "sections": ["training"], "device": "cpu: 2 cores", "cpu": "Xeon",
+             "device_type": "cpu", "wall_seconds": 456.0, "provenance": {"date": "2026-12-01T13:30:43+00:00"}}
+    text = report.bench_origin(replace(study, bench=bench))
+    assert "`telly bench --model smollm2-135m --profile study --sections training`" in text
+    assert "on 2026-12-01, 7.6 min of benching" in text and "not rerun by this build" in text
+    # No check yet: the ledger's state; a finished check: its verdict, in words that follow it.
+    assert "precision check part" in report.precision_note(study) and "(0 of 1 parts finished)" in report.precision_note(study)
+    check = {"task": "code-search", "run": "Full fine-tuning", "metric": "mrr", "margin": 0.02, "seeds": [0, 1, 2],
+             "alpha": 0.05, "float32": {"value": 0.70, "epoch_seconds": 10.0}, "bf16": {"value": 0.69, "epoch_seconds": 6.0},
+             "difference": -0.01, "low": -0.03, "high": 0.01, "p_lower": 0.2, "p_upper": 0.001, "verdict": "not shown",
+             "epoch_ratio": 0.6, "timing": "separate runs"}
+    note = report.precision_note(replace(study, precision=check))
+    assert "mrr 0.690 under bf16 autocast against 0.700 in float32" in note
+    assert "a difference below -0.02 cannot be ruled out" in note and "0.60x float32's" in note
+    shown = report.precision_note(replace(study, precision=check | {"verdict": "equivalent", "p_lower": 0.01}))
+    assert "keeps the quality within the margin" in shown and "ruled out" not in shown

@@ -82,15 +82,21 @@ def test_the_study_resumes_after_a_kill_and_a_fresh_clone_reruns_nothing(tmp_pat
     assert list(shown.similarity) == ["code-search"] and [r["model"] for r in shown.probing] == ["tiny-random"]
     assert set(shown.summary["tasks"]) == {"code-search"}
 
-    # 2. Resumed: only code completion's two runs train; nothing finished is written again.
+    # 2. Resumed: only code completion's two runs train, then the precision check runs code search's
+    # full fine-tune again under bf16 (the profile trains in float32); nothing finished is written again.
     calls.clear()
     _counting_finetune(monkeypatch, calls)
     document = _run(tmp_path)
     assert calls == [full["code-completion"].run_id,
-                     Variant.of("code-completion", "tiny-random", 3, profile=TINY.name).run_id]
+                     Variant.of("code-completion", "tiny-random", 3, profile=TINY.name).run_id, full["code-search"].run_id]
     assert {path: stamp for path, stamp in _stamps(records).items() if path in finished} == finished
     assert [part for part, entry in document["parts"].items() if entry["status"] == "finished"] == study.parts(TASKS)
-    assert document["sessions"][-1]["ran"] == ["rq3/code-completion", "rq2/code-completion"]
+    assert document["sessions"][-1]["ran"] == ["rq3/code-completion", "rq2/code-completion", "precision/code-search"]
+    checked = read_json(records / "precision" / f"{full['code-search'].run_id}.json")
+    assert checked["mixed_precision"]["training"] == "bf16" and document["parts"]["precision/code-search"]["runs"] == 1
+    precision = read_json(records / "precision" / "precision.json")
+    assert precision["seeds"] == [0] and precision["verdict"] in ("equivalent", "not shown")
+    assert precision["float32"]["value"] == read_json(records / f"{full['code-search'].run_id}.json")["test"]["mrr"]
     assert all(entry["wall_seconds"] > 0 for entry in document["parts"].values())
     assert document["wall_seconds"]["total"] == pytest.approx(
         sum(entry["wall_seconds"] for entry in document["parts"].values()))
@@ -109,6 +115,7 @@ def test_the_study_resumes_after_a_kill_and_a_fresh_clone_reruns_nothing(tmp_pat
 
     shown = study.load_study(records)
     assert len(shown.runs) == 4 and list(shown.similarity) == list(TASKS) and shown.unfinished("rq3") == {}
+    assert shown.precision == precision
 
     # 3. Rerun on the same machine: nothing trains, nothing is rewritten, no time is added.
     stamps, seconds = _stamps(records), document["wall_seconds"]
@@ -156,11 +163,12 @@ def test_part_lines_follow_the_numbers():
     def document(status, seconds, runs=None):
         entry = {"status": status, "wall_seconds": seconds, **({"runs": runs} if runs is not None else {})}
         return {"parts": {"rq3/code-search": entry},
-                "wall_seconds": {"rq1": 0.0, "rq2": 0.0, "rq3": seconds or 0.0, "total": seconds or 0.0}}
+                "wall_seconds": {"rq1": 0.0, "rq2": 0.0, "rq3": seconds or 0.0, "precision": 0.0,
+                                 "total": seconds or 0.0}}
 
     finished = study.part_lines(document("finished", 5400.0, runs=15))
     assert finished[0] == "rq3/code-search: finished, 1.5 h, 15 runs"
-    assert finished[-1] == "measured: RQ3 1.5 h, RQ2 0.0 min, RQ1 0.0 min, total 1.5 h"
+    assert finished[-1] == "measured: RQ3 1.5 h, RQ2 0.0 min, RQ1 0.0 min, precision check 0.0 min, total 1.5 h"
     assert study.part_lines(document("running", 90.0))[0] == "rq3/code-search: running, 1.5 min"
     assert study.part_lines(document("finished", None))[0] == "rq3/code-search: finished, not measured here"
 

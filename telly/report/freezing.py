@@ -293,6 +293,72 @@ def summary_table(summary: Mapping) -> pd.DataFrame:
                                        "verdict"]).round(4)
 
 
+def precision_check(float32_runs: Sequence[Mapping], bf16_runs: Sequence[Mapping], profile, *,
+                    samples: int | None = None) -> dict:
+    """Does bf16 autocast keep full fine-tuning's quality? The same variant run in float32 and under
+    bf16 (same seeds, same test rows): the paired difference bf16 - float32 over seeds and test rows
+    (whole groups where the rows carry them), its 95% CI, and two one-sided tests (TOST) against
+    the profile's margin for the metric: "equivalent" when both p-values are below ALPHA, i.e. the
+    difference is shown to lie within +-margin; else "not shown". Epoch times are the runs' own
+    (separate runs; the bench times the two side by side)."""
+    from telly.profiles import get_profile
+
+    profile = get_profile(profile)
+    samples = samples or profile.bootstrap_samples
+    by_seed = [{r["seed"]: r for r in runs} for runs in (float32_runs, bf16_runs)]
+    seeds = sorted(set(by_seed[0]) & set(by_seed[1]))
+    if not seeds:
+        raise ValueError("the precision check needs the same seeds in float32 and bf16, got "
+                         f"{sorted(by_seed[0])} and {sorted(by_seed[1])}")
+    pairs = [[runs[s] for s in seeds] for runs in by_seed]
+    for expected, runs in zip(("no", "bf16"), pairs):
+        wrong = [run_name(r) for r in runs if (r.get("mixed_precision") or {}).get("training", "no") != expected]
+        if wrong:
+            raise ValueError(f"the precision check's {expected!r} runs were trained otherwise: {wrong}")
+    first = pairs[0][0]
+    task, metric = first["task"], first["metric"]
+    if {(r["task"], r["method"], r["freeze"]) for runs in pairs for r in runs} != {(task, first["method"], first["freeze"])}:
+        raise ValueError("the precision check compares one task and variant in two precisions")
+    margin = profile.margin(metric)
+    columns = [[_columns(r) for r in runs] for runs in pairs]
+    clusters = _clusters(columns[0][0])
+    lower = _paired(columns[0], columns[1], task, metric, margin, clusters, samples)  # H0: bf16 - fp32 <= -margin
+    upper = _paired(columns[1], columns[0], task, metric, margin, clusters, samples)  # H0: bf16 - fp32 >= +margin
+    quality = {name: dict(zip(("value", "low", "high"), _quality(task, metric, runs, samples)))
+               for name, runs in zip(("float32", "bf16"), pairs)}
+    for name, runs in zip(("float32", "bf16"), pairs):
+        quality[name]["epoch_seconds"] = float(np.mean([r["epoch_seconds"] for r in runs]))
+    equivalent = lower["p_value"] < ALPHA and upper["p_value"] < ALPHA
+    return {"task": task, "run": run_name(first), "metric": metric, "margin": margin, "seeds": seeds,
+            "alpha": ALPHA, "float32": quality["float32"], "bf16": quality["bf16"],
+            "difference": lower["difference"], "low": lower["low"], "high": lower["high"],
+            "p_lower": lower["p_value"], "p_upper": upper["p_value"],
+            "verdict": "equivalent" if equivalent else "not shown",
+            "epoch_ratio": quality["bf16"]["epoch_seconds"] / quality["float32"]["epoch_seconds"],
+            "timing": SWEEP_TIMING,
+            "test": "paired bf16 - float32 difference, bootstrap draws resampling seeds and test rows together "
+                    "(telly.stats.non_inferiority); two one-sided tests against +-margin, equivalent when both "
+                    f"p < {ALPHA}"}
+
+
+def precision_text(check: Mapping) -> str:
+    """What the precision check shows, in words that follow its numbers."""
+    f32, b16, margin = check["float32"], check["bf16"], check["margin"]
+    head = (f"{check['run']} on {check['task']}, {len(check['seeds'])} seed{'s' if len(check['seeds']) != 1 else ''}: "
+            f"{check['metric']} {b16['value']:.3f} under bf16 autocast against {f32['value']:.3f} in float32, "
+            f"difference {check['difference']:+.3f} (95% CI {check['low']:+.3f} to {check['high']:+.3f}). ")
+    if check["verdict"] == "equivalent":
+        verdict = (f"Both one-sided tests reject a difference beyond {margin:g} (p = {check['p_lower']:.3f} and "
+                   f"{check['p_upper']:.3f}): bf16 autocast keeps the quality within the margin.")
+    else:
+        open_sides = [side for side, p in ((f"below -{margin:g}", check["p_lower"]), (f"above +{margin:g}", check["p_upper"]))
+                      if p >= check["alpha"]]
+        verdict = (f"Equal quality is not shown: a difference {' or '.join(open_sides)} cannot be ruled out "
+                   f"(p = {check['p_lower']:.3f} and {check['p_upper']:.3f}).")
+    return (head + verdict + f" Epoch time under bf16 was {check['epoch_ratio']:.2f}x float32's "
+            f"({check['timing']}; the bench times the two side by side).")
+
+
 # ----------------------------------------------------------------------------- sentences
 
 def bench_epoch_ratios(bench: Mapping | None, model: str) -> dict[tuple[int, bool], float]:

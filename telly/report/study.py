@@ -9,7 +9,7 @@ from typing import Any
 from telly.report.charts import ProvenanceBox, provenance_box
 from telly.studies.study import duration
 
-QUESTIONS = {"rq1": "probing", "rq2": "layer similarity", "rq3": "freezing"}
+QUESTIONS = {"rq1": "probing", "rq2": "layer similarity", "rq3": "freezing", "precision": "precision check"}
 
 
 def study_heading(study) -> str:
@@ -41,6 +41,9 @@ def study_status(study, question: str) -> str:
                 f"writes them (hours on a CPU; it resumes where it stopped).")
     finished, unfinished = study.finished(question), study.unfinished(question)
     what = QUESTIONS[question]
+    if not finished and not unfinished:  # a ledger written before this part existed
+        return (f"The code-model study of **{study.model}** in {where} has no {what} part yet: `make study` "
+                f"runs it after the parts already there, and this page shows it once its records exist.")
     text = (f"The {what} part of the code-model study of **{study.model}** ({len(finished)} of "
             f"{len(finished) + len(unfinished)} parts finished), read from {where}: recorded by `make study`, "
             f"not rerun by this build.")
@@ -89,3 +92,27 @@ def sweep_view(study) -> dict | None:
     if not study.runs or study.summary is None:
         return None
     return view(study.runs, study.summary, kind=study.runs[0]["provenance"]["backbone"]["kind"])
+
+
+def bench_origin(study) -> str:
+    """Markdown: where the study's bench record comes from (chapter 4 shows it first)."""
+    where = f"`{study.root}/bench/bench.json`"
+    bench = study.bench
+    if bench is None:
+        return (f"No bench of the study's model in {where}: `telly bench --model <model> --profile study "
+                f"--sections training --out {study.root}/bench` writes it (on an idle machine).")
+    return (f"Measured once by `telly bench --model {study.model or 'the study model'} --profile {bench['profile']} "
+            f"--sections {','.join(bench['sections'])}` on {bench['device']} ({bench.get('cpu') or bench['device_type']}) "
+            f"on {bench['provenance']['date'][:10]}, {duration(bench['wall_seconds'])} of benching; read from {where}, "
+            f"not rerun by this build.")
+
+
+def precision_note(study) -> str:
+    """Markdown: whether bf16 autocast kept fine-tuning quality in the study (its precision check),
+    or which state the check is in."""
+    from telly.report.freezing import precision_text
+
+    if study.precision is None:
+        return study_status(study, "precision")
+    return "**Does bf16 autocast keep fine-tuning quality?** " + precision_text(study.precision)
+

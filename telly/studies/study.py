@@ -16,12 +16,20 @@ checkpoints that RQ2 and RQ1 then reuse instead of training again.
   rq1         the four probes on every layer of the random, pre-trained and fine-tuned states
               (`telly.studies.probing.run_probing`), the fine-tuned state being the seed-0 full
               code-search run, as the paper probes a code-search fine-tune.
+  precision/code-search
+              last: the full code-search fine-tunes of every seed again in the other precision
+              (float32 when the profile trains under bf16 autocast, else bf16), compared paired with
+              rq3's (`telly.report.freezing.precision_check`): whether the profile's precision keeps
+              quality.
 
 Where things go (RunStore(records, weights_root=out/weights), the layout a chapter's store has):
 
   records/<run id>.json                      one RQ3 run; zero-shot/ and summary.json beside them
   records/similarity/similarity-<task>.json  RQ2
   records/probing/<model>/probing.json       RQ1
+  records/precision/                         the precision check's runs and precision.json
+  records/bench/bench.json                   `telly bench` on the study's model (run apart: timings
+                                             need an idle machine); chapter 4 shows it
   records/study.json                         this ledger (below)
   out/weights/<run id>/                      weights; epoch-<i>/ checkpoints of the full fine-tunes
 
@@ -38,12 +46,12 @@ seed-0 full run again (its new record replaces the old one).
 study.json (a store document, current while model, profile settings and tasks are the same):
 {"kind": "study", "model", "profile", "profile_settings", "tasks", "depths": {task: [K, ...]},
  "seeds", "inputs", "parts": {part: {"status": "running" | "finished" | "failed", "wall_seconds",
- "machine", "commit", "date", ...}}, "wall_seconds": {"rq1", "rq2", "rq3", "total"},
+ "machine", "commit", "date", ...}}, "wall_seconds": {"rq1", "rq2", "rq3", "precision", "total"},
  "sessions": [{"started", "updated", "machine", "commit", "ran": [part, ...]}]}
 A part's wall_seconds is the time this study measured working on it, summed over the sessions that
 did (a killed session's unfinished run counts up to its last finished epoch); None when the records
-came from elsewhere. An rq3 part also carries `runs` and `run_seconds` (the sum of its records'
-own wall_seconds).
+came from elsewhere. An rq3 or precision part also carries `runs` and `run_seconds` (the sum of its
+records' own wall_seconds).
 """
 from __future__ import annotations
 
@@ -51,7 +59,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -65,6 +73,11 @@ WEIGHTS_DIR = "weights"  # under --out
 FULL_SEED = 0  # the full fine-tune whose epoch checkpoints RQ2 and RQ1 read (ensure_finetuned's seed)
 PROBED_TASK = "code-search"  # RQ1's fine-tuned state
 QUESTIONS = ("rq3", "rq2", "rq1")  # the research questions, as study.json totals them
+CHECKS = ("precision",)  # parts beside the questions, totalled apart
+PRECISION_TASK = "code-search"  # the cheapest full fine-tune: run again in the other precision
+PRECISION_DIR = "precision"  # records/precision/: its runs (same run ids as rq3's) and precision.json
+OTHER_PRECISION = {"bf16": "no", "no": "bf16"}  # Profile.mixed_precision -> the one it is checked against
+BENCH_DIR = "bench"  # records/bench/: `telly bench --model <model> --profile <profile> --out records/bench`
 # What a failing part may raise without stopping the others (a kill still stops everything).
 PART_ERRORS = (ValueError, RuntimeError, OSError, MemoryError)
 
@@ -76,12 +89,14 @@ def records_dir(model: str) -> Path:
 
 def parts(tasks: Sequence[str]) -> list[str]:
     """The study's parts in run order: per task rq3/<task> then rq2/<task>, with rq1 right after the
-    task it probes (PROBED_TASK, moved to the front when it is studied)."""
+    task it probes (PROBED_TASK, moved to the front when it is studied), and the precision check
+    last (when its task is studied)."""
     ordered = sorted(tasks, key=lambda task: task != PROBED_TASK)  # stable: the others keep their order
     order = []
     for task in ordered:
         order += [f"rq3/{task}", f"rq2/{task}"] + (["rq1"] if task == PROBED_TASK else [])
-    return order if PROBED_TASK in tasks else [*order, "rq1"]
+    order = order if PROBED_TASK in tasks else [*order, "rq1"]
+    return order + ([f"precision/{PRECISION_TASK}"] if PRECISION_TASK in tasks else [])
 
 
 def git_state(root: str | Path | None = None) -> dict:
@@ -184,7 +199,7 @@ class Ledger:
         self.save()
 
     def save(self) -> None:
-        totals = {question: 0.0 for question in QUESTIONS}
+        totals = {kind: 0.0 for kind in QUESTIONS + CHECKS}
         for part, entry in self.document["parts"].items():
             totals[part.split("/")[0]] += entry.get("wall_seconds") or 0.0
         self.document["wall_seconds"] = {**totals, "total": sum(totals.values())}
@@ -309,6 +324,41 @@ class Study:
         self.ledger.finish(part, ran=trained or _stamp(document) != before,
                            inputs=self.part_inputs(part, PROBED_TASK))
 
+    def precision(self, part: str, task: str) -> None:
+        """The full fine-tunes of `task` (every seed) again in the other precision, in their own
+        store (records/precision/), and precision.json comparing them with rq3's."""
+        from telly.report.freezing import precision_check
+        from telly.trainer import finetune
+
+        other = OTHER_PRECISION[self.profile.mixed_precision]
+        store = RunStore(self.store.root / PRECISION_DIR, weights_root=self.store.weights_root / PRECISION_DIR)
+        variants = [Variant.of(task, self.model, -1, seed=seed, profile=self.profile.name) for seed in self.profile.seeds]
+        reference = [self.store.find(v, self.profile) for v in variants]
+        if not all(reference):
+            raise RuntimeError(f"{part} compares with rq3/{task}'s full fine-tunes, and some are missing")
+
+        def current(variant: Variant) -> dict | None:
+            record = store.find(variant, self.profile)
+            return record if record and record["mixed_precision"]["training"] == other else None
+
+        found = [current(v) for v in variants]
+        if not all(found):
+            self.ledger.start(part)
+        checked = []
+        for variant, record in zip(variants, found):
+            if record is None:
+                record = finetune(variant, store, profile=self.profile, mixed_precision=other,
+                                  progress=self.progress, on_epoch=self.ledger.tick)
+            checked.append(record)
+        shutil.rmtree(store.weights_root, ignore_errors=True)  # records only: nothing reads these weights
+        runs = {self.profile.mixed_precision: reference, other: checked}
+        inputs = {"runs": [_identity(r) for r in reference + checked]}
+        if store.find_document(PRECISION_DIR, inputs) is None:  # rewritten only when its runs changed
+            store.write_document(PRECISION_DIR, {"inputs": inputs,
+                                                 **precision_check(runs["no"], runs["bf16"], self.profile)})
+        self.ledger.finish(part, ran=not all(found), runs=len(checked),
+                           run_seconds=sum(r["wall_seconds"] for r in checked))
+
     def part_inputs(self, part: str, task: str) -> dict:
         """What an rq2 / rq1 document is made from, as far as can be told without the weights: the
         library's description of its data and settings and the fine-tuning record it read."""
@@ -345,6 +395,8 @@ class Study:
                     self.rq3(part, task)
                 elif question == "rq2":
                     self.rq2(part, task)
+                elif question == "precision":
+                    self.precision(part, task)
                 else:
                     self.rq1(part)
             except PART_ERRORS as exc:  # the other parts still run; the command exits non-zero
@@ -391,6 +443,9 @@ class StudyRecords:
     similarity: dict[str, dict]  # task -> RQ2 document, for each finished rq2 part
     runs: list[dict]  # the RQ3 records of each task whose rq3 part finished
     summary: dict | None  # summary.json: RQ3's verdicts over those tasks
+    precision: dict | None = None  # precision/precision.json once the precision check finished
+    precision_runs: list[dict] = field(default_factory=list)  # the runs it trained in the other precision
+    bench: dict | None = None  # bench/bench.json: `telly bench` on the study's model, when committed
 
     @property
     def model(self) -> str | None:
@@ -401,7 +456,8 @@ class StudyRecords:
         return self.ledger["profile"] if self.ledger else None
 
     def finished(self, question: str) -> list[str]:
-        """The finished parts of one research question ("rq1", "rq2", "rq3"), in run order."""
+        """The finished parts of one research question ("rq1", "rq2", "rq3") or check ("precision"),
+        in run order."""
         return [part for part, entry in (self.ledger or {}).get("parts", {}).items()
                 if part.split("/")[0] == question and entry["status"] == "finished"]
 
@@ -433,7 +489,14 @@ def load_study(records: str | Path) -> StudyRecords:
     runs = store.records(model=model, profile=ledger["profile"], tasks=tasks["rq3"]) if tasks["rq3"] else []
     summary_path = store.document_path(SUMMARY)
     summary = read_json(summary_path) if runs and summary_path.exists() else None
-    return StudyRecords(root, ledger, probing, similarity, runs, summary)
+    precision, precision_runs = None, []
+    if found.finished("precision"):
+        checked = RunStore(root / PRECISION_DIR)
+        precision = read_json(checked.document_path(PRECISION_DIR))
+        precision_runs = checked.records(model=model, profile=ledger["profile"])
+    bench_path = root / BENCH_DIR / "bench.json"
+    bench = read_json(bench_path) if bench_path.exists() else None
+    return StudyRecords(root, ledger, probing, similarity, runs, summary, precision, precision_runs, bench)
 
 
 def duration(seconds: float | None) -> str:
@@ -455,5 +518,6 @@ def part_lines(document: Mapping) -> list[str]:
         lines.append(line)
     totals = document["wall_seconds"]
     lines.append("measured: " + ", ".join(f"{q.upper()} {duration(totals[q])}" for q in QUESTIONS)
+                 + "".join(f", {c} check {duration(totals.get(c))}" for c in CHECKS)
                  + f", total {duration(totals['total'])}")
     return lines
