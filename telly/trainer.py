@@ -246,6 +246,8 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
     if dropout is not None:
         _set_dropout(task_model, dropout)
     tokenizer = backbone.tokenizer
+    task_model.to(device)
+    task.prepare(task_model, data, tokenizer, profile)
     zero_shot = (_zero_shot(task, task_model, data, tokenizer, profile, variant.model, store, device, main)
                  if task.has_zero_shot(backbone) else None)
     method_config = method.apply(task_model)
@@ -403,7 +405,8 @@ def _zero_shot(task, task_model, data, tokenizer, profile, model, store: RunStor
     from telly.store import provenance
 
     name = f"zero-shot/{task.name}__{slug(model)}__{profile.name}"
-    inputs = {"task": task.name, "model": model, "profile": profile.to_dict(), "data_fingerprint": data.fingerprint}
+    inputs = {"task": task.name, "task_config": task.describe(), "model": model, "profile": profile.to_dict(),
+              "data_fingerprint": data.fingerprint}
     stored = store.find_document(name, inputs)
     if stored is not None:
         return stored

@@ -97,6 +97,28 @@ def test_a_collapsed_code_search_encoder_scores_chance_not_one(tiny, monkeypatch
     assert result.metrics["recall@1"] == pytest.approx(1 / 12) and result.metrics["recall@10"] == pytest.approx(10 / 12)
 
 
+def test_code_search_standardises_pooled_states_by_the_training_splits_statistics(tiny):
+    train = [SearchExample(query=f"return the value plus {i}", code=f"def f{i}(v):\n    return v + {i}", id=str(i))
+             for i in range(10)]
+    data = TaskData(train, [], [], "x", "unit test")
+    task = get_task("code-search")
+    model = task.build_model(tiny).eval()
+    batch = task.collate(train, tiny.tokenizer, SMOKE)["inputs"]
+    with torch.no_grad():
+        raw = torch.cat([model.pooled(batch[field]) for field in ("query", "code")])
+        assert torch.equal(model.embed(batch["code"]), torch.nn.functional.normalize(raw[10:], dim=-1))  # before prepare
+        task.prepare(model, data, tiny.tokenizer, SMOKE)
+        assert torch.allclose(model.head.mean, raw.mean(0), atol=1e-5) and torch.allclose(model.head.std, raw.std(0), atol=1e-5)
+        expected = torch.nn.functional.normalize((raw[10:] - raw.mean(0)) / raw.std(0), dim=-1)
+        assert torch.allclose(model.embed(batch["code"]), expected, atol=1e-5)
+    assert not model.training  # prepare leaves the mode as it found it
+    assert set(model.head.state_dict()) == {"mean", "std"}  # saved with the head
+    plain = get_task("code-search", standardise=False)
+    untouched = plain.build_model(tiny)
+    plain.prepare(untouched, data, tiny.tokenizer, SMOKE)
+    assert torch.equal(untouched.head.mean, torch.zeros(tiny.hidden_size))
+
+
 def test_code_search_trivial_baseline_is_a_lexical_ranker_of_identifier_words():
     from telly.tasks import identifier_words
 

@@ -20,6 +20,9 @@ A task module defines
   - ``load_data(profile, seed) -> TaskData``: train/valid/test lists of example dataclasses,
     sized by the profile (``train_examples`` ...), with a fingerprint of the data.
   - ``build_model(backbone) -> TaskModel`` (``backbone`` is a ``telly.backbones.Backbone``).
+  - ``prepare(model, data, tokenizer, profile)``: fit what the fresh model takes from the training
+    split before any score or step (default: nothing; code search: its standardisation statistics).
+    The trainer calls it right after ``build_model``, on the pre-trained backbone in float32.
   - ``collate(examples, tokenizer, profile) -> Batch``: a dict whose ``"inputs"`` entry maps a
     name (e.g. "query", "code") to the tokenizer output for that text field (``input_ids``,
     ``attention_mask``, maybe ``token_type_ids``; right padding, one row per example, so a row's
@@ -187,6 +190,10 @@ class Task(ABC):
     @abstractmethod
     def build_model(self, backbone: Backbone) -> TaskModel:
         ...
+
+    def prepare(self, model: TaskModel, data: TaskData, tokenizer, profile: Profile) -> None:
+        """Fit what `model` takes from data.train before training (see the module docstring)."""
+        return None  # most tasks take nothing from the data
 
     @abstractmethod
     def collate(self, examples: Sequence, tokenizer, profile: Profile) -> Batch:

@@ -16,6 +16,15 @@ weighs i + 1, as it has seen i + 1 tokens) 0.127 [0.094, 0.162]; the last token,
 a causal model, 0.038 [0.028, 0.052]; an appended EOS token's state 0.042 [0.026, 0.065] (the mean
 with that EOS included: 0.123). The last token ranks worst and the weighted mean is within noise
 of the plain mean, so decoders pool by the plain mean, as encoders do (their numbers unchanged).
+
+Standardisation: before the cosine, each pooled vector has every dimension centred and scaled by
+the mean and standard deviation of the pre-trained model's pooled queries and codes of the training
+split (`CodeSearchTask.prepare`; fixed buffers, saved with the head). SmolLM2's pooled states carry
+one outlier dimension (mean |value| 30-37 where the next largest are 6-14), so raw cosines say
+little more than "both are text"; standardised, they rank. Zero-shot test MRR of the `study`
+profile's split (200 pairs, statistics from its 160 training pairs): SmolLM2-135M 0.091 raw, 0.375
+standardised (centring alone: 0.098; layer norm: 0.091); MiniLM-L6 0.705 raw, 0.710 standardised.
+`standardise=False` gives the paper's plain cosine.
 """
 from __future__ import annotations
 
@@ -25,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from telly.backbones import Backbone
 from telly.features import masked_mean
@@ -45,6 +55,7 @@ from telly.tasks import (
 )
 
 RECALL_CUTOFFS = (1, 5, 10)
+STATISTICS_PAIRS = 1000  # training pairs the standardisation statistics are taken from, at most
 
 
 @dataclass(frozen=True)
@@ -57,17 +68,37 @@ class SearchExample:
 @dataclass(frozen=True)
 class CodeSearchConfig(TaskConfig):
     scale: float = 20.0  # cosine similarities are multiplied by this before the softmax
+    standardise: bool = True  # centre and scale each pooled dimension by training-split statistics
     language: str = "python"  # CodeSearchNet language when data_path is given
+
+
+class Standardise(nn.Module):
+    """(x - mean) / std per dimension, from statistics set once by `fit` (identity until then)."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(hidden_size))
+        self.register_buffer("std", torch.ones(hidden_size))
+
+    def fit(self, pooled: torch.Tensor) -> None:
+        self.mean.copy_(pooled.mean(0))
+        self.std.copy_(pooled.std(0).clamp_min(1e-6))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return (pooled - self.mean) / self.std
 
 
 class CodeSearchModel(TaskModel):
     def __init__(self, backbone: Backbone, scale: float) -> None:
-        super().__init__(backbone, head=None)  # the bi-encoder has no parameters beyond the backbone
+        # The bi-encoder's only head: fixed standardisation buffers, no parameters.
+        super().__init__(backbone, head=Standardise(backbone.hidden_size))
         self.scale = scale
 
+    def pooled(self, inputs) -> torch.Tensor:
+        return masked_mean(*self.encode(inputs))
+
     def embed(self, inputs) -> torch.Tensor:
-        hidden, mask = self.encode(inputs)
-        return F.normalize(masked_mean(hidden, mask), dim=-1)
+        return F.normalize(self.head(self.pooled(inputs)), dim=-1)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         queries = self.embed(batch["inputs"]["query"])
@@ -111,6 +142,22 @@ class CodeSearchTask(Task):
 
     def build_model(self, backbone: Backbone) -> CodeSearchModel:
         return CodeSearchModel(backbone, self.config.scale)
+
+    def prepare(self, model: CodeSearchModel, data: TaskData, tokenizer, profile: Profile) -> None:
+        """Standardisation statistics: the pre-trained model's pooled queries and codes of (at most
+        STATISTICS_PAIRS) training pairs, in eval mode; nothing when `standardise` is off."""
+        if not self.config.standardise:
+            return
+        device = next(model.parameters()).device
+        pooled, training = [], model.training
+        model.eval()
+        with torch.no_grad():
+            for chunk in batches(data.train[:STATISTICS_PAIRS], profile.feature_batch_size):
+                batch = self.collate(chunk, tokenizer, profile)["inputs"]
+                pooled += [model.pooled({k: v.to(device) for k, v in batch[field].items()}).float()
+                           for field in ("query", "code")]
+        model.train(training)
+        model.head.fit(torch.cat(pooled))
 
     def collate(self, examples: Sequence[SearchExample], tokenizer, profile: Profile) -> Batch:
         return {"inputs": {
