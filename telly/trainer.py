@@ -313,7 +313,7 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
             on_epoch(epochs[-1], profile.epochs)
         if save_epoch_checkpoints and main:
             _save_weights(task_model, run_dir / f"epoch-{epoch}", save_file)
-        if best is None or valid.metrics[task.metric] > best["valid"][task.metric]:
+        if best is None or valid.metrics[task.metric] > best["valid"][task.metric] + profile.min_improvement(task.metric):
             best, since_best = epochs[-1], 0
             best_state = {k: v.detach().clone() for k, v in task_model.named_parameters() if v.requires_grad}
         else:

@@ -230,3 +230,29 @@ def test_the_record_names_the_optimiser_and_epoch_one_is_timed_after_the_warm_up
     # epoch's clock starts after the warm-up has ended
     assert events[:warmed + 1] == ["warm-up starts", "step", "warm-up ends"] and events[warmed + 1] == "step"
     assert warmed + 1 in clock
+
+
+def test_early_stopping_counts_only_gains_above_the_profiles_share_of_the_margin(tmp_path, monkeypatch):
+    from telly import trainer
+
+    real, calls = trainer._evaluate, []
+
+    def rising(task, model, examples, tokenizer, profile):
+        """The real evaluation, with validation MRR set to 0.1 per epoch (0.1, 0.2, 0.3)."""
+        result = real(task, model, examples, tokenizer, profile)
+        if len(examples) == profile.valid_examples:
+            calls.append(len(calls) + 1)
+            result.metrics["mrr"] = 0.1 * calls[-1]
+        return result
+
+    monkeypatch.setattr(trainer, "_evaluate", rising)
+    profile = replace(UNIT, epochs=3, patience=1, test_examples=12)
+    assert get_profile("study").min_improvement("mrr") == pytest.approx(0.01)
+    assert get_profile("study").min_improvement("bleu") == pytest.approx(1.0) and profile.min_improvement("mrr") == 0.0
+    # Gains of 0.1 count when the bar is 0.05 (2.5 x the 0.02 margin): all three epochs run, the last is best.
+    counted = run(tmp_path / "a", "code-search", 2, profile=replace(profile, min_improvement_share=2.5), progress=False)
+    assert (counted["epochs_run"], counted["epochs_to_best"]) == (3, 3)
+    # A bar of 0.15 (7.5 x the margin): epoch 2's gain is noise, patience 1 stops there, epoch 1 stays best.
+    calls.clear()
+    stopped = run(tmp_path / "b", "code-search", 2, profile=replace(profile, min_improvement_share=7.5), progress=False)
+    assert (stopped["epochs_run"], stopped["epochs_to_best"]) == (2, 1)
