@@ -410,7 +410,6 @@ def _zero_shot(task, task_model, data, tokenizer, profile, model, store: RunStor
     stored = store.find_document(name, inputs)
     if stored is not None:
         return stored
-    task_model.to(device)
     result = _evaluate(task, task_model, data.test, tokenizer, profile)
     document = {
         "task": task.name, "model": model, "profile": profile.name, "inputs": inputs,

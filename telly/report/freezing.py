@@ -324,10 +324,9 @@ def precision_check(float32_runs: Sequence[Mapping], bf16_runs: Sequence[Mapping
     clusters = _clusters(columns[0][0])
     lower = _paired(columns[0], columns[1], task, metric, margin, clusters, samples)  # H0: bf16 - fp32 <= -margin
     upper = _paired(columns[1], columns[0], task, metric, margin, clusters, samples)  # H0: bf16 - fp32 >= +margin
-    quality = {name: dict(zip(("value", "low", "high"), _quality(task, metric, runs, samples)))
+    quality = {name: {**dict(zip(("value", "low", "high"), _quality(task, metric, runs, samples))),
+                      "epoch_seconds": float(np.mean([r["epoch_seconds"] for r in runs]))}
                for name, runs in zip(("float32", "bf16"), pairs)}
-    for name, runs in zip(("float32", "bf16"), pairs):
-        quality[name]["epoch_seconds"] = float(np.mean([r["epoch_seconds"] for r in runs]))
     equivalent = lower["p_value"] < ALPHA and upper["p_value"] < ALPHA
     return {"task": task, "run": run_name(first), "metric": metric, "margin": margin, "seeds": seeds,
             "alpha": ALPHA, "float32": quality["float32"], "bf16": quality["bf16"],

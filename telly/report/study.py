@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from telly.report.charts import ProvenanceBox, provenance_box
-from telly.studies.study import duration
+from telly.studies.study import BENCH_DIR, duration
 
 QUESTIONS = {"rq1": "probing", "rq2": "layer similarity", "rq3": "freezing", "precision": "precision check"}
 
@@ -96,11 +96,11 @@ def sweep_view(study) -> dict | None:
 
 def bench_origin(study) -> str:
     """Markdown: where the study's bench record comes from (chapter 4 shows it first)."""
-    where = f"`{study.root}/bench/bench.json`"
+    where = f"`{study.root / BENCH_DIR / 'bench.json'}`"
     bench = study.bench
     if bench is None:
         return (f"No bench of the study's model in {where}: `telly bench --model <model> --profile study "
-                f"--sections training --out {study.root}/bench` writes it (on an idle machine).")
+                f"--sections training --out {study.root / BENCH_DIR}` writes it (on an idle machine).")
     return (f"Measured once by `telly bench --model {study.model or 'the study model'} --profile {bench['profile']} "
             f"--sections {','.join(bench['sections'])}` on {bench['device']} ({bench.get('cpu') or bench['device_type']}) "
             f"on {bench['provenance']['date'][:10]}, {duration(bench['wall_seconds'])} of benching; read from {where}, "
