@@ -305,10 +305,11 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
         _sync(device)
         train_seconds = time.perf_counter() - tick
         tick = time.perf_counter()
-        valid = _evaluate(task, accelerator.unwrap_model(wrapped), data.valid, tokenizer, profile)
+        valid = task.calibrate(task_model, _evaluate(task, task_model, data.valid, tokenizer, profile))
         eval_seconds = time.perf_counter() - tick
         epochs.append({"epoch": epoch, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
-                       "train_loss": float(np.mean(losses)), "valid": valid.metrics})
+                       "train_loss": float(np.mean(losses)), "valid": valid.metrics,
+                       "calibration": valid.extras.get("calibration")})
         if on_epoch is not None:
             on_epoch(epochs[-1], profile.epochs)
         if save_epoch_checkpoints and main:
@@ -316,6 +317,8 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
         if best is None or valid.metrics[task.metric] > best["valid"][task.metric] + profile.min_improvement(task.metric):
             best, since_best = epochs[-1], 0
             best_state = {k: v.detach().clone() for k, v in task_model.named_parameters() if v.requires_grad}
+            # The head's buffers too: a threshold calibrate chose belongs to this epoch's weights.
+            best_state |= {f"head.{k}": v.detach().clone() for k, v in task_model.head.named_buffers()}
         else:
             since_best += 1
             if since_best >= profile.patience:
@@ -357,7 +360,7 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
         "epoch_seconds": float(np.mean([e["train_seconds"] for e in epochs])),
         "time_to_best_seconds": cache_seconds + sum(e["train_seconds"] for e in epochs[:best_epoch]),
         "warm_up": "one untimed training step on a copy of the model before the first timed epoch",
-        "valid": best["valid"],
+        "valid": best["valid"], "calibration": best["calibration"],
         "test": test.metrics, "test_ci": test_ci,
         "test_per_example": {k: np.asarray(v).tolist() for k, v in test.per_example.items()},
         "zero_shot": zero_shot,

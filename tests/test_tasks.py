@@ -244,6 +244,29 @@ def test_clone_head_normalises_each_pooled_vector_so_an_outlier_dimension_cannot
         assert torch.tanh(head.dense(features)).abs().max() < 1.0 - 1e-3
 
 
+def test_clone_calibration_sets_the_threshold_with_the_best_valid_f1_and_evaluation_follows_it(tiny):
+    from telly.tasks import Evaluation
+
+    task = get_task("clone-detection")
+    model = task.build_model(tiny).eval()
+    assert float(model.head.threshold) == 0.5
+    # A ranking that separates the classes perfectly while every probability is below 0.5: at 0.5
+    # nothing is called a clone (F1 0); the valid split's best cut, 0.3, scores 1.
+    valid = Evaluation({}, {"clone_probability": np.array([0.1, 0.3, 0.2, 0.4]), "label": np.array([0, 1, 0, 1])})
+    calibrated = task.calibrate(model, valid)
+    assert calibrated.extras["calibration"] == {"threshold": pytest.approx(0.3), "f1_at_half": 0.0}
+    assert calibrated.metrics["f1"] == 1.0 and list(calibrated.per_example["prediction"]) == [0, 1, 0, 1]
+    assert float(model.head.threshold) == pytest.approx(0.3)
+    examples = [ClonePairExample("def func(a): return a", f"def func(b): return b + {i}", i % 2, str(i), f"f{i // 2}",
+                                 "variant" if i % 2 else "other-function") for i in range(6)]
+    with torch.no_grad():
+        result = task.evaluate(model, examples, tiny.tokenizer, SMOKE, batch_size=4)
+        probability = result.per_example["clone_probability"]
+        assert np.array_equal(result.per_example["prediction"], (probability >= np.float32(0.3)).astype(int))
+        model.head.threshold.fill_(float(probability.max()) + 1e-3)  # above every pair: none is a clone
+        assert task.evaluate(model, examples, tiny.tokenizer, SMOKE, batch_size=4).metrics["f1"] == 0.0
+
+
 def test_clone_detection_reads_bigclonebench_through_the_loaders(tmp_path):
     root = shutil.copytree(DATA / "bigclonebench", tmp_path / "bcb")
     shutil.copy(root / "train.txt", root / "valid.txt")

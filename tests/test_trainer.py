@@ -256,3 +256,28 @@ def test_early_stopping_counts_only_gains_above_the_profiles_share_of_the_margin
     calls.clear()
     stopped = run(tmp_path / "b", "code-search", 2, profile=replace(profile, min_improvement_share=7.5), progress=False)
     assert (stopped["epochs_run"], stopped["epochs_to_best"]) == (2, 1)
+
+
+def test_the_test_pairs_are_called_at_the_best_epochs_valid_threshold(tmp_path, monkeypatch):
+    import numpy as np
+
+    from telly.tasks.clone_detection import CloneDetectionTask
+
+    real, calls = CloneDetectionTask.calibrate, []
+
+    def falling(self, model, valid):
+        """The real calibration, with valid F1 falling per epoch (0.9, 0.8, 0.7): epoch 1 stays best."""
+        result = real(self, model, valid)
+        calls.append(result.extras["calibration"]["threshold"])
+        result.metrics["f1"] = 1.0 - 0.1 * len(calls)
+        return result
+
+    monkeypatch.setattr(CloneDetectionTask, "calibrate", falling)
+    record = run(tmp_path, "clone-detection", -1, profile=replace(UNIT, epochs=3, patience=2), progress=False)
+    assert (record["epochs_run"], record["epochs_to_best"]) == (3, 1) and len(calls) == 3
+    assert [epoch["calibration"]["threshold"] for epoch in record["epochs"]] == calls
+    # Epoch 1's threshold came back with epoch 1's weights, though two later epochs set others.
+    threshold = record["calibration"]["threshold"]
+    assert threshold == calls[0]
+    columns = record["test_per_example"]
+    assert columns["prediction"] == (np.asarray(columns["clone_probability"]) >= np.float32(threshold)).astype(int).tolist()

@@ -195,6 +195,11 @@ class Task(ABC):
         """Fit what `model` takes from data.train before training (see the module docstring)."""
         return None  # most tasks take nothing from the data
 
+    def calibrate(self, model: TaskModel, valid: Evaluation) -> Evaluation:
+        """Choose `model`'s decision settings (head buffers) on its valid-split evaluation, after
+        every epoch; the valid evaluation under them, what was chosen in extras["calibration"]."""
+        return valid  # most tasks decide nothing
+
     @abstractmethod
     def collate(self, examples: Sequence, tokenizer, profile: Profile) -> Batch:
         ...
