@@ -142,6 +142,18 @@ def test_the_study_resumes_after_a_kill_and_a_fresh_clone_reruns_nothing(tmp_pat
     assert redone["parts"]["rq2/code-search"]["inputs"]["finetuned"]["date"] == retrained["provenance"]["date"]
     assert redone["parts"]["rq2/code-search"]["wall_seconds"] > seconds["rq2"] - redone["parts"]["rq2/code-completion"]["wall_seconds"]
 
+    # 6. A task's records removed as stale (its head changed): its RQ3 part runs afresh, and the
+    # time the study had measured making them no longer counts.
+    for path in records.glob("code-completion__*.json"):
+        path.unlink()
+    ledger = read_json(records / "study.json")
+    ledger["parts"]["rq3/code-completion"]["wall_seconds"] = 1e6
+    write_json(records / "study.json", ledger)
+    calls.clear()
+    rerun = _run(tmp_path)
+    assert calls == [full["code-completion"].run_id, Variant.of("code-completion", "tiny-random", 3, profile=TINY.name).run_id]
+    assert 0 < rerun["parts"]["rq3/code-completion"]["wall_seconds"] < 1e5
+
 
 def test_a_failing_part_is_recorded_and_the_others_still_run(tmp_path, private_cache, monkeypatch):
     attempted = []

@@ -161,10 +161,14 @@ class Ledger:
         entry = self.document["parts"].get(part, {})
         return entry.get("status") == "finished" and entry.get("inputs") == as_stored(dict(inputs))
 
-    def start(self, part: str) -> None:
-        """`part` begins work: its time counts from now."""
+    def start(self, part: str, *, afresh: bool = False) -> None:
+        """`part` begins work: its time counts from now. afresh: none of the records an earlier
+        session made for it are left (removed as stale), so neither is the time it measured."""
         self._part, self._mark = part, time.perf_counter()
-        self.entry(part)["status"] = "running"
+        entry = self.entry(part)
+        entry["status"] = "running"
+        if afresh:
+            entry["wall_seconds"] = None
         self.save()
 
     def tick(self, *_ignored) -> None:
@@ -282,7 +286,7 @@ class Study:
         if all(found) and self.store.find(self.full_variant(task), self.profile) is not None:
             self.ledger.finish(part, ran=False, runs=len(found), run_seconds=sum(r["wall_seconds"] for r in found))
         else:
-            self.ledger.start(part)
+            self.ledger.start(part, afresh=not any(found))
             self.full_run(task)
             result = sweep([task], self.depths[task], list(self.profile.seeds), model=self.model,
                            profile=self.profile, store=self.store, progress=self.progress,
