@@ -174,6 +174,12 @@ class Variant:
     def label(self) -> str:
         return self.method.label
 
+    def make_task(self):
+        """The task this variant runs, on its data path when it names one."""
+        from telly.tasks import get_task
+
+        return get_task(self.task, **({"data_path": self.data_path} if self.data_path else {}))
+
 
 # ----------------------------------------------------------------------------- the store
 
@@ -201,8 +207,9 @@ class RunStore:
         return self.run_dir(variant) / WEIGHTS
 
     def find(self, variant: Variant, profile=None) -> dict | None:
-        """The finished record of `variant`, or None (missing, damaged, unfinished, or run under
-        other profile settings than `profile` when one is given)."""
+        """The finished record of `variant`, or None (missing, damaged, unfinished, or, when a
+        `profile` is given, run under other profile settings or another task config than the
+        task's current one)."""
         path = self.record_path(variant)
         if not path.exists():
             return None
@@ -212,7 +219,8 @@ class RunStore:
             return None  # a damaged record counts as unfinished: run it again
         if not isinstance(record, dict) or record.get("status") != "finished":
             return None
-        if profile is not None and record.get("profile_settings") != as_stored(profile.to_dict()):
+        if profile is not None and (record.get("profile_settings") != as_stored(profile.to_dict())
+                                    or record.get("task_config") != as_stored(variant.make_task().config.to_dict())):
             return None
         return record
 

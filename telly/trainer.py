@@ -211,7 +211,7 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
     from telly.features import precision_autocast
     from telly.prefix_cache import build_prefix_cache
     from telly.store import provenance
-    from telly.tasks import get_task, move_to
+    from telly.tasks import move_to
 
     # 1. The run: what it is and where its record goes.
     started = time.perf_counter()
@@ -219,7 +219,7 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
     if profile.name != variant.profile:
         raise ValueError(f"variant {variant.run_id} names profile {variant.profile!r}, but runs under {profile.name!r}")
     store = as_store(store)
-    task = get_task(variant.task, **({"data_path": variant.data_path} if variant.data_path else {}))
+    task = variant.make_task()
     method, freeze = variant.method, variant.freeze
     use_cache = method.cache
     name = variant.run_id

@@ -281,3 +281,15 @@ def test_the_test_pairs_are_called_at_the_best_epochs_valid_threshold(tmp_path, 
     assert threshold == calls[0]
     columns = record["test_per_example"]
     assert columns["prediction"] == (np.asarray(columns["clone_probability"]) >= np.float32(threshold)).astype(int).tolist()
+
+
+def test_a_stored_record_counts_only_under_its_tasks_current_config(tmp_path, monkeypatch):
+    from telly.tasks import get_task
+
+    record = run(tmp_path, "clone-detection", -1, progress=False)
+    variant = Variant.of("clone-detection", "tiny-random", -1, profile=UNIT.name)
+    assert RunStore(tmp_path).find(variant, UNIT)["run"] == record["run"]
+    # The task's head changed since (another default): the record is stale, so a sweep runs it again.
+    monkeypatch.setattr(Variant, "make_task", lambda self: get_task(self.task, pair_features="concat"))
+    assert RunStore(tmp_path).find(variant, UNIT) is None
+    assert RunStore(tmp_path).find(variant)["run"] == record["run"]  # without a profile: any finished record
