@@ -20,6 +20,7 @@ from telly.report.freezing import (
     paper_table,
     precision_check,
     precision_text,
+    sound_share,
     summary_table,
     swept_depths,
     table_view,
@@ -377,6 +378,16 @@ def test_the_generation_note_reads_the_numbers_not_the_backbone_kind():
     assert "encoder" not in generation_note(records, summary(1.0), model="smollm2-135m", kind="decoder")
     assert "No model-free baseline was scored for code-summarization" in generation_note(
         records, {"tasks": {}}, model="m", kind="decoder")
+    # The bar: full fine-tuning's outputs non-empty and not looping on 90% of test examples.
+    assert "do not loop on" not in learned  # records without the counts claim nothing
+    for record, (empty, looping) in zip(records, ((3, 2), (50, 0)), strict=True):
+        record["generation"]["degenerate"] |= {"n": 100, "empty": empty, "looping": looping}
+    assert sound_share(records[0]) == 0.95 and sound_share(records[1]) == 0.5
+    text = generation_note(records, summary(1.0), model="m", kind="decoder")
+    assert "non-empty and do not loop on code-summarization 95% (1 seed): all meet the 90% bar." in text
+    records[0]["generation"]["degenerate"]["empty"] = 20  # 78% sound
+    assert "code-summarization 78% (1 seed): below the 90% bar (code-summarization)." in generation_note(
+        records, summary(1.0), model="m", kind="decoder")
 
 
 def test_example_outputs_never_pick_a_degenerate_run_as_best():

@@ -525,7 +525,36 @@ def generation_note(records: list[dict], summary: Mapping, *, model: str, kind: 
     unchecked = [t for t in tasks if t not in checked]
     if unchecked:
         text += f" No model-free baseline was scored for {', '.join(unchecked)}."
-    return f"{text}\n\n{degenerate}"
+    return f"{text}{_soundness_sentence(records, tasks)}\n\n{degenerate}"
+
+
+SOUND_BAR = 0.9  # issue 14: full fine-tuning's outputs non-empty and not looping on at least 90% of test examples
+
+
+def sound_share(record: Mapping) -> float | None:
+    """The share of a generation run's test outputs that are neither empty nor looping, from its
+    degenerate report (`telly.metrics.degenerate_report`: the two are disjoint); None without one."""
+    report = (record.get("generation") or {}).get("degenerate") or {}
+    if not report.get("n") or "looping" not in report:
+        return None
+    return (report["n"] - report["empty"] - report["looping"]) / report["n"]
+
+
+def _soundness_sentence(records: list[dict], tasks: Sequence[str]) -> str:
+    """Per generation task, the lowest sound share among its full fine-tunes against SOUND_BAR."""
+    parts, below = [], []
+    for task in tasks:
+        shares = [share for r in records if r["task"] == task and r["method"] == "full"
+                  if (share := sound_share(r)) is not None]
+        if shares:
+            seeds = f"lowest of {len(shares)} seeds" if len(shares) > 1 else "1 seed"
+            parts.append(f"{task} {min(shares):.0%} ({seeds})")
+            below += [task] if min(shares) < SOUND_BAR else []
+    if not parts:
+        return ""
+    text = (f" Full fine-tuning's test outputs are non-empty and do not loop on {'; '.join(parts)}: "
+            f"{'all meet' if not below else 'below'} the {SOUND_BAR:.0%} bar")
+    return text + (f" ({', '.join(below)})." if below else ".")
 
 
 def sweep_view(records: list[dict], summary: Mapping, *, kind: str, bench: Mapping | None = None) -> dict:
