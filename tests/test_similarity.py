@@ -496,8 +496,8 @@ def fake_finished_run(store, task, profile, scale, epochs=0, seed=0):
     perturbed_checkpoint(run / "backbone.safetensors", scale=scale, seed=seed)
     for epoch in range(1, epochs + 1):
         perturbed_checkpoint(run / f"epoch-{epoch}" / "backbone.safetensors", scale=scale * epoch / epochs)
-    store.write_record(variant, {"status": "finished", "task": task,
-                                 "profile_settings": as_stored(profile.to_dict())})
+    store.write_record(variant, {"status": "finished", "task": task, "profile_settings": as_stored(profile.to_dict()),
+                                 "task_config": as_stored(variant.make_task().config.to_dict())})
     return run
 
 
