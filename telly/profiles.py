@@ -148,9 +148,9 @@ PROFILES: dict[str, Profile] = {
     # CodeXGLUE metrics 1 point): with standardised pooling the seed-0 code-search fine-tune went
     # 0.714, 0.735, 0.745, 0.736, 0.746, 0.754 in valid MRR while its train loss fell from 0.58 to
     # 0.009, gains after epoch 3 within the 64-query split's noise. Measured under these settings
-    # (study.json): RQ3 code search 51 min, RQ2 1.2 min, RQ1 9.1 min; clone detection's full runs 7-11
-    # min each. The generation tasks are estimated at 50-70 min each (step and decoding times, not yet
-    # measured): ~5.5 h in all, under the 6-hour budget. Depth 20 is left out (-1, 15, 25, 27, 29: the paper's key ratios
+    # (study.json): RQ3 code search 51 min, clone detection 61 min, code summarization 46 min; RQ2
+    # 0.8-1.5 min a task; RQ1 9.1 min. Generation and completion are estimated at about 50 min each
+    # from summarization's: ~5 h in all with the precision check, under the 6-hour budget. Depth 20 is left out (-1, 15, 25, 27, 29: the paper's key ratios
     # K/L of 1/2, 5/6, 11/12 and the top block alone) and the splits are small so that three seeds fit.
     "study": Profile(
         name="study", probe_functions=600, similarity_functions=400, max_code_tokens=128,
