@@ -498,6 +498,15 @@ def test_the_notes_on_depths_training_and_the_bench_follow_the_records():
         "Every run: AdamW (eps 1e-08, weight decay 0, gradient norm clipped at 1), learning rate 5e-05 (head 0.001), "
         "linear warm-up over 10% of the steps, then linear decay to 0; up to 3 epochs, stopping after 1 without a "
         "better validation score.")
+    barred = [r | {"profile_settings": {"epochs": 3, "patience": 1, "min_improvement_share": 0.5,
+                                        "margins": [["mrr", 0.02], ["bleu", 2.0]]},
+                   "epochs_to_best": 1, "epochs_run": 2} for r in records]
+    assert training_note(barred).endswith(
+        "without a better validation score.\n\nAn epoch counted as better only where its validation score beat the "
+        "best so far by more than 50% of the metric's non-inferiority margin (mrr 0.01). Every code-search run kept "
+        "its first epoch's weights: no later epoch cleared that bar on the validation split.")
+    barred[0] = barred[0] | {"epochs_to_best": 2}
+    assert training_note(barred).endswith("margin (mrr 0.01).")
     records[0] = records[0] | {"optimizer": optimizer | {"weight_decay": 0.01}}
     assert training_note(records).startswith("- 1 run: AdamW (eps 1e-08, weight decay 0.01,")
     bench = {"origin": "reference", "device": "cpu: x86_64, 2 cores", "provenance": {"date": "2026-11-26T10:00:00"},

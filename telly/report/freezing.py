@@ -597,8 +597,34 @@ def training_note(records: Sequence[Mapping]) -> str:
                  f"{profile['patience']} without a better validation score")
         settings.setdefault(text, []).append(record["run"])
     if len(settings) == 1:
-        return f"Every run: {next(iter(settings))}."
-    return "\n".join(f"- {len(runs)} run{'s' if len(runs) != 1 else ''}: {text}." for text, runs in settings.items())
+        note = f"Every run: {next(iter(settings))}."
+    else:
+        note = "\n".join(f"- {len(runs)} run{'s' if len(runs) != 1 else ''}: {text}." for text, runs in settings.items())
+    return note + _improvement_bar_note(records)
+
+
+def _improvement_bar_note(records: Sequence[Mapping]) -> str:
+    """The validation gain early stopping counted as better, per metric, and the tasks whose every run
+    kept its first epoch although it ran more (no later epoch cleared that bar); empty without a bar."""
+    bars, shares, first_only = {}, set(), {}
+    for record in records:
+        profile = record["profile_settings"]
+        if profile.get("min_improvement_share"):
+            shares.add(profile["min_improvement_share"])
+            bars[record["metric"]] = profile["min_improvement_share"] * dict(map(tuple, profile["margins"]))[record["metric"]]
+        kept_first = record.get("epochs_to_best") == 1 and record.get("epochs_run", 1) > 1
+        first_only[record["task"]] = first_only.get(record["task"], True) and kept_first
+    if not bars:
+        return ""
+    share = f"{next(iter(shares)):.0%} of" if len(shares) == 1 else "a share of"
+    text = ("\n\nAn epoch counted as better only where its validation score beat the best so far by more than "
+            f"{share} the metric's non-inferiority margin ("
+            + ", ".join(f"{metric} {bar:g}" for metric, bar in sorted(bars.items())) + ").")
+    kept = sorted(task for task, first in first_only.items() if first)
+    if kept:
+        text += (f" Every {' and every '.join(kept)} run kept its first epoch's weights: no later epoch cleared "
+                 "that bar on the validation split.")
+    return text
 
 
 def bench_note(bench: Mapping | None, model: str) -> str:
