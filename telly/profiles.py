@@ -148,10 +148,11 @@ PROFILES: dict[str, Profile] = {
     # CodeXGLUE metrics 1 point): with standardised pooling the seed-0 code-search fine-tune went
     # 0.714, 0.735, 0.745, 0.736, 0.746, 0.754 in valid MRR while its train loss fell from 0.58 to
     # 0.009, gains after epoch 3 within the 64-query split's noise. Measured under these settings
-    # (study.json): RQ3 code search 51 min, clone detection 61 min, code summarization 46 min; RQ2
-    # 0.8-1.5 min a task; RQ1 9.1 min. Generation and completion are estimated at about 50 min each
-    # from summarization's: ~5 h in all with the precision check, under the 6-hour budget. Depth 20 is left out (-1, 15, 25, 27, 29: the paper's key ratios
-    # K/L of 1/2, 5/6, 11/12 and the top block alone) and the splits are small so that three seeds fit.
+    # (study.json): RQ3 code search 51 min, clone detection 61 min, code summarization 46 min, code
+    # generation 29 min, code completion 57 min (6 of them a run cut off by a machine shutdown and
+    # redone); RQ2 0.6-2.2 min a task; RQ1 9.1 min; the precision check 45 min: 5.1 h in all, under
+    # the 6-hour budget. Depth 20 is left out (-1, 15, 25, 27, 29: the paper's key ratios K/L of 1/2,
+    # 5/6, 11/12 and the top block alone) and the splits are small so that three seeds fit.
     "study": Profile(
         name="study", probe_functions=600, similarity_functions=400, max_code_tokens=128,
         max_text_tokens=32, feature_batch_size=32, probe_epochs=60, train_examples=160,
@@ -161,9 +162,12 @@ PROFILES: dict[str, Profile] = {
         bench_batch_size=8, bench_code_tokens=128, bench_probe_texts=256, bench_similarity_inputs=5000,
         sweep_freeze="-1,15,25,27,29", generation_freeze="-1,15,25,27,29", extra_probe_models=(),
         book_runs_bench=False, sbt_max_tokens=320, seeds=(0, 1, 2), min_improvement_share=0.5,
-        # bf16 autocast: 0.70x the fp32 training step and 0.46x the forward pass on that machine
-        # (issue 14's measurement; `telly bench --sections precision` measures the machine at hand);
-        # the study's precision/code-search part tests, paired, whether it keeps fine-tuning quality.
+        # bf16 autocast: 0.65x the fp32 training step and 0.46x the forward pass on that machine
+        # (bench/bench.md; `telly bench --sections precision` measures the machine at hand), and its
+        # code-search epochs took 0.44x fp32's: fp32 would put RQ3 (4.1 h) far past the budget. The
+        # precision check (3 seeds) found bf16 - fp32 MRR -0.004 [-0.032, +0.016]: equal quality within
+        # 0.02 not shown, so float32 stays the default of every other profile; RQ3's verdicts pair
+        # runs trained in one precision.
         mixed_precision="bf16",
     ),
 }

@@ -357,6 +357,8 @@ def test_the_precision_check_calls_bf16_equivalent_only_when_both_sides_are_rule
         apart = precision_check(_precision_runs("no"), _precision_runs("bf16", scale), UNIT)
         assert apart["verdict"] == "not shown" and (apart["difference"] < 0) == (scale < 1)
         assert f"a difference {side} cannot be ruled out" in precision_text(apart)
+        assert "each pairs Telly-K with full fine-tuning trained in the same precision" in precision_text(apart)
+    assert "same precision" not in precision_text(same)
     with pytest.raises(ValueError, match="'bf16' runs were trained otherwise"):
         precision_check(_precision_runs("no"), _precision_runs("no"), UNIT)
     with pytest.raises(ValueError, match="same seeds"):

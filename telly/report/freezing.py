@@ -353,7 +353,9 @@ def precision_text(check: Mapping) -> str:
         open_sides = [side for side, p in ((f"below -{margin:g}", check["p_lower"]), (f"above +{margin:g}", check["p_upper"]))
                       if p >= check["alpha"]]
         verdict = (f"Equal quality is not shown: a difference {' or '.join(open_sides)} cannot be ruled out "
-                   f"(p = {check['p_lower']:.3f} and {check['p_upper']:.3f}).")
+                   f"(p = {check['p_lower']:.3f} and {check['p_upper']:.3f}). The freezing verdicts do not rest on "
+                   "this check: each pairs Telly-K with full fine-tuning trained in the same precision; the absolute "
+                   "scores are that precision's.")
     return (head + verdict + f" Epoch time under bf16 was {check['epoch_ratio']:.2f}x float32's "
             f"({check['timing']}; the bench times the two side by side).")
 
