@@ -611,9 +611,10 @@ def _improvement_bar_note(records: Sequence[Mapping]) -> str:
     bars, shares, first_only = {}, set(), {}
     for record in records:
         profile = record["profile_settings"]
-        if profile.get("min_improvement_share"):
-            shares.add(profile["min_improvement_share"])
-            bars[record["metric"]] = profile["min_improvement_share"] * dict(map(tuple, profile["margins"]))[record["metric"]]
+        share = profile.get("min_improvement_share")
+        if share:  # Profile.min_improvement, read from the stored settings (records keep no Profile)
+            shares.add(share)
+            bars[record["metric"]] = share * dict(profile["margins"])[record["metric"]]
         kept_first = record.get("epochs_to_best") == 1 and record.get("epochs_run", 1) > 1
         first_only[record["task"]] = first_only.get(record["task"], True) and kept_first
     if not bars:
