@@ -5,16 +5,19 @@ PROFILE ?= laptop
 # The CPU wheel that lies on this disk; GPU users: make TORCH_SPEC='torch>=2.2' (or a CUDA index).
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
+# The exact versions the suite last passed on (make lock writes it; make setup installs through it).
+LOCK ?= constraints.txt
+LATEST_VENV ?= .venv-latest
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 
-.PHONY: setup browser book test test-fast bench study clean
+.PHONY: setup browser book test test-fast test-latest lock bench study clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -c $(LOCK) pip
+	$(PY) -m pip install --quiet -c $(LOCK) "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -c $(LOCK) -e ".[test]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -29,11 +32,31 @@ book: setup
 	$(VENV)/bin/telly book --profile $(PROFILE)
 
 test: setup browser
-	$(PY) -m ruff check telly tests
-	$(PY) -m pytest -q -ra --durations=15
+	$(PY) -m ruff check telly tests tools
+	TELLY_LOCKED=$(LOCK) $(PY) -m pytest -q -ra --durations=15
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration and not browser"
+
+# The newest releases pyproject allows, in a venv of their own (torch stays at TORCH_SPEC: an unpinned
+# torch is a multi-GB CUDA download). Passing means `make lock VENV=$(LATEST_VENV)` may refresh the lock.
+test-latest:
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade -e ".[test]"
+	$(LATEST_VENV)/bin/python tools/lock.py diff $(LOCK)
+	$(LATEST_VENV)/bin/python -m pytest -q -m "not integration and not browser"
+	$(LATEST_VENV)/bin/python -m pytest -q -m "integration and not browser" \
+	  tests/test_prefix_cache.py tests/test_trainer.py tests/test_bench.py
+	@echo "make test-latest passed with these versions against $(LOCK):"
+	@$(LATEST_VENV)/bin/python tools/lock.py diff $(LOCK)
+
+# Write the lock from a venv whose suite passed (default .venv; after test-latest: VENV=$(LATEST_VENV)).
+lock:
+	test -x $(PY) || { echo "no venv at $(VENV): run make test (or make test-latest) first" >&2; exit 1; }
+	$(PY) tools/lock.py write $(LOCK)
 
 bench: setup
 	$(VENV)/bin/telly bench --profile $(PROFILE) --out runs/$(PROFILE)/bench --readme README.md --reference
@@ -45,4 +68,4 @@ study: setup
 	$(VENV)/bin/telly study --model smollm2-135m --profile study --out runs/study --records book/records/smollm2-135m
 
 clean:
-	rm -rf book/_build runs
+	rm -rf book/_build runs $(LATEST_VENV)

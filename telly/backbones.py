@@ -393,14 +393,15 @@ def load(name_or_path: str, *, random_init: bool = False, seed: int = 0,
         model, tokenizer, source = _load_pretrained(HUB_MODELS.get(name, name), random_init, seed)
     if tokenizer.pad_token is None:  # decoder LMs ship without one; batching needs it
         tokenizer.pad_token = tokenizer.eos_token
-    kind = "decoder" if getattr(model.config, "is_decoder", False) or _is_causal(model) else "encoder"
+    kind = "decoder" if getattr(model.config, "is_decoder", False) or is_causal(model) else "encoder"
     backbone = Backbone(name=name, model=model.eval(), tokenizer=tokenizer, kind=kind, source=source)
     if checkpoint is not None:
         load_weights(backbone, checkpoint)
     return backbone
 
 
-def _is_causal(model: nn.Module) -> bool:
+def is_causal(model: nn.Module) -> bool:
+    """Decoder families that attend causally whatever config.is_decoder says."""
     return getattr(model.config, "model_type", "") in {"gpt2", "llama", "mistral", "qwen2", "gpt_neox", "phi3"}
 
 

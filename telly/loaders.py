@@ -18,9 +18,15 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from tqdm.auto import tqdm
+
+
+class Digest(Protocol):
+    """What the loaders need of a hashlib object (hashlib names no public type for it)."""
+
+    def update(self, data: bytes, /) -> None: ...
 
 
 class DatasetUnavailable(RuntimeError):
@@ -175,7 +181,7 @@ def _convert(row: Any, fields: tuple[_Field, ...], where: str) -> dict[str, Any]
     return values
 
 
-def _lines(path: Path, digest: hashlib._Hash, label: str) -> Iterator[tuple[str, str]]:
+def _lines(path: Path, digest: Digest, label: str) -> Iterator[tuple[str, str]]:
     """(where, text) for each non-blank line of a text or .gz file; hashes every byte it reads."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as handle:
@@ -191,7 +197,7 @@ def _lines(path: Path, digest: hashlib._Hash, label: str) -> Iterator[tuple[str,
                 yield where, text
 
 
-def _json_rows(path: Path, digest: hashlib._Hash, label: str) -> Iterator[tuple[str, Any]]:
+def _json_rows(path: Path, digest: Digest, label: str) -> Iterator[tuple[str, Any]]:
     for where, text in _lines(path, digest, label):
         try:
             yield where, json.loads(text)
@@ -224,7 +230,7 @@ def _offline() -> bool:
 
 
 def _hub_rows(spec: _Spec, dataset_id: str, config: str | None, split: str, streaming: bool,
-              digest: hashlib._Hash) -> Iterator[tuple[str, Any]]:
+              digest: Digest) -> Iterator[tuple[str, Any]]:
     how = (f"Provide a local copy ({spec.layout}) and pass its path, or allow hub access with "
            f"HF_HUB_OFFLINE=0 (the CodeXGLUE copy is {HUB_IDS[spec.name]!r}).")
     if split not in spec.hub_splits:
@@ -274,7 +280,7 @@ def _load(spec: _Spec, path_or_id: str | Path, split: str, limit: int | None, *,
     return Records(loaded, dataset=spec.name, split=canonical, source=source, fingerprint=digest.hexdigest())
 
 
-def _read_bigclonebench(spec: _Spec, path: Path, split: str, digest: hashlib._Hash) -> Iterator[ClonePair]:
+def _read_bigclonebench(spec: _Spec, path: Path, split: str, digest: Digest) -> Iterator[ClonePair]:
     """data.jsonl holds every function once; {split}.txt lines pair two of them by idx."""
     root = path.parent if path.is_file() else path
     data_file = _find(spec, root, ("data.jsonl", "dataset/data.jsonl"), split, {})[0]

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from telly.backbones import find_layers
+from telly.backbones import find_layers, is_causal
 
 
 @dataclass
@@ -84,22 +84,17 @@ def run_top(model: nn.Module, hidden: torch.Tensor, depth: int, attention_mask: 
         raise ValueError("run_top needs exactly one of attention_mask (B, T) and mask (a prepared 4D mask)")
     layers = find_layers(model)
     position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+    # Both builders are transformers' public masking_utils, which each model's own forward calls too.
+    if mask is None and (getattr(model.config, "is_decoder", False) or is_causal(model)):
+        mask = create_causal_mask(config=model.config, inputs_embeds=hidden, attention_mask=attention_mask,
+                                  cache=None, position_ids=position_ids)
+    elif mask is None:
+        mask = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=attention_mask)
     extra: dict = {}
-    is_encoder = hasattr(model, "_create_attention_masks")  # BERT / RoBERTa (encoder or is_decoder)
-    if not is_encoder and (getattr(model.config, "is_decoder", False) or hasattr(model, "rotary_emb")
-                           or hasattr(model, "ln_f")):
+    if not hasattr(model, "embeddings"):  # decoders (GPT-2, Llama) take positions in every block
         extra["position_ids"] = position_ids
         if hasattr(model, "rotary_emb"):  # Llama family: rotary embeddings are computed per pass
             extra["position_embeddings"] = model.rotary_emb(hidden, position_ids=position_ids)
-        if mask is None:
-            mask = create_causal_mask(config=model.config, inputs_embeds=hidden, attention_mask=attention_mask,
-                                      cache=None, position_ids=position_ids)
-    elif mask is None and is_encoder:
-        mask = model._create_attention_masks(attention_mask=attention_mask, encoder_attention_mask=None,
-                                             embedding_output=hidden, encoder_hidden_states=None,
-                                             cache=None)[0]
-    elif mask is None:
-        mask = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=attention_mask)
     for layer in layers[depth:]:
         hidden = layer(hidden, attention_mask=mask, **extra)
         if isinstance(hidden, tuple):  # older block implementations return (states, ...)
@@ -113,12 +108,13 @@ def run_top(model: nn.Module, hidden: torch.Tensor, depth: int, attention_mask: 
 class PrefixCache:
     """Packed prefix states of every (example, text field); `states(indices)` re-pads a batch."""
 
-    def __init__(self, depth: int, fields: dict[str, _FieldStore], storage: str, note: str) -> None:
+    def __init__(self, depth: int, fields: dict[str, _FieldStore], storage: str, note: str,
+                 tmp: tempfile.TemporaryDirectory | None = None) -> None:
         self.depth = depth
         self.fields = fields
         self.storage = storage  # "memory" or "disk"
         self.note = note  # why this storage was chosen (goes into the run record)
-        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._tmp = tmp  # the disk shards' folder, removed by close()
 
     def __len__(self) -> int:
         return len(next(iter(self.fields.values())))
@@ -247,6 +243,4 @@ def _fill(model, examples, collate, depth, batch_size, token_counts, hidden_size
             rows[name].flush()
             rows[name] = np.load(Path(tmp.name) / f"{name}.npy", mmap_mode="r")
         fields[name] = _FieldStore(rows[name], np.concatenate([[0], np.cumsum(lengths[name])]).astype(np.int64))
-    cache = PrefixCache(depth, fields, storage, note)
-    cache._tmp = tmp
-    return cache
+    return PrefixCache(depth, fields, storage, note, tmp)

@@ -8,10 +8,13 @@ from telly.profiles import get_profile
 TEXTS = ["def add(a, b): return a + b", "return the sum of two numbers, or raise if they are not numbers at all"]
 
 
-def _decoder(kind: str):
-    from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel
+def _decoder(kind: str, tiny):
+    from transformers import BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel
 
     torch.manual_seed(0)
+    if kind == "bert-decoder":  # a BERT run as a decoder (config.is_decoder): causal mask, no positions per block
+        config = tiny.model.config.__class__.from_dict({**tiny.model.config.to_dict(), "is_decoder": True})
+        return BertModel(config).eval()
     if kind == "gpt2":
         return GPT2Model(GPT2Config(n_layer=3, n_embd=32, n_head=4, vocab_size=30522,
                                     bos_token_id=0, eos_token_id=0)).eval()
@@ -19,11 +22,11 @@ def _decoder(kind: str):
                                   num_key_value_heads=2, intermediate_size=64, vocab_size=30522)).eval()
 
 
-@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["bert", "bert-decoder", "gpt2", "llama"])
 def test_top_blocks_from_the_prefix_reproduce_the_whole_model(tiny, kind):
-    model = tiny.model if kind == "bert" else _decoder(kind)
+    model = tiny.model if kind == "bert" else _decoder(kind, tiny)
     inputs = tiny.tokenizer(TEXTS, padding=True, return_tensors="pt")
-    inputs = {k: v for k, v in inputs.items() if kind == "bert" or k != "token_type_ids"}
+    inputs = {k: v for k, v in inputs.items() if kind.startswith("bert") or k != "token_type_ids"}
     real = inputs["attention_mask"].bool()
     assert not real.all()  # the batch is padded: the mask handling is exercised
     with torch.no_grad():

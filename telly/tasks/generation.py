@@ -197,11 +197,17 @@ def prefix_lm_mask(attention_mask: torch.Tensor, source_length: torch.Tensor, *,
 
 
 def attention_bias(model: nn.Module, allowed: torch.Tensor) -> torch.Tensor:
-    """The mask as the model's attention wants it: boolean for SDPA, additive for eager attention."""
-    if getattr(model.config, "_attn_implementation", "eager") != "eager":
-        return allowed
+    """The boolean (B, 1, Q, K) mask as the model's attention implementation wants it (boolean for
+    SDPA, additive for eager), built by transformers' public masking_utils from `allowed`."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    batch, _, queries, keys = allowed.shape
     dtype = next(model.parameters()).dtype
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    # Only the shapes, dtype and device of these are read: queries from the first, keys from the mask.
+    embeds = torch.zeros(batch, queries, 1, dtype=dtype, device=allowed.device)
+    every_key = torch.ones(batch, keys, dtype=torch.long, device=allowed.device)
+    return create_bidirectional_mask(config=model.config, inputs_embeds=embeds, attention_mask=every_key,
+                                     and_mask_function=lambda b, h, q, kv: allowed[b, 0, q, kv])
 
 
 def position_offset(model: nn.Module) -> int:
