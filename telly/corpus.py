@@ -21,9 +21,8 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from telly.backbones import cache_dir
+from telly.progress import progress_bar
 
 CORPUS_FORMAT = 3  # bump when extraction changes, so stale caches are not reused
 EXCLUDED_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__",
@@ -191,7 +190,7 @@ def load_corpus(source: str | Path = "stdlib", min_doc_words: int = 3, *,
             _STDLIB[memo_key] = corpus
         return corpus
     functions, skipped = [], 0
-    for path in tqdm(files, desc=f"parsing {label}", disable=not progress, unit="file"):
+    for path in progress_bar(files, desc=f"parsing {label}", disable=not progress, unit="file"):
         try:
             functions.extend(_functions_in_file(path, root, min_doc_words))
         except (SyntaxError, UnicodeDecodeError, ValueError):

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from telly.progress import progress_bar
 from telly.tasks import batches
 from telly.tasks.generation import attention_bias, position_offset, prefix_lm_mask, source_ids
 
@@ -107,7 +107,7 @@ def generate(model, tokenizer, sources: Sequence[str], *, max_source_tokens: int
     stop_ids = line_break_ids(tokenizer) if one_line else ()
     predictions: list[str] = []
     chunks = list(batches(list(sources), batch_size))
-    for chunk in tqdm(chunks, desc="decoding", disable=not show_progress, leave=False):
+    for chunk in progress_bar(chunks, desc="decoding", disable=not show_progress, leave=False):
         rows = source_ids(tokenizer, chunk, max_source_tokens, truncate, prompt)
         for ids in generate_ids(model, rows, max_new_tokens=max_new_tokens, num_beams=num_beams, stop_ids=stop_ids):
             text = tokenizer.decode(ids, skip_special_tokens=True).strip()

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from telly.backbones import Backbone, cache_dir, find_layers
+from telly.progress import progress_bar
 
 # Bump when the extraction changes, so stale caches are never reused (2: the last state is the
 # last block's output, before a decoder's final norm).
@@ -168,7 +168,7 @@ def _compute(backbone: Backbone, texts: list[str], max_length: int, batch_size: 
     token_parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     batches = range(0, len(texts), batch_size)
     with torch.inference_mode():
-        for start in tqdm(batches, desc=f"features {backbone.name}", disable=not progress,
+        for start in progress_bar(batches, desc=f"features {backbone.name}", disable=not progress,
                           unit="batch"):
             index = order[start:start + batch_size]
             encoded = _encode(backbone, [texts[i] for i in index], max_length)

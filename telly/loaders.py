@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
-from tqdm.auto import tqdm
+from telly.progress import progress_bar
 
 
 class Digest(Protocol):
@@ -185,7 +185,7 @@ def _lines(path: Path, digest: Digest, label: str) -> Iterator[tuple[str, str]]:
     """(where, text) for each non-blank line of a text or .gz file; hashes every byte it reads."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as handle:
-        for number, raw in enumerate(tqdm(handle, desc=f"{label} {path.name}", unit=" lines",
+        for number, raw in enumerate(progress_bar(handle, desc=f"{label} {path.name}", unit=" lines",
                                           leave=False, delay=2.0), start=1):
             digest.update(raw)
             where = f"{path}, line {number}"

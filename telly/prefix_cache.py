@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from telly.backbones import find_layers, is_causal
+from telly.progress import progress_bar
 
 
 @dataclass
@@ -224,7 +224,7 @@ def _fill(model, examples, collate, depth, batch_size, token_counts, hidden_size
     lengths: dict[str, list[int]] = {name: [] for name in token_counts}
     cursor = dict.fromkeys(token_counts, 0)
     starts = range(0, len(examples), batch_size)
-    for start in tqdm(starts, desc=f"prefix cache (blocks 0..{depth - 1})", disable=not show_progress, leave=False):
+    for start in progress_bar(starts, desc=f"prefix cache (blocks 0..{depth - 1})", disable=not show_progress, leave=False):
         for name, inputs in collate(examples[start:start + batch_size])["inputs"].items():
             inputs = {k: v.to(device) for k, v in inputs.items()}
             hidden = run_prefix(model, inputs, depth)

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from telly.progress import progress_bar
+
 MEASURES = ("rsa", "cka", "cka_debiased")
 # Resamples per confidence interval, whatever the profile: a 31-state, 800-input, 576-wide
 # comparison with all three measures took 39 s at load 6 and 66 s at load 11 on a shared 2-core
@@ -252,8 +254,7 @@ def layer_similarity(features_a: object, features_b: object,
         raise ValueError(f"features_a has {len(layers_a)} layers but features_b has {len(layers_b)}")
     steps = range(len(layers_a))
     if progress:
-        from tqdm.auto import tqdm
-        steps = tqdm(steps, desc="similarity", unit="layer")
+        steps = progress_bar(steps, desc="similarity", unit="layer")
     debiased = "cka_debiased" in measures
     records = []
     for layer in steps:
@@ -426,8 +427,7 @@ def bootstrap_layer_similarity(features_a: object, features_b: object, measures:
     draws = {m: np.empty((samples, len(points))) for m in measures}
     steps = range(len(points))
     if progress:
-        from tqdm.auto import tqdm
-        steps = tqdm(steps, desc="similarity bootstrap", unit="layer")
+        steps = progress_bar(steps, desc="similarity bootstrap", unit="layer")
     for layer in steps:
         X = np.asarray(layers_a[layer], dtype=np.float64)
         Y = np.asarray(layers_b[layer], dtype=np.float64)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from telly.profiles import Profile, get_profile
+from telly.progress import progress_bar
 from telly.store import HEAD_WEIGHTS, WEIGHTS, RunStore, Variant, as_store, as_stored, slug
 
 # ----------------------------------------------------------------------------- one training step
@@ -204,7 +205,6 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
     from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
     from accelerate.utils import set_seed
     from safetensors.torch import save_file
-    from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
     from telly import backbones, stats
@@ -250,6 +250,9 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
     task.prepare(task_model, data, tokenizer, profile)
     zero_shot = (_zero_shot(task, task_model, data, tokenizer, profile, variant.model, store, device, main)
                  if task.has_zero_shot(backbone) else None)
+    # Where validation starts: a fine-tune that ends below the pre-trained model unlearned the task.
+    valid_before = (_evaluate(task, task_model, data.valid, tokenizer, profile).metrics
+                    if task.has_zero_shot(backbone) else None)
     method_config = method.apply(task_model)
     trainable, total = _count(task_model.parameters())
     backbone_trainable, backbone_total = _count(task_model.backbone.parameters())
@@ -299,7 +302,7 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
         losses = []
         _sync(device)
         tick = time.perf_counter()
-        for batch in tqdm(loader, desc=f"{name} epoch {epoch}", disable=not (progress and main), leave=False):
+        for batch in progress_bar(loader, desc=f"{name} epoch {epoch}", disable=not (progress and main), leave=False):
             losses.append(train_step(wrapped, move_to(batch, device), optimizer, scheduler,
                                      backward=accelerator.backward, autocast=autocast))
         _sync(device)
@@ -363,7 +366,8 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
         "valid": best["valid"], "calibration": best["calibration"],
         "test": test.metrics, "test_ci": test_ci,
         "test_per_example": {k: np.asarray(v).tolist() for k, v in test.per_example.items()},
-        "zero_shot": zero_shot,
+        "zero_shot": zero_shot, "valid_before_training": valid_before,
+        "training_check": training_check(epochs, task.chance_loss(data, profile)),
         # Generation tasks: decode time, degenerate-output report, example outputs (None otherwise).
         "generation": test.extras or None,
         "peak_tensor_memory_mb": peak_bytes / 2**20, "peak_memory_method": memory_method(device),
@@ -378,6 +382,19 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
         store.write_record(variant, record)
     accelerator.wait_for_everyone()
     return record
+
+
+CHANCE_SHARE = 0.95  # a last-epoch training loss at or above this share of the chance loss learned nothing
+
+
+def training_check(epochs: list[dict], chance_loss: float | None) -> dict:
+    """Whether training learned: the last epoch's mean training loss against the loss of a model that
+    ignores its input (`Task.chance_loss`). At chance the run is degenerate and gets no verdict."""
+    final = epochs[-1]["train_loss"]
+    at_chance = chance_loss is not None and chance_loss > 0 and final >= CHANCE_SHARE * chance_loss
+    return {"first_train_loss": epochs[0]["train_loss"], "final_train_loss": final, "chance_loss": chance_loss,
+            "at_chance": bool(at_chance),
+            "rule": f"degenerate when the last epoch's training loss is at least {CHANCE_SHARE:.0%} of the chance loss"}
 
 
 def _evaluate(task, model, examples, tokenizer, profile):

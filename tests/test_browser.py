@@ -35,14 +35,14 @@ from playwright import sync_api  # noqa: E402  (a test dependency: pip install -
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 LOCAL_HOSTS = {"127.0.0.1"}
-# Console noise of the theme, not of the book: Jupyter Book 1 emits sphinx-thebe's inline config twice
-# (thebe is off, nothing is fetched), and pydata-sphinx-theme complains about an empty stored theme.
-THEME_NOISE = ("Identifier 'THEBE_JS_URL' has already been declared", "Got invalid theme mode")
+# Where the chapters' full-page screenshots go for review (printed with their sizes).
+SCREENSHOTS = Path(os.environ.get("TELLY_SCREENSHOTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
 
 
-def _build(book_dir: Path, out: Path, profile: str = "smoke") -> Path:
+def _build(book_dir: Path, out: Path, profile: str = "smoke", parameters: tuple[str, ...] = ()) -> Path:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "telly.cli", "book", "--profile", profile, "--book", str(book_dir), "--out", str(out)]
+    command += [part for parameter in parameters for part in ("-p", parameter)]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr[-6000:]}"
     return book_dir / "_build" / "html"
@@ -50,10 +50,11 @@ def _build(book_dir: Path, out: Path, profile: str = "smoke") -> Path:
 
 @pytest.fixture(scope="module")
 def smoke_book(tmp_path_factory) -> Path:
-    """The real book at the smoke profile, built from a copy so the repository's build tree is untouched."""
+    """The real book at the smoke profile with a multi-run sweep (two seeds of every depth), built from
+    a copy so the repository's build tree is untouched."""
     root = tmp_path_factory.mktemp("smoke-book")
     shutil.copytree(BOOK, root / "book", ignore=shutil.ignore_patterns("_build", ".ipynb_checkpoints"))
-    return _build(root / "book", root / "runs")
+    return _build(root / "book", root / "runs", parameters=("seeds=[0, 1]",))
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def check_page(browser, base: str, html: Path, page_path: Path) -> object:
             f"{page_path.name}: chart {index} drew no vega marks"
         assert chart.locator(".telly-chart-error, .telly-chart-missing").count() == 0, \
             f"{page_path.name}: chart {index} failed: {chart.inner_text()}"
-    assert not [e for e in errors if not e.startswith(THEME_NOISE)], f"{page_path.name} logged errors: {errors}"
+    assert not errors, f"{page_path.name} logged errors: {errors}"
     return page
 
 
@@ -148,8 +149,47 @@ def check_reads_as_a_book(page, name: str) -> None:
     assert visible_code == 0, f"{name}: {visible_code} code cell(s) show their source by default"
     text = page.inner_text("main") if page.locator("main").count() else page.inner_text("body")
     assert not PROGRESS_TEXT.search(text), f"{name} shows progress-bar text: {PROGRESS_TEXT.search(text).group(0)!r}"
-    assert page.locator(".widget-progress, progress").count() == 0 or name.endswith("03-freezing.html"), \
-        f"{name} shows a progress bar"
+    assert page.locator(".widget-progress:visible, progress:visible").count() == 0, f"{name} shows a progress bar"
+    gap = largest_blank_stretch(page)
+    viewport = page.evaluate("window.innerHeight")
+    assert gap < viewport, f"{name}: a blank stretch of {gap:.0f} px, taller than the {viewport} px screen"
+
+
+# Widget models a reader uses (the freeze explorer's); tqdm's bars would add FloatProgress and friends.
+READER_WIDGETS = {"IntSliderModel", "SliderStyleModel", "LayoutModel", "VBoxModel", "HBoxModel", "OutputModel",
+                  "HTMLModel", "HTMLStyleModel", "DescriptionStyleModel", "LabelModel", "LabelStyleModel",
+                  "ButtonModel", "ButtonStyleModel", "DropdownModel",
+                  "IntProgressModel", "ProgressStyleModel"}  # the explorer's epoch bar, hidden until it trains
+
+
+def saved_widget_models(html: str) -> set[str]:
+    """The widget model names of the page's saved ipywidgets state."""
+    return set(re.findall(r'"model_name":\s*"(\w+)"', html))
+
+
+def largest_blank_stretch(page) -> float:
+    """The tallest vertical run of the article with nothing drawn in it (px): the largest gap between the
+    bottom of everything above and the top of the next visible text, table, image, chart or widget."""
+    return page.evaluate("""() => {
+        const root = document.querySelector('main') || document.body;
+        const boxes = [];
+        for (const el of root.querySelectorAll('p, li, pre, table, img, svg, canvas, h1, h2, h3, h4, .widget-box, .jupyter-widgets, summary, .cell_output > div')) {
+            const r = el.getBoundingClientRect();
+            if (r.width > 0 && r.height > 0 && el.offsetParent !== null) boxes.push([r.top + window.scrollY, r.bottom + window.scrollY]);
+        }
+        boxes.sort((a, b) => a[0] - b[0]);
+        let reach = boxes.length ? boxes[0][1] : 0, gap = 0;
+        for (const [top, bottom] of boxes) { gap = Math.max(gap, top - reach); reach = Math.max(reach, bottom); }
+        return gap;
+    }""")
+
+
+def save_screenshot(page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{Path(name).stem}.png"
+    page.screenshot(path=str(path), full_page=True)
+    print(f"screenshot {path} ({path.stat().st_size / 1024:.0f} KiB, {page.evaluate('document.body.scrollHeight')} px tall)")
+    return path
 
 
 SLIDER = "input[type=range][name=freeze_k]"
@@ -198,7 +238,10 @@ def test_smoke_book_pages_are_offline_and_draw(smoke_book, browser):
         pages = [smoke_book / "intro.html", *chapter_pages(smoke_book)]
         for page_path in pages:
             page = check_page(browser, base, smoke_book, page_path)
+            save_screenshot(page, page_path.name)
             check_reads_as_a_book(page, page_path.name)
+            unused = saved_widget_models(page_path.read_text()) - READER_WIDGETS
+            assert not unused, f"{page_path.name} saves widgets no reader uses: {sorted(unused)}"
             if page_path.name != "intro.html":
                 assert page.locator(".telly-chart").count() > 0, f"{page_path.name} shows no chart"
             sliders = slider_charts(page)  # chapter 3: the study's sweep (when recorded) and the live one

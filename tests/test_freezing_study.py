@@ -269,17 +269,29 @@ def test_the_summary_names_the_largest_k_whose_shallower_depths_all_pass():
     ("no trivial baseline", "no trivial baseline"),
     ("trivial baseline wins", "does not beat lexical ranker"),
     ("degenerate", "full fine-tuning's test outputs are degenerate (seed 0, 1, 2)"),
+    ("at chance", "full fine-tuning's training loss ended at chance level (seed 1)"),
 ])
 def test_no_verdict_where_full_fine_tuning_proves_nothing(case, reason):
     records = _sweep_records(seeds=(0, 1) if case == "two seeds" else (0, 1, 2))
     if case == "degenerate":
         for record in records:
             record["test"]["degenerate"] = 1.0
+    if case == "at chance":
+        next(r for r in records if r["method"] == "full" and r["seed"] == 1)["training_check"] = {"at_chance": True}
     trivial = None if case == "no trivial baseline" else _trivial(0.95 if case == "trivial baseline wins" else 0.2)
     entry = non_inferiority_summary(records, UNIT, trivial=trivial, samples=200)["tasks"]["code-search"]
     assert any(reason in r for r in entry["no_verdict"]), entry["no_verdict"]
     assert entry["largest_non_inferior_k"] is None and {r["verdict"] for r in entry["rows"]} == {"no verdict"}
     assert {r["p_value"] for r in entry["rows"]}  # the numbers are still there
+
+
+def test_a_depth_whose_training_ended_at_chance_gets_no_verdict_and_the_others_keep_theirs():
+    records = _sweep_records(worse=())
+    next(r for r in records if r["freeze"] == 2 and r["seed"] == 0)["training_check"] = {"at_chance": True}
+    rows = non_inferiority_summary(records, UNIT, trivial=_trivial(0.2), samples=200)["tasks"]["code-search"]["rows"]
+    assert [(r["run"], r["verdict"], r["at_chance_seeds"]) for r in rows] == [
+        ("Telly-0", "non-inferior", []), ("Telly-1", "non-inferior", []), ("Telly-2", "no verdict", [0]),
+        ("Telly-3", "non-inferior", [])]
 
 
 def test_the_summary_resamples_groups_and_refuses_mixed_data(monkeypatch):

@@ -220,8 +220,10 @@ def non_inferiority_summary(records: Sequence[Mapping], profile, *, trivial: Map
         clusters = _clusters(_columns(full[0]))
         value, low, high = _quality(task, metric, full, samples)
         degenerate = [s for s in seeds if full_runs[s]["test"].get("degenerate")]
+        collapsed = [s for s in seeds if _at_chance(full_runs[s])]
         entry = {"metric": metric, "margin": margin, "seeds": seeds,
-                 "full": {"value": value, "low": low, "high": high, "degenerate_seeds": degenerate},
+                 "full": {"value": value, "low": low, "high": high, "degenerate_seeds": degenerate,
+                          "at_chance_seeds": collapsed},
                  "trivial": None, "zero_shot": None}
         if task in trivial:
             evaluation = trivial[task]
@@ -239,6 +241,8 @@ def non_inferiority_summary(records: Sequence[Mapping], profile, *, trivial: Map
                            f"a verdict needs {MIN_SEEDS}")
         if degenerate:
             reasons.append(f"full fine-tuning's test outputs are degenerate (seed {', '.join(map(str, degenerate))})")
+        if collapsed:
+            reasons.append(f"full fine-tuning's training loss ended at chance level (seed {', '.join(map(str, collapsed))})")
         baseline = entry["trivial"]
         if baseline is None:
             reasons.append("no trivial baseline to show that full fine-tuning learned the task")
@@ -255,13 +259,14 @@ def non_inferiority_summary(records: Sequence[Mapping], profile, *, trivial: Map
                              task, metric, margin, clusters, samples)
             first = runs[shared[0]]
             rows.append({"run": run_name(first), "method": key[1], "freeze": key[2], "uses_cache": key[3],
-                         "seeds": shared, **{k: result[k] for k in ("difference", "low", "high", "margin", "p_value")}})
+                         "seeds": shared, "at_chance_seeds": [s for s in shared if _at_chance(runs[s])],
+                         **{k: result[k] for k in ("difference", "low", "high", "margin", "p_value")}})
         for family in {(row["method"], row["uses_cache"]) for row in rows}:
             members = [row for row in rows if (row["method"], row["uses_cache"]) == family]
             for row, adjusted in zip(members, stats.holm([row["p_value"] for row in members])):
                 row["p_holm"] = adjusted
         for row in rows:
-            if reasons or len(row["seeds"]) < MIN_SEEDS:
+            if reasons or len(row["seeds"]) < MIN_SEEDS or row["at_chance_seeds"]:
                 row["verdict"] = "no verdict"
             else:
                 row["verdict"] = "non-inferior" if row["p_holm"] < ALPHA else "not shown"
@@ -474,7 +479,12 @@ def freeze_findings(table: pd.DataFrame, summary: Mapping, *,
 
 def _is_degenerate(record: Mapping) -> bool:
     report = (record.get("generation") or {}).get("degenerate") or {}
-    return bool(record["test"].get("degenerate")) or bool(report.get("is_degenerate"))
+    return bool(record["test"].get("degenerate")) or bool(report.get("is_degenerate")) or _at_chance(record)
+
+
+def _at_chance(record: Mapping) -> bool:
+    """Its training loss ended at the chance level of its loss (`telly.trainer.training_check`)."""
+    return bool((record.get("training_check") or {}).get("at_chance"))
 
 
 def degenerate_findings(records: list[dict]) -> str:
@@ -645,8 +655,13 @@ def bench_note(bench: Mapping | None, model: str) -> str:
 
 
 def sweep_note(result: dict) -> str:
-    """What a `telly.studies.freezing.freezing_study` call ran, read back and failed."""
+    """What a `telly.studies.freezing.freezing_study` call ran, read back, did not run (and why) and failed."""
     lines = [f"{group}: {count} records, {read} read back from the store" for group, (count, read) in result["ran"].items()]
+    not_run = result.get("not_run") or {}
+    for reason in sorted(set(not_run.values())):
+        tasks = [task for task, why in not_run.items() if why == reason]
+        lines.append(f"Not run live: {', '.join(tasks)}. {_capitalised(reason)}. The code-model study's records "
+                     "above carry these tasks on a decoder pre-trained to generate.")
     lines += [f"FAILED {failure['run']}: {failure['error']}" for failure in result["failed"]]
     return "\n\n".join(lines)
 

@@ -50,6 +50,7 @@ import torch
 
 from telly.methods import BitFit, Full, LoRA, Telly
 from telly.profiles import Profile, get_profile
+from telly.progress import progress_bar
 from telly.store import RunStore, Variant
 
 SHAPE_MODEL = "unixcoder-shape"  # the paper's backbone size; the acceptance targets apply to it
@@ -111,7 +112,6 @@ def interleave(variants: Mapping[str, Measured], repeats: int, *,
     rotated by r so that no variant always runs first. A variant is called as fn(stopwatch, repeat),
     times what it wants with `stopwatch.measure(name)` and may return a dict of facts (kept in
     Runs.info; later repeats update earlier ones)."""
-    from tqdm.auto import tqdm
 
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
@@ -119,7 +119,7 @@ def interleave(variants: Mapping[str, Measured], repeats: int, *,
         raise ValueError("no variants to measure")
     names = list(variants)
     runs = {name: Runs() for name in names}
-    bar = tqdm(total=repeats * len(names), desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(total=repeats * len(names), desc=desc, disable=not progress, leave=False)
     for repeat in range(repeats):
         shift = repeat % len(names)
         for name in names[shift:] + names[:shift]:

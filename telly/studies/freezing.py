@@ -20,9 +20,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from telly.profiles import Profile, get_profile
+from telly.progress import progress_bar
 from telly.store import RunStore, Variant, as_store, as_stored
 
 GENERATION_TASKS = ("code-summarization", "code-generation", "code-completion")
@@ -90,7 +89,7 @@ def sweep(tasks: Sequence[str], freeze: str | Sequence[int] = "all", seeds: Sequ
     variants = plan(list(tasks), parse_freeze(freeze, num_layers), list(seeds), list(methods), model=model,
                     profile=profile.name, cache=cache, data_paths=data_paths)
     records, skipped, failed = [], [], []
-    bar = tqdm(variants, desc="sweep", unit="run", disable=not progress)
+    bar = progress_bar(variants, desc="sweep", unit="run", disable=not progress)
     for variant in bar:
         bar.set_postfix_str(variant.run_id)
         record = None if force else store.find(variant, profile)
@@ -143,14 +142,24 @@ def freezing_study(model: str, profile: str | Profile, store: RunStore | str | P
                    generation_tasks: Sequence[str] = GENERATION_TASKS, freeze: str | None = None,
                    generation_freeze: str | None = None, seeds: Sequence[int] | None = None,
                    baselines: Sequence[str] = (), data: Mapping[str, str] | None = None,
-                   progress: bool = True) -> dict:
+                   generation_on_encoders: bool = False, progress: bool = True) -> dict:
     """Chapter 3's runs: `tasks` over `freeze` depths (default: the profile's sweep_freeze), the
     generation tasks over `generation_freeze` (the profile's generation_freeze), each over `seeds`
     (the profile's seeds) with the `baselines` methods beside Telly-K; then every finished record of
     the model in the store and their summary (`write_summary`).
-    Returns {"records", "failed", "ran": {task group: (records, read back)}, "summary", "seeds"}."""
+
+    A backbone that was not pre-trained to generate (an encoder such as MiniLM-L6) runs no generation
+    task unless `generation_on_encoders`: its LM head would start from nothing, and on a laptop it
+    decodes empty strings; `not_run` says so. Returns {"records", "failed", "ran": {task group:
+    (records, read back)}, "not_run": {task: why}, "summary", "seeds"}."""
     profile, store, data = get_profile(profile), as_store(store), dict(data or {})
     seeds = list(profile.seeds if seeds is None else seeds)
+    not_run = {}
+    if generation_tasks and not generation_on_encoders and not backbone_facts(model)["pretrained_generator"]:
+        not_run = {task: (f"{model} is an encoder that was not pre-trained to generate text: its language-model "
+                          "head would be learned from nothing, so its generation scores would say nothing about "
+                          "freezing") for task in generation_tasks}
+        generation_tasks = ()
     groups = ((list(tasks), profile.sweep_freeze if freeze is None else freeze),
               (list(generation_tasks), profile.generation_freeze if generation_freeze is None else generation_freeze))
     failed, ran = [], {}
@@ -162,7 +171,7 @@ def freezing_study(model: str, profile: str | Profile, store: RunStore | str | P
         failed += result["failed"]
         ran[", ".join(group)] = (len(result["records"]), len(result["skipped"]))
     records = store.records(model=model, profile=profile.name, tasks=[*tasks, *generation_tasks], data_paths=data)
-    return {"records": records, "failed": failed, "ran": ran, "seeds": seeds,
+    return {"records": records, "failed": failed, "ran": ran, "seeds": seeds, "not_run": not_run,
             "summary": write_summary(records, profile, store)}
 
 
@@ -227,7 +236,9 @@ class FreezeExplorer:
         self.slider = widgets.IntSlider(value=num_layers // 2 if start is None else start, min=-1,
                                         max=num_layers - 1, description="freeze K", continuous_update=False)
         self.button = widgets.Button(description="fine-tune this depth", icon="play")
-        self.progress = widgets.IntProgress(value=0, min=0, max=self.profile.epochs, description="epochs")
+        # Shown only while a depth trains: a static page has no kernel, so an idle bar would mislead.
+        self.progress = widgets.IntProgress(value=0, min=0, max=self.profile.epochs, description="epochs",
+                                            layout=widgets.Layout(display="none"))
         self.status = widgets.HTML()
         self.output = widgets.Output()
         self.chart = None
@@ -274,14 +285,17 @@ class FreezeExplorer:
         if record is None:
             self.button.disabled = True
             self.progress.value = 0
+            self.progress.layout.display = None
             self.status.value = f"training {variant.label} on {self.task} ..."
 
             def advance(epoch: dict, epochs: int) -> None:
                 self.progress.max = epochs
                 self.progress.value = epoch["epoch"]
 
-            record = finetune(variant, self.store, profile=self.profile, progress=False, on_epoch=advance)
-            self.progress.value = self.progress.max
+            try:
+                record = finetune(variant, self.store, profile=self.profile, progress=False, on_epoch=advance)
+            finally:
+                self.progress.layout.display = "none"
         self.redraw()
         return record
 

@@ -63,9 +63,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from telly.profiles import Profile, get_profile
+from telly.progress import progress_bar
 from telly.store import RunStore, Variant, as_stored, read_json, slug
 
 DOCUMENT = "study"  # records/study.json
@@ -390,7 +389,7 @@ class Study:
         return True
 
     def run(self) -> dict:
-        bar = tqdm(parts(self.tasks), desc=f"study {self.model}", unit="part", disable=not self.progress)
+        bar = progress_bar(parts(self.tasks), desc=f"study {self.model}", unit="part", disable=not self.progress)
         for part in bar:
             bar.set_postfix_str(part)
             question, _, task = part.partition("/")

@@ -195,6 +195,11 @@ class Task(ABC):
         """Fit what `model` takes from data.train before training (see the module docstring)."""
         return None  # most tasks take nothing from the data
 
+    def chance_loss(self, data: TaskData, profile: Profile) -> float | None:
+        """The training loss of a model that ignores its input (None: too far from any trained loss to
+        matter, as a language model's ln |vocabulary|). A run that ends there learned nothing."""
+        return None
+
     def calibrate(self, model: TaskModel, valid: Evaluation) -> Evaluation:
         """Choose `model`'s decision settings (head buffers) on its valid-split evaluation, after
         every epoch; the valid evaluation under them, what was chosen in extras["calibration"]."""

@@ -255,6 +255,11 @@ class CloneDetectionTask(Task):
     def build_model(self, backbone: Backbone) -> CloneDetectionModel:
         return CloneDetectionModel(backbone, self.config.dropout, self.config.pair_features)
 
+    def chance_loss(self, data: TaskData, profile: Profile) -> float:
+        """Cross-entropy of predicting the training split's clone rate for every pair (its entropy)."""
+        rate = float(np.mean([e.label for e in data.train]))
+        return float(-(rate * np.log(rate) + (1 - rate) * np.log(1 - rate))) if 0 < rate < 1 else 0.0
+
     def collate(self, examples: Sequence[ClonePairExample], tokenizer, profile: Profile) -> Batch:
         return {
             "inputs": {"code_a": tokenize(tokenizer, [e.code_a for e in examples], profile.max_code_tokens),

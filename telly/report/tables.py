@@ -1,0 +1,76 @@
+"""Tables as a page shows them: one cell per estimate with its interval, no index, no NaN, fitted to the page.
+
+`readable(frame)` turns any table a report function builds into a pandas Styler: a `low` / `high`
+pair of columns (or `<name> low` / `<name> high`) folds into the column before it as
+"value [low, high]", missing values read as a dash, numbers are rounded for reading, the index is
+dropped (a named index becomes ordinary columns first) and the table carries the `telly-table` class,
+which the book's stylesheet lets scroll sideways inside the text column instead of running off it.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import pandas as pd
+
+DASH = "–"
+CSS_CLASS = "telly-table"
+
+
+def _bounds(columns: list[str], index: int) -> tuple[str, str] | None:
+    """The (low, high) columns that belong to columns[index], if they follow it."""
+    name = columns[index]
+    for low, high in (("low", "high"), (f"{name} low", f"{name} high"), (f"{name}_low", f"{name}_high")):
+        if columns[index + 1:index + 3] == [low, high]:
+            return low, high
+    return None
+
+
+def number(value, digits: int = 3) -> str:
+    """A value as a reader reads it: a dash when missing, whole numbers whole, others rounded."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return DASH
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, numbers.Integral):
+        return f"{value:,}"
+    if isinstance(value, numbers.Real):
+        if float(value).is_integer() and abs(value) >= 1000:
+            return f"{int(value):,}"
+        return f"{value:.{digits}f}" if abs(value) < 100 else f"{value:,.1f}"
+    if isinstance(value, list | tuple):
+        return ", ".join(number(v, digits) for v in value) or DASH
+    return str(value)
+
+
+def interval(value, low, high, digits: int = 3) -> str:
+    """"value [low, high]", or the value alone when a bound is missing."""
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in (low, high)):
+        return number(value, digits)
+    return f"{number(value, digits)} [{number(low, digits)}, {number(high, digits)}]"
+
+
+def readable_frame(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """`frame` as strings, intervals folded, index gone (see the module docstring)."""
+    if frame.index.names != [None] or not isinstance(frame.index, pd.RangeIndex):
+        frame = frame.reset_index(drop=frame.index.names == [None])
+    columns = [str(c) for c in frame.columns]
+    frame = frame.set_axis(columns, axis=1)
+    out, skip = {}, set()
+    for i, name in enumerate(columns):
+        if name in skip:
+            continue
+        bounds = _bounds(columns, i)
+        if bounds:
+            skip.update(bounds)
+            out[name] = [interval(v, lo, hi, digits) for v, lo, hi in
+                         zip(frame[name], frame[bounds[0]], frame[bounds[1]])]
+        else:
+            out[name] = [number(v, digits) for v in frame[name]]
+    return pd.DataFrame(out, columns=list(out))
+
+
+def readable(frame: pd.DataFrame, digits: int = 3):
+    """The Styler a chapter displays for `frame`."""
+    return (readable_frame(frame, digits).style.hide(axis="index")
+            .set_table_attributes(f'class="{CSS_CLASS}"'))

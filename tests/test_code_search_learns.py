@@ -1,0 +1,68 @@
+"""Code search fine-tuning learns: the standardised cosine never divides by a dimension that does not
+vary, a run that ends at the in-batch chance loss is flagged, and a laptop-sized MiniLM fine-tune
+improves on its first epoch without falling below the pre-trained model."""
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from telly.profiles import get_profile
+from telly.tasks import get_task
+from telly.tasks.code_search import Standardise
+from telly.trainer import training_check
+
+
+def test_standardise_floors_a_dimension_that_never_varies_at_the_median_std():
+    pooled = torch.randn(200, 8)
+    pooled[:, 3] = 0.25  # MiniLM-L6's pooled states have such a dimension
+    head = Standardise(8)
+    head.fit(pooled, floor_share=1.0)
+    median = float(pooled.std(0).median())
+    assert float(head.std[3]) == pytest.approx(median)
+    drift = torch.zeros(8)
+    drift[3] = 0.01  # a small drift there during fine-tuning stays small after standardising
+    assert float((head(pooled + drift) - head(pooled)).abs().max()) < 0.05
+    head.fit(pooled, floor_share=0.0)  # the old behaviour: the same drift becomes enormous
+    assert float((head(pooled + drift) - head(pooled)).abs().max()) > 1e3
+
+
+def test_training_at_the_chance_loss_is_flagged_and_learning_is_not():
+    chance = math.log(32)
+    at_chance = training_check([{"train_loss": 2.5}, {"train_loss": 3.46}], chance)
+    assert at_chance["at_chance"] and at_chance["chance_loss"] == pytest.approx(chance)
+    assert not training_check([{"train_loss": 2.5}, {"train_loss": 0.8}], chance)["at_chance"]
+    assert not training_check([{"train_loss": 9.0}], None)["at_chance"]  # no chance level, no flag
+
+
+def test_the_chance_loss_of_each_classification_task():
+    from telly.tasks import TaskData
+
+    profile = get_profile("laptop")
+    data = TaskData(train=list(range(100)), valid=[], test=[], fingerprint="f", source="s")
+    assert get_task("code-search").chance_loss(data, profile) == pytest.approx(math.log(32))
+
+    class Pair:
+        def __init__(self, label):
+            self.label = label
+
+    pairs = TaskData(train=[Pair(i % 2) for i in range(10)], valid=[], test=[], fingerprint="f", source="s")
+    assert get_task("clone-detection").chance_loss(pairs, profile) == pytest.approx(math.log(2))
+
+
+@pytest.mark.integration
+def test_a_laptop_sized_code_search_fine_tune_of_minilm_learns(tmp_path):
+    """The laptop profile's splits and optimiser, two epochs (the book's runs collapsed within the first)."""
+    from telly.store import Variant
+    from telly.trainer import finetune
+
+    profile = replace(get_profile("laptop"), epochs=2, patience=2, bootstrap_samples=100)
+    record = finetune(Variant.of("code-search", "minilm-l6", -1, seed=0, profile="laptop"), tmp_path,
+                      profile=profile, progress=False)
+    losses = [epoch["train_loss"] for epoch in record["epochs"]]
+    assert losses[-1] < losses[0], losses
+    assert not record["training_check"]["at_chance"]
+    before = record["valid_before_training"]["mrr"]
+    assert max(epoch["valid"]["mrr"] for epoch in record["epochs"]) >= before - profile.margin("mrr")
+    assert np.isfinite(record["test"]["mrr"])
