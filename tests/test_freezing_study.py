@@ -561,3 +561,16 @@ def test_the_laptop_profile_affords_a_verdict_on_every_task():
     for task in TASKS:
         assert laptop.margin(get_task(task).metric) > 0
     assert laptop.weight_decay == 0.0 and laptop.max_grad_norm == 1.0  # the replication package's optimiser
+
+
+def test_an_encoder_never_pre_trained_to_generate_runs_no_generation_task_and_says_why(tmp_path):
+    from telly.report.freezing import sweep_note
+    from telly.studies.freezing import freezing_study
+
+    profile = replace(UNIT, seeds=(0,))
+    result = freezing_study("tiny-random", profile, tmp_path, tasks=["code-search"], freeze="3",
+                            generation_tasks=["code-summarization", "code-generation"], progress=False)
+    assert {r["task"] for r in result["records"]} == {"code-search"}
+    assert set(result["not_run"]) == {"code-summarization", "code-generation"}
+    note = sweep_note(result)
+    assert "Not run live: code-summarization, code-generation" in note and "not pre-trained to generate" in note
