@@ -174,6 +174,21 @@ def _parameter(text: str) -> tuple[str, object]:
         return name, raw
 
 
+def plan(args: argparse.Namespace) -> int:
+    from telly.store import RunStore, write_json
+    from telly.studies.plan import plan as make_plan
+    from telly.studies.plan import plan_lines
+
+    records = RunStore(args.records).records(model=args.model, profile=args.profile)
+    if not records:
+        raise SystemExit(f"telly plan: no finished fine-tuning records of profile {args.profile!r} in {args.records}")
+    result = make_plan(records, args.profile, power=args.power, half_width_share=args.half_width_share)
+    print("\n".join(plan_lines(result)))
+    if args.out:
+        write_json(args.out, result)
+    return 0
+
+
 def book(args: argparse.Namespace) -> int:
     from telly.book import build_book
 
@@ -259,6 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default=",".join(TASK_NAMES), help="comma-separated task names (default: all five)")
     p.add_argument("--corpus", default="stdlib", help="'stdlib' or a directory of Python files")
     p.set_defaults(handler=study)
+
+    p = commands.add_parser("plan", help="size a study from pilot records: seeds, test rows and CPU hours per task")
+    p.add_argument("--records", required=True, help="folder of pilot run records (e.g. book/records/smollm2-135m)")
+    p.add_argument("--profile", default="study", help="the pilot's profile (its margins and bootstrap size)")
+    p.add_argument("--model", default=None, help="only this model's records")
+    p.add_argument("--power", type=float, default=0.8, help="power at which the margin must be shown (default 0.8)")
+    p.add_argument("--half-width-share", type=float, default=None,
+                   help="plan for a 95%% interval half-width of this share of the margin instead")
+    p.add_argument("--out", default=None, help="also write the plan as JSON here")
+    p.set_defaults(handler=plan)
 
     p = commands.add_parser("book", help="execute the chapters (papermill) and build the HTML book")
     _common(p, out="runs/<profile>")

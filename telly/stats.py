@@ -161,24 +161,125 @@ def seeded_difference_draws(reference: Sequence[Columns], variant: Sequence[Colu
     return point, draws
 
 
+def _seed_and_row_draws(reference: Sequence[Columns], variant: Sequence[Columns], statistic: Statistic, metric: str,
+                        clusters: Sequence | None, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The per-seed differences variant - reference of `metric` on all test rows, the bootstrap draws
+    of their mean over seeds when only the test rows (or clusters) are resampled, and the number of
+    resampling units."""
+    if len(reference) != len(variant) or not reference:
+        raise ValueError(f"need the same seeds for both systems, got {len(reference)} and {len(variant)}")
+    ref = [_columns(c) for c in reference]
+    var = [_columns(c) for c in variant]
+    n = _length(ref[0])
+    if any(_length(c) != n for c in ref + var):
+        raise ValueError("every seed of both systems must be scored on the same test rows")
+    per_seed = np.array([_apply(statistic, v)[metric] - _apply(statistic, r)[metric] for r, v in zip(ref, var)])
+    resampler = _Resampler(n, clusters, samples, seed)
+    draws = np.empty(samples)
+    for s, drawn in enumerate(resampler.draws()):
+        rows = resampler.rows(drawn)
+        draws[s] = np.mean([_apply(statistic, {c: col[rows] for c, col in v.items()})[metric]
+                            - _apply(statistic, {c: col[rows] for c, col in r.items()})[metric]
+                            for r, v in zip(ref, var)])
+    return per_seed, draws, resampler.units
+
+
+def two_level_error(per_seed_variance: float, seeds: int, row_variance: float, units: int) -> tuple[float, float]:
+    """(standard error, degrees of freedom) of a mean over `seeds` seeds of differences scored on shared
+    test rows: the seeds' spread (a small sample: per-seed variance / seeds, seeds - 1 degrees of
+    freedom) plus the test rows' sampling variance (`units` - 1 degrees of freedom), combined by
+    Welch-Satterthwaite. With one seed the seed level cannot be estimated and only the rows count."""
+    seed_variance = per_seed_variance / seeds if seeds > 1 else 0.0
+    total = seed_variance + row_variance
+    if total <= 0:
+        return 0.0, float("inf")
+    parts = (seed_variance ** 2 / (seeds - 1) if seeds > 1 else 0.0) + row_variance ** 2 / max(units - 1, 1)
+    return float(np.sqrt(total)), (float(total ** 2 / parts) if parts > 0 else float("inf"))
+
+
+def detectable_margin(se: float, df: float, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest margin a one-sided level-`alpha` test with this standard error shows at `power`
+    when the true difference is 0 (t quantiles with `df` degrees of freedom)."""
+    from scipy.stats import t
+
+    return float((t.ppf(1 - alpha, df) + t.ppf(power, df)) * se)
+
+
 def non_inferiority(reference: Sequence[Columns], variant: Sequence[Columns], statistic: Statistic,
                     metric: str, margin: float, *, clusters: Sequence | None = None, samples: int = 1000,
-                    confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+                    confidence: float = 0.95, seed: int = 0, alpha: float = 0.05, power: float = 0.8) -> dict:
     """Is `variant` no worse than `reference` by more than `margin` (higher metric is better)?
 
-    H0: difference (variant - reference) <= -margin. The one-sided bootstrap p-value is the share
-    of draws at or below -margin ((count + 1) / (draws + 1)); the two-sided `confidence` interval
-    of the difference is reported beside it. Seeds and test rows are resampled together
-    (`seeded_difference_draws`)."""
+    A two-level test that treats the seeds as the small sample they are: the difference is the mean
+    over seeds of the per-seed paired differences; its standard error combines the seeds' spread
+    (k - 1 degrees of freedom) with the test rows' sampling variance (a bootstrap over rows, or whole
+    clusters, with every seed kept), and the degrees of freedom come from Welch-Satterthwaite.
+    H0: difference <= -margin, one-sided t p-value; the two-sided `confidence` t interval beside it;
+    `detectable_margin`: the smallest margin this test could show at `power` if the true difference
+    were 0. Three seeds that disagree in sign keep the interval wide, however many test rows there are."""
+    from scipy.stats import t
+
     if margin < 0:
         raise ValueError(f"a non-inferiority margin is a non-negative distance, got {margin}")
     _check_confidence(confidence)
-    point, draws = seeded_difference_draws(reference, variant, statistic, metric, clusters=clusters,
-                                           samples=samples, seed=seed)
-    low, high = _percentiles(draws, confidence)
-    p_value = (np.sum(draws <= -margin) + 1) / (len(draws) + 1)
-    return {"difference": point, "low": low, "high": high, "margin": margin, "p_value": float(p_value),
-            "seeds": len(reference)}
+    per_seed, draws, units = _seed_and_row_draws(reference, variant, statistic, metric, clusters, samples, seed)
+    difference = float(np.mean(per_seed))
+    row_variance = float(np.var(draws, ddof=1))
+    per_seed_variance = float(np.var(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
+    se, df = two_level_error(per_seed_variance, len(per_seed), row_variance, units)
+    if se == 0:
+        p_value, half = (0.0 if difference > -margin else 1.0), 0.0
+    else:
+        p_value, half = float(t.sf((difference + margin) / se, df)), interval_half_width(se, df, confidence)
+    return {"difference": difference, "low": difference - half, "high": difference + half, "margin": margin,
+            "p_value": p_value, "seeds": len(per_seed), "seed_differences": per_seed.tolist(), "se": se, "df": df,
+            "seed_sd": float(np.sqrt(per_seed_variance)), "row_se": float(np.sqrt(row_variance)), "units": units,
+            "detectable_margin": detectable_margin(se, df, alpha=alpha, power=power) if se > 0 else 0.0}
+
+
+def sizes_to_show(result: Mapping, margin: float, *, seed_options: Sequence[int] = (3, 5, 10, 20),
+                  alpha: float = 0.05, power: float = 0.8, half_width: float | None = None,
+                  max_rows: int = 1_000_000) -> list[dict]:
+    """For each number of seeds, the test rows (resampling units) at which `non_inferiority`'s test
+    would show `margin` at `power` if the true difference were 0 (or, with `half_width`, at which its
+    95% interval would be that narrow), from the variances `result` observed: the seeds' spread per
+    seed, and the rows' variance scaled by 1 / rows. Rows are None where more seeds are needed
+    whatever the rows."""
+    per_seed_variance = result["seed_sd"] ** 2
+    unit_variance = result["row_se"] ** 2 * result["units"]
+
+    def enough(seeds: int, rows: int) -> bool:
+        se, df = two_level_error(per_seed_variance, seeds, unit_variance / rows, rows)
+        if half_width is not None:
+            return interval_half_width(se, df) <= half_width
+        return se == 0 or detectable_margin(se, df, alpha=alpha, power=power) <= margin
+
+    options = []
+    for seeds in seed_options:
+        rows = None
+        if enough(seeds, max_rows):  # the smallest row count that is enough, by bisection (monotone in rows)
+            low, high = 2, max_rows
+            while low < high:
+                middle = (low + high) // 2
+                low, high = (low, middle) if enough(seeds, middle) else (middle + 1, high)
+            rows = low
+        options.append({"seeds": seeds, "rows": rows})
+    return options
+
+
+def interval_half_width(se: float, df: float, confidence: float = 0.95) -> float:
+    """Half the width of a two-sided t interval with this standard error and degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.ppf(1 - (1 - confidence) / 2, df) * se) if se > 0 else 0.0
+
+
+def verdict(p_holm: float, high: float, margin: float, alpha: float = 0.05) -> str:
+    """Non-inferior (Holm-adjusted p < alpha), inferior (the interval's upper bound below -margin), or
+    inconclusive (neither: the data could not tell)."""
+    if p_holm < alpha:
+        return "non-inferior"
+    return "inferior" if high < -margin else "inconclusive"
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

@@ -211,7 +211,8 @@ def _search_record(freeze, seed, reciprocal_ranks, *, cached=True, epochs_run=3,
             "label": "Full fine-tuning" if freeze == -1 else f"Telly-{freeze}", "metric": "mrr", "method_config": {},
             "test": {"mrr": float(rr.mean())},
             "test_ci": {"mrr": {"value": float(rr.mean()), "low": float(rr.mean()), "high": float(rr.mean())}},
-            "test_per_example": columns, "data": {"fingerprint": data, "path": None},
+            "test_per_example": columns, "data": {"fingerprint": data, "path": None, "source": "stdlib corpus",
+                                                  "sizes": {"train": 8, "valid": 8, "test": len(rr)}},
             "parameters": {"backbone_trainable": 60 - 10 * (freeze + 1), "backbone_total": 60},
             "epoch_seconds": 10.0 - freeze, "cache_seconds": 0.5, "time_to_best_seconds": 20.0 - freeze,
             "epochs_run": epochs_run, "epochs_to_best": 2, "peak_tensor_memory_mb": 1.0,
@@ -252,11 +253,12 @@ def test_the_summary_names_the_largest_k_whose_shallower_depths_all_pass():
     entry = summary["tasks"]["code-search"]
     assert entry["no_verdict"] == [] and entry["margin"] == UNIT.margin("mrr") and entry["seeds"] == [0, 1, 2]
     assert [(r["run"], r["verdict"]) for r in entry["rows"]] == [
-        ("Telly-0", "non-inferior"), ("Telly-1", "non-inferior"), ("Telly-2", "not shown"), ("Telly-3", "non-inferior")]
+        ("Telly-0", "non-inferior"), ("Telly-1", "non-inferior"), ("Telly-2", "inferior"), ("Telly-3", "non-inferior")]
     assert entry["largest_non_inferior_k"] == 1  # Telly-3 passes alone, but Telly-2 below it fails
+    assert entry["smallest_inferior_k"] == 2 and entry["rows"][2]["high"] < -entry["margin"]
     assert [r["p_holm"] for r in entry["rows"]] == pytest.approx(holm([r["p_value"] for r in entry["rows"]]))
     assert entry["trivial"]["low"] > 0 and entry["zero_shot"]["low"] > 0
-    assert summary_table(summary).shape == (4, 10)
+    assert summary_table(summary).shape == (4, 11)
     # the numbers flip the verdict: with every depth as good as full fine-tuning, K = 3 is named
     assert non_inferiority_summary(_sweep_records(worse=()), UNIT, trivial=_trivial(0.2),
                                    samples=300)["tasks"]["code-search"]["largest_non_inferior_k"] == 3
@@ -330,8 +332,26 @@ def test_findings_follow_the_numbers():
                                                                                    samples=300)
     text = freeze_findings(table, summary)
     assert "the largest K for which Telly-K and every shallower depth are non-inferior" in text
-    assert "is K = 1: Telly-1" in text and "Telly-2 is not shown non-inferior" in text
-    assert "Telly-3 passes on its own, but not below a depth that fails" in text
+    assert "is K = 1: Telly-1" in text and "Inferior (the whole 95% interval below -0.02): Telly-2" in text
+    assert "the smallest inferior K is 2" in text and "Inconclusive" not in text
+    assert "Telly-3 passes on its own, but not below a depth that does not" in text
+    # a depth a little worse, with seeds that disagree: inconclusive, with what would decide it
+    noisy = _sweep_records(worse=())
+    for record in noisy:
+        if record["freeze"] == 2:
+            shift = {0: -0.04, 1: 0.0, 2: 0.02}[record["seed"]]
+            record["test_per_example"]["reciprocal_rank"] = (np.asarray(record["test_per_example"]["reciprocal_rank"])
+                                                             + shift).tolist()
+    unclear = freeze_findings(table, non_inferiority_summary(noisy, UNIT, trivial=_trivial(0.2), samples=300))
+    assert "Inconclusive, the data cannot tell: Telly-2" in unclear and "could show a margin of" in unclear
+    # every verdict states its scale, and the scale follows the records
+    assert "Scale: 8 train, 8 valid, 120 test examples of stdlib corpus; 3 seeds; float32 training." in text
+    for record in records:
+        record["mixed_precision"] = {"training": "bf16"}
+    bf16 = non_inferiority_summary(records, UNIT, trivial=_trivial(0.2), samples=100)
+    assert "3 seeds; bf16 autocast training." in freeze_findings(table, bf16)
+    assert bf16["tasks"]["code-search"]["scale"]["precision"] == "bf16"
+    assert "No depth is shown inferior" in unclear
     assert "over separate runs of the sweep" in text and "one process" not in text
     assert "fine-tuning adds" in text and "a significant gain" in text and "Lexical ranker, a model-free answer" in text
     assert "full fine-tuning beats it" in text and "best validation score in" in text

@@ -56,3 +56,42 @@ def test_bad_input_is_reported():
         bootstrap_ci(np.array([]))
     with pytest.raises(ValueError, match="same test rows"):
         paired_bootstrap(np.ones(3), np.ones(4))
+
+
+def _three_seeds(shifts, n=400, noise=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    reference = [rng.normal(10.0, 5.0, n) for _ in shifts]
+    variant = [r + s + rng.normal(0.0, noise, n) for r, s in zip(reference, shifts)]
+    return reference, variant
+
+
+def test_three_seeds_that_disagree_in_sign_cannot_pass_where_resampling_them_did():
+    from telly.stats import non_inferiority, seeded_difference_draws, verdict
+
+    reference, variant = _three_seeds([-1.13, -0.02, 0.45])  # the summarization Telly-15 seeds of the study
+    _, draws = seeded_difference_draws(reference, variant, None, "value", samples=2000)
+    bootstrap_p = (np.sum(draws <= -1.5) + 1) / (len(draws) + 1)
+    assert bootstrap_p < 0.05  # resampling three seeds as if they were many passes the depth
+    result = non_inferiority(reference, variant, None, "value", 1.5, samples=500)
+    assert result["p_value"] > 0.05 and result["df"] < 4  # the seed level is a sample of three
+    assert verdict(result["p_value"], result["high"], 1.5) == "inconclusive"
+    assert result["detectable_margin"] > 1.5 and result["high"] > 0 > result["low"]
+
+
+def test_three_verdicts_follow_the_numbers():
+    from telly.stats import non_inferiority, verdict
+
+    agree = non_inferiority(*_three_seeds([-0.1, 0.0, 0.1]), None, "value", 1.0, samples=300)
+    assert verdict(agree["p_value"], agree["high"], 1.0) == "non-inferior"
+    worse = non_inferiority(*_three_seeds([-3.0, -3.2, -2.9]), None, "value", 1.0, samples=300)
+    assert worse["high"] < -1.0 and verdict(worse["p_value"], worse["high"], 1.0) == "inferior"
+    assert verdict(0.2, -0.5, 1.0) == "inconclusive" and verdict(0.01, -2.0, 1.0) == "non-inferior"
+
+
+def test_sizes_to_show_a_margin_shrink_with_seeds_and_say_when_rows_cannot_help():
+    from telly.stats import non_inferiority, sizes_to_show
+
+    result = non_inferiority(*_three_seeds([-1.13, -0.02, 0.45], noise=2.0), None, "value", 1.5, samples=300)
+    options = {o["seeds"]: o["rows"] for o in sizes_to_show(result, 1.5, seed_options=(3, 5, 10, 40))}
+    assert options[3] is None  # the seeds' spread alone exceeds what three seeds can show
+    assert options[40] is not None and (options[10] is None or options[10] >= options[40])

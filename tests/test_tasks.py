@@ -354,14 +354,20 @@ def test_clone_pairs_put_edits_on_both_labels_so_spotting_an_edit_wins_nothing()
     assert abs(same - different) < 0.1
 
 
-def test_clone_trivial_baseline_answers_clone_for_every_pair():
+def test_clone_trivial_baseline_is_token_overlap_with_a_threshold_from_the_valid_split():
+    from telly.tasks.clone_detection import always_clone, token_jaccard, token_overlap_baseline
+
     data = get_task("clone-detection").load_data(SMOKE)
     baseline = get_task("clone-detection").trivial_baseline(data, SMOKE)
-    share = np.mean([e.label for e in data.test])
-    assert baseline.metrics["recall"] == 1.0 and baseline.metrics["precision"] == pytest.approx(share)
-    assert baseline.metrics["f1"] == pytest.approx(2 * share / (1 + share))
+    overlap = token_overlap_baseline(data, samples=0)
+    assert baseline.extras["name"] == "token overlap (Jaccard)" and baseline.extras["threshold"] == overlap["threshold"]
+    called = [int(token_jaccard(e.code_a, e.code_b) >= overlap["threshold"]) for e in data.test]
+    assert list(baseline.per_example["prediction"]) == called
     assert list(baseline.per_example["group"]) == [e.group for e in data.test]
-    assert baseline.extras["name"] == "always clone"
+    # the weaker reference stays beside it: always "clone"
+    clone = always_clone(data, SMOKE)
+    share = np.mean([e.label for e in data.test])
+    assert clone["test"]["recall"] == 1.0 and clone["test"]["precision"] == pytest.approx(share)
 
 
 def _leaky(n_functions: int, leak: bool) -> list[ClonePairExample]:

@@ -185,6 +185,25 @@ def _largest_non_inferior(rows: Sequence[Mapping]) -> int | None:
     return largest
 
 
+def scale(runs: Sequence[Mapping]) -> dict:
+    """What a verdict rests on: split sizes, the data, seeds and the training precision of `runs`."""
+    first = runs[0]
+    return {"sizes": (first.get("data") or {}).get("sizes"), "source": (first.get("data") or {}).get("source"),
+            "seeds": len(runs), "precision": (first.get("mixed_precision") or {}).get("training", "no"),
+            "model": first.get("model")}
+
+
+def scale_sentence(entry: Mapping) -> str:
+    """The scale of a task's verdicts as a clause a reader can weigh them by."""
+    scale_ = entry.get("scale") or {}
+    sizes = scale_.get("sizes") or {}
+    precision = {"bf16": "bf16 autocast training", "no": "float32 training"}.get(scale_.get("precision"),
+                                                                                  f"{scale_.get('precision')} training")
+    split = ", ".join(f"{sizes[s]:,} {s}" for s in ("train", "valid", "test") if s in sizes)
+    return (f"Scale: {split} examples of {scale_.get('source') or 'its data'}; {scale_.get('seeds')} seeds; "
+            f"{precision}.")
+
+
 def non_inferiority_summary(records: Sequence[Mapping], profile, *, trivial: Mapping | None = None,
                             samples: int | None = None) -> dict:
     """Per task: full fine-tuning (mean over seeds, CI), against the task's trivial baseline and the
@@ -221,7 +240,7 @@ def non_inferiority_summary(records: Sequence[Mapping], profile, *, trivial: Map
         value, low, high = _quality(task, metric, full, samples)
         degenerate = [s for s in seeds if full_runs[s]["test"].get("degenerate")]
         collapsed = [s for s in seeds if _at_chance(full_runs[s])]
-        entry = {"metric": metric, "margin": margin, "seeds": seeds,
+        entry = {"metric": metric, "margin": margin, "seeds": seeds, "scale": scale(full),
                  "full": {"value": value, "low": low, "high": high, "degenerate_seeds": degenerate,
                           "at_chance_seeds": collapsed},
                  "trivial": None, "zero_shot": None}
@@ -260,7 +279,10 @@ def non_inferiority_summary(records: Sequence[Mapping], profile, *, trivial: Map
             first = runs[shared[0]]
             rows.append({"run": run_name(first), "method": key[1], "freeze": key[2], "uses_cache": key[3],
                          "seeds": shared, "at_chance_seeds": [s for s in shared if _at_chance(runs[s])],
-                         **{k: result[k] for k in ("difference", "low", "high", "margin", "p_value")}})
+                         **{k: result[k] for k in ("difference", "low", "high", "margin", "p_value", "se", "df",
+                                                   "seed_sd", "row_se", "units", "seed_differences",
+                                                   "detectable_margin")},
+                         "sizes_to_show_margin": stats.sizes_to_show(result, margin, alpha=ALPHA)})
         for family in {(row["method"], row["uses_cache"]) for row in rows}:
             members = [row for row in rows if (row["method"], row["uses_cache"]) == family]
             for row, adjusted in zip(members, stats.holm([row["p_value"] for row in members])):
@@ -269,7 +291,7 @@ def non_inferiority_summary(records: Sequence[Mapping], profile, *, trivial: Map
             if reasons or len(row["seeds"]) < MIN_SEEDS or row["at_chance_seeds"]:
                 row["verdict"] = "no verdict"
             else:
-                row["verdict"] = "non-inferior" if row["p_holm"] < ALPHA else "not shown"
+                row["verdict"] = stats.verdict(row["p_holm"], row["high"], margin, ALPHA)
         rows.sort(key=lambda r: (r["method"] != "telly", not r["uses_cache"], r["method"], r["freeze"]))
         telly = [r for r in rows if r["method"] == "telly"]
         cached = [r for r in telly if r["uses_cache"]]
@@ -277,25 +299,33 @@ def non_inferiority_summary(records: Sequence[Mapping], profile, *, trivial: Map
         entry |= {"no_verdict": reasons, "rows": rows,
                   "depths": sorted(r["freeze"] for r in family),
                   "family": "Telly-K cached" if cached else ("Telly-K uncached" if telly else None),
-                  "largest_non_inferior_k": None if reasons or not family else _largest_non_inferior(family)}
+                  "largest_non_inferior_k": None if reasons or not family else _largest_non_inferior(family),
+                  "smallest_inferior_k": min((r["freeze"] for r in family if r["verdict"] == "inferior"), default=None)}
         tasks[task] = entry
     return {"profile": profile.name, "alpha": ALPHA, "min_seeds": MIN_SEEDS, "bootstrap_samples": samples,
-            "test": ("one-sided paired non-inferiority against full fine-tuning: H0 difference (variant - full) "
-                     "<= -margin, bootstrap draws resampling seeds and test rows together (whole groups where "
-                     "the rows carry them; telly.stats.non_inferiority), Holm across the freeze depths of each "
-                     f"task; non-inferior when the Holm-adjusted p < {ALPHA}"),
+            "test": ("one-sided paired non-inferiority against full fine-tuning, H0 difference (variant - full) "
+                     "<= -margin: a two-level t test, the seeds' spread (seeds - 1 degrees of freedom) plus the test "
+                     "rows' bootstrap variance (whole groups where the rows carry them), Welch-Satterthwaite degrees "
+                     "of freedom (telly.stats.non_inferiority); Holm across the freeze depths of each task. "
+                     f"Non-inferior when the Holm-adjusted p < {ALPHA}; inferior when the 95% interval's upper "
+                     "bound lies below -margin; inconclusive otherwise. detectable_margin: the smallest margin "
+                     "each row could have shown at 80% power."),
+            "verdicts": ["non-inferior", "inferior", "inconclusive", "no verdict"],
             "margins": dict(profile.margins), "tasks": tasks}
 
 
 def summary_table(summary: Mapping) -> pd.DataFrame:
     """One row per (task, variant) of `non_inferiority_summary`: the difference to full fine-tuning,
-    its CI, the margin, raw and Holm-adjusted p-values and the verdict."""
+    its CI, the margin, the smallest margin the row could have shown at 80% power, raw and
+    Holm-adjusted p-values and the verdict."""
+    columns = ["task", "run", "seeds", "difference", "low", "high", "margin", "could show (80% power)", "p",
+               "p (Holm)", "verdict"]
     rows = [{"task": task, "run": row["run"], "seeds": len(row["seeds"]), "difference": row["difference"],
-             "low": row["low"], "high": row["high"], "margin": row["margin"], "p": row["p_value"],
+             "low": row["low"], "high": row["high"], "margin": row["margin"],
+             "could show (80% power)": row.get("detectable_margin"), "p": row["p_value"],
              "p (Holm)": row["p_holm"], "verdict": row["verdict"]}
             for task, entry in summary["tasks"].items() for row in entry["rows"]]
-    return pd.DataFrame(rows, columns=["task", "run", "seeds", "difference", "low", "high", "margin", "p", "p (Holm)",
-                                       "verdict"]).round(4)
+    return pd.DataFrame(rows, columns=columns).round(4)
 
 
 def precision_check(float32_runs: Sequence[Mapping], bf16_runs: Sequence[Mapping], profile, *,
@@ -426,30 +456,50 @@ def _depth_verdict(entry: Mapping, rows: pd.DataFrame, bench_ratios: Mapping[tup
     swept = f"Of the depths swept (K = {', '.join(str(r['freeze']) for r in family)})"
     largest = entry["largest_non_inferior_k"]
     if largest is None:
-        return f" {swept}, none is {test}: already {family[0]['run']} is not ({_difference(family[0])})."
-    chosen = next(r for r in family if r["freeze"] == largest)
-    row = rows[(rows.method == "telly") & (rows.freeze == largest) & (rows.uses_cache == cached)].iloc[0]
-    full = rows[rows.method == "full"].iloc[0]
-    text = (f" {swept}, the largest K for which Telly-K and every shallower depth are {test} is K = {largest}: "
-            f"{chosen['run']} ({_difference(chosen)}) trains {row.trainable_fraction:.0%} of the backbone's parameters")
-    ratio = bench_ratios.get((largest, cached))
-    if ratio is not None:
-        text += f"; its epoch takes {ratio:.2f}x full fine-tuning's in one process (the bench: code search, interleaved)"
+        text = f" {swept}, none is {test}: already {family[0]['run']} is {family[0]['verdict']} ({_difference(family[0])})."
     else:
-        text += f"; its epoch takes {row.epoch_seconds_ratio:.2f}x full fine-tuning's over separate runs of the sweep"
-    if row.epochs_run > 1 and full.epochs_run > 1:  # with one epoch, time to best is epoch time again
-        text += (f", and it reaches its best validation score in {row.time_to_best_seconds_ratio:.2f}x the time "
-                 "(separate runs, building the cache included)")
-    text += "."
-    deeper = [r for r in family if r["freeze"] > largest]
-    if deeper:
-        text += f" {deeper[0]['run']} is not shown non-inferior ({_difference(deeper[0])})"
-        alone = [r["run"] for r in deeper[1:] if r["verdict"] == "non-inferior"]
-        if alone:
-            text += (f"; {', '.join(alone)} pass{'es' if len(alone) == 1 else ''} on "
-                     f"{'its' if len(alone) == 1 else 'their'} own, but not below a depth that fails")
+        chosen = next(r for r in family if r["freeze"] == largest)
+        row = rows[(rows.method == "telly") & (rows.freeze == largest) & (rows.uses_cache == cached)].iloc[0]
+        full = rows[rows.method == "full"].iloc[0]
+        text = (f" {swept}, the largest K for which Telly-K and every shallower depth are {test} is K = {largest}: "
+                f"{chosen['run']} ({_difference(chosen)}) trains {row.trainable_fraction:.0%} of the backbone's parameters")
+        ratio = bench_ratios.get((largest, cached))
+        if ratio is not None:
+            text += f"; its epoch takes {ratio:.2f}x full fine-tuning's in one process (the bench: code search, interleaved)"
+        else:
+            text += f"; its epoch takes {row.epoch_seconds_ratio:.2f}x full fine-tuning's over separate runs of the sweep"
+        if row.epochs_run > 1 and full.epochs_run > 1:  # with one epoch, time to best is epoch time again
+            text += (f", and it reaches its best validation score in {row.time_to_best_seconds_ratio:.2f}x the time "
+                     "(separate runs, building the cache included)")
         text += "."
+        alone = [r["run"] for r in family if r["freeze"] > largest and r["verdict"] == "non-inferior"]
+        if alone:
+            text += (f" {', '.join(alone)} pass{'es' if len(alone) == 1 else ''} on {'its' if len(alone) == 1 else 'their'} "
+                     "own, but not below a depth that does not.")
+    inferior = [r for r in family if r["verdict"] == "inferior"]
+    if inferior:
+        named = ", ".join(f"{r['run']} ({_difference(r)})" for r in inferior)
+        text += (f" Inferior (the whole 95% interval below -{entry['margin']:g}): {named}; the smallest inferior K "
+                 f"is {entry['smallest_inferior_k']}.")
+    else:
+        text += " No depth is shown inferior."
+    unclear = [r for r in family if r["verdict"] == "inconclusive"]
+    if unclear:
+        text += f" Inconclusive, the data cannot tell: {'; '.join(_inconclusive(r) for r in unclear)}."
     return text
+
+
+def _inconclusive(row: Mapping) -> str:
+    """An inconclusive row: its numbers, the smallest margin it could have shown, and what would decide it."""
+    text = (f"{row['run']} ({_difference(row)}; at 80% power this test could show a margin of "
+            f"{row['detectable_margin']:.3g}, against the stated {row['margin']:g}")
+    options = [o for o in row.get("sizes_to_show_margin", []) if o["rows"] is not None]
+    if options:
+        best = options[0]
+        text += f"; {best['seeds']} seeds and {best['rows']:,} test rows would reach it"
+    elif row.get("sizes_to_show_margin"):
+        text += f"; not even {row['sizes_to_show_margin'][-1]['seeds']} seeds would reach it at this spread"
+    return text + ")"
 
 
 def freeze_findings(table: pd.DataFrame, summary: Mapping, *,
@@ -467,7 +517,8 @@ def freeze_findings(table: pd.DataFrame, summary: Mapping, *,
             continue
         full, seeds = entry["full"], len(entry["seeds"])
         text = (f"**{task}**: full fine-tuning reaches {entry['metric']} {full['value']:.3f} "
-                f"(95% CI {full['low']:.3f}-{full['high']:.3f}, {seeds} seed{'s' if seeds != 1 else ''}).")
+                f"(95% CI {full['low']:.3f}-{full['high']:.3f}, {seeds} seed{'s' if seeds != 1 else ''}). "
+                + scale_sentence(entry))
         text += _zero_shot_sentence(entry["zero_shot"]) + _trivial_sentence(entry["trivial"])
         if entry["no_verdict"]:
             text += f" No verdict on which depths keep its quality: {'; '.join(entry['no_verdict'])}."

@@ -119,6 +119,10 @@ def trivial_baselines(tasks: Sequence[str], profile: str | Profile,
     return baselines
 
 
+# Which verdict test made a summary.json: a new test makes every stored summary stale.
+SUMMARY_TEST = "two-level t, three verdicts, token-overlap clone baseline (2026-12-06)"
+
+
 def write_summary(records: Sequence[dict], profile: str | Profile, store: RunStore | str | Path) -> dict:
     """The non-inferiority summary of `records` (`telly.report.freezing.non_inferiority_summary`, each
     task's trivial baseline scored on the records' own data) as summary.json in `store`; read back
@@ -126,7 +130,8 @@ def write_summary(records: Sequence[dict], profile: str | Profile, store: RunSto
     from telly.report.freezing import non_inferiority_summary
 
     profile, store = get_profile(profile), as_store(store)
-    inputs = {"profile": profile.to_dict(), "runs": sorted([r["run"], r["provenance"]["date"]] for r in records)}
+    inputs = {"profile": profile.to_dict(), "runs": sorted([r["run"], r["provenance"]["date"]] for r in records),
+              "test": SUMMARY_TEST}
     stored = store.find_document(SUMMARY, inputs)
     if stored is not None:
         return stored
