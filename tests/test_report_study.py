@@ -33,6 +33,7 @@ def test_the_box_says_where_and_when_the_shown_parts_were_measured():
     assert rows["parts"] == "rq1" and rows["machine"] == "cpu (Xeon)" and rows["measured wall time"] == "1.5 h"
     assert rows["commit"] == "0123456789ab (with uncommitted changes)" and rows["finished"] == finished["date"]
     assert rows["profile"] == "study" and rows["model"] == "smollm2-135m" and "torch 2.13.0" in rows["versions"]
+    assert rows["backbone"].startswith("SmolLM2-135M-Instruct, quantised to 4 bits (Q4_1) and dequantised")
     assert report.study_box(study, "rq3", []) is None  # nothing finished: no box
 
 

@@ -9,6 +9,14 @@ from typing import Any
 from telly.report.charts import ProvenanceBox, provenance_box
 from telly.studies.study import BENCH_DIR, duration
 
+# What each registered backbone is, in the words a page uses wherever it says "pre-trained".
+DESCRIPTIONS = {
+    "minilm-l6": "all-MiniLM-L6-v2, a 6-layer sentence encoder pre-trained on text, not code",
+    "smollm2-135m": ("SmolLM2-135M-Instruct, quantised to 4 bits (Q4_1) and dequantised: a 30-layer decoder whose "
+                     "pre-training mix includes code (The Stack)"),
+    "unixcoder-base": "UniXcoder-base, a 12-layer encoder pre-trained on code (the paper's backbone)",
+}
+
 QUESTIONS = {"rq1": "probing", "rq2": "layer similarity", "rq3": "freezing", "precision": "precision check"}
 
 
@@ -68,7 +76,8 @@ def study_box(study, question: str, records: Sequence[Mapping]) -> ProvenanceBox
         for e in entries if "commit" in e))
     seconds = sum(e.get("wall_seconds") or 0.0 for e in entries)
     when = "unknown" if not dates else dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
-    rows = [("study", f"`make study` records in {study.root}"), ("parts", ", ".join(finished)),
+    rows = [("study", f"`make study` records in {study.root}"),
+            ("backbone", DESCRIPTIONS.get(study.model, study.model)), ("parts", ", ".join(finished)),
             ("machine", "; ".join(dict.fromkeys(e["machine"] for e in entries if e.get("machine"))) or "unknown"),
             ("finished", when), ("commit", ", ".join(commits) or "unknown"),
             ("measured wall time", duration(seconds) if seconds else "not measured"),
