@@ -139,7 +139,7 @@ PROFILES: dict[str, Profile] = {
         learning_rate=2e-5, warmup_ratio=0.1, max_target_tokens=128, num_beams=10, generation_examples=(None, None, None),
         bootstrap_samples=1000, bench_repeats=5, bench_steps=20, cache_memory_mb=16384,
         bench_batch_size=32, bench_code_tokens=256, bench_probe_texts=1000, bench_similarity_inputs=5000,
-        generation_freeze="all",
+        generation_freeze="all", probe_weight_refits=99,
     ),
     # The code-model study (`make study`: telly.studies.study) of smollm2-135m on 2 cores. Sized from
     # its first records (idle 2-core Xeon with AMX, bf16 autocast training, fp32 evaluation), made
@@ -165,6 +165,7 @@ PROFILES: dict[str, Profile] = {
         bench_batch_size=8, bench_code_tokens=128, bench_probe_texts=256, bench_similarity_inputs=5000,
         sweep_freeze="-1,15,25,27,29", generation_freeze="-1,15,25,27,29", extra_probe_models=(),
         book_runs_bench=False, sbt_max_tokens=320, seeds=(0, 1, 2), min_improvement_share=0.5,
+        probe_weight_refits=99,  # the fewest whose smallest p survives Holm across the four probes
         # bf16 autocast: 0.65x the fp32 training step and 0.46x the forward pass on that machine
         # (bench/bench.md; `telly bench --sections precision` measures the machine at hand), and its
         # code-search epochs took 0.44x fp32's: fp32 would put RQ3 (4.1 h) far past the budget. The

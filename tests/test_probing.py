@@ -273,7 +273,7 @@ def test_run_probing_end_to_end_on_tiny_random(tiny_corpus, tmp_path, monkeypatc
     assert [b["name"] for b in record["probes"]["syntactic"]["baselines"]] == ["length matching"]
     assert set(record["findings"]) == set(PROBES)
     text = report.describe_probing(record)
-    assert "layer weights centre on layer" in text and "tiny-random" in text
+    assert ("layer weights locate it" in text or "layer weights do not locate it" in text) and "tiny-random" in text
     assert len(report.layer_rows(record)) == 4 * 2 * layers
     contrast = report.paper_contrast(record)
     assert contrast.count("the paper finds it") == 4
@@ -633,18 +633,21 @@ def _difference(low, high):
     return {"difference": (low + high) / 2, "low": low, "high": high, "p_value": 0.5}
 
 
-def _record(*, vs_random=(0.05, 0.15), vs_baseline=(0.02, 0.10), moved_p=0.05, depth_ci=(0.05, 0.2),
-            centre=0.6, peak_distinct=True, sbt_cut=0.02, baseline_score=0.70, probe_ci=(0.70, 0.90)):
-    """A probing record with the numbers a test chooses, every probe alike (6 layers)."""
+def _record(*, vs_random=(0.05, 0.15), vs_baseline=(0.02, 0.10), moved_p=0.001, depth_ci=(0.05, 0.2),
+            centre=0.6, peak_distinct=True, sbt_cut=0.02, baseline_score=0.70, probe_ci=(0.70, 0.90), refits=99,
+            curve_ci=None):
+    """A probing record with the numbers a test chooses, every probe alike (6 layers); `curve_ci`: the
+    layer-wise intervals (default: every layer [0.4, 0.6], none told apart from the best)."""
     layers = 6
-    state = {"layerwise": [0.5] * (layers + 1), "layerwise_ci": [[0.4, 0.6]] * (layers + 1),
+    curve_ci = [list(ci) for ci in curve_ci] if curve_ci else [[0.4, 0.6]] * (layers + 1)
+    state = {"layerwise": [sum(ci) / 2 for ci in curve_ci], "layerwise_ci": curve_ci,
              "peak": {"layer": 1, "score": 0.8, "distinct": peak_distinct, "neighbours": []},
              "weighted": {"score": sum(probe_ci) / 2, "ci": list(probe_ci),
                           "weights": [1 / (layers + 1)] * (layers + 1)},
              "location": {"centre": centre * layers, "centre_ci": [depth_ci[0] * layers, depth_ci[1] * layers],
                           "relative_depth": centre, "relative_depth_ci": list(depth_ci),
                           "distance_from_uniform": 0.3, "distance_ci": [0.2, 0.4],
-                          "shuffled_distances": [0.1] * 19, "p_value": moved_p, "refits": 19},
+                          "shuffled_distances": [0.1] * refits, "p_value": moved_p, "refits": refits},
              "vs_baselines": {"length only": _difference(*vs_baseline)}}
     probes = {}
     for prop in PROPERTIES:
@@ -697,27 +700,37 @@ def test_random_backbone_verdict_flips_with_its_interval():
     assert "it does not beat the random-init backbone." in ties
 
 
+PEAKED = [(0.3, 0.4), (0.85, 0.95), (0.3, 0.4), (0.3, 0.4), (0.3, 0.4), (0.3, 0.4), (0.3, 0.4)]
+
+
 def test_location_and_peak_sentences_flip_with_the_tests():
-    moved = report.describe_probing(_record(moved_p=0.05, peak_distinct=True))
-    still = report.describe_probing(_record(moved_p=0.4, peak_distinct=False))
-    assert "and moved from their uniform start further than" in moved and "do not say where" not in moved
-    assert "do not say where the property lives" in still
-    assert "above both neighbouring layers" in moved and "no layer-wise peak is claimed" in still
+    moved = report.describe_probing(_record(peak_distinct=True))
+    few_refits = report.describe_probing(_record(moved_p=0.05, refits=19, peak_distinct=False))
+    underfit = report.describe_probing(_record(probe_ci=(0.70, 0.80), curve_ci=PEAKED))
+    assert "Its layer weights locate it" in moved and "do not locate it" not in moved
+    assert "Holm-adjusted 0.20 over 4 probes, 19 refits; a claim needs 99 or more" in few_refits
+    assert "no region is claimed" in few_refits  # every layer is as good as the best one
+    assert "scores below the best single layer's lower bound (0.850): it is underfit" in underfit
+    assert "the layers the data cannot tell from it span relative depth 0.17-0.17, the lower layers" in underfit
+    assert "above both neighbouring layers" in moved and "no layer-wise peak is claimed" in few_refits
     assert "no layer-wise peak is claimed" not in moved
 
 
-@pytest.mark.parametrize("depth_ci, moved_p, lexical, semantic", [
-    ((0.05, 0.2), 0.05, "agrees with the paper", "differs from the paper"),
-    ((0.7, 0.9), 0.05, "differs from the paper", "differs from the paper"),
-    ((0.2, 0.5), 0.05, "[0.20, 0.50], lies across the lower and middle layers", "differs from the paper"),
-    ((0.05, 0.2), 0.5, "cannot tell: the weights moved", "is consistent with the paper"),
+@pytest.mark.parametrize("options, lexical, semantic", [
+    ({"depth_ci": (0.05, 0.2)}, "agrees with the paper: by its weights", "differs from the paper"),
+    ({"depth_ci": (0.7, 0.9)}, "differs from the paper", "differs from the paper"),
+    ({"depth_ci": (0.2, 0.5)}, "cannot tell: by its weights it spans relative depth 0.20-0.50, across the lower and "
+                               "middle layers", "cannot tell"),
+    ({"moved_p": 0.5}, "cannot tell: by the layer-wise probe", "cannot tell"),
+    ({"moved_p": 0.5, "curve_ci": PEAKED}, "agrees with the paper: by the layer-wise probe", "differs from the paper"),
 ])
-def test_paper_contrast_flips_with_the_weight_location(depth_ci, moved_p, lexical, semantic):
-    lines = report.paper_contrast(_record(depth_ci=depth_ci, moved_p=moved_p)).splitlines()
+def test_paper_contrast_flips_with_the_location(options, lexical, semantic):
+    lines = report.paper_contrast(_record(**options)).splitlines()
     by_probe = {line.split("**")[1]: line for line in lines}
     assert lexical in by_probe["lexical"] and semantic in by_probe["semantic"]
+    assert "consistent" not in by_probe["semantic"]  # a test that did not reject is never agreement
     assert "not informative" not in by_probe["lexical"]
-    uninformative = report.paper_contrast(_record(depth_ci=depth_ci, moved_p=moved_p, vs_random=(-0.1, 0.1)))
+    uninformative = report.paper_contrast(_record(vs_random=(-0.1, 0.1), **options))
     assert "not informative on this backbone" in uninformative
 
 
