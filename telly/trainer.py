@@ -8,7 +8,7 @@ Read top to bottom, `finetune` does:
   5. one untimed warm-up step on a copy of the model, which also measures peak memory;
   6. train with AdamW (the profile's weight decay, gradient norm clipped) + linear warmup/decay
      under Accelerate (same code for `accelerate launch`),
-     timing each epoch's training apart from its validation, early stopping on the validation metric;
+     timing each epoch's training apart from its validation, early stopping on the validation loss;
   7. restore the best epoch, score the test set with bootstrap 95% CIs (stats.py);
   8. save the best backbone (HF base-model keys) and head as safetensors, then the JSON record.
 The record is written last and atomically, so its presence means the run finished.
@@ -309,15 +309,16 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
         train_seconds = time.perf_counter() - tick
         tick = time.perf_counter()
         valid = task.calibrate(task_model, _evaluate(task, task_model, data.valid, tokenizer, profile))
+        valid_loss = _valid_loss(task, task_model, data.valid, tokenizer, profile, device)
         eval_seconds = time.perf_counter() - tick
         epochs.append({"epoch": epoch, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
-                       "train_loss": float(np.mean(losses)), "valid": valid.metrics,
+                       "train_loss": float(np.mean(losses)), "valid_loss": valid_loss, "valid": valid.metrics,
                        "calibration": valid.extras.get("calibration")})
         if on_epoch is not None:
             on_epoch(epochs[-1], profile.epochs)
         if save_epoch_checkpoints and main:
             _save_weights(task_model, run_dir / f"epoch-{epoch}", save_file)
-        if best is None or valid.metrics[task.metric] > best["valid"][task.metric] + profile.min_improvement(task.metric):
+        if best is None or valid_loss < best["valid_loss"]:
             best, since_best = epochs[-1], 0
             best_state = {k: v.detach().clone() for k, v in task_model.named_parameters() if v.requires_grad}
             # The head's buffers too: a threshold calibrate chose belongs to this epoch's weights.
@@ -359,6 +360,7 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
         "optimizer": optimizer_settings(profile, head_learning_rate),
         "steps_per_epoch": steps_per_epoch,
         "epochs": epochs, "epochs_run": len(epochs), "epochs_to_best": best_epoch,
+        "early_stopping": early_stopping_report(epochs, best_epoch),
         "cache_seconds": cache_seconds,
         "epoch_seconds": float(np.mean([e["train_seconds"] for e in epochs])),
         "time_to_best_seconds": cache_seconds + sum(e["train_seconds"] for e in epochs[:best_epoch]),
@@ -395,6 +397,35 @@ def training_check(epochs: list[dict], chance_loss: float | None) -> dict:
     return {"first_train_loss": epochs[0]["train_loss"], "final_train_loss": final, "chance_loss": chance_loss,
             "at_chance": bool(at_chance),
             "rule": f"degenerate when the last epoch's training loss is at least {CHANCE_SHARE:.0%} of the chance loss"}
+
+
+EARLY_STOPPING = ("the validation loss: it moves smoothly with learning, where a metric on a validation split of "
+                  "tens of examples has a standard error larger than any improvement bar one could set")
+
+
+def early_stopping_report(epochs: list[dict], best_epoch: int) -> dict:
+    """Which epoch won on the validation loss, and by how much over the best of the others."""
+    best = epochs[best_epoch - 1]["valid_loss"]
+    others = [e["valid_loss"] for e in epochs if e["epoch"] != best_epoch]
+    return {"signal": "validation loss", "why": EARLY_STOPPING, "best_epoch": best_epoch, "best_valid_loss": best,
+            "lead_over_other_epochs": (min(others) - best) if others else None}
+
+
+@torch.no_grad()
+def _valid_loss(task, model, examples, tokenizer, profile, device) -> float:
+    """The training loss on the validation split in eval mode (no dropout), batches in file order,
+    weighted by their sizes: early stopping's signal."""
+    from telly.tasks import move_to
+
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(examples), profile.batch_size):
+        chunk = examples[start:start + profile.batch_size]
+        total += float(model(move_to(task.collate(chunk, tokenizer, profile), device))) * len(chunk)
+        count += len(chunk)
+    model.train(was_training)
+    return total / count
 
 
 def _evaluate(task, model, examples, tokenizer, profile):

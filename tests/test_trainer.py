@@ -232,30 +232,39 @@ def test_the_record_names_the_optimiser_and_epoch_one_is_timed_after_the_warm_up
     assert warmed + 1 in clock
 
 
-def test_early_stopping_counts_only_gains_above_the_profiles_share_of_the_margin(tmp_path, monkeypatch):
+def test_early_stopping_follows_the_validation_loss_and_says_which_epoch_won(tmp_path, monkeypatch):
     from telly import trainer
 
-    real, calls = trainer._evaluate, []
+    losses = iter([0.50, 0.40, 0.45, 0.30])
 
-    def rising(task, model, examples, tokenizer, profile):
-        """The real evaluation, with validation MRR set to 0.1 per epoch (0.1, 0.2, 0.3)."""
-        result = real(task, model, examples, tokenizer, profile)
-        if len(examples) == profile.valid_examples:
-            calls.append(len(calls) + 1)
-            result.metrics["mrr"] = 0.1 * calls[-1]
-        return result
+    def scripted(*args):
+        return next(losses)
 
-    monkeypatch.setattr(trainer, "_evaluate", rising)
-    profile = replace(UNIT, epochs=3, patience=1, test_examples=12)
-    assert get_profile("study").min_improvement("mrr") == pytest.approx(0.01)
-    assert get_profile("study").min_improvement("bleu") == pytest.approx(1.0) and profile.min_improvement("mrr") == 0.0
-    # Gains of 0.1 count when the bar is 0.05 (2.5 x the 0.02 margin): all three epochs run, the last is best.
-    counted = run(tmp_path / "a", "code-search", 2, profile=replace(profile, min_improvement_share=2.5), progress=False)
-    assert (counted["epochs_run"], counted["epochs_to_best"]) == (3, 3)
-    # A bar of 0.15 (7.5 x the margin): epoch 2's gain is noise, patience 1 stops there, epoch 1 stays best.
-    calls.clear()
-    stopped = run(tmp_path / "b", "code-search", 2, profile=replace(profile, min_improvement_share=7.5), progress=False)
-    assert (stopped["epochs_run"], stopped["epochs_to_best"]) == (2, 1)
+    monkeypatch.setattr(trainer, "_valid_loss", scripted)
+    profile = replace(UNIT, epochs=4, patience=1, test_examples=12)
+    record = run(tmp_path / "a", "code-search", 2, profile=profile, progress=False)
+    # epoch 2 is lower than 1; epoch 3 is not, and patience 1 stops there: epoch 4 never runs
+    assert (record["epochs_run"], record["epochs_to_best"]) == (3, 2)
+    assert [e["valid_loss"] for e in record["epochs"]] == [0.50, 0.40, 0.45]
+    report = record["early_stopping"]
+    assert report["signal"] == "validation loss" and report["best_epoch"] == 2
+    assert report["lead_over_other_epochs"] == pytest.approx(0.05)
+
+
+def test_the_validation_loss_is_the_models_own_loss_in_eval_mode(tmp_path):
+    from telly.tasks import get_task
+    from telly.trainer import _valid_loss
+
+    task = get_task("clone-detection")
+    backbone = backbones.load("tiny-random")
+    model = task.build_model(backbone).train()
+    data = task.load_data(UNIT)
+    loss = _valid_loss(task, model, data.valid, backbone.tokenizer, UNIT, torch.device("cpu"))
+    assert model.training  # left as found
+    with torch.no_grad():
+        model.eval()
+        expected = float(model(task.collate(data.valid, backbone.tokenizer, UNIT)))
+    assert loss == pytest.approx(expected, rel=1e-5)  # one batch: the plain mean
 
 
 def test_the_test_pairs_are_called_at_the_best_epochs_valid_threshold(tmp_path, monkeypatch):
@@ -263,16 +272,19 @@ def test_the_test_pairs_are_called_at_the_best_epochs_valid_threshold(tmp_path, 
 
     from telly.tasks.clone_detection import CloneDetectionTask
 
+    from telly import trainer
+
     real, calls = CloneDetectionTask.calibrate, []
 
-    def falling(self, model, valid):
-        """The real calibration, with valid F1 falling per epoch (0.9, 0.8, 0.7): epoch 1 stays best."""
+    def recording(self, model, valid):
+        """The real calibration, each epoch's threshold noted."""
         result = real(self, model, valid)
         calls.append(result.extras["calibration"]["threshold"])
-        result.metrics["f1"] = 1.0 - 0.1 * len(calls)
         return result
 
-    monkeypatch.setattr(CloneDetectionTask, "calibrate", falling)
+    rising = iter([0.3, 0.4, 0.5])  # validation loss rises after epoch 1: epoch 1 stays best
+    monkeypatch.setattr(CloneDetectionTask, "calibrate", recording)
+    monkeypatch.setattr(trainer, "_valid_loss", lambda *args: next(rising))
     record = run(tmp_path, "clone-detection", -1, profile=replace(UNIT, epochs=3, patience=2), progress=False)
     assert (record["epochs_run"], record["epochs_to_best"]) == (3, 1) and len(calls) == 3
     assert [epoch["calibration"]["threshold"] for epoch in record["epochs"]] == calls

@@ -656,8 +656,10 @@ def training_note(records: Sequence[Mapping]) -> str:
             text = (f"{optimizer['name']} (eps {optimizer['eps']:g}, weight decay {optimizer['weight_decay']:g}, "
                     f"gradient norm clipped at {optimizer['max_grad_norm']:g}), learning rate "
                     f"{optimizer['learning_rate']:g} (head {optimizer['head_learning_rate']:g}), {optimizer['schedule']}")
+        signal = ("a lower validation loss" if (record.get("early_stopping") or {}).get("signal") == "validation loss"
+                  else "a better validation score")
         text += (f"; up to {profile['epochs']} epoch{'s' if profile['epochs'] != 1 else ''}, stopping after "
-                 f"{profile['patience']} without a better validation score")
+                 f"{profile['patience']} without {signal}")
         settings.setdefault(text, []).append(record["run"])
     if len(settings) == 1:
         note = f"Every run: {next(iter(settings))}."
