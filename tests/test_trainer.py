@@ -270,9 +270,8 @@ def test_the_validation_loss_is_the_models_own_loss_in_eval_mode(tmp_path):
 def test_the_test_pairs_are_called_at_the_best_epochs_valid_threshold(tmp_path, monkeypatch):
     import numpy as np
 
-    from telly.tasks.clone_detection import CloneDetectionTask
-
     from telly import trainer
+    from telly.tasks.clone_detection import CloneDetectionTask
 
     real, calls = CloneDetectionTask.calibrate, []
 

@@ -675,7 +675,7 @@ def _improvement_bar_note(records: Sequence[Mapping]) -> str:
     for record in records:
         profile = record["profile_settings"]
         share = profile.get("min_improvement_share")
-        if share:  # Profile.min_improvement, read from the stored settings (records keep no Profile)
+        if share:  # the pilot records' bar: a share of the margin, from their stored settings
             shares.add(share)
             bars[record["metric"]] = share * dict(profile["margins"])[record["metric"]]
         kept_first = record.get("epochs_to_best") == 1 and record.get("epochs_run", 1) > 1
