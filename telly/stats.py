@@ -133,13 +133,8 @@ def paired_bootstrap(first: Columns, second: Columns, statistic: Statistic | Non
     return result
 
 
-def seeded_difference_draws(reference: Sequence[Columns], variant: Sequence[Columns], statistic: Statistic,
-                            metric: str, *, clusters: Sequence | None = None, samples: int = 1000,
-                            seed: int = 0) -> tuple[float, np.ndarray]:
-    """Paired difference variant - reference of `metric`, averaged over seeds, and its bootstrap
-    draws. reference[i] and variant[i] are the per-example columns of seed i on the same test rows.
-    Each draw resamples the seeds (with replacement) and the test rows (or clusters; the same rows
-    for every seed and both systems), so the interval carries both sources of variation."""
+def _seed_pairs(reference: Sequence[Columns], variant: Sequence[Columns]) -> tuple[list, list, int]:
+    """Both systems' per-seed columns, checked to pair up seed by seed on the same test rows."""
     if len(reference) != len(variant) or not reference:
         raise ValueError(f"need the same seeds for both systems, got {len(reference)} and {len(variant)}")
     ref = [_columns(c) for c in reference]
@@ -147,6 +142,17 @@ def seeded_difference_draws(reference: Sequence[Columns], variant: Sequence[Colu
     n = _length(ref[0])
     if any(_length(c) != n for c in ref + var):
         raise ValueError("every seed of both systems must be scored on the same test rows")
+    return ref, var, n
+
+
+def seeded_difference_draws(reference: Sequence[Columns], variant: Sequence[Columns], statistic: Statistic,
+                            metric: str, *, clusters: Sequence | None = None, samples: int = 1000,
+                            seed: int = 0) -> tuple[float, np.ndarray]:
+    """Paired difference variant - reference of `metric`, averaged over seeds, and its bootstrap
+    draws. reference[i] and variant[i] are the per-example columns of seed i on the same test rows.
+    Each draw resamples the seeds (with replacement) and the test rows (or clusters; the same rows
+    for every seed and both systems), so the interval carries both sources of variation."""
+    ref, var, n = _seed_pairs(reference, variant)
     point = float(np.mean([_apply(statistic, v)[metric] - _apply(statistic, r)[metric] for r, v in zip(ref, var)]))
     resampler = _Resampler(n, clusters, samples, seed)
     seed_draws = np.random.default_rng(seed + 1).integers(0, len(ref), size=(samples, len(ref)))
@@ -166,13 +172,7 @@ def _seed_and_row_draws(reference: Sequence[Columns], variant: Sequence[Columns]
     """The per-seed differences variant - reference of `metric` on all test rows, the bootstrap draws
     of their mean over seeds when only the test rows (or clusters) are resampled, and the number of
     resampling units."""
-    if len(reference) != len(variant) or not reference:
-        raise ValueError(f"need the same seeds for both systems, got {len(reference)} and {len(variant)}")
-    ref = [_columns(c) for c in reference]
-    var = [_columns(c) for c in variant]
-    n = _length(ref[0])
-    if any(_length(c) != n for c in ref + var):
-        raise ValueError("every seed of both systems must be scored on the same test rows")
+    ref, var, n = _seed_pairs(reference, variant)
     per_seed = np.array([_apply(statistic, v)[metric] - _apply(statistic, r)[metric] for r, v in zip(ref, var)])
     resampler = _Resampler(n, clusters, samples, seed)
     draws = np.empty(samples)
