@@ -66,3 +66,32 @@ def test_a_laptop_sized_code_search_fine_tune_of_minilm_learns(tmp_path):
     before = record["valid_before_training"]["mrr"]
     assert max(epoch["valid"]["mrr"] for epoch in record["epochs"]) >= before - profile.margin("mrr")
     assert np.isfinite(record["test"]["mrr"])
+
+
+class Untouchable(list):
+    """A test split that fails the moment anything reads it."""
+
+    def _refuse(self, *args):
+        raise AssertionError("a design choice read the test split")
+
+    __iter__ = __getitem__ = __len__ = _refuse
+
+
+def test_design_choices_read_the_training_and_validation_splits_never_the_test_split(tiny):
+    """Standardisation statistics come from the training split, the clone threshold from validation."""
+    from telly.tasks import TaskData
+    from telly.trainer import _evaluate
+
+    profile = get_profile("smoke")
+    search = get_task("code-search")
+    data = search.load_data(profile)
+    model = search.build_model(tiny)
+    search.prepare(model, TaskData(data.train, data.valid, Untouchable(), "f", "s"), tiny.tokenizer, profile)
+    assert float(model.head.std.min()) > 0
+
+    clone = get_task("clone-detection")
+    pairs = clone.load_data(profile)
+    classifier = clone.build_model(tiny)
+    valid = _evaluate(clone, classifier, pairs.valid, tiny.tokenizer, profile)
+    chosen = clone.calibrate(classifier, valid).extras["calibration"]["threshold"]
+    assert float(classifier.head.threshold) == chosen
