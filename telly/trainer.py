@@ -237,6 +237,7 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
     set_seed(variant.seed)
 
     # 2. Backbone, data, task model; which parameters train.
+    tick = time.perf_counter()
     backbone = backbones.load(variant.model)
     if not -1 <= freeze <= backbone.num_layers - 1:
         raise ValueError(f"freeze depth must be in -1..{backbone.num_layers - 1} for {variant.model} "
@@ -247,12 +248,14 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
         _set_dropout(task_model, dropout)
     tokenizer = backbone.tokenizer
     task_model.to(device)
+    load_seconds, tick = time.perf_counter() - tick, time.perf_counter()
     task.prepare(task_model, data, tokenizer, profile)
     zero_shot = (_zero_shot(task, task_model, data, tokenizer, profile, variant.model, store, device, main)
                  if task.has_zero_shot(backbone) else None)
     # Where validation starts: a fine-tune that ends below the pre-trained model unlearned the task.
     valid_before = (_evaluate(task, task_model, data.valid, tokenizer, profile).metrics
                     if task.has_zero_shot(backbone) else None)
+    prepare_seconds = time.perf_counter() - tick  # statistics, zero-shot and the pre-trained model's validation
     method_config = method.apply(task_model)
     trainable, total = _count(task_model.parameters())
     backbone_trainable, backbone_total = _count(task_model.backbone.parameters())
@@ -333,11 +336,14 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
         prefix_cache.close()
 
     # 6. Test at the best epoch, with bootstrap CIs over test examples.
+    tick = time.perf_counter()
     task_model.load_state_dict(best_state, strict=False)
     test = _evaluate(task, task_model, data.test, tokenizer, profile)
     # Rows sampled together (a clone pair's source function: "group") resample together.
     test_ci = stats.bootstrap_ci(test.per_example, task.score, clusters=test.per_example.get("group"),
                                  samples=profile.bootstrap_samples, seed=variant.seed)
+
+    test_seconds = time.perf_counter() - tick
 
     # 7. Weights, then the record (last: its presence means the run finished).
     best_epoch = best["epoch"]
@@ -379,6 +385,9 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
                                  seed=variant.seed, device=device) | {"backbone": backbone.describe()},
     }
     record["wall_seconds"] = time.perf_counter() - started
+    record["time_split"] = time_split(record["wall_seconds"], load=load_seconds, prepare=prepare_seconds,
+                                      cache=cache_seconds, train=sum(e["train_seconds"] for e in epochs),
+                                      eval=sum(e["eval_seconds"] for e in epochs), test=test_seconds)
     if main:
         _save_weights(task_model, run_dir, save_file)
         store.write_record(variant, record)
@@ -397,6 +406,12 @@ def training_check(epochs: list[dict], chance_loss: float | None) -> dict:
     return {"first_train_loss": epochs[0]["train_loss"], "final_train_loss": final, "chance_loss": chance_loss,
             "at_chance": bool(at_chance),
             "rule": f"degenerate when the last epoch's training loss is at least {CHANCE_SHARE:.0%} of the chance loss"}
+
+
+def time_split(wall_seconds: float, **parts: float) -> dict[str, float]:
+    """Where a run's wall time went: the named parts and "other" (warm-up step, memory measurement,
+    optimiser set-up, writing), which is what the parts leave of the wall time."""
+    return {**parts, "other": max(wall_seconds - sum(parts.values()), 0.0)}
 
 
 EARLY_STOPPING = ("the validation loss: it moves smoothly with learning, where a metric on a validation split of "

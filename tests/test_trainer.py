@@ -304,3 +304,13 @@ def test_a_stored_record_counts_only_under_its_tasks_current_config(tmp_path, mo
     monkeypatch.setattr(Variant, "make_task", lambda self: get_task(self.task, pair_features="concat"))
     assert RunStore(tmp_path).find(variant, UNIT) is None
     assert RunStore(tmp_path).find(variant)["run"] == record["run"]  # without a profile: any finished record
+
+
+def test_a_record_splits_its_wall_time_into_parts_that_add_up(tmp_path):
+    record = run(tmp_path, "code-search", 2, progress=False)
+    split = record["time_split"]
+    assert set(split) == {"load", "prepare", "cache", "train", "eval", "test", "other"}
+    assert all(seconds >= 0 for seconds in split.values())
+    assert sum(split.values()) == pytest.approx(record["wall_seconds"], rel=1e-6)
+    assert split["cache"] == record["cache_seconds"] > 0  # Telly-2 cached: the prefix was built
+    assert split["train"] == pytest.approx(sum(e["train_seconds"] for e in record["epochs"]))
