@@ -268,3 +268,18 @@ def test_provenance_box_rejects_records_without_provenance():
         charts.provenance_box([record])
     with pytest.raises(ValueError, match="at least one record"):
         charts.provenance_box([])
+
+
+def test_each_page_keeps_one_copy_of_every_script(tmp_path):
+    """Sphinx with the book's script-registering extensions and telly.sphinx_pages: no script twice
+    (the repeated sphinx-thebe config made every page log a SyntaxError)."""
+    from sphinx.application import Sphinx
+
+    (tmp_path / "conf.py").write_text('extensions = ["sphinx_thebe", "sphinx_togglebutton", "telly.sphinx_pages"]\n'
+                                      'html_theme = "sphinx_book_theme"\n')
+    (tmp_path / "index.rst").write_text("Title\n=====\n\ntext\n")
+    app = Sphinx(str(tmp_path), str(tmp_path), str(tmp_path / "_build"), str(tmp_path / "_doctrees"), "html",
+                 status=None, warning=None)
+    app.build()
+    page = (tmp_path / "_build" / "index.html").read_text()
+    assert page.count("const THEBE_JS_URL =") == 1 and page.count("togglebuttonSelector =") == 1
