@@ -308,7 +308,8 @@ def build_note(model: str, profile: str, out: Path, timings: dict[str, float]) -
     return (f"\n\n:::{{admonition}} This build\n:class: tip\n"
             f"Built with `telly book --profile {profile} --model {model}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
             f"{device_description()}; telly {versions['telly']}, torch {versions['torch']}, "
-            f"transformers {versions['transformers']}. Results store: `{out}`. "
+            f"transformers {versions['transformers']}. Results store: `{os.path.relpath(out)}` (from where "
+            "`telly book` ran). "
             f"Chapters executed: {ran}.\n:::\n")
 
 
@@ -339,7 +340,8 @@ def build_book(*, book_dir: Path, profile: str, model: str, out: Path,
         if notebook.stem not in listed:
             print(f"telly book: {notebook.name} is not in _toc.yml; not built", file=sys.stderr)
 
-    values = {"model": model, "profile": profile, "out": str(out), **(extra or {})}
+    # Relative to the chapters' working folder: a page shows no path of the machine that built it.
+    values = {"model": model, "profile": profile, "out": os.path.relpath(out, build_src), **(extra or {})}
     parameters = {c.name: chapter_parameters(c, values) for c in chapters}
     undeclared = set(extra or {}) - {name for p in parameters.values() for name in p}
     if undeclared:

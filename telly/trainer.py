@@ -395,17 +395,20 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile
     return record
 
 
-CHANCE_SHARE = 0.95  # a last-epoch training loss at or above this share of the chance loss learned nothing
+CHANCE_SHARE = 0.95  # a last-epoch training loss at or above this share of the chance loss sits at chance
 
 
 def training_check(epochs: list[dict], chance_loss: float | None) -> dict:
-    """Whether training learned: the last epoch's mean training loss against the loss of a model that
-    ignores its input (`Task.chance_loss`). At chance the run is degenerate and gets no verdict."""
-    final = epochs[-1]["train_loss"]
-    at_chance = chance_loss is not None and chance_loss > 0 and final >= CHANCE_SHARE * chance_loss
-    return {"first_train_loss": epochs[0]["train_loss"], "final_train_loss": final, "chance_loss": chance_loss,
-            "at_chance": bool(at_chance),
-            "rule": f"degenerate when the last epoch's training loss is at least {CHANCE_SHARE:.0%} of the chance loss"}
+    """Whether training learned: a run is at chance when its last epoch's mean training loss sits at the
+    loss of a model that ignores its input (`Task.chance_loss`) and fell less than the gap to that
+    share from its first epoch (a loss still falling through chance, as a fresh classifier's does, is
+    learning). At chance the run is degenerate and gets no verdict."""
+    first, final = epochs[0]["train_loss"], epochs[-1]["train_loss"]
+    at_chance = bool(chance_loss is not None and chance_loss > 0 and final >= CHANCE_SHARE * chance_loss
+                     and first - final < (1 - CHANCE_SHARE) * chance_loss)
+    return {"first_train_loss": first, "final_train_loss": final, "chance_loss": chance_loss, "at_chance": at_chance,
+            "rule": (f"degenerate when the last epoch's training loss is at least {CHANCE_SHARE:.0%} of the chance loss "
+                     f"and at most {1 - CHANCE_SHARE:.0%} of it below the first epoch's")}
 
 
 def time_split(wall_seconds: float, **parts: float) -> dict[str, float]:

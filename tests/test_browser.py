@@ -139,6 +139,8 @@ def check_page(browser, base: str, html: Path, page_path: Path) -> object:
     return page
 
 
+RAW_REPR = re.compile(r"<IPython\.core\.display\.\w+ object>|<[\w.]+ object at 0x[0-9a-f]+>|\{'model': '")
+MACHINE_ROOTS = (str(Path.home()) + "/", tempfile.gettempdir() + "/", str(Path(__file__).resolve().parents[1]))
 PROGRESS_TEXT = re.compile(r"\d+%\|.*\||\d+(\.\d+)?(it|s)/(s|it)\]")  # tqdm's bar and its rate
 
 
@@ -149,6 +151,10 @@ def check_reads_as_a_book(page, name: str) -> None:
     assert visible_code == 0, f"{name}: {visible_code} code cell(s) show their source by default"
     text = page.inner_text("main") if page.locator("main").count() else page.inner_text("body")
     assert not PROGRESS_TEXT.search(text), f"{name} shows progress-bar text: {PROGRESS_TEXT.search(text).group(0)!r}"
+    raw = RAW_REPR.search(text)
+    assert not raw, f"{name} shows a raw Python repr: {raw.group(0)!r}"
+    paths = [root for root in MACHINE_ROOTS if root in text]
+    assert not paths, f"{name} shows a path of the machine that built it: {paths}"
     assert page.locator(".widget-progress:visible, progress:visible").count() == 0, f"{name} shows a progress bar"
     gap = largest_blank_stretch(page)
     viewport = page.evaluate("window.innerHeight")

@@ -34,6 +34,9 @@ def test_training_at_the_chance_loss_is_flagged_and_learning_is_not():
     assert at_chance["at_chance"] and at_chance["chance_loss"] == pytest.approx(chance)
     assert not training_check([{"train_loss": 2.5}, {"train_loss": 0.8}], chance)["at_chance"]
     assert not training_check([{"train_loss": 9.0}], None)["at_chance"]  # no chance level, no flag
+    # a fresh clone classifier starts above chance and falls through it: learning, not stuck
+    assert not training_check([{"train_loss": 0.845}, {"train_loss": 0.662}], math.log(2))["at_chance"]
+    assert training_check([{"train_loss": 0.70}, {"train_loss": 0.69}], math.log(2))["at_chance"]
 
 
 def test_the_chance_loss_of_each_classification_task():
