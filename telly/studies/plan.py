@@ -7,7 +7,9 @@ The planner takes the largest of each over the task's depths (plan for the harde
 each number of seeds finds the test rows at which the test shows the margin at the wanted power (or,
 with `half_width_share`, at which the 95% interval is that share of the margin wide). Hours: seeds x
 the pilot's measured wall seconds of one seed of every variant. Training time does not grow with
-test rows; the time to score more test rows is not in it (records do not yet split their wall time).
+test rows; the time to score more test rows is not in it (the pilot's records do not split their wall
+time; records made from now on do). Test units are what the test resamples: test rows, or the
+functions that group them (clone detection's pairs of one function count as one unit).
 """
 from __future__ import annotations
 
@@ -76,10 +78,10 @@ def plan_lines(result: dict) -> list[str]:
             continue
         pilot = entry["pilot"]
         lines.append(f"{task} ({entry['metric']}, margin {entry['margin']:g}): pilot {pilot['seeds']} seeds x "
-                     f"{pilot['test_rows']:,} test rows could show {pilot['detectable_margin']:.3g}; "
+                     f"{pilot['test_rows']:,} test units could show {pilot['detectable_margin']:.3g}; "
                      f"{pilot['seconds_per_seed'] / 60:.1f} CPU min per seed")
         for option in entry["options"]:
-            rows = "no number of rows is enough" if option["rows"] is None else f"{option['rows']:,} test rows"
+            rows = "no number of test units is enough" if option["rows"] is None else f"{option['rows']:,} test units"
             chosen = "  <- cheapest" if option == entry["choice"] else ""
             lines.append(f"  {option['seeds']:>2} seeds: {rows}; {option['hours']:.2f} CPU h{chosen}")
     return lines
