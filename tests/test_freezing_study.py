@@ -594,3 +594,16 @@ def test_an_encoder_never_pre_trained_to_generate_runs_no_generation_task_and_sa
     assert set(result["not_run"]) == {"code-summarization", "code-generation"}
     note = sweep_note(result)
     assert "Not run live: code-summarization, code-generation" in note and "not pre-trained to generate" in note
+
+
+def test_an_inconclusive_row_says_what_would_decide_it_or_that_its_size_already_could():
+    from telly.report.freezing import _inconclusive
+
+    row = {"run": "Telly-2", "difference": -0.01, "low": -0.05, "high": 0.03, "p_holm": 0.3, "margin": 0.02,
+           "detectable_margin": 0.04, "seeds": [0, 1, 2], "units": 120,
+           "sizes_to_show_margin": [{"seeds": 3, "rows": None}, {"seeds": 5, "rows": 400}]}
+    assert "5 seeds and 400 test units would reach it" in _inconclusive(row)
+    row["sizes_to_show_margin"] = [{"seeds": 3, "rows": 80}]
+    assert "the observed difference keeps it open" in _inconclusive(row)
+    row["sizes_to_show_margin"] = [{"seeds": 3, "rows": None}, {"seeds": 20, "rows": None}]
+    assert "not even 20 seeds would reach it" in _inconclusive(row)

@@ -496,7 +496,11 @@ def _inconclusive(row: Mapping) -> str:
     options = [o for o in row.get("sizes_to_show_margin", []) if o["rows"] is not None]
     if options:
         best = options[0]
-        text += f"; {best['seeds']} seeds and {best['rows']:,} test rows would reach it"
+        if best["seeds"] <= len(row["seeds"]) and best["rows"] <= row.get("units", 0):
+            text += "; this size could show it were the true difference 0: the observed difference keeps it open"
+        else:
+            text += (f"; {best['seeds']} seeds and {max(best['rows'], row.get('units', 0)):,} test units "
+                     "would reach it")
     elif row.get("sizes_to_show_margin"):
         text += f"; not even {row['sizes_to_show_margin'][-1]['seeds']} seeds would reach it at this spread"
     return text + ")"
