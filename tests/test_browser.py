@@ -278,3 +278,24 @@ def test_fixture_book_slider_widget_and_math(fixture_book, browser):
         page.close()
     finally:
         server.shutdown()
+
+
+def test_the_last_local_book_build_reads_as_a_book(browser):
+    """The pages of `make book` (book/_build/html, any profile) under the same checks, when a build is
+    there: after a laptop build, `pytest tests/test_browser.py` checks what readers will open."""
+    html = BOOK / "_build" / "html"
+    if not chapter_pages(html):
+        pytest.skip("no local book build (make book writes book/_build/html)")
+    server, base = serve(html)
+    try:
+        for page_path in [html / "intro.html", *chapter_pages(html)]:
+            page = check_page(browser, base, html, page_path)
+            save_screenshot(page, f"built-{page_path.name}")
+            check_reads_as_a_book(page, page_path.name)
+            unused = saved_widget_models(page_path.read_text()) - READER_WIDGETS
+            assert not unused, f"{page_path.name} saves widgets no reader uses: {sorted(unused)}"
+            for chart in slider_charts(page):
+                check_slider(chart)
+            page.close()
+    finally:
+        server.shutdown()
