@@ -190,6 +190,17 @@ def largest_blank_stretch(page) -> float:
     }""")
 
 
+def check_book_page(browser, base: str, html: Path, page_path: Path, screenshot: str | None = None):
+    """Every check a reader's page must pass (check_page, check_reads_as_a_book, the saved widget
+    state), after saving its full-page screenshot; returns the open page."""
+    page = check_page(browser, base, html, page_path)
+    save_screenshot(page, screenshot or page_path.name)
+    check_reads_as_a_book(page, page_path.name)
+    unused = saved_widget_models(page_path.read_text()) - READER_WIDGETS
+    assert not unused, f"{page_path.name} saves widgets no reader uses: {sorted(unused)}"
+    return page
+
+
 def save_screenshot(page, name: str) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{Path(name).stem}.png"
@@ -243,11 +254,7 @@ def test_smoke_book_pages_are_offline_and_draw(smoke_book, browser):
     try:
         pages = [smoke_book / "intro.html", *chapter_pages(smoke_book)]
         for page_path in pages:
-            page = check_page(browser, base, smoke_book, page_path)
-            save_screenshot(page, page_path.name)
-            check_reads_as_a_book(page, page_path.name)
-            unused = saved_widget_models(page_path.read_text()) - READER_WIDGETS
-            assert not unused, f"{page_path.name} saves widgets no reader uses: {sorted(unused)}"
+            page = check_book_page(browser, base, smoke_book, page_path)
             if page_path.name != "intro.html":
                 assert page.locator(".telly-chart").count() > 0, f"{page_path.name} shows no chart"
             sliders = slider_charts(page)  # chapter 3: the study's sweep (when recorded) and the live one
@@ -289,11 +296,7 @@ def test_the_last_local_book_build_reads_as_a_book(browser):
     server, base = serve(html)
     try:
         for page_path in [html / "intro.html", *chapter_pages(html)]:
-            page = check_page(browser, base, html, page_path)
-            save_screenshot(page, f"built-{page_path.name}")
-            check_reads_as_a_book(page, page_path.name)
-            unused = saved_widget_models(page_path.read_text()) - READER_WIDGETS
-            assert not unused, f"{page_path.name} saves widgets no reader uses: {sorted(unused)}"
+            page = check_book_page(browser, base, html, page_path, screenshot=f"built-{page_path.name}")
             for chart in slider_charts(page):
                 check_slider(chart)
             page.close()
