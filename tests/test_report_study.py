@@ -34,6 +34,11 @@ def test_the_box_says_where_and_when_the_shown_parts_were_measured():
     assert rows["commit"] == "0123456789ab (with uncommitted changes)" and rows["finished"] == finished["date"]
     assert rows["profile"] == "study" and rows["model"] == "smollm2-135m" and "torch 2.13.0" in rows["versions"]
     assert rows["backbone"].startswith("SmolLM2-135M-Instruct, quantised to 4 bits (Q4_1) and dequantised")
+    run = {"provenance": PROVENANCE, "task": "code-search", "mixed_precision": {"training": "bf16"},
+           "data": {"sizes": {"train": 160, "valid": 64, "test": 200}, "source": "stdlib corpus abc"}}
+    scaled = dict(report.study_box(study, "rq1", [run]).rows)
+    assert scaled["splits"] == "code-search: 160 train, 64 valid, 200 test (stdlib corpus abc)"
+    assert scaled["training precision"] == "bf16 autocast"
     assert report.study_box(study, "rq3", []) is None  # nothing finished: no box
 
 

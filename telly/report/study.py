@@ -63,6 +63,24 @@ def study_status(study, question: str) -> str:
     return text
 
 
+def scale_rows(records: Sequence[Mapping]) -> list[tuple[str, str]]:
+    """The scale of fine-tuning records: each task's split sizes and data, and the training precision."""
+    splits, precisions = {}, set()
+    for record in records:
+        data = record.get("data") or {}
+        if "task" in record and data.get("sizes"):
+            sizes = data["sizes"]
+            splits[record["task"]] = (f"{sizes.get('train', 0):,} train, {sizes.get('valid', 0):,} valid, "
+                                      f"{sizes.get('test', 0):,} test ({data.get('source', 'its data')})")
+        if record.get("mixed_precision"):
+            precisions.add((record["mixed_precision"] or {}).get("training", "no"))
+    rows = [("splits", "; ".join(f"{task}: {text}" for task, text in sorted(splits.items())))] if splits else []
+    if precisions:
+        rows.append(("training precision", ", ".join(sorted("bf16 autocast" if p == "bf16" else "float32"
+                                                            for p in precisions))))
+    return rows
+
+
 def study_box(study, question: str, records: Sequence[Mapping]) -> ProvenanceBox | None:
     """Where the shown parts of `question` were measured: machine, date, profile, commit, measured
     wall time (from study.json), then the records' own provenance. None when none is finished."""
@@ -82,6 +100,7 @@ def study_box(study, question: str, records: Sequence[Mapping]) -> ProvenanceBox
             ("finished", when), ("commit", ", ".join(commits) or "unknown"),
             ("measured wall time", duration(seconds) if seconds else "not measured"),
             ("profile", study.profile)]
+    rows += scale_rows(records)
     own = provenance_box(list(records)).rows
     rows += [(label, value) for label, value in own if label not in {"profile"}]
     return ProvenanceBox(rows, f"Provenance of the study's records: {study.model}, {QUESTIONS[question]}")
