@@ -299,6 +299,13 @@ def prepare_build_tree(book_dir: Path, build_src: Path, missing: list[str]) -> N
     (build_src / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
 
 
+def shown_path(path: Path) -> str:
+    """A path as a page may show it: relative to where `telly book` ran when it lies below it, else only
+    its last two parts (a page names no folder of the machine that built it)."""
+    relative = os.path.relpath(path)
+    return relative if not relative.startswith("..") else f"…/{path.parent.name}/{path.name}"
+
+
 def build_note(model: str, profile: str, out: Path, timings: dict[str, float]) -> str:
     """A MyST admonition for the introduction: how this copy of the book was produced."""
     from telly.store import device_description, library_versions
@@ -308,8 +315,7 @@ def build_note(model: str, profile: str, out: Path, timings: dict[str, float]) -
     return (f"\n\n:::{{admonition}} This build\n:class: tip\n"
             f"Built with `telly book --profile {profile} --model {model}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
             f"{device_description()}; telly {versions['telly']}, torch {versions['torch']}, "
-            f"transformers {versions['transformers']}. Results store: `{os.path.relpath(out)}` (from where "
-            "`telly book` ran). "
+            f"transformers {versions['transformers']}. Results store: `{shown_path(out)}`. "
             f"Chapters executed: {ran}.\n:::\n")
 
 

@@ -283,3 +283,12 @@ def test_each_page_keeps_one_copy_of_every_script(tmp_path):
     app.build()
     page = (tmp_path / "_build" / "index.html").read_text()
     assert page.count("const THEBE_JS_URL =") == 1 and page.count("togglebuttonSelector =") == 1
+
+
+def test_a_page_names_the_results_store_without_a_folder_of_the_building_machine(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert book.shown_path(tmp_path / "runs" / "laptop") == "runs/laptop"
+    elsewhere = Path("/srv/ci/work/runs")
+    assert book.shown_path(elsewhere) == "…/work/runs"
+    note = book.build_note("m", "smoke", elsewhere, {})
+    assert "…/work/runs" in note and "/srv/" not in note
