@@ -72,8 +72,8 @@ def scale_rows(records: Sequence[Mapping]) -> list[tuple[str, str]]:
             sizes = data["sizes"]
             splits[record["task"]] = (f"{sizes.get('train', 0):,} train, {sizes.get('valid', 0):,} valid, "
                                       f"{sizes.get('test', 0):,} test ({data.get('source', 'its data')})")
-        if record.get("mixed_precision"):
-            precisions.add((record["mixed_precision"] or {}).get("training", "no"))
+        if isinstance(record.get("mixed_precision"), Mapping):  # fine-tuning records name their training precision
+            precisions.add(record["mixed_precision"].get("training", "no"))
     rows = [("splits", "; ".join(f"{task}: {text}" for task, text in sorted(splits.items())))] if splits else []
     if precisions:
         rows.append(("training precision", ", ".join(sorted("bf16 autocast" if p == "bf16" else "float32"
