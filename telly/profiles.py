@@ -116,10 +116,10 @@ PROFILES: dict[str, Profile] = {
         book_runs_bench=False,
         # RQ3 within the book's 45 minutes: fewer depths (L/2 and L-1 of MiniLM-L6's 6 layers), three seeds
         # and small training splits. The live book runs no generation task on MiniLM (an encoder never
-        # pre-trained to generate: every test output was empty) and spends part of what that saved on 500
-        # test rows (was 300) for code search and clone detection; the rest went to code search now training
-        # its full three epochs instead of collapsing after one. Chosen by the time budget, not by a power
-        # plan over pilot records (there is no planner yet).
+        # pre-trained to generate: every test output was empty); part of the time that saved (issue 24
+        # put it at about 40% of chapter 3) went to 500 test rows (was 300) for code search and clone
+        # detection, the rest to code search training its three epochs instead of collapsing after one.
+        # Chosen by the time budget; `telly plan` over the laptop records should size them next.
         seeds=(0, 1, 2), sweep_freeze="-1,3,5", generation_freeze="-1,5",
         sbt_max_tokens=320,
     ),
