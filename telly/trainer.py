@@ -433,13 +433,12 @@ def early_stopping_report(epochs: list[dict], best_epoch: int) -> dict:
 def _valid_loss(task, model, examples, tokenizer, profile, device) -> float:
     """The training loss on the validation split in eval mode (no dropout), batches in file order,
     weighted by their sizes: early stopping's signal."""
-    from telly.tasks import move_to
+    from telly.tasks import batches, move_to
 
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for start in range(0, len(examples), profile.batch_size):
-        chunk = examples[start:start + profile.batch_size]
+    for chunk in batches(examples, profile.batch_size):
         total += float(model(move_to(task.collate(chunk, tokenizer, profile), device))) * len(chunk)
         count += len(chunk)
     model.train(was_training)
