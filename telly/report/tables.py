@@ -28,7 +28,7 @@ def _bounds(columns: list[str], index: int) -> tuple[str, str] | None:
 
 def number(value, digits: int = 3) -> str:
     """A value as a reader reads it: a dash when missing, whole numbers whole, others rounded."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isnan(value)):
         return DASH
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -45,7 +45,7 @@ def number(value, digits: int = 3) -> str:
 
 def interval(value, low, high, digits: int = 3) -> str:
     """"value [low, high]", or the value alone when a bound is missing."""
-    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in (low, high)):
+    if DASH in (number(low), number(high)):
         return number(value, digits)
     return f"{number(value, digits)} [{number(low, digits)}, {number(high, digits)}]"
 
