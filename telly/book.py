@@ -26,7 +26,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import nbformat
+import papermill
 import yaml
+from papermill.exceptions import PapermillExecutionError
+
+from telly.backbones import cache_dir
+from telly.profiles import Profile
+from telly.store import device_description, library_versions
 
 CHAPTER_NAME = re.compile(r"^\d\d-[A-Za-z0-9_-]+$")  # NN-title, e.g. 03-freezing
 REQUIRED_PARAMETERS = ("model", "profile", "out")
@@ -75,8 +82,6 @@ WEB_PACKAGES = (
 
 
 def npm_cache_dir() -> Path:
-    from telly.backbones import cache_dir  # imports torch: only when assets are needed
-
     return cache_dir() / "npm"
 
 
@@ -212,8 +217,6 @@ def _without_missing(entry: Any, missing: set[str]) -> Any:
 
 def chapter_parameters(chapter: Chapter, values: dict[str, Any]) -> dict[str, Any]:
     """The papermill parameters for one chapter: the required ones, plus those of `values` it declares."""
-    import papermill
-
     declared = papermill.inspect_notebook(str(chapter.source))
     if not declared:
         raise BookError(f"{chapter.source}: no code cell tagged `parameters`; papermill needs one "
@@ -226,9 +229,6 @@ def chapter_parameters(chapter: Chapter, values: dict[str, Any]) -> dict[str, An
 
 def execute_chapter(chapter: Chapter, executed: Path, parameters: dict[str, Any], cwd: Path) -> float:
     """Run one chapter with papermill into `executed`; a failing cell raises BookError naming it."""
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     started = time.perf_counter()
     try:
         papermill.execute_notebook(str(chapter.source), str(executed), parameters=parameters,
@@ -251,8 +251,6 @@ def _tag_for_reading(executed: Path) -> None:
     """The page reads as a book: the default `parameters` cell is removed (papermill's injected cell
     keeps the values used), and every code cell that its chapter did not tag itself is collapsed
     behind a toggle (chapters tag pure set-up cells `remove-input`)."""
-    import nbformat
-
     notebook = nbformat.read(str(executed), as_version=4)
     for cell in notebook.cells:
         if cell.cell_type != "code":
@@ -267,8 +265,6 @@ def _tag_for_reading(executed: Path) -> None:
 
 def _source_cell_index(executed: Path, executed_index: int) -> int:
     """Index in the committed chapter of the cell that failed, skipping the cells papermill added."""
-    import nbformat
-
     cells = nbformat.read(str(executed), as_version=4).cells
     failed = next((i for i, cell in enumerate(cells) if cell.cell_type == "code"
                    and any(output.get("output_type") == "error" for output in cell.get("outputs", []))),
@@ -306,14 +302,12 @@ def shown_path(path: Path) -> str:
     return relative if not relative.startswith("..") else f"…/{path.parent.name}/{path.name}"
 
 
-def build_note(model: str, profile: str, out: Path, timings: dict[str, float]) -> str:
+def build_note(model: str, profile: Profile, out: Path, timings: dict[str, float]) -> str:
     """A MyST admonition for the introduction: how this copy of the book was produced."""
-    from telly.store import device_description, library_versions
-
     versions = library_versions()
     ran = ", ".join(f"{name} ({seconds:.0f} s)" for name, seconds in timings.items()) or "none yet"
     return (f"\n\n:::{{admonition}} This build\n:class: tip\n"
-            f"Built with `telly book --profile {profile} --model {model}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+            f"Built with `telly book --profile {profile.name} --model {model}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
             f"{device_description()}; telly {versions['telly']}, torch {versions['torch']}, "
             f"transformers {versions['transformers']}. Results store: `{shown_path(out)}`. "
             f"Chapters executed: {ran}.\n:::\n")
@@ -332,7 +326,7 @@ def build_html(build_src: Path, build_dir: Path) -> Path:
     return index
 
 
-def build_book(*, book_dir: Path, profile: str, model: str, out: Path,
+def build_book(*, book_dir: Path, profile: Profile, model: str, out: Path,
                extra: dict[str, Any] | None = None) -> Path:
     """Execute every chapter listed in _toc.yml, then build the HTML book; returns its index.html."""
     book_dir, out = book_dir.resolve(), out.resolve()
@@ -347,7 +341,7 @@ def build_book(*, book_dir: Path, profile: str, model: str, out: Path,
             print(f"telly book: {notebook.name} is not in _toc.yml; not built", file=sys.stderr)
 
     # Relative to the chapters' working folder: a page shows no path of the machine that built it.
-    values = {"model": model, "profile": profile, "out": os.path.relpath(out, build_src), **(extra or {})}
+    values = {"model": model, "profile": profile.name, "out": os.path.relpath(out, build_src), **(extra or {})}
     parameters = {c.name: chapter_parameters(c, values) for c in chapters}
     undeclared = set(extra or {}) - {name for p in parameters.values() for name in p}
     if undeclared:

@@ -12,8 +12,25 @@ import re
 import sys
 from pathlib import Path
 
+import yaml
+
+from telly import trainer
+from telly.backbones import BackboneUnavailable, smollm2_pretrained_dir
+from telly.book import BookError, build_book
+from telly.jsonio import write_json
+from telly.layout import SUMMARY
 from telly.methods import METHODS
-from telly.profiles import PROFILES
+from telly.profiles import PROFILES, Profile, get_profile
+from telly.report.bench import markdown, readme_with_table
+from telly.report.probing import describe_probing
+from telly.report.study import part_lines
+from telly.store import RunStore, Variant
+from telly.studies import freezing
+from telly.studies import plan as planning
+from telly.studies.bench import reference_path, run_bench
+from telly.studies.probing import run_probing
+from telly.studies.similarity import output_path, run_similarity
+from telly.studies.study import records_dir, run_study
 
 TASK_NAMES = ("code-search", "clone-detection", "code-summarization", "code-generation", "code-completion")
 # Options whose value may start with "-" (a freeze depth of -1): `--freeze -1,5` reads as `--freeze=-1,5`.
@@ -21,14 +38,22 @@ SIGNED_OPTIONS = ("--freeze", "--seeds")
 FETCHABLE = ("smollm2-135m",)
 
 
+def _profile(name: str) -> Profile:
+    """--profile: the profile is resolved here, once; handlers pass the Profile object down."""
+    try:
+        return get_profile(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _common(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--model", default="minilm-l6", help="registry name, HF id or local path")
-    parser.add_argument("--profile", default="laptop", choices=sorted(PROFILES))
+    parser.add_argument("--profile", default="laptop", type=_profile, metavar="{" + ",".join(sorted(PROFILES)) + "}")
     parser.add_argument("--out", default=out, help=f"directory for the JSON records (default: {out})")
 
 
 def _out(args: argparse.Namespace) -> Path:
-    return Path(args.out.replace("<profile>", args.profile))
+    return Path(args.out.replace("<profile>", args.profile.name))
 
 
 def _ints(text: str) -> list[int]:
@@ -41,8 +66,6 @@ def _ints(text: str) -> list[int]:
 # ----------------------------------------------------------------------------- fetch
 
 def fetch(args: argparse.Namespace) -> int:
-    from telly.backbones import smollm2_pretrained_dir
-
     print(f"{args.name}: {smollm2_pretrained_dir(fetch=True)}")
     return 0
 
@@ -50,8 +73,6 @@ def fetch(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- probe
 
 def probe(args: argparse.Namespace) -> int:
-    from telly.report.probing import describe_probing
-    from telly.studies.probing import run_probing
 
     record = run_probing(args.model, args.profile, corpus=args.corpus, checkpoint=args.checkpoint,
                          out=_out(args), functions=args.functions, max_tokens=args.max_tokens)
@@ -63,8 +84,6 @@ def probe(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- similarity
 
 def similarity(args: argparse.Namespace) -> int:
-    from telly.studies.similarity import output_path, run_similarity
-
     document = run_similarity(args.model, args.checkpoint, args.profile, _out(args), task=args.task,
                               corpus=args.corpus, per_epoch=args.per_epoch)
     for comparison in document["comparisons"]:
@@ -77,17 +96,14 @@ def similarity(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- finetune / sweep
 
 def finetune(args: argparse.Namespace) -> int:
-    from telly.store import Variant
-    from telly.trainer import finetune as run
-    from telly.trainer import summary
 
     options = {"r": args.lora_r, "targets": args.lora_targets.split(",") if args.lora_targets else None} \
         if args.method == "lora" else {}
     variant = Variant.of(args.task, args.model, args.freeze, method=args.method, cache=args.cache, seed=args.seed,
                          profile=args.profile, data_path=args.data_path, **options)
-    record = run(variant, _out(args), save_epoch_checkpoints=args.save_epoch_checkpoints,
-                 mixed_precision=args.mixed_precision)
-    print(summary(record))
+    record = trainer.finetune(variant, _out(args), save_epoch_checkpoints=args.save_epoch_checkpoints,
+                              mixed_precision=args.mixed_precision)
+    print(trainer.summary(record))
     return 0
 
 
@@ -99,17 +115,14 @@ def _task_path(text: str) -> tuple[str, str]:
 
 
 def sweep(args: argparse.Namespace) -> int:
-    from telly.studies.freezing import SUMMARY, write_summary
-    from telly.studies.freezing import sweep as run
-    from telly.trainer import summary
 
-    seeds = _ints(args.seeds) if args.seeds else list(PROFILES[args.profile].seeds)
-    result = run(args.tasks.split(","), args.freeze, seeds, methods=args.methods.split(","),
+    seeds = _ints(args.seeds) if args.seeds else list(args.profile.training.seeds)
+    result = freezing.sweep(args.tasks.split(","), args.freeze, seeds, methods=args.methods.split(","),
                  model=args.model, profile=args.profile, store=_out(args), force=args.force, cache=args.cache,
                  data_paths=dict(_task_path(text) for text in args.data))
     for record in result["records"]:
-        print(summary(record))
-    verdicts = write_summary(result["records"], args.profile, _out(args))
+        print(trainer.summary(record))
+    verdicts = freezing.write_summary(result["records"], args.profile, _out(args))
     for task, entry in verdicts["tasks"].items():
         largest = entry["largest_non_inferior_k"]
         print(f"{task}: " + ("no verdict: " + "; ".join(entry["no_verdict"]) if entry["no_verdict"] else
@@ -125,9 +138,6 @@ def sweep(args: argparse.Namespace) -> int:
 def bench(args: argparse.Namespace) -> int:
     import torch
 
-    from telly.report.bench import markdown, readme_with_table
-    from telly.store import write_json
-    from telly.studies.bench import reference_path, run_bench
 
     if args.threads is not None:
         if args.threads < 1:
@@ -142,6 +152,7 @@ def bench(args: argparse.Namespace) -> int:
         readme.write_text(readme_with_table(readme.read_text() if readme.exists() else "", record, readme))
     if args.reference:
         write_json(reference_path(args.profile, record["device_type"]), record)
+    (out / "bench.md").write_text(markdown(record))
     print(markdown(record))
     print(f"wrote {out / 'bench.json'} and {out / 'bench.md'} in {record['wall_seconds']:.0f} s")
     return 0
@@ -150,8 +161,6 @@ def bench(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- study
 
 def study(args: argparse.Namespace) -> int:
-    from telly.studies.study import part_lines, records_dir, run_study
-
     records = Path(args.records) if args.records else records_dir(args.model)
     document = run_study(args.model, args.profile, out=_out(args), records=records,
                          tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], corpus=args.corpus)
@@ -163,8 +172,6 @@ def study(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- book
 
 def _parameter(text: str) -> tuple[str, object]:
-    import yaml
-
     name, sep, raw = text.partition("=")
     if not sep or not name.isidentifier():
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE with a Python identifier as NAME, got {text!r}")
@@ -175,23 +182,18 @@ def _parameter(text: str) -> tuple[str, object]:
 
 
 def plan(args: argparse.Namespace) -> int:
-    from telly.store import RunStore, write_json
-    from telly.studies.plan import plan as make_plan
-    from telly.studies.plan import plan_lines
 
-    records = RunStore(args.records).records(model=args.model, profile=args.profile)
+    records = RunStore(args.records).records(model=args.model, profile=args.profile.name)
     if not records:
-        raise SystemExit(f"telly plan: no finished fine-tuning records of profile {args.profile!r} in {args.records}")
-    result = make_plan(records, args.profile, power=args.power, half_width_share=args.half_width_share)
-    print("\n".join(plan_lines(result)))
+        raise SystemExit(f"telly plan: no finished fine-tuning records of profile {args.profile.name!r} in {args.records}")
+    result = planning.plan(records, args.profile, power=args.power, half_width_share=args.half_width_share)
+    print("\n".join(planning.plan_lines(result)))
     if args.out:
         write_json(args.out, result)
     return 0
 
 
 def book(args: argparse.Namespace) -> int:
-    from telly.book import build_book
-
     build_book(book_dir=Path(args.book), profile=args.profile, model=args.model, out=_out(args),
                extra=dict(args.parameter))
     return 0
@@ -277,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("plan", help="size a study from pilot records: seeds, test rows and CPU hours per task")
     p.add_argument("--records", required=True, help="folder of pilot run records (e.g. book/records/smollm2-135m)")
-    p.add_argument("--profile", default="study", help="the pilot's profile (its margins and bootstrap size)")
+    p.add_argument("--profile", default="study", type=_profile,
+                   help="the pilot's profile (its margins and bootstrap size)")
     p.add_argument("--model", default=None, help="only this model's records")
     p.add_argument("--power", type=float, default=0.8, help="power at which the margin must be shown (default 0.8)")
     p.add_argument("--half-width-share", type=float, default=None,
@@ -310,8 +313,6 @@ def _signed_values(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from telly.backbones import BackboneUnavailable
-    from telly.book import BookError
 
     argv = _signed_values(sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(argv)

@@ -21,7 +21,10 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from radon.visitors import ComplexityVisitor
+
 from telly.backbones import cache_dir
+from telly.jsonio import write_json
 from telly.progress import progress_bar
 
 CORPUS_FORMAT = 3  # bump when extraction changes, so stale caches are not reused
@@ -200,8 +203,6 @@ def load_corpus(source: str | Path = "stdlib", min_doc_words: int = 3, *,
                          f"({len(files)} files read, {skipped} skipped as unparseable)")
     corpus = Corpus(functions, label, skipped)
     if cache:
-        from telly.store import write_json
-
         write_json(cache_file, {"functions": [asdict(f) for f in corpus], "skipped": skipped})
         if str(source) == "stdlib":
             _STDLIB[memo_key] = corpus
@@ -285,7 +286,6 @@ def cyclomatic_complexity(code: str) -> int:
     tool): 1 + its own decision points. Nested functions and classes are radon blocks of their own
     and add nothing; decorators and default values are not walked; a `for`/`while`/`try` with an
     `else` counts it, and a `match` does not count its `case _`."""
-    from radon.visitors import ComplexityVisitor
 
     try:
         visitor = ComplexityVisitor.from_code(code)

@@ -1,6 +1,7 @@
 """Decoding: greedy or beam search for any task model with an LM head, with a KV cache.
 
-The model is a `telly.tasks.generation.GenerationModel`: its backbone runs the framed source once as
+The model is a `telly.tasks.generation.GenerationModel` (duck-typed: `backbone`, `logits`), laid out by
+`telly.sequences`: its backbone runs the framed source once as
 a prefix (bidirectional for encoders, causal for decoders), then one token per step against the
 cache, starting from the row's start token ([CLS] for encoders, the prompt's final newline for
 decoders); its `logits` give the next token's scores. Prefixes are right-padded and masked, and
@@ -17,9 +18,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from telly.batching import batches
 from telly.progress import progress_bar
-from telly.tasks import batches
-from telly.tasks.generation import attention_bias, position_offset, prefix_lm_mask, source_ids
+from telly.sequences import attention_bias, position_offset, prefix_lm_mask, source_ids
 
 
 @torch.no_grad()

@@ -34,14 +34,21 @@ def _parts(model_or_backbone: nn.Module | Backbone) -> tuple[nn.Module, nn.Modul
     return root, inner, find_layers(inner)
 
 
+def check_depth(k: int, num_layers: int | None = None) -> None:
+    """The one check of a freeze depth: an integer in -1..L-1 (-1 trains everything); without L,
+    only that it is an integer of at least -1. Out of range is an error naming the valid range."""
+    valid = isinstance(k, int) and not isinstance(k, bool) and k >= -1
+    if not valid or (num_layers is not None and k > num_layers - 1):
+        where = f"-1..{num_layers - 1} for a {num_layers}-layer model" if num_layers is not None else "-1 or more"
+        raise ValueError(f"freeze depth must be an integer in {where}, got {k!r}")
+
+
 def freeze_bottom(model_or_backbone: nn.Module | Backbone, k: int) -> FreezeReport:
     """Freeze the bottom of the network: k=-1 trains everything; k=0 freezes the embeddings
     (and an unused pooler); k>=1 also freezes blocks 0..k-1. Task heads stay trainable."""
     root, backbone, layers = _parts(model_or_backbone)
     num_layers = len(layers)
-    if not isinstance(k, int) or isinstance(k, bool) or not -1 <= k <= num_layers - 1:
-        raise ValueError(f"freeze depth must be an integer in -1..{num_layers - 1} "
-                         f"for a {num_layers}-layer model, got {k!r}")
+    check_depth(k, num_layers)
     for parameter in root.parameters():
         parameter.requires_grad_(True)
     if k >= 0:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
-if TYPE_CHECKING:  # torch is imported where a method is applied, so `telly --help` stays quick
-    import torch
-    from torch import nn
+import torch
+from torch import nn
+
+from telly.freezing import check_depth, freeze_bottom
 
 # Attention projections LoRA adapts by default, per architecture family (query and value).
 LORA_DEFAULT_TARGETS = (("query", "value"), ("q_proj", "v_proj"), ("c_attn",))
@@ -40,6 +41,10 @@ class Method:
     def settings(self) -> dict:
         return asdict(self)
 
+    def check_depth(self, num_layers: int) -> None:
+        """Refuse a freeze depth the backbone does not have, before any work is done."""
+        check_depth(self.freeze, num_layers)
+
     def apply(self, task_model: nn.Module) -> dict:  # pragma: no cover - every method applies itself
         raise NotImplementedError
 
@@ -52,8 +57,6 @@ class Full(Method):
     label: ClassVar[str] = "Full fine-tuning"
 
     def apply(self, task_model: nn.Module) -> dict:
-        from telly.freezing import freeze_bottom
-
         return {"freeze": freeze_bottom(task_model, -1).freeze}
 
 
@@ -67,8 +70,9 @@ class Telly(Method):
     name: ClassVar[str] = "telly"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.freeze, int) or isinstance(self.freeze, bool) or self.freeze < 0:
-            raise ValueError(f"Telly-K needs an integer K >= 0 (K = -1 is full fine-tuning), got {self.freeze!r}")
+        check_depth(self.freeze)
+        if self.freeze == -1:
+            raise ValueError("Telly-K needs K >= 0: K = -1 is full fine-tuning, Full()")
 
     @property
     def tag(self) -> str:
@@ -79,8 +83,6 @@ class Telly(Method):
         return f"Telly-{self.freeze} " + ("cached" if self.cache else "uncached")
 
     def apply(self, task_model: nn.Module) -> dict:
-        from telly.freezing import freeze_bottom
-
         return {"freeze": freeze_bottom(task_model, self.freeze).freeze}
 
 
@@ -130,8 +132,6 @@ class BitFit(Method):
     label: ClassVar[str] = "BitFit"
 
     def apply(self, task_model: nn.Module) -> dict:
-        from telly.freezing import freeze_bottom
-
         biases = [name for name, _ in task_model.backbone.named_parameters() if name.endswith("bias")]
         if not biases:  # e.g. Llama-style decoders such as SmolLM2 carry no bias terms
             raise ValueError(f"BitFit trains bias terms, and {type(task_model.backbone).__name__} has none")

@@ -20,13 +20,15 @@ import re
 import sys
 import xml.sax.saxutils
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+from rapidfuzz import fuzz
 
 # Flagged degenerate: at least this share of predictions empty (or looping), or more than this share one same string.
 DEGENERATE_EMPTY_SHARE = 0.5
 DEGENERATE_IDENTICAL_SHARE = 0.5
+RECALL_CUTOFFS = (1, 5, 10)  # code search reports recall@k at these k
 
 
 # ------------------------------------------------------------------------------ retrieval
@@ -221,7 +223,6 @@ def edit_similarity(reference: str, prediction: str) -> float:
     post-processed strings, the prediction stripped first, as its evaluator scores them. That is
     rapidfuzz's indel ratio (what fuzzywuzzy computes with python-Levenshtein, and thefuzz),
     rounded to an integer as fuzzywuzzy does."""
-    from rapidfuzz import fuzz
 
     prediction, reference = codexglue_post_process(prediction.strip()), codexglue_post_process(reference)
     return float(round(fuzz.ratio(prediction, reference)))
@@ -266,3 +267,52 @@ def _repeats_itself(prediction: str) -> bool:
 def _same_length(references: Sequence[str], predictions: Sequence[str]) -> None:
     if len(references) != len(predictions):
         raise ValueError(f"{len(references)} references but {len(predictions)} predictions")
+
+
+# ------------------------------------------------------------------------------ a task's scores
+
+def retrieval_summary(per_example: dict[str, np.ndarray]) -> dict[str, float]:
+    """MRR and recall@k from per-query reciprocal_rank and hit@k columns."""
+    return {"mrr": float(np.mean(per_example["reciprocal_rank"])),
+            **{f"recall@{k}": float(np.mean(per_example[f"hit@{k}"])) for k in RECALL_CUTOFFS}}
+
+
+def summarization_quality(per_example: dict[str, np.ndarray]) -> dict[str, float]:
+    return {"bleu": float(np.mean(per_example["bleu"]))}
+
+
+def generation_quality(per_example: dict[str, np.ndarray]) -> dict[str, float]:
+    return {"bleu": corpus_bleu_from_statistics(per_example), "exact_match": float(np.mean(per_example["exact_match"]))}
+
+
+def completion_quality(per_example: dict[str, np.ndarray]) -> dict[str, float]:
+    return {"edit_similarity": float(np.mean(per_example["edit_similarity"])),
+            "exact_match": float(np.mean(per_example["exact_match"]))}
+
+
+def _with_degenerate_shares(quality: Callable[[dict], dict[str, float]]) -> Callable[[dict], dict[str, float]]:
+    """A generation task's metrics beside the share of empty and of most-common predictions."""
+    def score(per_example: dict[str, np.ndarray]) -> dict[str, float]:
+        report = degenerate_report([str(p) for p in per_example["prediction"]])
+        return quality(per_example) | {"empty_share": report["empty_share"],
+                                       "most_common_share": report["most_common_share"],
+                                       "degenerate": float(report["is_degenerate"])}
+    return score
+
+
+# Task name -> metrics from its per-example columns, on any resample of the rows (the bootstrap calls it).
+TASK_SCORES: dict[str, Callable[[dict], dict[str, float]]] = {
+    "code-search": retrieval_summary,
+    "clone-detection": clone_scores,
+    "code-summarization": _with_degenerate_shares(summarization_quality),
+    "code-generation": _with_degenerate_shares(generation_quality),
+    "code-completion": _with_degenerate_shares(completion_quality),
+}
+
+
+def score_function(task: str) -> Callable[[dict], dict[str, float]]:
+    """The score function of `task` (a registry name); an unknown one is an error naming the known ones."""
+    try:
+        return TASK_SCORES[task]
+    except KeyError:
+        raise ValueError(f"no score function for task {task!r}; expected one of {sorted(TASK_SCORES)}") from None

@@ -1,136 +1,195 @@
-"""Run profiles: one frozen dataclass each, the only place sizes and budgets are set."""
+"""Run profiles: the only place sizes, budgets and margins are set.
+
+A `Profile` is a name and six sections, each a frozen dataclass whose fields carry their help text
+(the peft style): `inputs` (token lengths every question shares), `probing` (RQ1 probes and RQ2
+similarity), `training` (RQ3 fine-tuning), `generation` (the three generation tasks), `bench`
+(`telly bench`) and `statistics`. The section defaults are the `laptop` profile; every other profile
+is written as its differences from it (`Profile.changed`). Field names are unique across sections,
+so `changed(batch_size=8)` needs no section, and `to_dict()` is flat (the form records store).
+
+Resolve a profile once, at the edge (the CLI, a chapter, `telly book`), with `get_profile`; below
+that only `Profile` objects travel.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
+
+
+def _help(default, text: str, **kwargs):
+    return field(default=default, metadata={"help": text}, **kwargs)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Token lengths shared by probing, similarity and fine-tuning."""
+
+    max_code_tokens: int = _help(128, "Code tokens per input (longer code is cut).")
+    max_text_tokens: int = _help(32, "Natural-language tokens per input (docstrings, queries).")
+
+
+@dataclass(frozen=True)
+class Probing:
+    """RQ1 probing and RQ2 similarity: how many corpus functions, and how the probes are fitted."""
+
+    probe_functions: int = _help(600, "Corpus functions RQ1 probes (train and held-out together).")
+    similarity_functions: int = _help(1000, "Corpus functions whose representations RQ2 compares.")
+    feature_batch_size: int = _help(32, "Inputs per forward pass when extracting every layer's states.")
+    probe_epochs: int = _help(60, "Training epochs of each probe.")
+    probe_test_share: float = _help(0.25, "Held-out share of the probed functions.")
+    syntactic_share: float = _help(0.5, "Share of the probed functions the syntactic probe encodes (SBT inputs "
+                                        "are long).")
+    semantic_share: float = _help(0.2, "Share of the probed functions the semantic probe uses (each brings "
+                                       "variants).")
+    variants_per_function: int = _help(2, "Semantics-preserving variants per semantic-probe function.")
+    lexical_token_budget: int = _help(80_000_000, "The lexical probe's token-state budget, in float16 values.")
+    lexical_functions: int = _help(120, "At most this many functions for the lexical probe (~70 words each; "
+                                        "more only slows a probe that saturates).")
+    extra_probe_models: tuple[str, ...] = _help(("smollm2-135m",), "Backbones the book probes beside the live "
+                                                                   "one.")
+    extra_probe_functions: int = _help(240, "At most this many functions (and half the profile's) for a slower "
+                                            "extra backbone.")
+    extra_probe_tokens: int = _help(96, "At most this many tokens per input for a slower extra backbone.")
+    sbt_max_tokens: int = _help(512, "The syntactic probe's SBT token budget: chosen so that at most 5% of SBT "
+                                     "sequences are cut (SBTs run about twice the code's length; the record "
+                                     "measures the cut share).")
+    probe_weight_refits: int = _help(19, "Refits of the weighted probe on bootstrap resamples (where its weights "
+                                         "sit) and as many on shuffled labels (whether they moved from uniform).")
+
+
+@dataclass(frozen=True)
+class Training:
+    """RQ3 fine-tuning: split sizes, optimisation, early stopping, precision and what a sweep runs."""
+
+    train_examples: int | None = _help(192, "Training examples (None: all).")
+    valid_examples: int | None = _help(64, "Validation examples (None: all).")
+    test_examples: int | None = _help(500, "Test examples (None: all).")
+    batch_size: int = _help(32, "Training and evaluation batch size.")
+    epochs: int = _help(3, "At most this many epochs.")
+    patience: int = _help(1, "Stop after this many epochs without a lower validation loss.")
+    learning_rate: float = _help(5e-5, "Peak learning rate of the backbone (linear warm-up, linear decay).")
+    warmup_ratio: float = _help(0.1, "Share of the steps spent warming the learning rate up.")
+    # As the replication package's UniXcoder scripts set it: AdamW (eps 1e-8), no weight decay, clipping at 1.0.
+    weight_decay: float = _help(0.0, "AdamW weight decay.")
+    max_grad_norm: float = _help(1.0, "Gradient norm clipping.")
+    mixed_precision: str = _help("no", "'bf16': autocast in training and in probing/similarity forward passes "
+                                       "(decoding stays float32); 'no': float32 everywhere. The record names it.")
+    cache_memory_mb: int = _help(2048, "Frozen-prefix cache budget in memory before it spills to disk shards.")
+    seeds: tuple[int, ...] = _help((0, 1, 2), "Training seeds; a 'keeps quality' claim needs at least three.")
+    sweep_freeze: str = _help("-1,3,5", "Freeze depths a chapter sweeps on the classification tasks ('all' or "
+                                        "'-1,0,3').")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The three generation tasks: target length, decoding and (dear on a CPU) split sizes."""
+
+    max_target_tokens: int = _help(24, "Target tokens (summaries, code, completed lines).")
+    num_beams: int = _help(1, "Beam width (1: greedy).")
+    generation_examples: tuple[int | None, int | None, int | None] = _help(
+        (64, 32, 96), "Train, validation and test examples (None: all).")
+    generation_freeze: str = _help("-1,5", "Freeze depths a chapter sweeps on the generation tasks.")
+
+
+@dataclass(frozen=True)
+class Bench:
+    """`telly bench`: repeats, steps and the sizes each section measures."""
+
+    bench_repeats: int = _help(3, "Interleaved repeats; tables report the median.")
+    bench_steps: int = _help(2, "Timed training steps per epoch.")
+    bench_batch_size: int = _help(8, "Training batch: examples.")
+    bench_code_tokens: int = _help(256, "Training batch: code tokens per example.")
+    bench_probe_texts: int = _help(256, "Texts the probing section encodes.")
+    bench_similarity_inputs: int = _help(5000, "Inputs the similarity section compares.")
+    book_runs_bench: bool = _help(False, "Whether a book build runs the bench when the results store has none "
+                                         "(else chapter 4 shows the shipped reference record): on 2 cores the "
+                                         "laptop bench took 24 minutes.")
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """Resampling and the non-inferiority margins, stated before any run and never tuned on results."""
+
+    bootstrap_samples: int = _help(1000, "Bootstrap resamples behind every interval.")
+    margins: tuple[tuple[str, float], ...] = _help(
+        (("mrr", 0.02), ("f1", 0.02), ("bleu", 2.0), ("exact_match", 2.0), ("edit_similarity", 2.0)),
+        "Non-inferiority margin per metric, on its own scale (MRR and F1 0-1, CodeXGLUE metrics 0-100): "
+        "Telly-K keeps quality when its paired difference to full fine-tuning stays above -margin.")
+
+
+SECTIONS = {"inputs": Inputs, "probing": Probing, "training": Training, "generation": Generation,
+            "bench": Bench, "statistics": Statistics}
 
 
 @dataclass(frozen=True)
 class Profile:
     name: str
-    # RQ1 probing / RQ2 similarity: how many corpus functions and how long their inputs.
-    probe_functions: int
-    similarity_functions: int
-    max_code_tokens: int
-    max_text_tokens: int
-    feature_batch_size: int
-    probe_epochs: int
-    # RQ3 fine-tuning: examples per split (None = all), optimisation and early stopping.
-    train_examples: int | None
-    valid_examples: int | None
-    test_examples: int | None
-    batch_size: int
-    epochs: int
-    patience: int
-    learning_rate: float
-    warmup_ratio: float
-    # Generation tasks: target length and decoding.
-    max_target_tokens: int
-    num_beams: int
-    # Train/valid/test examples of the three generation tasks (None = all): decoding is dear on a CPU.
-    generation_examples: tuple[int | None, int | None, int | None]
-    # Statistics and benchmarks.
-    bootstrap_samples: int
-    bench_repeats: int
-    bench_steps: int
-    # Benchmarks (telly.studies.bench): training batch (examples x code tokens), probing and similarity sizes.
-    bench_batch_size: int
-    bench_code_tokens: int
-    bench_probe_texts: int
-    bench_similarity_inputs: int
-    # Frozen-prefix cache budget in memory before spilling to disk shards.
-    cache_memory_mb: int
-    # What the book's chapters run in this profile: freeze depths swept ("all" or "-1,0,3"), for
-    # the two classification tasks and for the slower generation tasks; extra probed backbones.
-    sweep_freeze: str = "all"
-    generation_freeze: str = "-1,3"
-    extra_probe_models: tuple[str, ...] = ("smollm2-135m",)
-    # Whether a book build runs the bench when the results store has none (else chapter 4 shows the
-    # shipped reference record): on 2 cores the laptop bench took 24 min and the rest of the laptop book
-    # 43 min, against the book's 45-minute budget.
-    book_runs_bench: bool = True
-    # RQ1 probing sizes: the held-out share of the probed functions; the shares of them the syntactic
-    # and semantic probes use (each encodes extra inputs per function: SBT sequences, variants); the
-    # variants per semantic function; the lexical probe's token-state budget (float16 values) and
-    # function cap (~70 words each; more only slows a probe that saturates).
-    probe_test_share: float = 0.25
-    syntactic_share: float = 0.5
-    semantic_share: float = 0.2
-    variants_per_function: int = 2
-    lexical_token_budget: int = 80_000_000
-    lexical_functions: int = 120
-    # A slower extra backbone (SmolLM2: 30 layers, 576 wide) is probed on at most this many
-    # functions (and at most half the profile's) of at most this many tokens.
-    extra_probe_functions: int = 240
-    extra_probe_tokens: int = 96
-    # Optimiser beside learning_rate and warmup_ratio, as the replication package's UniXcoder scripts
-    # set it: AdamW (eps 1e-8) without weight decay, gradient norm clipped at 1.0.
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    # RQ3 training seeds; a "keeps quality" claim needs at least three.
-    seeds: tuple[int, ...] = (0,)
-    # Non-inferiority margins per metric, on the metric's own scale (MRR and F1 0-1, the CodeXGLUE
-    # metrics 0-100): Telly-K keeps quality when its paired difference to full fine-tuning stays above
-    # -margin. Stated before any run, never tuned on results.
-    margins: tuple[tuple[str, float], ...] = (("mrr", 0.02), ("f1", 0.02), ("bleu", 2.0), ("exact_match", 2.0),
-                                              ("edit_similarity", 2.0))
-    # "bf16": autocast in training and in probing/similarity forward passes (decoding stays float32);
-    # "no": float32 everywhere. The record names it.
-    mixed_precision: str = "no"
-    # RQ1 probing validity: the SBT token budget of the syntactic probe, chosen from the data so that
-    # at most 5% of SBT sequences are cut (its functions' code fits max_code_tokens, and their SBTs run
-    # about twice as long in tokens; the record measures the cut share); and how many times the
-    # weighted probe is refitted on bootstrap resamples of the training functions (the interval of
-    # where its weights sit) and as many times on shuffled labels (whether they moved from uniform).
-    sbt_max_tokens: int = 512
-    probe_weight_refits: int = 19
+    inputs: Inputs = field(default_factory=Inputs)
+    probing: Probing = field(default_factory=Probing)
+    training: Training = field(default_factory=Training)
+    generation: Generation = field(default_factory=Generation)
+    bench: Bench = field(default_factory=Bench)
+    statistics: Statistics = field(default_factory=Statistics)
+
+    def changed(self, **changes) -> Profile:
+        """A copy with the named fields changed (`name` or any section's field); an unknown field is
+        an error naming the known ones."""
+        by_section: dict[str, dict] = {}
+        for key, value in changes.items():
+            if key == "name":
+                continue
+            if key not in FIELD_SECTION:
+                raise ValueError(f"profile {self.name!r} has no field {key!r}; expected one of "
+                                 f"{sorted(FIELD_SECTION)}")
+            by_section.setdefault(FIELD_SECTION[key], {})[key] = value
+        return replace(self, name=changes.get("name", self.name),
+                       **{section: replace(getattr(self, section), **values) for section, values in by_section.items()})
+
     def margin(self, metric: str) -> float:
         """The non-inferiority margin of `metric`; a metric without one is an error naming the known ones."""
-        margins = dict(self.margins)
+        margins = dict(self.statistics.margins)
         if metric not in margins:
             raise ValueError(f"profile {self.name!r} states no non-inferiority margin for {metric!r}; "
                              f"it has {sorted(margins)}")
         return margins[metric]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every setting under its field name, sections flattened (the form records store)."""
+        flat = {"name": self.name}
+        for section in SECTIONS:
+            flat.update(asdict(getattr(self, section)))
+        return flat
 
+
+FIELD_SECTION = {f.name: section for section, kind in SECTIONS.items() for f in fields(kind)}
+
+LAPTOP = Profile(name="laptop")  # the whole book on a 2-core CPU within 45 minutes; every section's defaults
 
 PROFILES: dict[str, Profile] = {
-    "smoke": Profile(
-        name="smoke", probe_functions=160, similarity_functions=64, max_code_tokens=64,
-        max_text_tokens=24, feature_batch_size=32, probe_epochs=20, train_examples=64,
-        valid_examples=32, test_examples=64, batch_size=16, epochs=1, patience=1,
-        learning_rate=5e-5, warmup_ratio=0.1, max_target_tokens=16, num_beams=1, generation_examples=(64, 16, 32),
-        bootstrap_samples=200, bench_repeats=1, bench_steps=2, cache_memory_mb=256,
-        bench_batch_size=2, bench_code_tokens=32, bench_probe_texts=16, bench_similarity_inputs=500,
-        sweep_freeze="-1,3", extra_probe_models=(),
-        sbt_max_tokens=160, probe_weight_refits=4,
+    # CI: seconds per step, tiny data.
+    "smoke": LAPTOP.changed(
+        name="smoke", probe_functions=160, similarity_functions=64, max_code_tokens=64, max_text_tokens=24,
+        probe_epochs=20, extra_probe_models=(), sbt_max_tokens=160, probe_weight_refits=4,
+        train_examples=64, valid_examples=32, test_examples=64, batch_size=16, epochs=1, seeds=(0,),
+        cache_memory_mb=256, sweep_freeze="-1,3",
+        max_target_tokens=16, generation_examples=(64, 16, 32), generation_freeze="-1,3",
+        bench_repeats=1, bench_batch_size=2, bench_code_tokens=32, bench_probe_texts=16,
+        bench_similarity_inputs=500, book_runs_bench=True,
+        bootstrap_samples=200,
     ),
-    "laptop": Profile(
-        name="laptop", probe_functions=600, similarity_functions=1000, max_code_tokens=128,
-        max_text_tokens=32, feature_batch_size=32, probe_epochs=60, train_examples=192,
-        valid_examples=64, test_examples=500, batch_size=32, epochs=3, patience=1,
-        learning_rate=5e-5, warmup_ratio=0.1, max_target_tokens=24, num_beams=1, generation_examples=(64, 32, 96),
-        bootstrap_samples=1000, bench_repeats=3, bench_steps=2, cache_memory_mb=2048,
-        bench_batch_size=8, bench_code_tokens=256, bench_probe_texts=256, bench_similarity_inputs=5000,
-        book_runs_bench=False,
-        # RQ3 within the book's 45 minutes: fewer depths (L/2 and L-1 of MiniLM-L6's 6 layers), three seeds
-        # and small training splits. The live book runs no generation task on MiniLM (an encoder never
-        # pre-trained to generate: every test output was empty); part of the time that saved (issue 24
-        # put it at about 40% of chapter 3) went to 500 test rows (was 300) for code search and clone
-        # detection, the rest to code search training its three epochs instead of collapsing after one.
-        # Chosen by the time budget; `telly plan` over the laptop records should size them next.
-        seeds=(0, 1, 2), sweep_freeze="-1,3,5", generation_freeze="-1,5",
-        sbt_max_tokens=320,
-    ),
-    "paper": Profile(
-        name="paper", probe_functions=5000, similarity_functions=5000, max_code_tokens=256,
-        max_text_tokens=128, feature_batch_size=64, probe_epochs=100, train_examples=None,
-        valid_examples=None, test_examples=None, batch_size=32, epochs=10, patience=2,
-        learning_rate=2e-5, warmup_ratio=0.1, max_target_tokens=128, num_beams=10, generation_examples=(None, None, None),
-        bootstrap_samples=1000, bench_repeats=5, bench_steps=20, cache_memory_mb=16384,
-        bench_batch_size=32, bench_code_tokens=256, bench_probe_texts=1000, bench_similarity_inputs=5000,
-        generation_freeze="all", probe_weight_refits=99,
+    # RQ3 within the book's 45 minutes: depths L/2 and L-1 of MiniLM-L6's 6 layers, three seeds and small
+    # training splits. The live book runs no generation task on MiniLM (an encoder never pre-trained to
+    # generate: every test output was empty); part of the time that saved (issue 24 put it at about 40% of
+    # chapter 3) went to 500 test rows (was 300) for code search and clone detection, the rest to code
+    # search training its three epochs instead of collapsing after one. Chosen by the time budget.
+    "laptop": LAPTOP.changed(sbt_max_tokens=320),
+    # GPU, real datasets, the paper's hyper-parameters.
+    "paper": LAPTOP.changed(
+        name="paper", probe_functions=5000, similarity_functions=5000, max_code_tokens=256, max_text_tokens=128,
+        feature_batch_size=64, probe_epochs=100, probe_weight_refits=99,
+        train_examples=None, valid_examples=None, test_examples=None, epochs=10, patience=2, learning_rate=2e-5,
+        cache_memory_mb=16384, seeds=(0,), sweep_freeze="all",
+        max_target_tokens=128, num_beams=10, generation_examples=(None, None, None), generation_freeze="all",
+        bench_repeats=5, bench_steps=20, bench_batch_size=32, bench_probe_texts=1000, book_runs_bench=True,
     ),
     # The code-model study (`make study`: telly.studies.study) of smollm2-135m on 2 cores. Sized from
     # its first records (idle 2-core Xeon with AMX, bf16 autocast training, fp32 evaluation), made
@@ -146,16 +205,13 @@ PROFILES: dict[str, Profile] = {
     # redone); RQ2 0.6-2.2 min a task; RQ1 9.1 min; the precision check 45 min: 5.1 h in all, under
     # the 6-hour budget. Depth 20 is left out (-1, 15, 25, 27, 29: the paper's key ratios K/L of 1/2,
     # 5/6, 11/12 and the top block alone) and the splits are small so that three seeds fit.
-    "study": Profile(
-        name="study", probe_functions=600, similarity_functions=400, max_code_tokens=128,
-        max_text_tokens=32, feature_batch_size=32, probe_epochs=60, train_examples=160,
-        valid_examples=64, test_examples=200, batch_size=8, epochs=6, patience=2,
-        learning_rate=5e-5, warmup_ratio=0.1, max_target_tokens=32, num_beams=1, generation_examples=(160, 32, 120),
-        bootstrap_samples=1000, bench_repeats=3, bench_steps=2, cache_memory_mb=2048,
-        bench_batch_size=8, bench_code_tokens=128, bench_probe_texts=256, bench_similarity_inputs=5000,
-        sweep_freeze="-1,15,25,27,29", generation_freeze="-1,15,25,27,29", extra_probe_models=(),
-        book_runs_bench=False, sbt_max_tokens=320, seeds=(0, 1, 2),
+    "study": LAPTOP.changed(
+        name="study", similarity_functions=400, extra_probe_models=(), sbt_max_tokens=320,
         probe_weight_refits=99,  # the fewest whose smallest p survives Holm across the four probes
+        train_examples=160, test_examples=200, batch_size=8, epochs=6, patience=2,
+        sweep_freeze="-1,15,25,27,29",
+        max_target_tokens=32, generation_examples=(160, 32, 120), generation_freeze="-1,15,25,27,29",
+        bench_code_tokens=128,
         # bf16 autocast: 0.65x the fp32 training step and 0.46x the forward pass on that machine
         # (bench/bench.md; `telly bench --sections precision` measures the machine at hand), and its
         # code-search epochs took 0.44x fp32's: fp32 would put RQ3 (4.1 h) far past the budget. The
@@ -167,10 +223,8 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-def get_profile(name: str | Profile) -> Profile:
-    """Look a profile up by name; an unknown name lists the valid ones."""
-    if isinstance(name, Profile):
-        return name
+def get_profile(name: str) -> Profile:
+    """The profile called `name` (resolve once, at the edge); an unknown name lists the valid ones."""
     try:
         return PROFILES[name]
     except KeyError:

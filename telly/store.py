@@ -11,64 +11,24 @@ only "is the stored result still current?" rule: records compare their inputs th
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
+from telly.jsonio import as_stored, read_json, write_json
 from telly.methods import Full, Method, make_method
+from telly.profiles import Profile
 
 WEIGHTS = "backbone.safetensors"
 HEAD_WEIGHTS = "head.safetensors"
 EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
 VERSIONED = ("telly", "torch", "transformers", "accelerate", "peft", "datasets", "numpy",
              "scikit-learn", "rapidfuzz", "radon")
-
-
-# ----------------------------------------------------------------------------- JSON on disk
-
-def write_json(path: str | Path, record: object) -> Path:
-    """Write JSON atomically (temp file + rename): a killed run never leaves half a record."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(record, handle, indent=2, default=_jsonable)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def read_json(path: str | Path) -> object:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON at line {exc.lineno} ({exc.msg})") from exc
-
-
-def as_stored(value: object) -> object:
-    """`value` as it reads back from JSON (tuples become lists, numpy values plain numbers), so
-    wanted inputs compare equal to stored ones."""
-    return json.loads(json.dumps(value, default=_jsonable))
-
-
-def _jsonable(value: object) -> object:
-    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -145,21 +105,22 @@ class Variant:
 
     `run_id` names its record and weights in a store (the same settings always give the same id; a
     run on a real dataset never shares its id with the offline-corpus run); `label` is what a page
-    calls it."""
+    calls it. The profile is the object the run trains under: its name goes into the run id, its
+    settings into the record."""
 
     task: str
     model: str
+    profile: Profile
     method: Method = field(default_factory=Full)
     seed: int = 0
-    profile: str = "laptop"
     data_path: str | None = None
 
     @classmethod
-    def of(cls, task: str, model: str, freeze: int = -1, *, method: str = "telly", cache: bool = True,
-           seed: int = 0, profile: str = "laptop", data_path: str | None = None, **method_options) -> Variant:
+    def of(cls, task: str, model: str, freeze: int = -1, *, profile: Profile, method: str = "telly",
+           cache: bool = True, seed: int = 0, data_path: str | None = None, **method_options) -> Variant:
         """A variant from the CLI's words: method name, freeze depth K (Telly with K = -1 is full)."""
-        return cls(task, str(model), make_method(method, freeze, cache, **method_options), int(seed),
-                   str(profile), data_location(data_path))
+        return cls(task, str(model), profile, make_method(method, freeze, cache, **method_options), int(seed),
+                   data_location(data_path))
 
     @property
     def freeze(self) -> int:
@@ -167,18 +128,12 @@ class Variant:
 
     @property
     def run_id(self) -> str:
-        name = f"{self.task}__{slug(self.model)}__{self.method.tag}__seed{self.seed}__{self.profile}"
+        name = f"{self.task}__{slug(self.model)}__{self.method.tag}__seed{self.seed}__{self.profile.name}"
         return f"{name}__data-{data_tag(self.data_path)}" if self.data_path else name
 
     @property
     def label(self) -> str:
         return self.method.label
-
-    def make_task(self):
-        """The task this variant runs, on its data path when it names one."""
-        from telly.tasks import get_task
-
-        return get_task(self.task, **({"data_path": self.data_path} if self.data_path else {}))
 
 
 # ----------------------------------------------------------------------------- the store
@@ -206,10 +161,10 @@ class RunStore:
     def weights(self, variant: Variant) -> Path:
         return self.run_dir(variant) / WEIGHTS
 
-    def find(self, variant: Variant, profile=None) -> dict | None:
-        """The finished record of `variant`, or None (missing, damaged, unfinished, or, when a
-        `profile` is given, run under other profile settings or another task config than the
-        task's current one)."""
+    def find(self, variant: Variant, task_config: Mapping) -> dict | None:
+        """The finished record of `variant` when it ran under its profile's current settings and
+        `task_config` (the task's current config, as a dict); else None (missing, damaged,
+        unfinished, or run under other settings)."""
         path = self.record_path(variant)
         if not path.exists():
             return None
@@ -219,8 +174,8 @@ class RunStore:
             return None  # a damaged record counts as unfinished: run it again
         if not isinstance(record, dict) or record.get("status") != "finished":
             return None
-        if profile is not None and (record.get("profile_settings") != as_stored(profile.to_dict())
-                                    or record.get("task_config") != as_stored(variant.make_task().config.to_dict())):
+        if record.get("profile_settings") != as_stored(variant.profile.to_dict()) \
+                or record.get("task_config") != as_stored(dict(task_config)):
             return None
         return record
 

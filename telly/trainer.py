@@ -1,14 +1,15 @@
 """The Telly-K trainer: fine-tune one variant (task, model, method, seed) and measure it.
 
-Read top to bottom, `finetune` does:
-  1. resolve the run (a `telly.store.Variant`) and the profile it runs under;
-  2. load the backbone and the task data, build the task model, let the method choose what trains;
-  3. zero-shot: score the pre-trained model on the test set when the task allows it (code search);
+Read top to bottom, `finetune` does (one `FineTuning` method per step):
+  1. the run: its `telly.store.Variant` (task, model, method, seed, profile), where its record goes,
+     the device and training precision under Accelerate (same code for `accelerate launch`);
+  2. load the backbone (the method checks its freeze depth against it), the task data, the task model;
+  3. before training: the task's preparation, the zero-shot test score and the validation score of
+     the pre-trained model when the task allows it (code search); the method sets what trains;
   4. frozen-prefix cache: for cached Telly-K run embeddings + blocks 0..K-1 once (prefix_cache.py);
-  5. one untimed warm-up step on a copy of the model, which also measures peak memory;
-  6. train with AdamW (the profile's weight decay, gradient norm clipped) + linear warmup/decay
-     under Accelerate (same code for `accelerate launch`),
-     timing each epoch's training apart from its validation, early stopping on the validation loss;
+  5. AdamW (the profile's weight decay, gradient norm clipped) + linear warmup/decay, after one
+     untimed warm-up step on a copy of the model that also measures peak memory;
+  6. train, timing each epoch's training apart from its validation, early stopping on the validation loss;
   7. restore the best epoch, score the test set with bootstrap 95% CIs (stats.py);
   8. save the best backbone (HF base-model keys) and head as safetensors, then the JSON record.
 The record is written last and atomically, so its presence means the run finished.
@@ -34,10 +35,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from safetensors.torch import save_file
+from transformers import get_linear_schedule_with_warmup
 
-from telly.profiles import Profile, get_profile
+from telly import backbones, stats
+from telly.batching import batches, move_to
+from telly.features import precision_autocast
+from telly.jsonio import as_stored
+from telly.methods import backbone_state_dict
+from telly.prefix_cache import build_prefix_cache
+from telly.profiles import Profile
 from telly.progress import progress_bar
-from telly.store import HEAD_WEIGHTS, WEIGHTS, RunStore, Variant, as_store, as_stored, slug
+from telly.store import HEAD_WEIGHTS, WEIGHTS, RunStore, Variant, as_store, provenance, slug
+from telly.tasks import Task, get_task
 
 # ----------------------------------------------------------------------------- one training step
 
@@ -154,30 +166,30 @@ REPLICATION_OPTIMIZER = ("the replication package's UniXcoder scripts: transform
 
 def optimizer_settings(profile: Profile, head_learning_rate: float) -> dict:
     """What a record says about its optimiser, beside what the replication package used."""
-    return {"name": "AdamW", "learning_rate": profile.learning_rate, "head_learning_rate": head_learning_rate,
-            "eps": ADAM_EPS, "weight_decay": profile.weight_decay, "max_grad_norm": profile.max_grad_norm,
-            "schedule": f"linear warm-up over {profile.warmup_ratio:.0%} of the steps, then linear decay to 0",
+    return {"name": "AdamW", "learning_rate": profile.training.learning_rate, "head_learning_rate": head_learning_rate,
+            "eps": ADAM_EPS, "weight_decay": profile.training.weight_decay, "max_grad_norm": profile.training.max_grad_norm,
+            "schedule": f"linear warm-up over {profile.training.warmup_ratio:.0%} of the steps, then linear decay to 0",
             "replication_package": REPLICATION_OPTIMIZER}
 
 
 def optimizer_factory(task, profile: Profile, head_learning_rate: float):
     """model -> AdamW over its trainable parameters (the head at its own learning rate, the profile's
-    weight decay) whose every step first clips the gradients' global norm at profile.max_grad_norm."""
-    if not profile.max_grad_norm > 0:
-        raise ValueError(f"profile {profile.name!r}: max_grad_norm must be positive, got {profile.max_grad_norm}")
-    if profile.weight_decay < 0:
-        raise ValueError(f"profile {profile.name!r}: weight_decay must be >= 0, got {profile.weight_decay}")
+    weight decay) whose every step first clips the gradients' global norm at profile.training.max_grad_norm."""
+    if not profile.training.max_grad_norm > 0:
+        raise ValueError(f"profile {profile.name!r}: max_grad_norm must be positive, got {profile.training.max_grad_norm}")
+    if profile.training.weight_decay < 0:
+        raise ValueError(f"profile {profile.name!r}: weight_decay must be >= 0, got {profile.training.weight_decay}")
 
     def make(task_model: torch.nn.Module) -> torch.optim.Optimizer:
         head_ids = {id(p) for p in task_model.head.parameters()}
         groups = [{"params": [p for p in task_model.parameters() if p.requires_grad and id(p) not in head_ids]},
                   {"params": [p for p in task_model.head.parameters() if p.requires_grad], "lr": head_learning_rate}]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=profile.learning_rate, eps=ADAM_EPS,
-                                      weight_decay=profile.weight_decay)
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=profile.training.learning_rate, eps=ADAM_EPS,
+                                      weight_decay=profile.training.weight_decay)
         trained = [p for g in optimizer.param_groups for p in g["params"]]
 
         def clip(_optimizer, _args, _kwargs) -> None:
-            torch.nn.utils.clip_grad_norm_(trained, profile.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(trained, profile.training.max_grad_norm)
 
         # A pre-step hook clips wherever a step is taken (the trainer, its warm-up step, the bench),
         # after a mixed-precision scaler has unscaled the gradients.
@@ -188,211 +200,247 @@ def optimizer_factory(task, profile: Profile, head_learning_rate: float):
 
 # ----------------------------------------------------------------------------- the run
 
-def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, profile: Profile | str | None = None,
-             save_epoch_checkpoints: bool = False, dropout: float | None = None,
-             head_learning_rate: float | None = None, mixed_precision: str | None = None,
-             progress: bool = True, on_epoch: Callable[[dict, int], None] | None = None) -> dict:
-    """Fine-tune `variant` and write its record (returned) and best weights into `store`.
+def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, save_epoch_checkpoints: bool = False,
+             dropout: float | None = None, head_learning_rate: float | None = None,
+             mixed_precision: str | None = None, progress: bool = True,
+             on_epoch: Callable[[dict, int], None] | None = None) -> dict:
+    """Fine-tune `variant` under `variant.profile` and write its record (returned) and best weights
+    into `store`.
 
-    profile: the settings to run under (default: the registered profile `variant.profile` names;
-    a custom Profile must carry that name). dropout: override every dropout probability (0.0 makes
-    runs identical across process counts). head_learning_rate: the task head's learning rate
-    (default: the task's head_lr_scale x the profile's). mixed_precision: "bf16" runs every training
-    forward pass (and the frozen-prefix cache's) under bf16 autocast, "no" in float32 (default: the
-    profile's); validation, test and decoding always run in float32. on_epoch(epoch_summary,
-    max_epochs) is called after each epoch's validation (a live progress bar, for example).
+    dropout: override every dropout probability (0.0 makes runs identical across process counts).
+    head_learning_rate: the task head's learning rate (default: the task's head_lr_scale x the
+    profile's). mixed_precision: "bf16" runs every training forward pass (and the frozen-prefix
+    cache's) under bf16 autocast, "no" in float32 (default: the profile's); validation, test and
+    decoding always run in float32. on_epoch(epoch_summary, max_epochs) is called after each epoch's
+    validation (a live progress bar, for example).
     """
-    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-    from accelerate.utils import set_seed
-    from safetensors.torch import save_file
-    from transformers import get_linear_schedule_with_warmup
+    run = FineTuning(variant, as_store(store), mixed_precision=mixed_precision, progress=progress)  # 1
+    run.load(dropout)  # 2
+    run.before_training()  # 3
+    run.build_cache()  # 4
+    run.set_up_optimiser(head_learning_rate)  # 5
+    run.train(save_epoch_checkpoints=save_epoch_checkpoints, on_epoch=on_epoch)  # 6
+    run.test()  # 7
+    return run.finish()  # 8
 
-    from telly import backbones, stats
-    from telly.features import precision_autocast
-    from telly.prefix_cache import build_prefix_cache
-    from telly.store import provenance
-    from telly.tasks import move_to
 
-    # 1. The run: what it is and where its record goes.
-    started = time.perf_counter()
-    profile = get_profile(profile if profile is not None else variant.profile)
-    if profile.name != variant.profile:
-        raise ValueError(f"variant {variant.run_id} names profile {variant.profile!r}, but runs under {profile.name!r}")
-    store = as_store(store)
-    task = variant.make_task()
-    method, freeze = variant.method, variant.freeze
-    use_cache = method.cache
-    name = variant.run_id
-    run_dir = store.run_dir(variant)
-    mixed_precision = profile.mixed_precision if mixed_precision is None else mixed_precision
-    # Autocast is ours (train_step's `autocast`), not Accelerate's: Accelerate would wrap only
-    # `forward`, while the warm-up step, the prefix cache and the bench need the same context.
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(), mixed_precision="no",
-        dataloader_config=DataLoaderConfiguration(split_batches=True),  # batch_size = global batch
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
-    device, main = accelerator.device, accelerator.is_main_process
-    autocast = precision_autocast(mixed_precision, device)
-    set_seed(variant.seed)
+class FineTuning:
+    """The state of one fine-tuning run, one method per numbered step of `finetune`."""
 
-    # 2. Backbone, data, task model; which parameters train.
-    tick = time.perf_counter()
-    backbone = backbones.load(variant.model)
-    if not -1 <= freeze <= backbone.num_layers - 1:
-        raise ValueError(f"freeze depth must be in -1..{backbone.num_layers - 1} for {variant.model} "
-                         f"({backbone.num_layers} layers), got {freeze}")
-    data = task.load_data(profile)
-    task_model = task.build_model(backbone)
-    if dropout is not None:
-        _set_dropout(task_model, dropout)
-    tokenizer = backbone.tokenizer
-    task_model.to(device)
-    load_seconds, tick = time.perf_counter() - tick, time.perf_counter()
-    task.prepare(task_model, data, tokenizer, profile)
-    zero_shot = (_zero_shot(task, task_model, data, tokenizer, profile, variant.model, store, device, main)
-                 if task.has_zero_shot(backbone) else None)
-    # Where validation starts: a fine-tune that ends below the pre-trained model unlearned the task.
-    valid_before = (_evaluate(task, task_model, data.valid, tokenizer, profile).metrics
-                    if task.has_zero_shot(backbone) else None)
-    prepare_seconds = time.perf_counter() - tick  # statistics, zero-shot and the pre-trained model's validation
-    method_config = method.apply(task_model)
-    trainable, total = _count(task_model.parameters())
-    backbone_trainable, backbone_total = _count(task_model.backbone.parameters())
-    task_model.to(device)
+    def __init__(self, variant: Variant, store: RunStore, *, mixed_precision: str | None, progress: bool) -> None:
+        # 1. The run: what it is, where its record goes, the device and the training precision.
+        self.started = time.perf_counter()
+        self.variant, self.store, self.profile = variant, store, variant.profile
+        self.task = task_of(variant)
+        self.method, self.freeze = variant.method, variant.freeze
+        self.name, self.run_dir = variant.run_id, store.run_dir(variant)
+        self.mixed_precision = (self.profile.training.mixed_precision if mixed_precision is None
+                                else mixed_precision)
+        # Autocast is ours (train_step's `autocast`), not Accelerate's: Accelerate would wrap only
+        # `forward`, while the warm-up step, the prefix cache and the bench need the same context.
+        self.accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(), mixed_precision="no",
+            dataloader_config=DataLoaderConfiguration(split_batches=True),  # batch_size = global batch
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+        self.device, self.main = self.accelerator.device, self.accelerator.is_main_process
+        self.progress = progress and self.main
+        self.autocast = precision_autocast(self.mixed_precision, self.device)
+        set_seed(variant.seed)
 
-    # 3. Frozen-prefix cache: the bottom K blocks run once, here, not in every epoch.
-    prefix_cache, cache_seconds = None, 0.0
-    if use_cache:
-        _sync(device)
+    def load(self, dropout: float | None) -> None:
+        """2. Backbone, data and task model."""
         tick = time.perf_counter()
-        with autocast or contextlib.nullcontext():  # the frozen blocks as uncached training runs them
-            prefix_cache = build_prefix_cache(
-                task_model.backbone, data.train, lambda rows: task.collate(rows, tokenizer, profile), freeze,
-                batch_size=profile.batch_size, memory_mb=profile.cache_memory_mb, device=device,
-                disk_dir=backbones.cache_dir(), show_progress=progress and main)
-        _sync(device)
-        cache_seconds = time.perf_counter() - tick
-    state_dtype = next(task_model.parameters()).dtype
+        self.backbone = backbones.load(self.variant.model)
+        self.method.check_depth(self.backbone.num_layers)
+        self.data = self.task.load_data(self.profile)
+        self.task_model = self.task.build_model(self.backbone)
+        self.dropout = dropout
+        if dropout is not None:
+            _set_dropout(self.task_model, dropout)
+        self.tokenizer = self.backbone.tokenizer
+        self.task_model.to(self.device)
+        self.load_seconds = time.perf_counter() - tick
 
-    def make_batch(indices: list[int]) -> dict:
-        batch = task.collate([data.train[i] for i in indices], tokenizer, profile)
-        if prefix_cache is not None:
-            batch["inputs"] = prefix_cache.states(indices, state_dtype)
+    def before_training(self) -> None:
+        """3. What the pre-trained model needs and scores: the task's preparation on the training
+        split, the zero-shot test score and the validation score before training (a fine-tune that
+        ends below it unlearned the task); then the method decides what trains."""
+        tick = time.perf_counter()
+        task, model, profile = self.task, self.task_model, self.profile
+        task.prepare(model, self.data, self.tokenizer, profile)
+        scored = task.has_zero_shot(self.backbone)
+        self.zero_shot = _zero_shot(task, model, self.data, self.tokenizer, profile, self.variant.model,
+                                    self.store, self.device, self.main) if scored else None
+        self.valid_before = _evaluate(task, model, self.data.valid, self.tokenizer, profile).metrics if scored else None
+        self.prepare_seconds = time.perf_counter() - tick
+        self.method_config = self.method.apply(model)
+        self.trainable, self.total = _count(model.parameters())
+        self.backbone_trainable, self.backbone_total = _count(model.backbone.parameters())
+        model.to(self.device)
+
+    def build_cache(self) -> None:
+        """4. Frozen-prefix cache: the bottom K blocks run once, here, not in every epoch."""
+        self.prefix_cache, self.cache_seconds = None, 0.0
+        if self.method.cache:
+            _sync(self.device)
+            tick = time.perf_counter()
+            with self.autocast or contextlib.nullcontext():  # the frozen blocks as uncached training runs them
+                self.prefix_cache = build_prefix_cache(
+                    self.task_model.backbone, self.data.train, lambda rows: self.task.collate(rows, self.tokenizer,
+                                                                                               self.profile),
+                    self.freeze, batch_size=self.profile.training.batch_size,
+                    memory_mb=self.profile.training.cache_memory_mb, device=self.device,
+                    disk_dir=backbones.cache_dir(), show_progress=self.progress)
+            _sync(self.device)
+            self.cache_seconds = time.perf_counter() - tick
+        self.state_dtype = next(self.task_model.parameters()).dtype
+
+    def make_batch(self, indices: list[int]) -> dict:
+        """Training rows by index, their bottom blocks' states from the cache when there is one."""
+        batch = self.task.collate([self.data.train[i] for i in indices], self.tokenizer, self.profile)
+        if self.prefix_cache is not None:
+            batch["inputs"] = self.prefix_cache.states(indices, self.state_dtype)
         return batch
 
-    # 4. Optimiser and schedule over every epoch's steps. The head may learn faster than the
-    # pre-trained weights (Task.head_lr_scale, e.g. a randomly initialised classifier).
-    steps_per_epoch = -(-len(data.train) // profile.batch_size)
-    head_learning_rate = head_learning_rate or task.head_lr_scale * profile.learning_rate
-    make_optimizer = optimizer_factory(task, profile, head_learning_rate)
-    in_memory_cache = prefix_cache.nbytes() if prefix_cache is not None and prefix_cache.storage == "memory" else 0
-    peak_bytes = step_peak_memory(task_model, make_optimizer, move_to(make_batch(list(range(
-        min(profile.batch_size, len(data.train))))), device), device, cache_bytes=in_memory_cache,
-        autocast=autocast)
-    optimizer = make_optimizer(task_model)
-    total_steps = steps_per_epoch * profile.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(profile.warmup_ratio * total_steps), total_steps)
-    wrapped, optimizer, scheduler = accelerator.prepare(task_model, optimizer, scheduler)
+    def set_up_optimiser(self, head_learning_rate: float | None) -> None:
+        """5. Optimiser and schedule over every epoch's steps, after one untimed warm-up step on a copy
+        of the model that measures peak memory. The head may learn faster than the pre-trained
+        weights (Task.head_lr_scale, e.g. a randomly initialised classifier)."""
+        training, train = self.profile.training, self.data.train
+        self.steps_per_epoch = -(-len(train) // training.batch_size)
+        self.head_learning_rate = head_learning_rate or self.task.head_lr_scale * training.learning_rate
+        make_optimizer = optimizer_factory(self.task, self.profile, self.head_learning_rate)
+        cache = self.prefix_cache
+        in_memory_cache = cache.nbytes() if cache is not None and cache.storage == "memory" else 0
+        first_batch = move_to(self.make_batch(list(range(min(training.batch_size, len(train))))), self.device)
+        self.peak_bytes = step_peak_memory(self.task_model, make_optimizer, first_batch, self.device,
+                                           cache_bytes=in_memory_cache, autocast=self.autocast)
+        optimizer = make_optimizer(self.task_model)
+        total_steps = self.steps_per_epoch * training.epochs
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(training.warmup_ratio * total_steps), total_steps)
+        self.wrapped, self.optimizer, self.scheduler = self.accelerator.prepare(self.task_model, optimizer, scheduler)
 
-    # 5. Train; validate after each epoch; keep the best epoch's trainable weights.
-    epochs, best, best_state, since_best = [], None, None, 0
-    for epoch in range(1, profile.epochs + 1):
-        order = np.random.default_rng([variant.seed, epoch]).permutation(len(data.train)).tolist()
-        loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(
-            order, batch_size=profile.batch_size, shuffle=False, collate_fn=make_batch))
-        wrapped.train()
-        losses = []
-        _sync(device)
+    def train(self, *, save_epoch_checkpoints: bool, on_epoch: Callable[[dict, int], None] | None) -> None:
+        """6. Train; validate after each epoch; keep the best epoch's trainable weights (early
+        stopping on the validation loss)."""
+        training, model, device = self.profile.training, self.task_model, self.device
+        self.epochs, self.best, since_best = [], None, 0
+        for epoch in range(1, training.epochs + 1):
+            order = np.random.default_rng([self.variant.seed, epoch]).permutation(len(self.data.train)).tolist()
+            loader = self.accelerator.prepare_data_loader(torch.utils.data.DataLoader(
+                order, batch_size=training.batch_size, shuffle=False, collate_fn=self.make_batch))
+            self.wrapped.train()
+            losses = []
+            _sync(device)
+            tick = time.perf_counter()
+            for batch in progress_bar(loader, desc=f"{self.name} epoch {epoch}", disable=not self.progress,
+                                      leave=False):
+                losses.append(train_step(self.wrapped, move_to(batch, device), self.optimizer, self.scheduler,
+                                         backward=self.accelerator.backward, autocast=self.autocast))
+            _sync(device)
+            train_seconds = time.perf_counter() - tick
+            tick = time.perf_counter()
+            valid = self.task.calibrate(model, _evaluate(self.task, model, self.data.valid, self.tokenizer, self.profile))
+            valid_loss = _valid_loss(self.task, model, self.data.valid, self.tokenizer, self.profile, device)
+            eval_seconds = time.perf_counter() - tick
+            self.epochs.append({"epoch": epoch, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+                                "train_loss": float(np.mean(losses)), "valid_loss": valid_loss,
+                                "valid": valid.metrics, "calibration": valid.extras.get("calibration")})
+            if on_epoch is not None:
+                on_epoch(self.epochs[-1], training.epochs)
+            if save_epoch_checkpoints and self.main:
+                _save_weights(model, self.run_dir / f"epoch-{epoch}")
+            if self.best is None or valid_loss < self.best["valid_loss"]:
+                self.best, since_best = self.epochs[-1], 0
+                self.best_state = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+                # The head's buffers too: a threshold calibrate chose belongs to this epoch's weights.
+                self.best_state |= {f"head.{k}": v.detach().clone() for k, v in model.head.named_buffers()}
+            else:
+                since_best += 1
+                if since_best >= training.patience:
+                    break
+        self.cache_info = None
+        if self.prefix_cache is not None:
+            self.cache_info = self.prefix_cache.describe()
+            self.prefix_cache.close()
+
+    def test(self) -> None:
+        """7. Test at the best epoch, with bootstrap CIs over test examples; rows sampled together (a
+        clone pair's source function: "group") resample together."""
         tick = time.perf_counter()
-        for batch in progress_bar(loader, desc=f"{name} epoch {epoch}", disable=not (progress and main), leave=False):
-            losses.append(train_step(wrapped, move_to(batch, device), optimizer, scheduler,
-                                     backward=accelerator.backward, autocast=autocast))
-        _sync(device)
-        train_seconds = time.perf_counter() - tick
-        tick = time.perf_counter()
-        valid = task.calibrate(task_model, _evaluate(task, task_model, data.valid, tokenizer, profile))
-        valid_loss = _valid_loss(task, task_model, data.valid, tokenizer, profile, device)
-        eval_seconds = time.perf_counter() - tick
-        epochs.append({"epoch": epoch, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
-                       "train_loss": float(np.mean(losses)), "valid_loss": valid_loss, "valid": valid.metrics,
-                       "calibration": valid.extras.get("calibration")})
-        if on_epoch is not None:
-            on_epoch(epochs[-1], profile.epochs)
-        if save_epoch_checkpoints and main:
-            _save_weights(task_model, run_dir / f"epoch-{epoch}", save_file)
-        if best is None or valid_loss < best["valid_loss"]:
-            best, since_best = epochs[-1], 0
-            best_state = {k: v.detach().clone() for k, v in task_model.named_parameters() if v.requires_grad}
-            # The head's buffers too: a threshold calibrate chose belongs to this epoch's weights.
-            best_state |= {f"head.{k}": v.detach().clone() for k, v in task_model.head.named_buffers()}
-        else:
-            since_best += 1
-            if since_best >= profile.patience:
-                break
-    cache_info = None
-    if prefix_cache is not None:
-        cache_info = prefix_cache.describe()
-        prefix_cache.close()
+        self.task_model.load_state_dict(self.best_state, strict=False)
+        self.test_result = _evaluate(self.task, self.task_model, self.data.test, self.tokenizer, self.profile)
+        per_example = self.test_result.per_example
+        self.test_ci = stats.bootstrap_ci(per_example, self.task.score, clusters=per_example.get("group"),
+                                          samples=self.profile.statistics.bootstrap_samples, seed=self.variant.seed)
+        self.test_seconds = time.perf_counter() - tick
 
-    # 6. Test at the best epoch, with bootstrap CIs over test examples.
-    tick = time.perf_counter()
-    task_model.load_state_dict(best_state, strict=False)
-    test = _evaluate(task, task_model, data.test, tokenizer, profile)
-    # Rows sampled together (a clone pair's source function: "group") resample together.
-    test_ci = stats.bootstrap_ci(test.per_example, task.score, clusters=test.per_example.get("group"),
-                                 samples=profile.bootstrap_samples, seed=variant.seed)
+    def finish(self) -> dict:
+        """8. Weights, then the record (last: its presence means the run finished)."""
+        variant, profile, task, epochs = self.variant, self.profile, self.task, self.epochs
+        best_epoch, use_cache, test = self.best["epoch"], self.method.cache, self.test_result
+        record = {
+            "run": self.name, "task": task.name, "model": variant.model, "method": self.method.name,
+            "freeze": self.freeze, "seed": variant.seed, "profile": profile.name,
+            "profile_settings": as_stored(profile.to_dict()), "status": "finished", "label": variant.label,
+            "method_config": self.method_config, "task_config": task.config.to_dict(),
+            "cache": self.cache_info, "uses_cache": use_cache,
+            "dropout_override": self.dropout,
+            "mixed_precision": {"training": self.mixed_precision,
+                                "prefix_cache": self.mixed_precision if use_cache else None,
+                                "evaluation": "no"},  # evaluation: validation, test, zero-shot, decoding
+            "metric": task.metric,
+            "data": {"source": self.data.source, "fingerprint": self.data.fingerprint, "sizes": self.data.sizes(),
+                     "path": variant.data_path},
+            "parameters": {"trainable": self.trainable, "total": self.total,
+                           "backbone_trainable": self.backbone_trainable, "backbone_total": self.backbone_total,
+                           "num_layers": self.backbone.num_layers},
+            "batch_size": profile.training.batch_size, "num_processes": self.accelerator.num_processes,
+            "learning_rate": profile.training.learning_rate, "head_learning_rate": self.head_learning_rate,
+            "optimizer": optimizer_settings(profile, self.head_learning_rate),
+            "steps_per_epoch": self.steps_per_epoch,
+            "epochs": epochs, "epochs_run": len(epochs), "epochs_to_best": best_epoch,
+            "early_stopping": early_stopping_report(epochs, best_epoch),
+            "cache_seconds": self.cache_seconds,
+            "epoch_seconds": float(np.mean([e["train_seconds"] for e in epochs])),
+            "time_to_best_seconds": self.cache_seconds + sum(e["train_seconds"] for e in epochs[:best_epoch]),
+            "warm_up": "one untimed training step on a copy of the model before the first timed epoch",
+            "valid": self.best["valid"], "calibration": self.best["calibration"],
+            "test": test.metrics, "test_ci": self.test_ci,
+            "test_per_example": {k: np.asarray(v).tolist() for k, v in test.per_example.items()},
+            "zero_shot": self.zero_shot, "valid_before_training": self.valid_before,
+            "training_check": training_check(epochs, task.chance_loss(self.data, profile)),
+            # Generation tasks: decode time, degenerate-output report, example outputs (None otherwise).
+            "generation": test.extras or None,
+            "peak_tensor_memory_mb": self.peak_bytes / 2**20, "peak_memory_method": memory_method(self.device),
+            "cache_megabytes": self.cache_info["megabytes"] if self.cache_info else 0.0,
+            "weights": str(self.run_dir / WEIGHTS),
+            "provenance": provenance(model=variant.model, profile=profile.name,
+                                     corpus_fingerprint=self.data.fingerprint, seed=variant.seed,
+                                     device=self.device) | {"backbone": self.backbone.describe()},
+        }
+        record["wall_seconds"] = time.perf_counter() - self.started
+        record["time_split"] = time_split(record["wall_seconds"], load=self.load_seconds,
+                                          prepare=self.prepare_seconds, cache=self.cache_seconds,
+                                          train=sum(e["train_seconds"] for e in epochs),
+                                          eval=sum(e["eval_seconds"] for e in epochs), test=self.test_seconds)
+        if self.main:
+            _save_weights(self.task_model, self.run_dir)
+            self.store.write_record(variant, record)
+        self.accelerator.wait_for_everyone()
+        return record
 
-    test_seconds = time.perf_counter() - tick
 
-    # 7. Weights, then the record (last: its presence means the run finished).
-    best_epoch = best["epoch"]
-    record = {
-        "run": name, "task": task.name, "model": variant.model, "method": method.name, "freeze": freeze,
-        "seed": variant.seed, "profile": profile.name, "profile_settings": as_stored(profile.to_dict()),
-        "status": "finished", "label": variant.label,
-        "method_config": method_config, "task_config": task.config.to_dict(),
-        "cache": cache_info, "uses_cache": use_cache,
-        "dropout_override": dropout,
-        "mixed_precision": {"training": mixed_precision, "prefix_cache": mixed_precision if use_cache else None,
-                            "evaluation": "no"},  # evaluation: validation, test, zero-shot, decoding
-        "metric": task.metric,
-        "data": {"source": data.source, "fingerprint": data.fingerprint, "sizes": data.sizes(),
-                 "path": variant.data_path},
-        "parameters": {"trainable": trainable, "total": total, "backbone_trainable": backbone_trainable,
-                       "backbone_total": backbone_total, "num_layers": backbone.num_layers},
-        "batch_size": profile.batch_size, "num_processes": accelerator.num_processes,
-        "learning_rate": profile.learning_rate, "head_learning_rate": head_learning_rate,
-        "optimizer": optimizer_settings(profile, head_learning_rate),
-        "steps_per_epoch": steps_per_epoch,
-        "epochs": epochs, "epochs_run": len(epochs), "epochs_to_best": best_epoch,
-        "early_stopping": early_stopping_report(epochs, best_epoch),
-        "cache_seconds": cache_seconds,
-        "epoch_seconds": float(np.mean([e["train_seconds"] for e in epochs])),
-        "time_to_best_seconds": cache_seconds + sum(e["train_seconds"] for e in epochs[:best_epoch]),
-        "warm_up": "one untimed training step on a copy of the model before the first timed epoch",
-        "valid": best["valid"], "calibration": best["calibration"],
-        "test": test.metrics, "test_ci": test_ci,
-        "test_per_example": {k: np.asarray(v).tolist() for k, v in test.per_example.items()},
-        "zero_shot": zero_shot, "valid_before_training": valid_before,
-        "training_check": training_check(epochs, task.chance_loss(data, profile)),
-        # Generation tasks: decode time, degenerate-output report, example outputs (None otherwise).
-        "generation": test.extras or None,
-        "peak_tensor_memory_mb": peak_bytes / 2**20, "peak_memory_method": memory_method(device),
-        "cache_megabytes": cache_info["megabytes"] if cache_info else 0.0,
-        "weights": str(run_dir / WEIGHTS),
-        "provenance": provenance(model=variant.model, profile=profile.name, corpus_fingerprint=data.fingerprint,
-                                 seed=variant.seed, device=device) | {"backbone": backbone.describe()},
-    }
-    record["wall_seconds"] = time.perf_counter() - started
-    record["time_split"] = time_split(record["wall_seconds"], load=load_seconds, prepare=prepare_seconds,
-                                      cache=cache_seconds, train=sum(e["train_seconds"] for e in epochs),
-                                      eval=sum(e["eval_seconds"] for e in epochs), test=test_seconds)
-    if main:
-        _save_weights(task_model, run_dir, save_file)
-        store.write_record(variant, record)
-    accelerator.wait_for_everyone()
-    return record
+def task_of(variant: Variant) -> Task:
+    """The task `variant` runs, on its data path when it names one."""
+    return get_task(variant.task, data_path=variant.data_path)
+
+
+def finished_run(variant: Variant, store: RunStore | str | Path) -> dict | None:
+    """The stored record of `variant` when it is current: finished under its profile's settings and
+    its task's current config."""
+    return as_store(store).find(variant, task_of(variant).config.to_dict())
 
 
 CHANCE_SHARE = 0.95  # a last-epoch training loss at or above this share of the chance loss sits at chance
@@ -433,12 +481,10 @@ def early_stopping_report(epochs: list[dict], best_epoch: int) -> dict:
 def _valid_loss(task, model, examples, tokenizer, profile, device) -> float:
     """The training loss on the validation split in eval mode (no dropout), batches in file order,
     weighted by their sizes: early stopping's signal."""
-    from telly.tasks import batches, move_to
-
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for chunk in batches(examples, profile.batch_size):
+    for chunk in batches(examples, profile.training.batch_size):
         total += float(model(move_to(task.collate(chunk, tokenizer, profile), device))) * len(chunk)
         count += len(chunk)
     model.train(was_training)
@@ -449,15 +495,13 @@ def _evaluate(task, model, examples, tokenizer, profile):
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        result = task.evaluate(model, examples, tokenizer, profile, profile.batch_size)
+        result = task.evaluate(model, examples, tokenizer, profile, profile.training.batch_size)
     model.train(was_training)
     return result
 
 
-def _save_weights(task_model, directory: Path, save_file) -> None:
+def _save_weights(task_model, directory: Path) -> None:
     """backbone.safetensors (HF base-model keys) and head.safetensors, each written atomically."""
-    from telly.methods import backbone_state_dict
-
     directory.mkdir(parents=True, exist_ok=True)
     head = {k: v.detach().cpu().contiguous() for k, v in task_model.head.state_dict().items()}
     for filename, tensors in ((WEIGHTS, backbone_state_dict(task_model)), (HEAD_WEIGHTS, head)):
@@ -469,9 +513,6 @@ def _save_weights(task_model, directory: Path, save_file) -> None:
 def _zero_shot(task, task_model, data, tokenizer, profile, model, store: RunStore, device, main) -> dict:
     """Test metrics of the pre-trained model (fresh head); one store document per (task, model,
     profile), current while the data and profile are the same."""
-    from telly import stats
-    from telly.store import provenance
-
     name = f"zero-shot/{task.name}__{slug(model)}__{profile.name}"
     inputs = {"task": task.name, "task_config": task.describe(), "model": model, "profile": profile.to_dict(),
               "data_fingerprint": data.fingerprint}
@@ -484,7 +525,7 @@ def _zero_shot(task, task_model, data, tokenizer, profile, model, store: RunStor
         "data_fingerprint": data.fingerprint,
         "test": result.metrics,
         "test_ci": stats.bootstrap_ci(result.per_example, task.score, clusters=result.per_example.get("group"),
-                                      samples=profile.bootstrap_samples),
+                                      samples=profile.statistics.bootstrap_samples),
         "test_per_example": {k: np.asarray(v).tolist() for k, v in result.per_example.items()},
         "provenance": provenance(model=model, profile=profile.name, corpus_fingerprint=data.fingerprint,
                                  device=device),

@@ -4,7 +4,6 @@ the benchmark's own table."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +13,8 @@ from telly import trainer
 from telly.profiles import get_profile
 from telly.report import bench as report
 from telly.studies import bench
+from telly.studies import bench_harness as harness
+from telly.studies import bench_workloads as workloads
 
 
 class FakeClock:
@@ -41,7 +42,7 @@ def test_interleave_takes_medians_rotates_order_and_ratios():
             return {"seen": repeat}
         return run
 
-    runs = bench.interleave({n: variant(n) for n in durations}, 3, clock=clock, progress=False)
+    runs = harness.interleave({n: variant(n) for n in durations}, 3, clock=clock, progress=False)
     assert [n for r, n in calls if r == 0] == ["full", "telly", "lora"]
     assert [n for r, n in calls if r == 1] == ["telly", "lora", "full"]
     assert [n for r, n in calls if r == 2] == ["lora", "full", "telly"]
@@ -50,7 +51,7 @@ def test_interleave_takes_medians_rotates_order_and_ratios():
     assert medians == {"full": 11.0, "telly": 3.0, "lora": 6.0}
     assert runs["telly"].median("setup") == 1.0
     assert runs["lora"].info == {"seen": 2}
-    ratios = bench.ratio_to(medians, "full")
+    ratios = harness.ratio_to(medians, "full")
     assert ratios["full"] == 1.0
     assert ratios["telly"] == pytest.approx(3 / 11)
     assert ratios["lora"] == pytest.approx(6 / 11)
@@ -58,7 +59,7 @@ def test_interleave_takes_medians_rotates_order_and_ratios():
 
 def test_stopwatch_accumulates_and_syncs_around_each_measure():
     clock, synced = FakeClock(), []
-    watch = bench.Stopwatch(clock, sync=lambda: synced.append(clock.now))
+    watch = harness.Stopwatch(clock, sync=lambda: synced.append(clock.now))
     for step in (1.5, 2.5):
         with watch.measure("epoch"):
             clock.now += step
@@ -68,22 +69,22 @@ def test_stopwatch_accumulates_and_syncs_around_each_measure():
 
 def test_harness_errors_are_clear():
     with pytest.raises(RuntimeError, match="measured nothing"):
-        bench.interleave({"idle": lambda watch, repeat: None}, 1, progress=False)
+        harness.interleave({"idle": lambda watch, repeat: None}, 1, progress=False)
     with pytest.raises(ValueError, match="repeats"):
-        bench.interleave({"idle": lambda watch, repeat: None}, 0, progress=False)
+        harness.interleave({"idle": lambda watch, repeat: None}, 0, progress=False)
     with pytest.raises(ValueError, match="reference variant 'full'"):
-        bench.ratio_to({"telly": 1.0}, "full")
+        harness.ratio_to({"telly": 1.0}, "full")
 
 
 def test_payback_and_limits():
     # C + E*cached < E*uncached  <=>  E > 6 / (5 - 2) = 2
-    assert bench.payback_epochs(6.0, 2.0, 5.0) == pytest.approx(2.0)
-    assert bench.payback_epochs(6.0, 5.0, 5.0) is None
-    assert bench.compute_limit(12, 10) == pytest.approx(2 / 12)
-    assert bench.paper_estimate(12, 12) == pytest.approx(1 / 3)
-    assert bench.freeze_depths(12) == [0, 6, 10, 11]
-    assert bench.freeze_depths(6) == [0, 3, 4, 5]
-    variants = bench.training_variants("unixcoder-shape", 12, "laptop")
+    assert harness.payback_epochs(6.0, 2.0, 5.0) == pytest.approx(2.0)
+    assert harness.payback_epochs(6.0, 5.0, 5.0) is None
+    assert workloads.compute_limit(12, 10) == pytest.approx(2 / 12)
+    assert workloads.paper_estimate(12, 12) == pytest.approx(1 / 3)
+    assert workloads.freeze_depths(12) == [0, 6, 10, 11]
+    assert workloads.freeze_depths(6) == [0, 3, 4, 5]
+    variants = workloads.training_variants("unixcoder-shape", 12, get_profile("laptop"))
     assert [v.method.tag for v in variants] == [
         "full", "telly0-nocache", "telly0", "telly6-nocache", "telly6", "telly10-nocache", "telly10",
         "telly11-nocache", "telly11", "lora", "bitfit"]
@@ -137,14 +138,14 @@ def test_truncated_forwards_compute_the_same_features_as_one_pass(tiny):
 
     texts = ["def add(a, b): return a + b", "x = [i * i for i in range(10)]", "print('hello')"]
     one = layer_features(tiny, texts, max_length=16, batch_size=2, cache=False, progress=False).pooled
-    many = bench.truncated_layer_features(tiny, texts, max_length=16, batch_size=2)
+    many = workloads.truncated_layer_features(tiny, texts, max_length=16, batch_size=2)
     assert many.shape == one.shape == (tiny.num_layers + 1, 3, tiny.hidden_size)
     np.testing.assert_allclose(many, one, rtol=1e-4, atol=1e-5)
 
 
 def _row(model, layers, k, ratio, memory):
     return {"model": model, "num_layers": layers, "freeze": k, "cached": True, "ratio_to_full": ratio,
-            "compute_limit": bench.compute_limit(layers, k), "peak_memory_ratio": memory}
+            "compute_limit": workloads.compute_limit(layers, k), "peak_memory_ratio": memory}
 
 
 def test_acceptance_says_by_how_much_a_target_is_missed():
@@ -173,7 +174,7 @@ def smoke_record(tmp_path_factory):
     (corpus / "shapes.py").write_text(
         'def area(width, height):\n    """Return the area of a rectangle."""\n    return width * height\n\n\n'
         'def perimeter(width, height):\n    """Return the perimeter of a rectangle."""\n    return 2 * (width + height)\n')
-    profile = replace(get_profile("smoke"), bench_repeats=2, bench_steps=2, bench_batch_size=2,
+    profile = get_profile("smoke").changed(bench_repeats=2, bench_steps=2, bench_batch_size=2,
                       bench_code_tokens=16, bench_probe_texts=2, bench_similarity_inputs=20,
                       max_code_tokens=16, max_text_tokens=8, feature_batch_size=2)
     examples = [SearchExample(query=f"add {i} to x", code=f"def f{i}(x):\n    return x + {i}\n", id=str(i))
@@ -195,7 +196,7 @@ def test_smoke_bench_writes_a_well_formed_record(smoke_record):
     assert {"model", "profile", "device", "date", "versions"} <= set(stored["provenance"])
     assert stored["inputs"]["models"] == ["tiny-random"] and stored["inputs"]["sections"] == list(bench.SECTIONS)
     rows = {r["variant"]: r for r in stored["training"]}
-    assert list(rows) == [v.method.tag for v in bench.training_variants("tiny-random", 4, "smoke")]
+    assert list(rows) == [v.method.tag for v in workloads.training_variants("tiny-random", 4, get_profile("smoke"))]
     for row in rows.values():
         assert {"model", "method", "freeze", "cached", "epoch_seconds", "ratio_to_full",
                 "peak_memory_ratio"} <= set(row)
@@ -219,7 +220,7 @@ def test_smoke_bench_writes_a_well_formed_record(smoke_record):
     assert stored["probing"]["num_layers"] == 4 and stored["probing"]["speedup_limit"] == 2.5
     assert stored["similarity"]["layers"] == 13 and stored["similarity"]["n"] == 20
     assert stored["acceptance"] and not any(a["binding"] for a in stored["acceptance"])
-    table = (out / "bench.md").read_text()
+    table = report.markdown(stored)
     assert "| Telly-3 cached |" in table and "compute limit" in table
 
 
@@ -240,9 +241,9 @@ def test_summary_and_readme_are_generated_from_the_numbers(smoke_record, tmp_pat
 
 
 def test_the_report_reads_the_shipped_reference_record():
-    from telly.store import read_json
+    from telly.jsonio import read_json
 
-    reference = read_json(bench.reference_path("laptop", "cpu"))
+    reference = read_json(bench.reference_path(get_profile("laptop"), "cpu"))
     assert "peak_memory_mb" in reference["training"][0]  # measured before the rows were renamed
     text = report.summary_text(reference)
     full = next(r for r in reference["training"] if r["model"] == "unixcoder-shape" and r["method"] == "full")
@@ -284,10 +285,10 @@ def test_load_or_run_reuses_a_matching_record(smoke_record, monkeypatch):
     assert set(reused["section_seconds"]) == set(bench.SECTIONS)
     assert "was run on this machine before this build" in report.origin_note(reused, out)
     with pytest.raises(AssertionError, match="re-ran"):  # another profile's bench is not reused
-        bench.load_or_run("laptop", out, model="tiny-random", models=inputs["models"],
+        bench.load_or_run(get_profile("laptop"), out, model="tiny-random", models=inputs["models"],
                           corpus_source=inputs["corpus_source"], run=True)
     with pytest.raises(AssertionError, match="re-ran"):  # nor one with other profile settings
-        bench.load_or_run(replace(inputs["profile"], bench_steps=3), out, model="tiny-random",
+        bench.load_or_run(inputs["profile"].changed(bench_steps=3), out, model="tiny-random",
                           models=inputs["models"], corpus_source=inputs["corpus_source"], run=True)
 
 
@@ -296,24 +297,24 @@ def test_without_a_stored_bench_the_chapter_shows_the_shipped_reference(smoke_re
     monkeypatch.setattr(bench, "run_bench", lambda *a, **k: pytest.fail("must not run the bench"))
     references = tmp_path / "results"
     with pytest.raises(FileNotFoundError, match=r"no smoke bench with tiny-random .*telly bench --profile smoke"):
-        bench.load_or_run("smoke", tmp_path / "empty", model="tiny-random", run=False, reference_root=references)
-    from telly.store import write_json
+        bench.load_or_run(get_profile("smoke"), tmp_path / "empty", model="tiny-random", run=False, reference_root=references)
+    from telly.jsonio import write_json
 
-    write_json(bench.reference_path("smoke", "cpu", references), record)
-    shown = bench.load_or_run("smoke", tmp_path / "empty", model="tiny-random", run=False, reference_root=references)
+    write_json(bench.reference_path(get_profile("smoke"), "cpu", references), record)
+    shown = bench.load_or_run(get_profile("smoke"), tmp_path / "empty", model="tiny-random", run=False, reference_root=references)
     assert shown["origin"] == "reference" and shown["training"] == record["training"]
     note = report.origin_note(shown, tmp_path / "empty")
     assert "reference numbers shipped with Telly" in note and record["provenance"]["date"][:10] in note
     with pytest.raises(FileNotFoundError):  # the reference holds no rows for another model
-        bench.load_or_run("smoke", tmp_path / "empty", model="minilm-l6", run=False, reference_root=references)
+        bench.load_or_run(get_profile("smoke"), tmp_path / "empty", model="minilm-l6", run=False, reference_root=references)
 
 
 def test_training_bench_needs_a_full_epoch_of_examples(tiny):
     from telly.tasks.code_search import SearchExample
 
-    profile = replace(get_profile("smoke"), bench_batch_size=4, bench_steps=2)
+    profile = get_profile("smoke").changed(bench_batch_size=4, bench_steps=2)
     with pytest.raises(ValueError, match="2 x 4 examples for one epoch, got 1"):
-        bench.TrainingWorkload(tiny, profile, torch.device("cpu"), [SearchExample("q", "def f(): pass", "0")])
+        workloads.TrainingWorkload(tiny, profile, torch.device("cpu"), [SearchExample("q", "def f(): pass", "0")])
 
 
 def test_the_bench_trains_with_the_trainers_step_and_memory_measure(tiny, monkeypatch):
@@ -332,19 +333,19 @@ def test_the_bench_trains_with_the_trainers_step_and_memory_measure(tiny, monkey
 
     monkeypatch.setattr(trainer, "train_step", counting_step)
     monkeypatch.setattr(trainer, "step_peak_memory", counting_memory)
-    profile = replace(get_profile("smoke"), bench_batch_size=2, bench_steps=2, bench_code_tokens=16,
+    profile = get_profile("smoke").changed(bench_batch_size=2, bench_steps=2, bench_code_tokens=16,
                       max_text_tokens=8)
     examples = [SearchExample(query=f"add {i}", code=f"def f{i}(x):\n    return x + {i}\n", id=str(i))
                 for i in range(4)]
-    workload = bench.TrainingWorkload(tiny, profile, torch.device("cpu"), examples)
-    cached = next(v for v in bench.training_variants(tiny.name, tiny.num_layers, "smoke")
+    workload = workloads.TrainingWorkload(tiny, profile, torch.device("cpu"), examples)
+    cached = next(v for v in workloads.training_variants(tiny.name, tiny.num_layers, get_profile("smoke"))
                   if v.method.cache and v.freeze == tiny.num_layers - 1)
-    watch = bench.Stopwatch()
+    watch = harness.Stopwatch()
     first = workload.run(cached, watch, measure_memory=True)
     # One untimed warm-up step on a copy (inside step_peak_memory), then the epoch's two steps.
     assert steps == [None, None, None] and measured == [True]
     assert first["peak_memory_bytes"] > 0 and set(watch.seconds) == {"cache_seconds", "epoch_seconds"}
-    later = workload.run(cached, bench.Stopwatch(), measure_memory=False)
+    later = workload.run(cached, harness.Stopwatch(), measure_memory=False)
     assert len(steps) == 6 and measured == [True, False] and "peak_memory_bytes" not in later
 
 
@@ -360,7 +361,7 @@ def test_corpus_bench_parses_every_cold_load_and_none_cached(tmp_path, monkeypat
     real = corpus._functions_in_file
     monkeypatch.setattr(corpus, "_functions_in_file", lambda *a, **k: parsed.append(a[0]) or real(*a, **k))
     before = os.environ.get("TELLY_CACHE")
-    result = bench.corpus_bench(source, repeats=3, progress=False)
+    result = workloads.corpus_bench(source, repeats=3, progress=False)
     assert len(parsed) == 3  # the file is parsed by each of the 3 cold loads, never by a cached one
     assert result["functions"] == 1
     assert len(result["runs"]["cold"]) == len(result["runs"]["cached"]) == 3
@@ -368,21 +369,21 @@ def test_corpus_bench_parses_every_cold_load_and_none_cached(tmp_path, monkeypat
 
 
 def test_a_subset_of_sections_writes_only_those(tmp_path):
-    profile = replace(get_profile("smoke"), bench_similarity_inputs=12)
+    profile = get_profile("smoke").changed(bench_similarity_inputs=12)
     record = bench.run_bench(profile, tmp_path, sections=["similarity"], progress=False)
     assert "similarity" in record and "training" not in record and "corpus" not in record
-    table = (tmp_path / "bench.md").read_text()
+    table = report.markdown(record)
     assert "Similarity (12 inputs x 13 layers" in table and "Training" not in table
     assert "RSA over 12 inputs" in report.summary_text(record)
 
 
 def test_bench_code_tokens_use_a_models_own_length():
     laptop, smoke = get_profile("laptop"), get_profile("smoke")
-    assert bench.bench_code_tokens(laptop, "smollm2-135m") == 128  # the study's length, not the laptop's 256
-    assert bench.bench_code_tokens(laptop, "minilm-l6") == laptop.bench_code_tokens == 256
-    assert bench.bench_code_tokens(smoke, "smollm2-135m") == smoke.bench_code_tokens == 32  # never longer
-    assert bench.bench_profile(laptop, "smollm2-135m").max_code_tokens == 128
-    assert bench.bench_profile(laptop).max_code_tokens == 256
+    assert workloads.bench_code_tokens(laptop, "smollm2-135m") == 128  # the study's length, not the laptop's 256
+    assert workloads.bench_code_tokens(laptop, "minilm-l6") == laptop.bench.bench_code_tokens == 256
+    assert workloads.bench_code_tokens(smoke, "smollm2-135m") == smoke.bench.bench_code_tokens == 32  # never longer
+    assert workloads.bench_profile(laptop, "smollm2-135m").inputs.max_code_tokens == 128
+    assert workloads.bench_profile(laptop).inputs.max_code_tokens == 256
 
 
 def test_bench_models_bring_in_the_profiles_extra_backbones():
@@ -393,9 +394,9 @@ def test_bench_models_bring_in_the_profiles_extra_backbones():
 
 
 def test_bf16_units_read_the_cpu_flags():
-    assert bench.bf16_units("processor : 0\nflags : fpu sse avx512_bf16 amx_tile amx_bf16\n") == ["amx_bf16", "avx512_bf16"]
-    assert bench.bf16_units("Features : fp asimd bf16 i8mm\n") == ["bf16"]
-    assert bench.bf16_units("flags : fpu sse sse2 avx2\n") == []
+    assert harness.bf16_units("processor : 0\nflags : fpu sse avx512_bf16 amx_tile amx_bf16\n") == ["amx_bf16", "avx512_bf16"]
+    assert harness.bf16_units("Features : fp asimd bf16 i8mm\n") == ["bf16"]
+    assert harness.bf16_units("flags : fpu sse sse2 avx2\n") == []
 
 
 def test_precision_rows_compare_bf16_with_fp32_on_the_same_batch(smoke_record):
@@ -411,7 +412,7 @@ def test_precision_rows_compare_bf16_with_fp32_on_the_same_batch(smoke_record):
     assert row["step_ratio"] == pytest.approx(row["bf16_step_seconds"] / row["fp32_step_seconds"])
     assert row["forward_ratio"] == pytest.approx(row["bf16_forward_seconds"] / row["fp32_forward_seconds"])
     assert all((r["batch_size"], r["code_tokens"]) == (2, 16) for r in stored["training"])
-    table = (out / "bench.md").read_text()
+    table = report.markdown(stored)
     assert "| tiny-random | 2 x 16 |" in table and "Ratio = bf16 time / float32 time" in table
     assert "**tiny-random** (L = 4," in table and "batch 2 x 16 code tokens)" in table
     assert report.precision_sentence(row) in report.summary_text(record)
@@ -424,10 +425,10 @@ def test_precision_row_warms_each_precision_once_and_times_the_rest(tiny, monkey
     real_step = trainer.train_step
     monkeypatch.setattr(trainer, "train_step",
                         lambda *a, **k: steps.append(type(k["autocast"]).__name__) or real_step(*a, **k))
-    profile = replace(get_profile("smoke"), bench_batch_size=2, bench_steps=1, bench_code_tokens=16,
+    profile = get_profile("smoke").changed(bench_batch_size=2, bench_steps=1, bench_code_tokens=16,
                       max_text_tokens=8, bench_repeats=3)
     examples = [SearchExample(query=f"add {i}", code=f"def f{i}(x):\n    return x + {i}\n", id=str(i)) for i in range(2)]
-    row = bench.precision_row(tiny, profile, torch.device("cpu"), examples=examples, progress=False)
+    row = workloads.precision_row(tiny, profile, torch.device("cpu"), examples=examples, progress=False)
     # One untimed step per precision, then one timed step per repeat.
     assert steps.count("autocast") == steps.count("nullcontext") == 1 + 3
     assert all(len(runs) == 3 for runs in row["runs"].values())
@@ -457,11 +458,10 @@ def test_precision_prose_and_table_follow_the_numbers():
 
 
 def test_an_unavailable_extra_backbone_is_skipped_with_its_reason(tmp_path, monkeypatch):
-    import telly.studies.probing as probing
     from telly.tasks.code_search import SearchExample
 
-    monkeypatch.setattr(probing, "unavailable_reason", lambda model: "no wheel here" if model == "smollm2-135m" else None)
-    profile = replace(get_profile("smoke"), bench_repeats=1, bench_steps=1, bench_batch_size=2, bench_code_tokens=16,
+    monkeypatch.setattr(bench, "unavailable_reason", lambda model: "no wheel here" if model == "smollm2-135m" else None)
+    profile = get_profile("smoke").changed(bench_repeats=1, bench_steps=1, bench_batch_size=2, bench_code_tokens=16,
                       max_text_tokens=8, extra_probe_models=("smollm2-135m",))
     examples = [SearchExample(query=f"add {i}", code=f"def f{i}(x):\n    return x + {i}\n", id=str(i)) for i in range(2)]
     record = bench.run_bench(profile, tmp_path, models=["tiny-random", "smollm2-135m"], sections=["training"],
@@ -469,25 +469,25 @@ def test_an_unavailable_extra_backbone_is_skipped_with_its_reason(tmp_path, monk
     assert record["skipped_models"] == {"smollm2-135m": "no wheel here"}
     assert {r["model"] for r in record["training"]} == {"tiny-random"}
     assert [r["model"] for r in record["precision"]["rows"]] == ["tiny-random"]
-    assert "Not measured: smollm2-135m (no wheel here)." in (tmp_path / "bench.md").read_text()
+    assert "Not measured: smollm2-135m (no wheel here)." in report.markdown(record)
 
 
 def test_the_shipped_reference_has_no_precision_table():
-    from telly.store import read_json
+    from telly.jsonio import read_json
 
-    assert "Mixed precision" not in report.markdown(read_json(bench.reference_path("laptop", "cpu")))
+    assert "Mixed precision" not in report.markdown(read_json(bench.reference_path(get_profile("laptop"), "cpu")))
 
 
 def test_bitfit_is_left_out_for_a_backbone_without_bias_terms(smoke_record, tiny):
     from types import SimpleNamespace
 
-    assert bench.has_bias_terms(tiny)
-    assert not bench.has_bias_terms(SimpleNamespace(model=torch.nn.Linear(4, 4, bias=False)))  # SmolLM2's kind
-    assert [v.method.tag for v in bench.training_variants("m", 4, "smoke", bitfit=False)][-1] == "lora"
+    assert workloads.has_bias_terms(tiny)
+    assert not workloads.has_bias_terms(SimpleNamespace(model=torch.nn.Linear(4, 4, bias=False)))  # SmolLM2's kind
+    assert [v.method.tag for v in workloads.training_variants("m", 4, get_profile("smoke"), bitfit=False)][-1] == "lora"
     record, _, _ = smoke_record
     assert "and BitFit" in report.summary_text(record)
     without = {**record, "training": [r for r in record["training"] if r["method"] != "bitfit"],
-               "not_applicable": [{"model": "tiny-random", "method": "bitfit", "reason": "the backbone has no bias terms"}]}
+               "not_applicable": [{"model": "tiny-random", "method": "bitfit", "label": "BitFit", "reason": "the backbone has no bias terms"}]}
     text = report.summary_text(without)
     assert "and BitFit" not in text and "BitFit was not run (the backbone has no bias terms)" in text
     assert "BitFit on tiny-random: not applicable (the backbone has no bias terms)." in report.markdown(without)

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from telly import book, cli
+from telly.profiles import get_profile
 from telly.report import charts
 from telly.store import provenance
 
@@ -115,7 +116,7 @@ def test_a_failing_chapter_names_chapter_cell_and_error_and_keeps_the_notebook(t
 def test_build_book_executes_chapters_and_writes_html(tmp_path, capsys):
     root = write_book(tmp_path / "b", {"01-tiny": ["# Tiny chapter", "print(f'profile={profile} model={model}')"]},
                       toc=["01-tiny", "02-not-yet"])
-    index = book.build_book(book_dir=root, profile="smoke", model="tiny-random", out=tmp_path / "runs")
+    index = book.build_book(book_dir=root, profile=get_profile("smoke"), model="tiny-random", out=tmp_path / "runs")
     html = index.parent
     page = (html / "01-tiny.html").read_text()
     assert "profile=smoke model=tiny-random" in page
@@ -290,5 +291,5 @@ def test_a_page_names_the_results_store_without_a_folder_of_the_building_machine
     assert book.shown_path(tmp_path / "runs" / "laptop") == "runs/laptop"
     elsewhere = Path("/srv/ci/work/runs")
     assert book.shown_path(elsewhere) == "…/work/runs"
-    note = book.build_note("m", "smoke", elsewhere, {})
+    note = book.build_note("m", get_profile("smoke"), elsewhere, {})
     assert "…/work/runs" in note and "/srv/" not in note

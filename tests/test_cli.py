@@ -44,22 +44,6 @@ def test_only_the_cli_module_defines_argument_parsers():
     assert set(defining) == {"telly/cli.py"}
 
 
-def test_chapters_import_only_studies_and_report():
-    import nbformat
-
-    imported = set()
-    for notebook in sorted((ROOT / "book").glob("[0-9][0-9]-*.ipynb")):
-        for cell in nbformat.read(str(notebook), as_version=4).cells:
-            if cell.cell_type != "code":
-                continue
-            for node in ast.walk(ast.parse(cell.source)):
-                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("telly"):
-                    imported.add(node.module)
-                elif isinstance(node, ast.Import):
-                    imported |= {a.name for a in node.names if a.name.startswith("telly")}
-    assert imported and all(name.split(".")[:2] in (["telly", "studies"], ["telly", "report"]) for name in imported), imported
-
-
 @pytest.mark.parametrize("command", ["fetch", "probe", "similarity", "finetune", "sweep", "bench", "book", "study"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:

@@ -2,7 +2,6 @@
 vary, a run that ends at the in-batch chance loss is flagged, and a laptop-sized MiniLM fine-tune
 improves on its first epoch without falling below the pre-trained model."""
 import math
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -60,8 +59,8 @@ def test_a_laptop_sized_code_search_fine_tune_of_minilm_learns(tmp_path):
     from telly.store import Variant
     from telly.trainer import finetune
 
-    profile = replace(get_profile("laptop"), epochs=2, patience=2, bootstrap_samples=100)
-    record = finetune(Variant.of("code-search", "minilm-l6", -1, seed=0, profile="laptop"), tmp_path,
+    profile = get_profile("laptop").changed(epochs=2, patience=2, bootstrap_samples=100)
+    record = finetune(Variant.of("code-search", "minilm-l6", -1, seed=0, profile=get_profile("laptop")), tmp_path,
                       profile=profile, progress=False)
     losses = [epoch["train_loss"] for epoch in record["epochs"]]
     assert losses[-1] < losses[0], losses

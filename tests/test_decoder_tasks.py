@@ -2,7 +2,6 @@
 prompted sequence layout, one-line decoding, zero-shot generation, every fine-tuning method, and
 bf16 autocast in training only. A byte-level BPE tokenizer with SmolLM2's special tokens stands in
 for SmolLM2's, so no test needs the real weights: seconds each."""
-import dataclasses
 
 import pytest
 import torch
@@ -10,16 +9,17 @@ import torch
 from telly import backbones
 from telly.decoding import generate, generate_ids, line_break_ids
 from telly.profiles import get_profile
+from telly.sequences import IGNORE, collate_pairs, source_ids, special_ids
 from telly.store import Variant
 from telly.tasks import get_task
-from telly.tasks.generation import IGNORE, PROMPTS, GenerationModel, collate_pairs, source_ids, special_ids
+from telly.tasks.generation import PROMPTS, GenerationModel
 from telly.trainer import finetune
 
 CODE = ["def add(a, b):\n    return a + b\n", "class Stack:\n    def push(self, item):\n        self.items.append(item)\n",
         "for i in range(10):\n    print(i)\n", "Summarize this function in one sentence.\nSummary:\nBody:\nNext line:\n",
         "Write the body of this function.\nWrite the next line of this code.\n", "return the sum of two numbers\n"]
 LAYERS = 4
-UNIT = dataclasses.replace(get_profile("smoke"), name="unit", train_examples=16, valid_examples=8, test_examples=8,
+UNIT = get_profile("smoke").changed(name="unit", train_examples=16, valid_examples=8, test_examples=8,
                            generation_examples=(8, 4, 6), batch_size=4, epochs=1, max_code_tokens=48,
                            max_target_tokens=6, bootstrap_samples=20, learning_rate=1e-3)
 
@@ -127,9 +127,9 @@ def test_a_one_line_prompt_stops_at_the_first_line_break(llama):
 # ---------------------------------------------------------------- through the trainer
 
 def _run(tmp_path, llama_dir, task, freeze=-1, method="telly", cache=True, **options):
-    variant = Variant.of(task, llama_dir, freeze, method=method, cache=cache, profile=UNIT.name,
+    variant = Variant.of(task, llama_dir, freeze, method=method, cache=cache, profile=options.pop("profile", UNIT),
                          **({"r": 4} if method == "lora" else {}))
-    return finetune(variant, tmp_path, profile=options.pop("profile", UNIT), progress=False, **options)
+    return finetune(variant, tmp_path, progress=False, **options)
 
 
 def _blocks_and_norm(llama, k):
@@ -163,10 +163,9 @@ def test_generation_on_a_decoder_records_its_prompted_zero_shot_score(tmp_path, 
     record = _run(tmp_path, llama_dir, "code-completion")
     zero_shot = record["zero_shot"]
     assert zero_shot is not None and set(get_task("code-completion").metrics) <= set(zero_shot["test"])
-    assert len(zero_shot["test_per_example"]["prediction"]) == UNIT.generation_examples[2]
+    assert len(zero_shot["test_per_example"]["prediction"]) == UNIT.generation.generation_examples[2]
     assert all("\n" not in p for p in record["test_per_example"]["prediction"])  # one line each
-    encoder = finetune(Variant.of("code-completion", "tiny-random", profile=UNIT.name), tmp_path, profile=UNIT,
-                       progress=False)
+    encoder = finetune(Variant.of("code-completion", "tiny-random", profile=UNIT), tmp_path, progress=False)
     assert encoder["zero_shot"] is None  # an encoder's new LM head answers nothing before training
 
 
@@ -188,7 +187,7 @@ def _autocast_seen(monkeypatch) -> list[tuple[bool, bool]]:
 
 def test_bf16_autocasts_training_forward_passes_and_never_decoding(tmp_path, llama_dir, monkeypatch):
     seen = _autocast_seen(monkeypatch)
-    bf16 = dataclasses.replace(UNIT, mixed_precision="bf16")  # the profile's setting is the default
+    bf16 = UNIT.changed(mixed_precision="bf16")  # the profile's setting is the default
     record = _run(tmp_path, llama_dir, "code-summarization", 2, profile=bf16)
     assert record["mixed_precision"] == {"training": "bf16", "prefix_cache": "bf16", "evaluation": "no"}
     assert {autocast for training, autocast in seen if training} == {True}

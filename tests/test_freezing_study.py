@@ -1,35 +1,29 @@
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from telly import cli, trainer
+from telly.analysis import non_inferiority_summary, precision_check
 from telly.methods import Full, LoRA, Telly
 from telly.profiles import get_profile
-from telly.report.freezing import (
+from telly.report.freezing import example_outputs, freeze_table, ours_table, paper_table, summary_table, table_view
+from telly.report.freezing_prose import (
     bench_note,
     degenerate_findings,
-    example_outputs,
     freeze_findings,
-    freeze_table,
     generation_note,
-    non_inferiority_summary,
-    ours_table,
-    paper_table,
-    precision_check,
     precision_text,
     sound_share,
-    summary_table,
     swept_depths,
-    table_view,
     training_note,
 )
 from telly.store import RunStore, Variant
+from telly.studies import freezing as rq3_study
 from telly.studies.freezing import parse_freeze, plan, sweep
 
-UNIT = replace(get_profile("smoke"), name="unit", train_examples=8, valid_examples=8, test_examples=8,
+UNIT = get_profile("smoke").changed(name="unit", train_examples=8, valid_examples=8, test_examples=8,
                batch_size=8, epochs=1, bootstrap_samples=20)
 
 
@@ -38,24 +32,24 @@ def test_parse_freeze_accepts_lists_ranges_and_all():
     assert parse_freeze("-1..2", 6) == [-1, 0, 1, 2]
     assert parse_freeze("all", 4) == [-1, 0, 1, 2, 3]
     assert parse_freeze([2, 2, 0], 4) == [2, 0]
-    with pytest.raises(ValueError, match=r"\[6\] out of range -1\.\.5"):
+    with pytest.raises(ValueError, match=r"in -1\.\.5 for a 6-layer model, got 6"):
         parse_freeze("0,6", 6)
     with pytest.raises(ValueError, match="'x' is not an integer"):
         parse_freeze("0,x", 6)
 
 
 def test_plan_collapses_telly_minus_one_into_full_and_checks_names():
-    variants = plan(["code-search"], [-1, 2], [0, 1], ["full", "telly", "lora"], model="m", profile="unit")
-    assert variants == [Variant("code-search", "m", Full(), 0, "unit"), Variant("code-search", "m", Full(), 1, "unit"),
-                        Variant("code-search", "m", Telly(2), 0, "unit"), Variant("code-search", "m", Telly(2), 1, "unit"),
-                        Variant("code-search", "m", LoRA(), 0, "unit"), Variant("code-search", "m", LoRA(), 1, "unit")]
+    variants = plan(["code-search"], [-1, 2], [0, 1], ["full", "telly", "lora"], model="m", profile=UNIT)
+    assert variants == [Variant("code-search", "m", UNIT, Full(), 0), Variant("code-search", "m", UNIT, Full(), 1),
+                        Variant("code-search", "m", UNIT, Telly(2), 0), Variant("code-search", "m", UNIT, Telly(2), 1),
+                        Variant("code-search", "m", UNIT, LoRA(), 0), Variant("code-search", "m", UNIT, LoRA(), 1)]
     assert [v.run_id for v in variants[::2]] == ["code-search__m__full__seed0__unit", "code-search__m__telly2__seed0__unit",
                                                 "code-search__m__lora__seed0__unit"]
     assert [v.label for v in variants[::2]] == ["Full fine-tuning", "Telly-2 cached", "LoRA"]
     with pytest.raises(ValueError, match="unknown task"):
-        plan(["code-search", "typo"], [0], [0], ["telly"], model="m", profile="unit")
+        plan(["code-search", "typo"], [0], [0], ["telly"], model="m", profile=UNIT)
     with pytest.raises(ValueError, match="unknown method"):
-        plan(["code-search"], [0], [0], ["prefix-tuning"], model="m", profile="unit")
+        plan(["code-search"], [0], [0], ["prefix-tuning"], model="m", profile=UNIT)
 
 
 def test_a_killed_sweep_resumes_with_only_the_unfinished_run(tmp_path, monkeypatch):
@@ -68,16 +62,16 @@ def test_a_killed_sweep_resumes_with_only_the_unfinished_run(tmp_path, monkeypat
             raise KeyboardInterrupt  # the sweep is killed while the second run trains
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "finetune", dies_on_second_run)
+    monkeypatch.setattr(rq3_study, "finetune", dies_on_second_run)
     with pytest.raises(KeyboardInterrupt):
         sweep(["code-search"], "2,3", [0], model="tiny-random", profile=UNIT, store=tmp_path, progress=False)
-    first = RunStore(tmp_path).record_path(Variant.of("code-search", "tiny-random", 2, profile="unit"))
-    second = RunStore(tmp_path).record_path(Variant.of("code-search", "tiny-random", 3, profile="unit"))
+    first = RunStore(tmp_path).record_path(Variant.of("code-search", "tiny-random", 2, profile=UNIT))
+    second = RunStore(tmp_path).record_path(Variant.of("code-search", "tiny-random", 3, profile=UNIT))
     assert first.exists() and not second.exists()
     stamp = first.stat().st_mtime_ns
 
     calls.clear()
-    monkeypatch.setattr(trainer, "finetune", lambda *a, **k: calls.append(a[0].freeze) or real(*a, **k))
+    monkeypatch.setattr(rq3_study, "finetune", lambda *a, **k: calls.append(a[0].freeze) or real(*a, **k))
     result = sweep(["code-search"], "2,3", [0], model="tiny-random", profile=UNIT, store=tmp_path, progress=False)
     assert calls == [3]  # only the unfinished run is redone
     assert result["skipped"] == [first.stem] and len(result["records"]) == 2 and not result["failed"]
@@ -88,17 +82,17 @@ def test_a_killed_sweep_resumes_with_only_the_unfinished_run(tmp_path, monkeypat
     assert len(calls) == 2  # --force reruns everything
 
     calls.clear()  # records made under other settings of the same profile name are not reused
-    sweep(["code-search"], "2,3", [0], model="tiny-random", profile=replace(UNIT, learning_rate=1e-3),
+    sweep(["code-search"], "2,3", [0], model="tiny-random", profile=UNIT.changed(learning_rate=1e-3),
           store=tmp_path, progress=False)
     assert calls == [2, 3]
 
 
 def test_a_damaged_record_is_rerun(tmp_path, monkeypatch):
-    path = RunStore(tmp_path).record_path(Variant.of("code-search", "tiny-random", 3, profile="unit"))
+    path = RunStore(tmp_path).record_path(Variant.of("code-search", "tiny-random", 3, profile=UNIT))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text('{"run": "half')
     calls = []
-    monkeypatch.setattr(trainer, "finetune", lambda *a, **k: calls.append(a) or {"run": "x"})
+    monkeypatch.setattr(rq3_study, "finetune", lambda *a, **k: calls.append(a) or {"run": "x"})
     sweep(["code-search"], "3", [0], model="tiny-random", profile=UNIT, store=tmp_path, progress=False)
     assert len(calls) == 1
 
@@ -109,14 +103,14 @@ def test_sweep_cli_rejects_bad_input_before_running(tmp_path, capsys):
     assert "unknown task 'nope'" in capsys.readouterr().err
     assert cli.main(["sweep", "--tasks", "code-search", "--freeze=-1..9", "--model", "tiny-random",
                      "--profile", "smoke", "--out", str(tmp_path)]) == 2
-    assert "out of range -1..3" in capsys.readouterr().err
+    assert "in -1..3 for a 4-layer model" in capsys.readouterr().err
     assert not os.listdir(tmp_path)
 
 
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
-    profile = replace(UNIT, train_examples=16, test_examples=16, epochs=2)
+    profile = UNIT.changed(train_examples=16, test_examples=16, epochs=2)
     sweep(["code-search"], "-1,2,3", [0], model="tiny-random", profile=profile, store=out, progress=False)
     return out
 
@@ -474,11 +468,11 @@ def test_a_real_data_run_never_reuses_or_mixes_with_the_offline_run(tmp_path):
 def test_the_freeze_explorer_redraws_on_the_slider_and_trains_a_missing_depth(tiny_sweep, tmp_path):
     import shutil
 
-    from telly.studies.freezing import FreezeExplorer
+    from telly.widgets import FreezeExplorer
 
     store = tmp_path / "store"
     shutil.copytree(tiny_sweep, store)
-    profile = replace(UNIT, train_examples=16, test_examples=16, epochs=2)
+    profile = UNIT.changed(train_examples=16, test_examples=16, epochs=2)
     explorer = FreezeExplorer("code-search", "tiny-random", profile, store, start=2)
 
     def marked(chart):  # the depth the chart's red rule marks, and the depths it plots
@@ -493,14 +487,14 @@ def test_the_freeze_explorer_redraws_on_the_slider_and_trains_a_missing_depth(ti
     assert marked(explorer.chart) == ([1], [-1, 2, 3])
     assert not explorer.button.disabled and "not run yet" in explorer.status.value
     explorer.button.click()
-    record = RunStore(store).find(Variant.of("code-search", "tiny-random", 1, profile="unit"), profile)
+    record = trainer.finished_run(Variant.of("code-search", "tiny-random", 1, profile=profile), store)
     assert record is not None and record["freeze"] == 1
-    assert explorer.progress.value == explorer.progress.max == profile.epochs
+    assert explorer.progress.value == explorer.progress.max == profile.training.epochs
     assert marked(explorer.chart) == ([1], [-1, 1, 2, 3]) and explorer.button.disabled
 
 
 def test_telly_sweep_writes_the_verdicts_beside_the_records(tmp_path, capsys):
-    from telly.store import read_json
+    from telly.jsonio import read_json
 
     args = ["sweep", "--tasks", "code-search", "--freeze=-1,2", "--seeds", "0", "--model", "tiny-random",
             "--profile", "smoke", "--out", str(tmp_path)]
@@ -554,7 +548,7 @@ def test_the_notes_on_depths_training_and_the_bench_follow_the_records():
 
 
 def test_the_cache_check_quotes_the_bench_for_its_epoch_ratio_when_it_can():
-    from telly.report.freezing import cache_check_prose
+    from telly.report.freezing_prose import cache_check_prose
 
     ranks = _full_ranks(0)
     cached = _search_record(3, 0, ranks) | {"epoch_seconds": 2.0, "cache_seconds": 1.5}
@@ -568,26 +562,26 @@ def test_the_cache_check_quotes_the_bench_for_its_epoch_ratio_when_it_can():
 
 
 def test_the_laptop_profile_affords_a_verdict_on_every_task():
-    from telly.report.freezing import MIN_SEEDS
+    from telly.analysis import MIN_SEEDS
     from telly.tasks import TASKS, get_task
 
     laptop = get_profile("laptop")
     # three seeds for a claim; more than one epoch, and patience after the best, so early stopping means something
-    assert len(set(laptop.seeds)) >= MIN_SEEDS and laptop.epochs >= 3 and laptop.patience >= 1
-    for spec in (laptop.sweep_freeze, laptop.generation_freeze):  # full fine-tuning and at least one Telly-K
+    assert len(set(laptop.training.seeds)) >= MIN_SEEDS and laptop.training.epochs >= 3 and laptop.training.patience >= 1
+    for spec in (laptop.training.sweep_freeze, laptop.generation.generation_freeze):  # full fine-tuning and at least one Telly-K
         depths = parse_freeze(spec, 6)
         assert -1 in depths and any(k >= 0 for k in depths)
-    assert len(parse_freeze(laptop.sweep_freeze, 6)) >= 3  # the "every shallower K" verdict needs two depths
+    assert len(parse_freeze(laptop.training.sweep_freeze, 6)) >= 3  # the "every shallower K" verdict needs two depths
     for task in TASKS:
         assert laptop.margin(get_task(task).metric) > 0
-    assert laptop.weight_decay == 0.0 and laptop.max_grad_norm == 1.0  # the replication package's optimiser
+    assert laptop.training.weight_decay == 0.0 and laptop.training.max_grad_norm == 1.0  # the replication package's optimiser
 
 
 def test_an_encoder_never_pre_trained_to_generate_runs_no_generation_task_and_says_why(tmp_path):
-    from telly.report.freezing import sweep_note
+    from telly.report.freezing_prose import sweep_note
     from telly.studies.freezing import freezing_study
 
-    profile = replace(UNIT, seeds=(0,))
+    profile = UNIT.changed(seeds=(0,))
     result = freezing_study("tiny-random", profile, tmp_path, tasks=["code-search"], freeze="3",
                             generation_tasks=["code-summarization", "code-generation"], progress=False)
     assert {r["task"] for r in result["records"]} == {"code-search"}
@@ -597,7 +591,7 @@ def test_an_encoder_never_pre_trained_to_generate_runs_no_generation_task_and_sa
 
 
 def test_an_inconclusive_row_says_what_would_decide_it_or_that_its_size_already_could():
-    from telly.report.freezing import _inconclusive
+    from telly.report.freezing_prose import _inconclusive
 
     row = {"run": "Telly-2", "difference": -0.01, "low": -0.05, "high": 0.03, "p_holm": 0.3, "margin": 0.02,
            "detectable_margin": 0.04, "seeds": [0, 1, 2], "units": 120,

@@ -17,7 +17,8 @@ from telly.metrics import (
     edit_similarity,
     exact_match,
 )
-from telly.tasks.generation import IGNORE, PROMPTS, GenerationModel, collate_pairs, prefix_lm_mask, source_ids
+from telly.sequences import IGNORE, collate_pairs, prefix_lm_mask, source_ids
+from telly.tasks.generation import PROMPTS, GenerationModel
 
 PROMPT = PROMPTS["code-summarization"]
 

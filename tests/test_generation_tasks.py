@@ -1,6 +1,5 @@
 """The three generation tasks: data (offline corpus and real formats) and one smoke fine-tune each
 through the trainer on tiny-random (telly.tasks.code_summarization / code_generation / code_completion)."""
-import dataclasses
 import json
 
 import pytest
@@ -14,7 +13,7 @@ from telly.tasks.code_generation import split_signature
 GENERATION_TASKS = ("code-summarization", "code-generation", "code-completion")
 
 # Tiny sizes: the point is the plumbing (data -> trainer -> decoding -> metrics -> record), in seconds.
-UNIT = dataclasses.replace(get_profile("smoke"), name="unit", generation_examples=(8, 4, 6), batch_size=4,
+UNIT = get_profile("smoke").changed(name="unit", generation_examples=(8, 4, 6), batch_size=4,
                            max_code_tokens=32, max_target_tokens=5, bootstrap_samples=20)
 
 
@@ -48,7 +47,7 @@ def test_offline_data_respects_sizes_and_target_lengths(name):
     assert get_task(name).load_data(UNIT).fingerprint == data.fingerprint  # deterministic
     assert not {e.id for e in data.train} & {e.id for e in data.test}
     if name != "code-summarization":  # targets chosen to fit the decoding limit
-        assert all(len(code_tokens(e.target)) <= UNIT.max_target_tokens for e in data.train)
+        assert all(len(code_tokens(e.target)) <= UNIT.generation.max_target_tokens for e in data.train)
 
 
 def test_concode_dev_becomes_the_test_split(tmp_path):
@@ -82,8 +81,8 @@ def test_smoke_finetune_records_generation_metrics(tmp_path, name, freeze, metho
     from telly.trainer import finetune
 
     task = get_task(name)
-    variant = Variant.of(name, "tiny-random", freeze, method=method, profile=UNIT.name)
-    record = finetune(variant, tmp_path, profile=UNIT, progress=False)
+    variant = Variant.of(name, "tiny-random", freeze, method=method, profile=UNIT)
+    record = finetune(variant, tmp_path, progress=False)
     assert record["uses_cache"] == (freeze >= 0)  # Telly-K runs train from the frozen-prefix cache
     assert set(task.metrics) <= set(record["test"]) and set(task.metrics) <= set(record["test_ci"])
     for metric in task.metrics:
@@ -92,7 +91,7 @@ def test_smoke_finetune_records_generation_metrics(tmp_path, name, freeze, metho
     assert record["test"]["decode_seconds"] > 0  # decoding timed apart from the epochs' train_seconds
     assert record["test"]["degenerate"] in (0.0, 1.0)
     predictions = record["test_per_example"]["prediction"]
-    assert len(predictions) == len(record["test_per_example"]["reference"]) == UNIT.generation_examples[2]
+    assert len(predictions) == len(record["test_per_example"]["reference"]) == UNIT.generation.generation_examples[2]
     assert (tmp_path / f"{record['run']}.json").exists()
 
 
@@ -111,7 +110,7 @@ def test_evaluation_keeps_examples_and_the_degenerate_report(tiny):
     assert extras["degenerate"]["is_degenerate"] and extras["degenerate"]["empty"] == len(data.test)
     assert evaluation.metrics["degenerate"] == 1.0 and evaluation.metrics["empty_share"] == 1.0
     assert [e["reference"] for e in extras["examples"]] == [e.target for e in data.test[:5]]
-    assert extras["decode_seconds"] > 0 and extras["decoding"]["max_new_tokens"] == UNIT.max_target_tokens
+    assert extras["decode_seconds"] > 0 and extras["decoding"]["max_new_tokens"] == UNIT.generation.max_target_tokens
 
 
 def test_references_are_scored_as_written_not_as_the_tokenizer_spells_them(tiny):
@@ -173,7 +172,7 @@ def test_the_name_baseline_refuses_examples_without_a_function_name():
 def test_smoke_profile_on_minilm(tmp_path, name):
     from telly.trainer import finetune
 
-    record = finetune(Variant.of(name, "minilm-l6", 4, profile="smoke"), tmp_path, progress=False)
+    record = finetune(Variant.of(name, "minilm-l6", 4, profile=get_profile("smoke")), tmp_path, progress=False)
     task = get_task(name)
     assert set(task.metrics) <= set(record["test"])
     assert record["parameters"]["backbone_trainable"] < record["parameters"]["backbone_total"]

@@ -13,7 +13,11 @@ def test_methods_validate_their_settings_and_name_themselves():
         ["Full fine-tuning", "Telly-3 cached", "Telly-3 uncached", "LoRA", "BitFit"]
     assert LoRA(r=16).tag == "lora-r16" and LoRA(targets=["q_proj"]).targets == ("q_proj",)
     with pytest.raises(ValueError, match="K >= 0"):
+        Telly(-1)
+    with pytest.raises(ValueError, match="an integer in -1 or more, got -2"):
         Telly(-2)
+    with pytest.raises(ValueError, match=r"in -1\.\.5 for a 6-layer model, got 6"):
+        Telly(6).check_depth(6)
     with pytest.raises(ValueError, match="rank r"):
         LoRA(r=0)
     with pytest.raises(ValueError, match="freeze must be -1"):

@@ -27,9 +27,10 @@ def test_the_readme_names_the_tested_versions_of_every_floor():
 
 
 def test_the_bench_reference_ships_as_package_data():
+    from telly.profiles import get_profile
     from telly.studies.bench import reference_path
 
-    path = reference_path("laptop", "cpu")
+    path = reference_path(get_profile("laptop"), "cpu")
     assert path.exists() and ROOT / "telly" in path.parents
 
 

@@ -6,7 +6,6 @@ Everything but the sizes is the paper profile's: beam search, all depths, ten-ep
 early stopping, no mixed precision."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 from pathlib import Path
@@ -82,8 +81,8 @@ def write_published_formats(root: Path, seed: int = 0) -> dict[str, str]:
 @pytest.fixture
 def paper(monkeypatch):
     """The paper profile with its sizes shrunk: every other setting is the GPU user's."""
-    shrunk = dataclasses.replace(
-        PROFILES["paper"], probe_functions=80, similarity_functions=24, max_code_tokens=32, max_text_tokens=16,
+    shrunk = PROFILES["paper"].changed(
+        probe_functions=80, similarity_functions=24, max_code_tokens=32, max_text_tokens=16,
         feature_batch_size=16, probe_epochs=3, train_examples=16, valid_examples=8, test_examples=8, batch_size=8,
         epochs=2, max_target_tokens=6, num_beams=3, generation_examples=(16, 8, 8), bootstrap_samples=50,
         bench_repeats=1, bench_steps=1, bench_batch_size=2, bench_code_tokens=16, bench_probe_texts=8,

@@ -1,4 +1,3 @@
-import dataclasses
 import json
 import os
 from types import SimpleNamespace
@@ -8,7 +7,7 @@ import pytest
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import average_precision_score
 
-from telly import backbones
+from telly import analysis, backbones
 from telly.corpus import _bucket
 from telly.features import layer_features
 from telly.metrics import ranking_average_precision
@@ -23,7 +22,7 @@ from telly.store import RunStore
 from telly.studies import probing as study
 from telly.studies.probing import run_probing
 
-TINY_PROFILE = dataclasses.replace(get_profile("smoke"), name="smoke", probe_functions=48,
+TINY_PROFILE = get_profile("smoke").changed(name="smoke", probe_functions=48,
                                    max_code_tokens=96, sbt_max_tokens=256, probe_epochs=4,
                                    bootstrap_samples=50, probe_weight_refits=3)
 PROBES = [prop.name for prop in PROPERTIES]
@@ -396,14 +395,14 @@ def test_chapter_helpers(tmp_path):
     assert study.record_dir("runs", "minilm-l6").as_posix() == "runs/probing/minilm-l6"
     assert study.record_dir("runs", "/models/my model/").name == "models_my_model"
     smoke = get_profile("smoke")
-    small = study.extra_model_size("smoke")
-    assert small["functions"] <= smoke.probe_functions // 2
-    assert small["functions"] <= smoke.extra_probe_functions
-    assert small["max_tokens"] <= min(smoke.max_code_tokens, smoke.extra_probe_tokens)
+    small = study.extra_model_size(get_profile("smoke"))
+    assert small["functions"] <= smoke.probing.probe_functions // 2
+    assert small["functions"] <= smoke.probing.extra_probe_functions
+    assert small["max_tokens"] <= min(smoke.inputs.max_code_tokens, smoke.probing.extra_probe_tokens)
     assert study.unavailable_reason("minilm-l6") is None
-    assert study.chapter_checkpoint("minilm-l6", "smoke", tmp_path, checkpoint="a/run") == \
+    assert study.chapter_checkpoint("minilm-l6", get_profile("smoke"), tmp_path, checkpoint="a/run") == \
         type(tmp_path)("a/run")
-    assert study.chapter_checkpoint("minilm-l6", "smoke", tmp_path, finetune_task=None) is None
+    assert study.chapter_checkpoint("minilm-l6", get_profile("smoke"), tmp_path, finetune_task=None) is None
 
 
 def test_probing_study_keeps_records_per_backbone(tiny_corpus, tmp_path):
@@ -458,7 +457,7 @@ def test_syntactic_functions_fit_their_code_budget_and_the_sbt_cut_is_measured(t
 
     corpus = load_corpus(tiny_corpus, progress=False)
     budget = 24
-    data = prepare(corpus, 48, dataclasses.replace(TINY_PROFILE, sbt_max_tokens=100),
+    data = prepare(corpus, 48, TINY_PROFILE.changed(sbt_max_tokens=100),
                    tokenizer=words, max_length=budget, num_states=3, hidden_size=32)
     fits = [len(f.code_without_doc.split()) <= budget for f in data.functions]
     assert all(fits[i] for i in data.syntactic) and not all(fits)
@@ -479,11 +478,11 @@ def test_sbt_budget_cuts_at_most_five_percent_on_the_stdlib(profile_name, tmp_pa
     monkeypatch.setenv("TELLY_CACHE", str(tmp_path / "cache"))
     profile = get_profile(profile_name)
     minilm = backbones.load("minilm-l6")
-    data = prepare(load_corpus("stdlib", progress=False), profile.probe_functions, profile,
-                   tokenizer=minilm.tokenizer, max_length=profile.max_code_tokens, num_states=7,
+    data = prepare(load_corpus("stdlib", progress=False), profile.probing.probe_functions, profile,
+                   tokenizer=minilm.tokenizer, max_length=profile.inputs.max_code_tokens, num_states=7,
                    hidden_size=384)
     assert data.sbt_cut_share <= 0.05
-    assert profile.sbt_max_tokens <= minilm.model.config.max_position_embeddings
+    assert profile.probing.sbt_max_tokens <= minilm.model.config.max_position_embeddings
 
 
 def test_structural_baselines_see_what_a_surface_model_sees():
@@ -547,7 +546,7 @@ def test_semantic_rows_resample_a_function_with_its_variants():
     assert list(state.weighted.clusters) == list(groups[queries])
     assert len(set(state.weighted.clusters)) == 8 and len(queries) == 24
     expected = bootstrap_ci(state.weighted.per_example, clusters=groups[queries],
-                            samples=TINY_PROFILE.bootstrap_samples)["value"]
+                            samples=TINY_PROFILE.statistics.bootstrap_samples)["value"]
     assert state.result["weighted"]["ci"] == [expected["low"], expected["high"]]
 
 
@@ -573,7 +572,7 @@ def test_weight_location_finds_the_layer_and_tells_moved_weights_from_shuffled_o
     shuffled labels; with no signal anywhere they do not."""
     from telly.probing.properties import _location, centre_of_mass, distance_from_uniform
 
-    profile = dataclasses.replace(TINY_PROFILE, probe_weight_refits=19)
+    profile = TINY_PROFILE.changed(probe_weight_refits=19)
     rng = np.random.default_rng(0)
 
     def located(X, y):
@@ -596,7 +595,7 @@ def test_weight_location_finds_the_layer_and_tells_moved_weights_from_shuffled_o
     assert distance_from_uniform([1, 0, 0, 0, 0]) == pytest.approx(0.8)
     with pytest.raises(ValueError, match="at least 2"):
         _location(np.full(5, 0.2), lambda *args: np.full(5, 0.2), np.arange(3),
-                  dataclasses.replace(profile, probe_weight_refits=1), 0)
+                  profile.changed(probe_weight_refits=1), 0)
     assert set(_location(np.full(5, 0.2), None, np.arange(3), profile, 0)) == \
         {"centre", "relative_depth", "distance_from_uniform"}
 
@@ -671,7 +670,7 @@ def test_a_baseline_touching_the_probes_lower_bound_is_no_verdict_against_it():
     assert "shows nothing that baseline does not" not in text
     assert "beats length only (+0.060 [+0.020, +0.100])" in text
     assert "is informative on this state" in text
-    assert report.findings(_record())["structural"]["states"]["pretrained"]["informative"]
+    assert analysis.findings(_record())["structural"]["states"]["pretrained"]["informative"]
 
 
 @pytest.mark.parametrize("interval, phrase", [
@@ -683,7 +682,7 @@ def test_baseline_verdicts_follow_the_paired_interval(interval, phrase):
     record = _record(vs_baseline=interval)
     text = report.describe_probing(record)
     assert phrase in text
-    informative = report.findings(record)["semantic"]["states"]["pretrained"]["informative"]
+    informative = analysis.findings(record)["semantic"]["states"]["pretrained"]["informative"]
     assert informative == (interval[0] > 0)
     assert ("not shown to be informative" in text) == (interval[0] <= 0)
     rows = report.verdict_table(record)
@@ -742,7 +741,7 @@ def test_sbt_note_warns_only_above_five_percent():
 
 
 def test_selectivity_is_reported_for_the_lexical_probe_only():
-    found = report.findings(_record())
+    found = analysis.findings(_record())
     assert "selectivity" in found["lexical"] and "selectivity" not in found["structural"]
     rows = report.layer_rows(_record())
     assert {row["probe"] for row in rows if row["control"] is not None} == {"lexical"}

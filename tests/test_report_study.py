@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from telly.profiles import get_profile
 from telly.report import study as report
-from telly.studies.study import StudyRecords
+from telly.studies.records import StudyRecords
 
 PROVENANCE = {"model": "smollm2-135m", "profile": "study", "corpus_fingerprint": "abc", "device": "cpu",
               "date": "2026-12-01T12:00:00+00:00", "versions": {"torch": "2.13.0"}}
@@ -44,12 +45,12 @@ def test_the_box_says_where_and_when_the_shown_parts_were_measured():
 
 def test_sources_come_study_first_and_only_when_they_hold_something():
     study = _study({})
-    blocks = report.shown(study, ["study record"], ["live record"], model="minilm-l6", profile="laptop")
+    blocks = report.shown(study, ["study record"], ["live record"], model="minilm-l6", profile=get_profile("laptop"))
     assert list(blocks.values()) == [["study record"], ["live record"]]
     assert list(blocks)[0].startswith("smollm2-135m: the code-model study") and "live run" in list(blocks)[1]
-    assert list(report.shown(study, [], ["live"], model="minilm-l6", profile="laptop").values()) == [["live"]]
-    assert [h for h, _ in report.headed(study, [{"model": "smollm2-135m"}], [{"model": "minilm-l6"}], profile="laptop")] \
-        == [report.study_heading(study), report.live_heading("minilm-l6", "laptop")]
+    assert list(report.shown(study, [], ["live"], model="minilm-l6", profile=get_profile("laptop")).values()) == [["live"]]
+    assert [h for h, _ in report.headed(study, [{"model": "smollm2-135m"}], [{"model": "minilm-l6"}], profile=get_profile("laptop"))] \
+        == [report.study_heading(study), report.live_heading("minilm-l6", get_profile("laptop"))]
 
 
 def test_the_bench_and_precision_notes_say_where_they_come_from_and_follow_the_check():

@@ -6,6 +6,7 @@ import pytest
 from scipy import stats
 from scipy.stats import ortho_group
 
+from telly.profiles import get_profile
 from telly.similarity import MEASURES, layer_similarity, linear_cka, rsa
 
 SEEDS = [0, 1, 2]
@@ -337,17 +338,17 @@ def perturbed_checkpoint(path, scale, top_only=True, seed=0):
 
 @pytest.fixture
 def rq2_setup(tmp_path, monkeypatch):
-    from dataclasses import replace
 
     from telly.profiles import get_profile
 
     monkeypatch.setenv("TELLY_CACHE", str(tmp_path / "cache"))
-    profile = replace(get_profile("smoke"), similarity_functions=12, max_code_tokens=32)
+    profile = get_profile("smoke").changed(similarity_functions=12, max_code_tokens=32)
     return profile, write_corpus(tmp_path / "corpus")
 
 
 def test_run_similarity_sees_only_the_changed_layer_move(tmp_path, rq2_setup):
-    from telly.store import checkpoint_fingerprint, read_json
+    from telly.jsonio import read_json
+    from telly.store import checkpoint_fingerprint
     from telly.studies.similarity import run_similarity
 
     profile, corpus = rq2_setup
@@ -382,9 +383,9 @@ def test_run_similarity_sees_only_the_changed_layer_move(tmp_path, rq2_setup):
 
 def test_similarity_embeds_functions_without_docstrings_and_pools_without_padding(tmp_path, rq2_setup,
                                                                                    monkeypatch):
-    from dataclasses import replace
 
     import telly.features
+    import telly.studies.similarity
     from telly.corpus import load_corpus
     from telly.features import FEATURES_FORMAT
     from telly.studies.similarity import run_similarity
@@ -398,7 +399,7 @@ def test_similarity_embeds_functions_without_docstrings_and_pools_without_paddin
         embedded.append(list(texts))
         return original(backbone, texts, **kwargs)
 
-    monkeypatch.setattr(telly.features, "layer_features", recording)
+    monkeypatch.setattr(telly.studies.similarity, "layer_features", recording)  # where it is called
     document = run_similarity("tiny-random", tmp_path / "ckpt.safetensors", profile, tmp_path / "out",
                               corpus=str(corpus), samples=50, progress=False)
     without_doc = {fn.code_without_doc for fn in load_corpus(str(corpus), progress=False)}
@@ -411,7 +412,7 @@ def test_similarity_embeds_functions_without_docstrings_and_pools_without_paddin
     assert inputs["bootstrap"] == {"unit": "function", "samples": 50, "confidence": 0.95, "seed": 0}
     # padding left out of the mean: how the functions are batched (how much padding) changes nothing
     monkeypatch.setenv("TELLY_CACHE", str(tmp_path / "fresh-cache"))  # embed again, not from the cache
-    one_by_one = run_similarity("tiny-random", tmp_path / "ckpt.safetensors", replace(profile, feature_batch_size=1),
+    one_by_one = run_similarity("tiny-random", tmp_path / "ckpt.safetensors", profile.changed(feature_batch_size=1),
                                 tmp_path / "out-1", corpus=str(corpus), samples=50, progress=False)
     for batched, alone in zip(document["comparisons"][0]["layers"], one_by_one["comparisons"][0]["layers"]):
         for measure in MEASURES:
@@ -419,8 +420,9 @@ def test_similarity_embeds_functions_without_docstrings_and_pools_without_paddin
 
 
 def counting_forward_passes(monkeypatch) -> list[str]:
-    """Record the source of every backbone that telly.features.layer_features embeds with."""
+    """Record the source of every backbone that RQ2 (telly.studies.similarity) embeds with."""
     import telly.features
+    import telly.studies.similarity
 
     passes = []
     counted = telly.features.layer_features
@@ -429,7 +431,7 @@ def counting_forward_passes(monkeypatch) -> list[str]:
         passes.append(backbone.source)
         return counted(backbone, texts, **kwargs)
 
-    monkeypatch.setattr(telly.features, "layer_features", counting)
+    monkeypatch.setattr(telly.studies.similarity, "layer_features", counting)
     return passes
 
 
@@ -469,7 +471,7 @@ def test_missing_checkpoint_is_named(tmp_path, rq2_setup):
 
 def test_cli_writes_similarity_json(tmp_path, rq2_setup, capsys):
     from telly.cli import main
-    from telly.store import read_json
+    from telly.jsonio import read_json
 
     _, corpus = rq2_setup
     perturbed_checkpoint(tmp_path / "ckpt.safetensors", scale=0.5)
@@ -488,16 +490,18 @@ def test_cli_writes_similarity_json(tmp_path, rq2_setup, capsys):
 
 def fake_finished_run(store, task, profile, scale, epochs=0, seed=0):
     """A finished full fine-tuning run laid out as telly.trainer.finetune writes it (record + weights)."""
-    from telly.store import RunStore, Variant, as_stored
+    from telly.jsonio import as_stored
+    from telly.store import RunStore, Variant
+    from telly.trainer import task_of
 
     store = RunStore(store) if not isinstance(store, RunStore) else store
-    variant = Variant.of(task, "tiny-random", -1, profile=profile.name)
+    variant = Variant.of(task, "tiny-random", -1, profile=profile)
     run = store.run_dir(variant)
     perturbed_checkpoint(run / "backbone.safetensors", scale=scale, seed=seed)
     for epoch in range(1, epochs + 1):
         perturbed_checkpoint(run / f"epoch-{epoch}" / "backbone.safetensors", scale=scale * epoch / epochs)
     store.write_record(variant, {"status": "finished", "task": task, "profile_settings": as_stored(profile.to_dict()),
-                                 "task_config": as_stored(variant.make_task().config.to_dict())})
+                                 "task_config": as_stored(task_of(variant).config.to_dict())})
     return run
 
 
@@ -506,12 +510,11 @@ def no_training(*args, **kwargs):
 
 
 def test_task_similarity_reads_the_shared_run_and_reuses_its_document(tmp_path, rq2_setup, monkeypatch):
-    import telly.trainer
     from telly.studies import similarity as rq2
 
     profile, corpus = rq2_setup
     run = fake_finished_run(tmp_path / "store", "code-search", profile, scale=0.5)
-    monkeypatch.setattr(telly.trainer, "finetune", no_training)
+    monkeypatch.setattr(rq2, "finetune", no_training)
     document = rq2.task_similarity("code-search", "tiny-random", profile, tmp_path / "store",
                                    corpus=str(corpus), progress=False)
     assert document["comparisons"][0]["checkpoint"] == str(run)
@@ -525,14 +528,13 @@ def test_task_similarity_reads_the_shared_run_and_reuses_its_document(tmp_path, 
 
 
 def test_similarity_document_is_recomputed_when_a_checkpoint_changes(tmp_path, rq2_setup, monkeypatch):
-    import telly.trainer
     from telly.store import RunStore
     from telly.studies import similarity as rq2
 
     profile, corpus = rq2_setup
     store = RunStore(tmp_path / "store")
     run = fake_finished_run(store, "code-search", profile, scale=0.5)
-    monkeypatch.setattr(telly.trainer, "finetune", no_training)
+    monkeypatch.setattr(rq2, "finetune", no_training)
     passes = counting_forward_passes(monkeypatch)
 
     def study() -> dict:
@@ -553,7 +555,6 @@ def test_similarity_document_is_recomputed_when_a_checkpoint_changes(tmp_path, r
 
 def test_per_epoch_view_reruns_into_its_own_folder_when_the_shared_run_has_no_epochs(
         tmp_path, rq2_setup, monkeypatch):
-    import telly.trainer
     from telly.store import RunStore, epoch_checkpoints
     from telly.studies import similarity as rq2
 
@@ -562,11 +563,11 @@ def test_per_epoch_view_reruns_into_its_own_folder_when_the_shared_run_has_no_ep
     shared = fake_finished_run(store, "code-search", profile, scale=0.5)
     calls = []
 
-    def fake_finetune(variant, into, *, profile, save_epoch_checkpoints, **kwargs):
+    def fake_finetune(variant, into, *, save_epoch_checkpoints, **kwargs):
         calls.append((variant.task, variant.model, variant.freeze, into.root, save_epoch_checkpoints))
-        fake_finished_run(into, variant.task, profile, scale=0.5, epochs=2)
+        fake_finished_run(into, variant.task, variant.profile, scale=0.5, epochs=2)
 
-    monkeypatch.setattr(telly.trainer, "finetune", fake_finetune)
+    monkeypatch.setattr(rq2, "finetune", fake_finetune)
     assert rq2.ensure_finetuned("code-search", "tiny-random", profile, store) == shared
     run = rq2.ensure_finetuned("code-search", "tiny-random", profile, RunStore(store), per_epoch=True)
     assert calls == [("code-search", "tiny-random", -1, store / rq2.EPOCH_RUNS_DIR, True)]
@@ -578,21 +579,19 @@ def test_per_epoch_view_reruns_into_its_own_folder_when_the_shared_run_has_no_ep
 
 
 def test_a_run_under_other_profile_settings_is_trained_again(tmp_path, rq2_setup, monkeypatch):
-    from dataclasses import replace
 
-    import telly.trainer
     from telly.studies import similarity as rq2
 
     profile, _ = rq2_setup
     store = tmp_path / "store"
-    fake_finished_run(store, "code-search", replace(profile, epochs=profile.epochs + 1), scale=0.5)
+    fake_finished_run(store, "code-search", profile.changed(epochs=profile.training.epochs + 1), scale=0.5)
     calls = []
 
-    def fake_finetune(variant, into, *, profile, **kwargs):
+    def fake_finetune(variant, into, **kwargs):
         calls.append(variant.run_id)
-        fake_finished_run(into, variant.task, profile, scale=0.5, epochs=1)
+        fake_finished_run(into, variant.task, variant.profile, scale=0.5, epochs=1)
 
-    monkeypatch.setattr(telly.trainer, "finetune", fake_finetune)
+    monkeypatch.setattr(rq2, "finetune", fake_finetune)
     run = rq2.ensure_finetuned("code-search", "tiny-random", profile, store)
     assert len(calls) == 1 and run.parent == store
 
@@ -621,7 +620,7 @@ def test_similarity_study_skips_tasks_not_in_this_checkout(tmp_path, rq2_setup, 
     top = report.final_comparison(document)["layers"][-1]
     assert table.loc[("code-search", 4), "rsa"] == f"{top['rsa']:.3f} [{top['rsa_low']:.3f}, {top['rsa_high']:.3f}]"
     assert table.loc[("code-search", 0), "cka"] == "1.000 [1.000, 1.000]"
-    prose = report.inputs_prose(study, profile.name)
+    prose = report.inputs_prose(study, profile)
     assert f"**{document['inputs']['texts']['n']}** held-out functions" in prose and "Skipped not-landed" in prose
     assert "without its docstring" in prose and "padding left out" in prose and "1000 bootstrap resamples" in prose
     with pytest.raises(ValueError, match="none of the tasks"):
@@ -768,12 +767,12 @@ def test_inputs_prose_says_what_was_embedded_and_how_from_the_inputs():
     inputs = {"texts": texts, "pooling": "mean over each function's real tokens (padding left out)",
               "bootstrap": {"unit": "function", "samples": 2000, "confidence": 0.9, "seed": 0}}
     study = {"documents": {"code-search": {"inputs": inputs}}, "skipped": {}}
-    text = inputs_prose(study, "study")
+    text = inputs_prose(study, get_profile("study"))
     assert "**800** held-out functions" in text and "each without its docstring" in text
     assert "90% percentile intervals over 2000 bootstrap resamples" in text and "Skipped" not in text
     # an older document: whole functions, no intervals
     older = {"texts": dict(texts, field="code"), "pooling": "mean over all positions"}
-    text = inputs_prose({"documents": {"code-search": {"inputs": older}}, "skipped": {"x": "why"}}, "laptop")
+    text = inputs_prose({"documents": {"code-search": {"inputs": older}}, "skipped": {"x": "why"}}, get_profile("laptop"))
     assert "as their `code` text" in text and "mean over all positions" in text
     assert "bootstrap" not in text and "**Skipped x**: why" in text
 

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from telly import trainer
+from telly.jsonio import read_json, write_json
 from telly.profiles import get_profile
-from telly.store import RunStore, Variant, read_json, write_json
+from telly.report.study import part_lines
+from telly.store import RunStore, Variant
+from telly.studies import freezing as rq3_study
+from telly.studies import records as study_records
+from telly.studies import similarity as rq2_study
 from telly.studies import study
 
 TASKS = ("code-search", "code-completion")  # one pooled-representation task, one generation task
-TINY = replace(get_profile("smoke"), name="tiny-study", train_examples=8, valid_examples=8, test_examples=8,
+TINY = get_profile("smoke").changed(name="tiny-study", train_examples=8, valid_examples=8, test_examples=8,
                batch_size=8, epochs=2, patience=2, generation_examples=(8, 8, 8), max_target_tokens=8,
                bootstrap_samples=20, seeds=(0,), sweep_freeze="-1,3", generation_freeze="-1,3",
                probe_functions=48, similarity_functions=12, max_code_tokens=32, probe_epochs=4,
@@ -36,6 +40,12 @@ def private_cache(tmp_path, monkeypatch):
 REAL_FINETUNE = trainer.finetune
 
 
+def _patch_finetune(monkeypatch, replacement) -> None:
+    """Every study module calls trainer.finetune by the name it imported: replace it in each."""
+    for module in (study, rq3_study, rq2_study):
+        monkeypatch.setattr(module, "finetune", replacement)
+
+
 def _counting_finetune(monkeypatch, calls: list, die_at: int | None = None):
     """Record each fine-tuned run id; raise KeyboardInterrupt (a kill) on call `die_at`."""
     def finetune(variant, *args, **kwargs):
@@ -44,7 +54,7 @@ def _counting_finetune(monkeypatch, calls: list, die_at: int | None = None):
             raise KeyboardInterrupt
         return REAL_FINETUNE(variant, *args, **kwargs)
 
-    monkeypatch.setattr(trainer, "finetune", finetune)
+    _patch_finetune(monkeypatch, finetune)
 
 
 def _stamps(root: Path) -> dict[str, int]:
@@ -59,7 +69,7 @@ def _run(tmp_path, **options):
 
 def test_the_study_resumes_after_a_kill_and_a_fresh_clone_reruns_nothing(tmp_path, private_cache, monkeypatch):
     records, weights = tmp_path / "records", tmp_path / "out" / study.WEIGHTS_DIR
-    full = {task: Variant.of(task, "tiny-random", -1, profile=TINY.name) for task in TASKS}
+    full = {task: Variant.of(task, "tiny-random", -1, profile=TINY) for task in TASKS}
 
     # 1. Killed while the third run (code completion's full fine-tune) trains.
     calls: list[str] = []
@@ -73,10 +83,10 @@ def test_the_study_resumes_after_a_kill_and_a_fresh_clone_reruns_nothing(tmp_pat
     assert ledger["parts"]["rq1"]["status"] == "finished"  # right after code search, the task it probes
     assert ledger["parts"]["rq2/code-completion"] == {"status": "pending", "wall_seconds": None}  # listed before it is reached
     finished = {path: stamp for path, stamp in _stamps(records).items() if path != "summary.json"}  # summary grows
-    assert {f"{Variant.of('code-search', 'tiny-random', k, profile=TINY.name).run_id}.json" for k in (-1, 3)} \
+    assert {f"{Variant.of('code-search', 'tiny-random', k, profile=TINY).run_id}.json" for k in (-1, 3)} \
         <= set(finished) and f"{full['code-completion'].run_id}.json" not in finished
     # A chapter shows the finished parts only: code search's three, none of code completion's yet.
-    shown = study.load_study(records)
+    shown = study_records.load_study(records)
     assert shown.finished("rq3") == ["rq3/code-search"] and shown.unfinished("rq2") == {"rq2/code-completion": "pending"}
     assert {r["task"] for r in shown.runs} == {"code-search"} and len(shown.runs) == 2
     assert list(shown.similarity) == ["code-search"] and [r["model"] for r in shown.probing] == ["tiny-random"]
@@ -88,7 +98,7 @@ def test_the_study_resumes_after_a_kill_and_a_fresh_clone_reruns_nothing(tmp_pat
     _counting_finetune(monkeypatch, calls)
     document = _run(tmp_path)
     assert calls == [full["code-completion"].run_id,
-                     Variant.of("code-completion", "tiny-random", 3, profile=TINY.name).run_id, full["code-search"].run_id]
+                     Variant.of("code-completion", "tiny-random", 3, profile=TINY).run_id, full["code-search"].run_id]
     assert {path: stamp for path, stamp in _stamps(records).items() if path in finished} == finished
     assert [part for part, entry in document["parts"].items() if entry["status"] == "finished"] == study.parts(TASKS)
     assert document["sessions"][-1]["ran"] == ["rq3/code-completion", "rq2/code-completion", "precision/code-search"]
@@ -114,7 +124,7 @@ def test_the_study_resumes_after_a_kill_and_a_fresh_clone_reruns_nothing(tmp_pat
     # Only the full fine-tunes' weights are kept (RQ2 and RQ1 read them).
     assert sorted(p.name for p in weights.iterdir()) == sorted(RunStore(records).run_dir(v).name for v in full.values())
 
-    shown = study.load_study(records)
+    shown = study_records.load_study(records)
     assert len(shown.runs) == 4 and list(shown.similarity) == list(TASKS) and shown.unfinished("rq3") == {}
     assert shown.precision == precision
 
@@ -151,7 +161,7 @@ def test_the_study_resumes_after_a_kill_and_a_fresh_clone_reruns_nothing(tmp_pat
     write_json(records / "study.json", ledger)
     calls.clear()
     rerun = _run(tmp_path)
-    assert calls == [full["code-completion"].run_id, Variant.of("code-completion", "tiny-random", 3, profile=TINY.name).run_id]
+    assert calls == [full["code-completion"].run_id, Variant.of("code-completion", "tiny-random", 3, profile=TINY).run_id]
     assert 0 < rerun["parts"]["rq3/code-completion"]["wall_seconds"] < 1e5
 
 
@@ -162,14 +172,14 @@ def test_a_failing_part_is_recorded_and_the_others_still_run(tmp_path, private_c
         attempted.append(variant.task)
         raise ValueError(f"{variant.task} exploded")
 
-    monkeypatch.setattr(trainer, "finetune", broken)
+    _patch_finetune(monkeypatch, broken)
     document = study.run_study("tiny-random", TINY, out=tmp_path / "out", records=tmp_path / "records",
                                tasks=["code-completion"], progress=False)
     assert attempted == ["code-completion", "code-completion", "code-search"]  # rq3, rq2, then rq1's fine-tune
     assert {part: entry["status"] for part, entry in document["parts"].items()} == \
         {"rq3/code-completion": "failed", "rq2/code-completion": "failed", "rq1": "failed"}
     assert document["parts"]["rq1"]["error"] == "ValueError: code-search exploded"
-    assert "rq1: failed" in "\n".join(study.part_lines(document))
+    assert "rq1: failed" in "\n".join(part_lines(document))
 
 
 def test_part_lines_follow_the_numbers():
@@ -179,11 +189,11 @@ def test_part_lines_follow_the_numbers():
                 "wall_seconds": {"rq1": 0.0, "rq2": 0.0, "rq3": seconds or 0.0, "precision": 0.0,
                                  "total": seconds or 0.0}}
 
-    finished = study.part_lines(document("finished", 5400.0, runs=15))
+    finished = part_lines(document("finished", 5400.0, runs=15))
     assert finished[0] == "rq3/code-search: finished, 1.5 h, 15 runs"
     assert finished[-1] == "measured: RQ3 1.5 h, RQ2 0.0 min, RQ1 0.0 min, precision check 0.0 min, total 1.5 h"
-    assert study.part_lines(document("running", 90.0))[0] == "rq3/code-search: running, 1.5 min"
-    assert study.part_lines(document("finished", None))[0] == "rq3/code-search: finished, not measured here"
+    assert part_lines(document("running", 90.0))[0] == "rq3/code-search: running, 1.5 min"
+    assert part_lines(document("finished", None))[0] == "rq3/code-search: finished, not measured here"
 
 
 def test_the_cli_names_an_unknown_task_before_anything_runs(tmp_path, capsys):
@@ -199,7 +209,7 @@ def test_the_study_command_defaults_to_the_code_model_and_its_profile(capsys):
     from telly.cli import build_parser, main
 
     args = build_parser().parse_args(["study"])
-    assert (args.model, args.profile, args.out, args.records) == ("smollm2-135m", "study", "runs/study", None)
+    assert (args.model, args.profile, args.out, args.records) == ("smollm2-135m", get_profile("study"), "runs/study", None)
     assert args.tasks.split(",") == ["code-search", "clone-detection", "code-summarization", "code-generation",
                                      "code-completion"]
     with pytest.raises(SystemExit) as exit_:
@@ -208,8 +218,8 @@ def test_the_study_command_defaults_to_the_code_model_and_its_profile(capsys):
 
 
 def test_a_folder_without_a_study_shows_nothing(tmp_path):
-    empty = study.load_study(tmp_path / "nothing-here")
+    empty = study_records.load_study(tmp_path / "nothing-here")
     assert empty.ledger is None and empty.model is None and empty.runs == [] and empty.probing == []
     write_json(tmp_path / "study.json", {"kind": "bench"})
     with pytest.raises(ValueError, match="study.json: not a study ledger"):
-        study.load_study(tmp_path)
+        study_records.load_study(tmp_path)

@@ -63,7 +63,7 @@ def test_evaluation_rejects_ragged_columns():
 
 def test_code_search_offline_data_is_sized_by_profile_and_split_by_module():
     data = get_task("code-search").load_data(SMOKE)
-    assert data.sizes() == {"train": SMOKE.train_examples, "valid": SMOKE.valid_examples, "test": SMOKE.test_examples}
+    assert data.sizes() == {"train": SMOKE.training.train_examples, "valid": SMOKE.training.valid_examples, "test": SMOKE.training.test_examples}
     modules = {name: {e.id.split(":")[0] for e in data.split(name)} for name in ("train", "test")}
     assert not modules["train"] & modules["test"]
     assert all(e.query and "def " in e.code and '"""' not in e.code[:200] for e in data.test[:10])
@@ -440,7 +440,7 @@ def test_clone_baseline_table_puts_every_baseline_above_the_runs():
 
 
 def test_clone_baseline_prose_names_near_misses_and_follows_the_numbers():
-    from telly.report.freezing import clone_baseline_prose
+    from telly.report.freezing_prose import clone_baseline_prose
 
     text = clone_baseline_prose(_baselines(), _clone_table({-1: 0.8, 2: 0.7}))
     assert "73 put the same one-edit change on both sides (clones)" in text

@@ -3,31 +3,28 @@ import os
 import subprocess
 import sys
 import textwrap
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from telly import backbones, cli
+from telly import backbones, cli, trainer
 from telly.profiles import get_profile
 from telly.store import WEIGHTS, RunStore, Variant
 from telly.trainer import finetune
 
 # Tiny sizes: 2 steps per epoch, so a tiny-random run takes seconds.
-UNIT = replace(get_profile("smoke"), name="unit", train_examples=16, valid_examples=8, test_examples=8,
+UNIT = get_profile("smoke").changed(name="unit", train_examples=16, valid_examples=8, test_examples=8,
                batch_size=8, epochs=2, patience=1, bootstrap_samples=50, learning_rate=1e-3)
 
 
 def run(out, task, freeze, *, model="tiny-random", profile=None, method="telly", cache=True, lora_r=None,
         **options):
     """finetune() of one variant under the UNIT profile (or `profile`)."""
-    profile = profile or UNIT
     method_options = {"r": lora_r} if lora_r else {}
-    variant = Variant.of(task, model, freeze, method=method, cache=cache, profile=get_profile(profile).name,
-                         **method_options)
-    return finetune(variant, out, profile=profile, **options)
+    variant = Variant.of(task, model, freeze, method=method, cache=cache, profile=profile or UNIT, **method_options)
+    return finetune(variant, out, **options)
 
 
 def _weights(out, record):
@@ -36,7 +33,7 @@ def _weights(out, record):
 
 def test_record_carries_every_design_field_and_the_best_weights_load_back(tmp_path):
     record = run(tmp_path, "code-search", 2, progress=False)
-    path = RunStore(tmp_path).record_path(Variant.of("code-search", "tiny-random", 2, profile="unit"))
+    path = RunStore(tmp_path).record_path(Variant.of("code-search", "tiny-random", 2, profile=UNIT))
     assert path.exists() and json.loads(path.read_text())["run"] == record["run"]
     for key in ("model", "task", "freeze", "seed", "profile", "parameters", "epochs", "epochs_to_best",
                 "test", "test_ci", "peak_tensor_memory_mb", "provenance", "time_to_best_seconds", "zero_shot",
@@ -49,7 +46,7 @@ def test_record_carries_every_design_field_and_the_best_weights_load_back(tmp_pa
         assert epoch["train_seconds"] > 0 and epoch["eval_seconds"] > 0 and "mrr" in epoch["valid"]
     ci = record["test_ci"]["mrr"]
     assert ci["low"] <= record["test"]["mrr"] <= ci["high"]
-    assert len(record["test_per_example"]["reciprocal_rank"]) == UNIT.test_examples
+    assert len(record["test_per_example"]["reciprocal_rank"]) == UNIT.training.test_examples
     assert record["cache"]["storage"] == "memory" and record["uses_cache"]
     assert record["zero_shot"]["test"]["mrr"] > 0
     # trainable = blocks 2..3 of the 4-block tiny model (a bi-encoder has no head parameters)
@@ -76,17 +73,15 @@ def test_cached_and_uncached_training_agree_without_dropout(tmp_path):
 def test_bad_input_gives_clear_errors(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown task 'nope'"):
         run(tmp_path, "nope", 0)
-    with pytest.raises(ValueError, match=r"freeze depth must be in -1\.\.3 .*got 4"):
+    with pytest.raises(ValueError, match=r"freeze depth must be an integer in -1\.\.3 .*got 4"):
         run(tmp_path, "code-search", 4)
     with pytest.raises(ValueError, match="unknown method 'adapter'"):
         run(tmp_path, "code-search", -1, method="adapter")
     with pytest.raises(ValueError, match="freeze must be -1"):
         run(tmp_path, "code-search", 2, method="lora")
-    with pytest.raises(ValueError, match="runs under 'smoke'"):
-        finetune(Variant.of("code-search", "tiny-random", 2, profile="unit"), tmp_path, profile="smoke")
     assert cli.main(["finetune", "--task", "code-search", "--freeze", "9", "--model", "tiny-random",
                      "--profile", "smoke", "--out", str(tmp_path)]) == 2
-    assert "freeze depth must be in -1..3" in capsys.readouterr().err
+    assert "freeze depth must be an integer in -1..3" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.json"))
 
 
@@ -97,7 +92,7 @@ def test_bitfit_and_lora_train_what_they_should_and_save_plain_backbones(tmp_pat
     head = 4 * 32 * 32 + 32 + 32 * 2 + 2  # dense(4H->H) over [u; v; |u-v|; u*v] + out(H->2), H = 32
     assert bitfit["parameters"]["backbone_trainable"] == biases
     assert bitfit["parameters"]["trainable"] == biases + head
-    assert bitfit["head_learning_rate"] == 20 * UNIT.learning_rate  # the random classifier learns faster
+    assert bitfit["head_learning_rate"] == 20 * UNIT.training.learning_rate  # the random classifier learns faster
     lora = run(tmp_path, "clone-detection", -1, method="lora", lora_r=4, progress=False)
     assert lora["method_config"]["lora_r"] == 4 and lora["method_config"]["lora_targets"] == ["query", "value"]
     adapters = 4 * 2 * (4 * (32 + 32))  # 4 blocks x (query, value) x r x (in + out)
@@ -108,24 +103,23 @@ def test_bitfit_and_lora_train_what_they_should_and_save_plain_backbones(tmp_pat
 
 def test_epoch_checkpoints_on_request(tmp_path):
     seen = []
-    record = run(tmp_path, "code-search", 3, profile=replace(UNIT, patience=5), save_epoch_checkpoints=True,
+    record = run(tmp_path, "code-search", 3, profile=UNIT.changed(patience=5), save_epoch_checkpoints=True,
                  progress=False, on_epoch=lambda epoch, epochs: seen.append((epoch["epoch"], epochs)))
-    assert seen == [(epoch, UNIT.epochs) for epoch in range(1, UNIT.epochs + 1)]
+    assert seen == [(epoch, UNIT.training.epochs) for epoch in range(1, UNIT.training.epochs + 1)]
     for epoch in range(1, record["epochs_run"] + 1):
         assert (tmp_path / record["run"] / f"epoch-{epoch}" / WEIGHTS).exists()
-    assert record["epochs_run"] == UNIT.epochs
+    assert record["epochs_run"] == UNIT.training.epochs
 
 
 SCRIPT = textwrap.dedent("""
     import sys
-    from dataclasses import replace
     from telly.profiles import get_profile
     from telly.store import Variant
     from telly.trainer import finetune
-    profile = replace(get_profile("smoke"), name="unit", train_examples=16, valid_examples=8,
+    profile = get_profile("smoke").changed(name="unit", train_examples=16, valid_examples=8,
                       test_examples=8, batch_size=8, epochs=1, bootstrap_samples=20, learning_rate=1e-3)
-    finetune(Variant.of(sys.argv[1], "tiny-random", int(sys.argv[2]), profile="unit"), sys.argv[3],
-             profile=profile, dropout=0.0, progress=False)
+    finetune(Variant.of(sys.argv[1], "tiny-random", int(sys.argv[2]), profile=profile), sys.argv[3],
+             dropout=0.0, progress=False)
 """)
 
 
@@ -142,7 +136,7 @@ def test_two_cpu_processes_match_one_process_on_the_same_global_batch(tmp_path, 
          str(script), task, str(freeze), str(two)],
         env=env, timeout=600, capture_output=True, text=True)
     assert launched.returncode == 0, launched.stderr[-3000:]
-    name = Variant.of(task, "tiny-random", freeze, profile="unit").run_id
+    name = Variant.of(task, "tiny-random", freeze, profile=UNIT).run_id
     single, double = (json.loads((d / f"{name}.json").read_text()) for d in (one, two))
     assert single["num_processes"] == 1 and double["num_processes"] == 2
     a, b = load_file(str(one / name / WEIGHTS)), load_file(str(two / name / WEIGHTS))
@@ -153,7 +147,7 @@ def test_two_cpu_processes_match_one_process_on_the_same_global_batch(tmp_path, 
 
 @pytest.mark.integration
 def test_smoke_finetune_of_minilm_on_code_search(tmp_path):
-    record = run(tmp_path, "code-search", 4, model="minilm-l6", profile="smoke", progress=False)
+    record = run(tmp_path, "code-search", 4, model="minilm-l6", profile=get_profile("smoke"), progress=False)
     assert record["parameters"]["num_layers"] == 6 and record["cache"]["depth"] == 4
     assert record["zero_shot"]["test"]["mrr"] > 0.3  # a pre-trained sentence encoder already matches docstrings
     assert record["test"]["mrr"] > 0.3
@@ -187,7 +181,7 @@ def test_the_optimiser_uses_the_profiles_weight_decay_and_clips_the_gradient_nor
 
     task = get_task("clone-detection")
     model = task.build_model(backbones.load("tiny-random"))
-    profile = replace(UNIT, weight_decay=0.0, max_grad_norm=1.0)
+    profile = UNIT.changed(weight_decay=0.0, max_grad_norm=1.0)
     optimizer = optimizer_factory(task, profile, 1e-3)(model)
     assert [group["weight_decay"] for group in optimizer.param_groups] == [0.0, 0.0]  # torch's AdamW default is 0.01
     trained = [p for group in optimizer.param_groups for p in group["params"]]
@@ -195,13 +189,12 @@ def test_the_optimiser_uses_the_profiles_weight_decay_and_clips_the_gradient_nor
         parameter.grad = torch.full_like(parameter, 10.0)
     optimizer.step()
     assert torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trained])).item() == pytest.approx(1.0, rel=1e-4)
-    assert optimizer_factory(task, replace(UNIT, weight_decay=0.1), 1e-3)(model).param_groups[0]["weight_decay"] == 0.1
+    assert optimizer_factory(task, UNIT.changed(weight_decay=0.1), 1e-3)(model).param_groups[0]["weight_decay"] == 0.1
     with pytest.raises(ValueError, match="max_grad_norm must be positive, got 0"):
-        optimizer_factory(task, replace(UNIT, max_grad_norm=0), 1e-3)
+        optimizer_factory(task, UNIT.changed(max_grad_norm=0), 1e-3)
 
 
 def test_the_record_names_the_optimiser_and_epoch_one_is_timed_after_the_warm_up_step(tmp_path, monkeypatch):
-    from telly import trainer
 
     events = []
     real_warm_up, real_step, real_clock = trainer.step_peak_memory, trainer.train_step, trainer.time.perf_counter
@@ -220,10 +213,10 @@ def test_the_record_names_the_optimiser_and_epoch_one_is_timed_after_the_warm_up
     monkeypatch.setattr(trainer, "train_step", step)
     clock = []
     monkeypatch.setattr(trainer.time, "perf_counter", lambda: clock.append(len(events)) or real_clock())
-    record = run(tmp_path, "code-search", 2, profile=replace(UNIT, epochs=1), progress=False)
+    record = run(tmp_path, "code-search", 2, profile=UNIT.changed(epochs=1), progress=False)
     assert record["optimizer"] | {"replication_package": None} == {
-        "name": "AdamW", "learning_rate": UNIT.learning_rate, "head_learning_rate": UNIT.learning_rate,
-        "eps": 1e-8, "weight_decay": UNIT.weight_decay, "max_grad_norm": UNIT.max_grad_norm,
+        "name": "AdamW", "learning_rate": UNIT.training.learning_rate, "head_learning_rate": UNIT.training.learning_rate,
+        "eps": 1e-8, "weight_decay": UNIT.training.weight_decay, "max_grad_norm": UNIT.training.max_grad_norm,
         "schedule": "linear warm-up over 10% of the steps, then linear decay to 0", "replication_package": None}
     warmed = events.index("warm-up ends")
     # the warm-up step runs inside step_peak_memory; the first timed step comes after it, and the
@@ -233,7 +226,6 @@ def test_the_record_names_the_optimiser_and_epoch_one_is_timed_after_the_warm_up
 
 
 def test_early_stopping_follows_the_validation_loss_and_says_which_epoch_won(tmp_path, monkeypatch):
-    from telly import trainer
 
     losses = iter([0.50, 0.40, 0.45, 0.30])
 
@@ -241,7 +233,7 @@ def test_early_stopping_follows_the_validation_loss_and_says_which_epoch_won(tmp
         return next(losses)
 
     monkeypatch.setattr(trainer, "_valid_loss", scripted)
-    profile = replace(UNIT, epochs=4, patience=1, test_examples=12)
+    profile = UNIT.changed(epochs=4, patience=1, test_examples=12)
     record = run(tmp_path / "a", "code-search", 2, profile=profile, progress=False)
     # epoch 2 is lower than 1; epoch 3 is not, and patience 1 stops there: epoch 4 never runs
     assert (record["epochs_run"], record["epochs_to_best"]) == (3, 2)
@@ -270,7 +262,6 @@ def test_the_validation_loss_is_the_models_own_loss_in_eval_mode(tmp_path):
 def test_the_test_pairs_are_called_at_the_best_epochs_valid_threshold(tmp_path, monkeypatch):
     import numpy as np
 
-    from telly import trainer
     from telly.tasks.clone_detection import CloneDetectionTask
 
     real, calls = CloneDetectionTask.calibrate, []
@@ -284,7 +275,7 @@ def test_the_test_pairs_are_called_at_the_best_epochs_valid_threshold(tmp_path, 
     rising = iter([0.3, 0.4, 0.5])  # validation loss rises after epoch 1: epoch 1 stays best
     monkeypatch.setattr(CloneDetectionTask, "calibrate", recording)
     monkeypatch.setattr(trainer, "_valid_loss", lambda *args: next(rising))
-    record = run(tmp_path, "clone-detection", -1, profile=replace(UNIT, epochs=3, patience=2), progress=False)
+    record = run(tmp_path, "clone-detection", -1, profile=UNIT.changed(epochs=3, patience=2), progress=False)
     assert (record["epochs_run"], record["epochs_to_best"]) == (3, 1) and len(calls) == 3
     assert [epoch["calibration"]["threshold"] for epoch in record["epochs"]] == calls
     # Epoch 1's threshold came back with epoch 1's weights, though two later epochs set others.
@@ -294,16 +285,18 @@ def test_the_test_pairs_are_called_at_the_best_epochs_valid_threshold(tmp_path, 
     assert columns["prediction"] == (np.asarray(columns["clone_probability"]) >= np.float32(threshold)).astype(int).tolist()
 
 
-def test_a_stored_record_counts_only_under_its_tasks_current_config(tmp_path, monkeypatch):
+def test_a_stored_record_counts_only_under_its_profile_and_its_tasks_current_config(tmp_path, monkeypatch):
     from telly.tasks import get_task
 
     record = run(tmp_path, "clone-detection", -1, progress=False)
-    variant = Variant.of("clone-detection", "tiny-random", -1, profile=UNIT.name)
-    assert RunStore(tmp_path).find(variant, UNIT)["run"] == record["run"]
+    variant = Variant.of("clone-detection", "tiny-random", -1, profile=UNIT)
+    assert trainer.finished_run(variant, tmp_path)["run"] == record["run"]
+    # The profile's settings changed under the same name: the record is stale.
+    changed = Variant.of("clone-detection", "tiny-random", -1, profile=UNIT.changed(epochs=5))
+    assert changed.run_id == variant.run_id and trainer.finished_run(changed, tmp_path) is None
     # The task's head changed since (another default): the record is stale, so a sweep runs it again.
-    monkeypatch.setattr(Variant, "make_task", lambda self: get_task(self.task, pair_features="concat"))
-    assert RunStore(tmp_path).find(variant, UNIT) is None
-    assert RunStore(tmp_path).find(variant)["run"] == record["run"]  # without a profile: any finished record
+    monkeypatch.setattr(trainer, "task_of", lambda variant: get_task(variant.task, pair_features="concat"))
+    assert trainer.finished_run(variant, tmp_path) is None
 
 
 def test_a_record_splits_its_wall_time_into_parts_that_add_up(tmp_path):

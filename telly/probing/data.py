@@ -14,15 +14,13 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from telly.backbones import Backbone
+from telly.corpus import VariantError, make_mutant, make_variant, sample, split
+from telly.features import LayerFeatures, layer_features
 from telly.profiles import Profile
-
-if TYPE_CHECKING:  # torch-backed: imported only where a backbone runs
-    from telly.backbones import Backbone
-    from telly.features import LayerFeatures
 
 # The backbone's input sets, one layer_features pass each: the lexical subset with its token
 # states, every function pooled, the SBT sequences of the syntactic subset, and the semantic
@@ -84,12 +82,10 @@ def prepare(functions: Sequence, n: int, profile: Profile, *, tokenizer, max_len
     """Sample n functions (held-out ones from the tasks' test split, training ones from their
     train split) and build every probe's data. tokenizer: the backbone's, to tell which code and
     SBT inputs its budgets cut."""
-    from telly.corpus import VariantError, make_variant, sample, split
-
     if not functions:
         raise ValueError("the corpus holds no functions to probe")
     parts = split(list(functions))  # the fine-tuning tasks' split: probe test <= task test
-    n_test = max(4, round(n * profile.probe_test_share))
+    n_test = max(4, round(n * profile.probing.probe_test_share))
     shuffler = random.Random(seed)
     skipped = 0
 
@@ -118,8 +114,8 @@ def prepare(functions: Sequence, n: int, profile: Profile, *, tokenizer, max_len
                          "so give it more modules")
     # Lexical probe: only as many functions as the token-state budget allows.
     per_function = num_states * hidden_size * max_length
-    lexical_n = max(8, min(len(train) + len(test), profile.lexical_functions,
-                           profile.lexical_token_budget // per_function))
+    lexical_n = max(8, min(len(train) + len(test), profile.probing.lexical_functions,
+                           profile.probing.lexical_token_budget // per_function))
     lex_test = max(2, round(lexical_n * len(test) / (len(train) + len(test))))
     lex_train_fns = sample(train, min(len(train), lexical_n - lex_test), seed=seed + 1)
     lex_test_fns = sample(test, min(len(test), lex_test), seed=seed + 1)
@@ -143,16 +139,16 @@ def prepare(functions: Sequence, n: int, profile: Profile, *, tokenizer, max_len
             picked.append(rng.choice(pool, size=min(len(pool), size), replace=False))
         return np.sort(np.concatenate(picked))
 
-    syntactic = subset(profile.syntactic_share, code_fits)
+    syntactic = subset(profile.probing.syntactic_share, code_fits)
     if min((~is_test[syntactic]).sum(), is_test[syntactic].sum()) < 2:
         raise ValueError(f"the syntactic probe needs at least 2 training and 2 held-out functions "
                          f"whose code fits in max_length={max_length} tokens; "
                          f"{int(code_fits.sum())} of {len(ordered)} fit")
     sbt_lengths = token_counts(tokenizer, [" ".join(ordered[i].sbt) for i in syntactic])
     semantic, variants, mutants = [], [], []
-    for i in subset(profile.semantic_share):
+    for i in subset(profile.probing.semantic_share):
         codes = []
-        for k in range(profile.variants_per_function):
+        for k in range(profile.probing.variants_per_function):
             try:
                 code = make_variant(ordered[i].code_without_doc, seed=seed + 1 + k)
             except VariantError:
@@ -168,16 +164,14 @@ def prepare(functions: Sequence, n: int, profile: Profile, *, tokenizer, max_len
                      words=[f.token_kinds for f in ordered[:len(lex_train_fns) + len(lex_test_fns)]],
                      syntactic=syntactic, semantic=np.array(semantic, dtype=int),
                      variants=variants, mutants=mutants, skipped=skipped,
-                     sbt_max_tokens=profile.sbt_max_tokens,
-                     sbt_cut_share=float((sbt_lengths > profile.sbt_max_tokens).mean()),
+                     sbt_max_tokens=profile.probing.sbt_max_tokens,
+                     sbt_cut_share=float((sbt_lengths > profile.probing.sbt_max_tokens).mean()),
                      code_cut_share=float((~code_fits).mean()))
 
 
 def _near_misses(codes: list[str], seed: int) -> list[str]:
     """One one-edit mutant of the original and of each variant: every query, original or
     variant, then meets a wrong candidate that shares almost all of its own tokens."""
-    from telly.corpus import VariantError, make_mutant
-
     found: list[str] = []
     for k, code in enumerate(codes):
         try:
@@ -243,8 +237,6 @@ def state_features(backbone: Backbone, data: ProbeData, needs: Iterable[str] = I
                    progress: bool = True) -> StateFeatures:
     """The input sets in `needs`, through `telly.features.layer_features` (one pass per set,
     cached on disk; forward passes under `mixed_precision`, the profile's setting)."""
-    from telly.features import layer_features
-
     needs = set(needs)
     unknown = sorted(needs - set(INPUT_SETS))
     if unknown:

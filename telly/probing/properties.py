@@ -41,8 +41,11 @@ from typing import ClassVar
 
 import numpy as np
 
+from telly.corpus import token_kinds
 from telly.metrics import ranking_average_precision
+from telly.probing.catalog import PAPER_REGIONS, PROBE_METRICS
 from telly.probing.data import ProbeData, StateFeatures, control_labels, word_features
+from telly.probing.estimators import ClassifierProbe, RetrievalProbe
 from telly.profiles import Profile
 from telly.stats import bootstrap_ci, paired_bootstrap
 
@@ -95,6 +98,10 @@ class Property(ABC):
     inputs: ClassVar[tuple[str, ...]]
     has_control: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.metric, cls.paper_region = PROBE_METRICS[cls.name], PAPER_REGIONS[cls.name]  # one catalogue
+
     @abstractmethod
     def evaluate(self, features: StateFeatures, data: ProbeData, profile: Profile,
                  seed: int = 0, locate: bool = True) -> StateResult:
@@ -114,7 +121,7 @@ class Property(ABC):
 
 def _ci(values: np.ndarray, profile: Profile, seed: int, clusters: np.ndarray | None = None
         ) -> list[float]:
-    interval = bootstrap_ci(values, clusters=clusters, samples=profile.bootstrap_samples,
+    interval = bootstrap_ci(values, clusters=clusters, samples=profile.statistics.bootstrap_samples,
                             seed=seed)["value"]
     return [interval["low"], interval["high"]]
 
@@ -126,7 +133,7 @@ def paired(first: Scored, second: Scored, profile: Profile, seed: int) -> dict:
         raise ValueError(f"a paired comparison needs the same held-out rows: {len(first.rows)} vs "
                          f"{len(second.rows)} rows, or the same number in another order")
     return paired_bootstrap(first.per_example, second.per_example, clusters=first.clusters,
-                            samples=profile.bootstrap_samples, seed=seed)["value"]
+                            samples=profile.statistics.bootstrap_samples, seed=seed)["value"]
 
 
 def _peak(per_layer: np.ndarray, clusters: np.ndarray | None, profile: Profile, seed: int) -> dict:
@@ -174,7 +181,7 @@ def _location(weights: np.ndarray, refit: Refit | None, units: np.ndarray, profi
     """Where the weighted probe looks, and whether its weights moved from uniform (`_centre`
     alone when refit is None: the random-init state, where nothing is located).
 
-    R = profile.probe_weight_refits. The centre of mass (and relative depth = centre / L) gets
+    R = profile.probing.probe_weight_refits. The centre of mass (and relative depth = centre / L) gets
     a percentile interval from R refits on bootstrap resamples of the training units (functions,
     with their words, pairs or variants), each with its own seed: a fit's weights depend on its
     initialisation, at times more than on the data, so the interval carries both and the full
@@ -185,7 +192,7 @@ def _location(weights: np.ndarray, refit: Refit | None, units: np.ndarray, profi
     """
     if refit is None:
         return _centre(weights)
-    refits = profile.probe_weight_refits
+    refits = profile.probing.probe_weight_refits
     if refits < 2:
         raise ValueError(f"probe_weight_refits must be at least 2 for an interval, got {refits}")
     rng = np.random.default_rng(seed)
@@ -231,9 +238,7 @@ def _state_result(per_layer: np.ndarray, weighted: np.ndarray, weights: np.ndarr
 
 def _classify(X_train, y_train, X_test, y_test, *, train_units: np.ndarray, rows: np.ndarray,
               clusters: np.ndarray | None, locate: bool, profile: Profile, seed: int) -> StateResult:
-    from telly.probing.estimators import ClassifierProbe
-
-    kwargs = {"epochs": profile.probe_epochs}
+    kwargs = {"epochs": profile.probing.probe_epochs}
     probe = ClassifierProbe(seed=seed, **kwargs).fit(X_train, y_train)
     mixed = ClassifierProbe(weighted=True, seed=seed, **kwargs).fit(X_train, y_train)
 
@@ -255,9 +260,7 @@ def _retrieval_probe(pairs: Callable[[np.ndarray, np.random.Generator | None], t
     """pairs(index, shuffle) -> (A, B, groups): the training pairs of training units `index`
     (labels shuffled by the generator, if any); test: (queries, candidates, relevant,
     exclude_self)."""
-    from telly.probing.estimators import RetrievalProbe
-
-    kwargs = {"epochs": profile.probe_epochs, "shared": shared}
+    kwargs = {"epochs": profile.probing.probe_epochs, "shared": shared}
     every = np.arange(len(train_units))
     queries, candidates, relevant, exclude_self = test
     layerwise = RetrievalProbe(seed=seed, **kwargs).fit(*pairs(every, None))
@@ -297,15 +300,11 @@ class Lexical(Property):
     """Token kind of each code word, from the mean of its sub-token states (accuracy)."""
 
     name = "lexical"
-    metric = "accuracy"
-    paper_region = "lower"
     inputs = ("code_tokens",)
     has_control = True
 
     def evaluate(self, features: StateFeatures, data: ProbeData, profile: Profile,
                  seed: int = 0, locate: bool = True) -> StateResult:
-        from telly.probing.estimators import ClassifierProbe
-
         X, where = word_features(features.code_tokens, data.words)
         words = [data.words[i][j] for i, j in where]
         y = np.array([TOKEN_KINDS.index(w.kind) for w in words])
@@ -315,7 +314,7 @@ class Lexical(Property):
                           profile=profile, seed=seed)
         # Control task (per word type): what a probe this size memorises of recurring types.
         control = control_labels([w.text for w in words], y, seed=seed)
-        kwargs = {"epochs": profile.probe_epochs, "seed": seed}
+        kwargs = {"epochs": profile.probing.probe_epochs, "seed": seed}
         per_layer = ClassifierProbe(**kwargs).fit(X[:, ~test], control[~test]).correct(
             X[:, test], control[test]).astype(float)
         weighted = ClassifierProbe(weighted=True, **kwargs).fit(X[:, ~test], control[~test]).correct(
@@ -369,8 +368,6 @@ class Syntactic(Property):
     """Retrieve a function's AST-only SBT sequence from its code (MRR)."""
 
     name = "syntactic"
-    metric = "MRR"
-    paper_region = "middle"
     inputs = ("code", "sbt")
 
     def evaluate(self, features: StateFeatures, data: ProbeData, profile: Profile,
@@ -430,8 +427,6 @@ def bag_of_tokens(codes_train: Sequence[str], codes_test: Sequence[str]):
     such columns let a logistic regression memorise the training set)."""
     from sklearn.feature_extraction.text import CountVectorizer
 
-    from telly.corpus import token_kinds
-
     vectorizer = CountVectorizer(analyzer=lambda code: [t.text for t in token_kinds(code)], min_df=2)
     return vectorizer.fit_transform(codes_train), vectorizer.transform(codes_test)
 
@@ -440,8 +435,6 @@ class Structural(Property):
     """Cyclomatic complexity in six classes (accuracy)."""
 
     name = "structural"
-    metric = "accuracy"
-    paper_region = "upper"
     inputs = ("code",)
 
     def evaluate(self, features: StateFeatures, data: ProbeData, profile: Profile,
@@ -504,8 +497,6 @@ class Semantic(Property):
     among the candidates (MAP)."""
 
     name = "semantic"
-    metric = "MAP"
-    paper_region = "spread"
     inputs = ("code", "variants")
 
     def evaluate(self, features: StateFeatures, data: ProbeData, profile: Profile,
@@ -539,8 +530,6 @@ class Semantic(Property):
 
     def baselines(self, data: ProbeData, profile: Profile, seed: int = 0) -> list[Baseline]:
         """Token-overlap (Jaccard) ranking: what string matching alone achieves."""
-        from telly.corpus import token_kinds
-
         codes = [data.functions[i].code_without_doc for i in data.semantic]
         codes += [v for vs in data.variants for v in vs] + [m for ms in data.mutants for m in ms]
         groups, test, near_miss = _semantic_items(data)

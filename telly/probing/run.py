@@ -2,20 +2,14 @@
 probe's record entry: its states compared with the random-init backbone and with the baselines."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
+from telly.backbones import Backbone
+from telly.probing.catalog import STATES
 from telly.probing.data import ProbeData, state_features
 from telly.probing.properties import PROPERTIES, Baseline, Property, Scored, StateResult, paired
 from telly.profiles import Profile
 from telly.stats import bootstrap_ci
-
-if TYPE_CHECKING:
-    from telly.backbones import Backbone
-
-# The backbone states a study probes, in the order records list them.
-STATES = ("random", "pretrained", "finetuned")
 
 
 def probe_state(backbone: Backbone, data: ProbeData, profile: Profile, *, max_length: int, seed: int = 0,
@@ -24,8 +18,8 @@ def probe_state(backbone: Backbone, data: ProbeData, profile: Profile, *, max_le
     `locate`: refit the weighted probes for the interval and test of where their weights sit."""
     needs = {name for prop in PROPERTIES for name in prop.inputs}
     features = state_features(backbone, data, needs, max_length=max_length,
-                              batch_size=profile.feature_batch_size,
-                              mixed_precision=profile.mixed_precision, progress=progress)
+                              batch_size=profile.probing.feature_batch_size,
+                              mixed_precision=profile.training.mixed_precision, progress=progress)
     return {prop.name: prop.evaluate(features, data, profile, seed, locate=locate)
             for prop in PROPERTIES}
 
@@ -61,7 +55,7 @@ def probe_entry(prop: Property, states: dict[str, StateResult], references: list
     entry = {"metric": prop.metric, "control": prop.has_control, "states": {}, "baselines": []}
     for name, scores in aligned.items():
         interval = bootstrap_ci(scores.per_example, clusters=scores.clusters,
-                                samples=profile.bootstrap_samples, seed=seed)["value"]
+                                samples=profile.statistics.bootstrap_samples, seed=seed)["value"]
         entry["baselines"].append({"name": name, "score": interval["value"],
                                    "ci": [interval["low"], interval["high"]]})
     for state in (s for s in STATES if s in states):

@@ -10,8 +10,6 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from telly.methods import METHODS
-
 
 def _seconds(value: float | None) -> str:
     if value is None:
@@ -95,7 +93,7 @@ def markdown(record: Mapping) -> str:
             lines.append(f"| {model} | {a['target']} | {a['value']:.3f} | {a['threshold']:.3f} | {result} |")
         lines.append("")
         for skipped in record.get("not_applicable", []):
-            lines += [f"{METHODS[skipped['method']].label} on {skipped['model']}: not applicable ({skipped['reason']}).", ""]
+            lines += [f"{skipped.get('label', skipped['method'])} on {skipped['model']}: not applicable ({skipped['reason']}).", ""]
         if record.get("skipped_models"):
             lines += ["Not measured: " + "; ".join(f"{model} ({reason})" for model, reason in record["skipped_models"].items())
                       + ".", ""]

@@ -26,7 +26,8 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
-from telly.probing.properties import PROPERTIES
+from telly.analysis import freeze_label
+from telly.probing.catalog import PROBES
 
 OFFLINE_RENDERER = "telly-offline"
 # vega-embed options for every chart: SVG so marks are real DOM nodes (inspectable, crisp), and
@@ -178,11 +179,6 @@ def _versions_summary(version_maps: Iterable[Mapping[str, str]]) -> str:
 
 FREEZE_PARAM = "freeze_k"
 FREEZE_READOUT = "freeze_readout"  # vega mark name: the text row of the selected K (a CSS class in SVG)
-
-
-def freeze_label(k: int) -> str:
-    """The paper's name for a freeze depth: -1 is full fine-tuning ("Base"), K >= 0 is Telly-K."""
-    return "Base (full)" if k == -1 else f"Telly-{k}"
 
 
 def freeze_slider_chart(rows: pd.DataFrame | Sequence[Mapping[str, Any]], *, metric: str,
@@ -458,9 +454,9 @@ def freeze_results_chart(table: pd.DataFrame, task: str, *, highlight: int | Non
 
 # ---------------------------------------------------------------------------------------------
 # Chapter 1 (RQ1, probing). Rows from telly.report.probing.layer_rows / weight_rows; probes in
-# the order of the registry telly.probing.properties.PROPERTIES.
+# the order of telly.probing.catalog.PROBES.
 
-PROBE_ORDER = [prop.name for prop in PROPERTIES]
+PROBE_ORDER = list(PROBES)
 STATE_ORDER = ["random", "pretrained", "finetuned"]
 
 

@@ -7,7 +7,9 @@ this library measures, labelled as the paper's.
 """
 from __future__ import annotations
 
-from telly.probing.properties import PROPERTIES
+import re
+
+from telly.probing.catalog import PAPER_REGIONS, PROBE_METRICS
 
 PAPER_MODEL = "unixcoder-base"
 PAPER_NUM_LAYERS = 12
@@ -58,7 +60,6 @@ PAPER_TELLY_QUALITY: dict[str, dict[int, tuple[float, ...]]] = {
 
 def _seconds(text: str) -> int:
     """'2h35m', '17m14s', '35m' -> seconds."""
-    import re
 
     units = {"h": 3600, "m": 60, "s": 1}
     return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([hms])", text))
@@ -114,7 +115,7 @@ PAPER_WEIGHTED_PROBES: dict[str, dict[str, float]] = {
     "semantic": {"random": 0.4609, "pretrained": 0.7093, "finetuned": 0.7155},
     "structural": {"random": 0.348, "pretrained": 0.297, "finetuned": 0.622},
 }
-PAPER_PROBE_METRICS = {prop.name: prop.metric for prop in PROPERTIES}
+PAPER_PROBE_METRICS = PROBE_METRICS
 # Where the paper's number is not what its label says: shown beside it wherever it appears.
 PAPER_PROBE_NOTES = {
     "syntactic": ("not an MRR, not comparable: the replication package's script ranks the wrong "
@@ -129,4 +130,4 @@ def paper_probe_rows() -> list[dict]:
              "source": f"paper ({PAPER_MODEL})", "note": PAPER_PROBE_NOTES.get(probe, "")}
             for probe, scores in PAPER_WEIGHTED_PROBES.items() for state, score in scores.items()]
 # Where the paper found each property (RQ1): the third of the layers the probes peak in.
-PAPER_PROBE_REGIONS = {prop.name: prop.paper_region for prop in PROPERTIES}
+PAPER_PROBE_REGIONS = PAPER_REGIONS

@@ -1,10 +1,7 @@
 """RQ1 in words, rows and tables: pure functions of probing records (`telly.studies.probing`).
 
-`findings` reads each probe's numbers into verdicts that only a confidence interval can give:
-whether a state beats the random-init backbone and each surface baseline (the lower bound of the
-paired difference above 0), whether the probe is informative (it beats both), whether the
-layer-wise peak beats its neighbours, and where the weighted probe's layer weights centre (with
-whether they moved from uniform further than on shuffled labels). `describe_probing` and
+The verdicts come from `telly.analysis.findings` (whether a state beats the random-init backbone and
+each surface baseline, whether a probe is informative, where its property lives). `describe_probing` and
 `paper_contrast` turn findings into sentences; `layer_rows` and `weight_rows` feed
 `telly.report.charts`; `verdict_table` and `paper_comparison` are the tables. Everything is
 computed from the record on each call; nothing here trains, loads a model or writes a file.
@@ -13,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from telly.probing.properties import PROPERTIES
-from telly.probing.run import STATES
+from telly.analysis import beats, findings, region
+from telly.probing.catalog import PROBE_METRICS, PROBES, STATES
 from telly.report.paper import (
     PAPER_MODEL,
     PAPER_PROBE_NOTES,
@@ -22,113 +19,8 @@ from telly.report.paper import (
     PAPER_WEIGHTED_PROBES,
 )
 
-# Weights "moved from uniform" when the permutation test against shuffled-label refits gives a
-# Holm-adjusted (across the four probes) p <= ALPHA from at least LOCATION_REFITS refits: with 19
-# the smallest p is 0.05, which no correction across probes lets pass.
-ALPHA = 0.05
-LOCATION_REFITS = 99
 # The syntactic probe's SBT inputs may be cut for at most this share of functions (issue 13).
 SBT_CUT_LIMIT = 0.05
-
-
-def _beats(difference: Mapping | None) -> bool | None:
-    """A verdict from a paired difference: True only when its 95% CI lies above 0."""
-    return None if difference is None else bool(difference["low"] > 0)
-
-
-def _region(depth: float) -> str:
-    """Lower / middle / upper third of the relative depth 0..1 (0 = embeddings, 1 = last block)."""
-    return "lower" if depth < 1 / 3 else "middle" if depth <= 2 / 3 else "upper"
-
-
-def _main_state(states: Mapping) -> str:
-    return "pretrained" if "pretrained" in states else next(iter(states))
-
-
-def locations(record: dict) -> dict[str, dict]:
-    """Per probe, where the main (pre-trained) state's property lives, and on what basis:
-
-    - "weights": the weighted mix's softmax weights, only where the mix fits (it scores at least the
-      best single layer's lower 95% bound) and moved from uniform further than shuffled-label refits,
-      Holm-adjusted across the probes, from at least LOCATION_REFITS refits;
-    - else "layer-wise": the layers whose 95% interval (over test functions) reaches the best layer's
-      lower bound, i.e. the layers the data cannot tell from the best one.
-    A region (lower / middle / upper third) is named only when the located span lies in one third."""
-    from telly.stats import holm
-
-    probes = list(record["probes"])
-    mains = {p: record["probes"][p]["states"][_main_state(record["probes"][p]["states"])] for p in probes}
-    adjusted = dict(zip(probes, holm([mains[p]["location"]["p_value"] for p in probes])))
-    num_layers = record["num_layers"]
-    out = {}
-    for probe, main in mains.items():
-        location, best = main["location"], main["peak"]["layer"]
-        best_low = main["layerwise_ci"][best][0]
-        refits = location["refits"] if isinstance(location["refits"], int) else len(location["refits"])
-        fits = main["weighted"]["score"] >= best_low
-        moved = bool(adjusted[probe] <= ALPHA and refits >= LOCATION_REFITS)
-        if fits and moved:
-            span = tuple(location["relative_depth_ci"])
-            basis = "weights"
-        else:
-            near = [layer for layer, (_, high) in enumerate(main["layerwise_ci"]) if high >= best_low]
-            span = (min(near) / num_layers, max(near) / num_layers)
-            basis = "layer-wise"
-        reasons = []
-        if not fits:
-            reasons.append(f"the weighted mix ({main['weighted']['score']:.3f}) scores below the best single layer's "
-                           f"lower bound ({best_low:.3f}): it is underfit")
-        if not moved:
-            reasons.append(f"its weights did not move from uniform beyond shuffled-label refits (p = "
-                           f"{location['p_value']:.2f}, Holm-adjusted {adjusted[probe]:.2f} over {len(probes)} probes, "
-                           f"{refits} refits; a claim needs {LOCATION_REFITS} or more)")
-        out[probe] = {"basis": basis, "span": span, "best_layer": best, "best_low": best_low,
-                      "mix_score": main["weighted"]["score"], "mix_fits": fits, "moved": moved,
-                      "p_value": location["p_value"], "p_holm": adjusted[probe], "refits": refits,
-                      "region": _region(span[0]) if _region(span[0]) == _region(span[1]) else None,
-                      "why_not_weights": reasons}
-    return out
-
-
-def findings(record: dict) -> dict:
-    """Per probe: the main (pre-trained) state's peak and weight location, and per backbone
-    state its score, its comparisons with the random-init backbone and with each baseline
-    (`beats` only where the paired 95% CI lies above 0) and whether it is informative (beats the
-    random backbone and every baseline)."""
-    out = {}
-    num_layers = record["num_layers"]
-    where = locations(record)
-    for probe, result in record["probes"].items():
-        states = result["states"]
-        main = states[_main_state(states)]
-        peak, location = main["peak"], main["location"]
-        entry = {
-            "main_state": _main_state(states),
-            "peak": {"layer": peak["layer"], "score": peak["score"],
-                     "region": _region(peak["layer"] / num_layers), "distinct": peak["distinct"]},
-            "location": {**{k: location[k] for k in ("centre", "centre_ci", "relative_depth",
-                                                      "relative_depth_ci", "p_value")},
-                         "region": _region(location["relative_depth"]),
-                         "moved": where[probe]["moved"], "p_holm": where[probe]["p_holm"]},
-            "where": where[probe],
-            "states": {},
-        }
-        for state, r in states.items():
-            vs_random = r.get("vs_random")
-            baselines = {name: {**d, "beats": _beats(d)} for name, d in r["vs_baselines"].items()}
-            verdict = {"score": r["weighted"]["score"], "ci": r["weighted"]["ci"],
-                       "vs_random": None if vs_random is None else {**vs_random,
-                                                                    "beats": _beats(vs_random)},
-                       "baselines": baselines}
-            if state != "random":
-                verdict["informative"] = bool(_beats(vs_random) and all(
-                    b["beats"] for b in baselines.values()))
-            entry["states"][state] = verdict
-        if result.get("control"):
-            entry["selectivity"] = main["selectivity"]["weighted"]
-            entry["selectivity_ci"] = main["selectivity"]["weighted_ci"]
-        out[probe] = entry
-    return out
 
 
 def data_description(record: dict) -> str:
@@ -210,7 +102,7 @@ def _location_sentence(f: Mapping, num_layers: int) -> str:
                 f"probe, the best layer is {where['best_layer']} of {num_layers} and the layers the data cannot "
                 f"tell from it span relative depth {low:.2f}-{high:.2f}")
         text += (f", the {where['region']} layers." if where["region"] else
-                 f", across the {_region(low)} and {_region(high)} layers: no region is claimed.")
+                 f", across the {region(low)} and {region(high)} layers: no region is claimed.")
     return text
 
 
@@ -323,7 +215,7 @@ def paper_contrast(record: dict) -> str:
         paper_where = "spread over all layers" if paper == "spread" else f"in the {paper} layers"
         if where["region"] is None:
             verdict = (f"cannot tell: by {basis} it spans relative depth {low:.2f}-{high:.2f}, across the "
-                       f"{_region(low)} and {_region(high)} layers")
+                       f"{region(low)} and {region(high)} layers")
         elif paper == "spread":
             verdict = f"differs from the paper: by {basis} it sits in the {where['region']} layers ({low:.2f}-{high:.2f})"
         else:
@@ -341,19 +233,19 @@ def paper_comparison(records: Sequence[dict]) -> list[dict]:
     and its paired difference to our random-init backbone; a note where the paper's number is
     not comparable."""
     rows = []
-    for prop in PROPERTIES:
+    for probe in PROBES:
         for state in STATES:
-            row = {"probe": prop.name, "metric": prop.metric, "state": state,
-                   f"paper ({PAPER_MODEL})": PAPER_WEIGHTED_PROBES[prop.name][state],
-                   "paper note": PAPER_PROBE_NOTES.get(prop.name, "")}
+            row = {"probe": probe, "metric": PROBE_METRICS[probe], "state": state,
+                   f"paper ({PAPER_MODEL})": PAPER_WEIGHTED_PROBES[probe][state],
+                   "paper note": PAPER_PROBE_NOTES.get(probe, "")}
             for record in records:
-                result = record["probes"][prop.name]["states"].get(state)
+                result = record["probes"][probe]["states"].get(state)
                 if result is not None:
                     low, high = result["weighted"]["ci"]
                     row[record["model"]] = (f"{result['weighted']['score']:.3f} "
                                             f"[{low:.3f}, {high:.3f}]")
                     vs_random = result.get("vs_random")
                     row[f"{record['model']} vs random"] = (
-                        "" if vs_random is None else _interval(vs_random) + _mark(_beats(vs_random)))
+                        "" if vs_random is None else _interval(vs_random) + _mark(beats(vs_random)))
             rows.append(row)
     return rows

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
+from telly.profiles import Profile
 from telly.report.paper import PAPER_MODEL, PAPER_NUM_LAYERS, PAPER_RSA
 from telly.similarity import MEASURES, top_blocks
 
@@ -105,7 +106,7 @@ def epoch_rows(document: dict) -> list[dict]:
     return start + rows
 
 
-def inputs_prose(study: dict, profile: str) -> str:
+def inputs_prose(study: dict, profile: Profile) -> str:
     """Markdown on what was compared (from the first document's inputs) and which tasks were skipped."""
     inputs = next(iter(study["documents"].values()))["inputs"]
     texts, bootstrap = inputs["texts"], inputs.get("bootstrap")
@@ -114,7 +115,7 @@ def inputs_prose(study: dict, profile: str) -> str:
     interval = (f" Intervals are {bootstrap['confidence']:.0%} percentile intervals over "
                 f"{bootstrap['samples']} bootstrap resamples of the functions." if bootstrap else "")
     return (f"Compared on **{texts['n']}** held-out functions ({texts['source']} corpus, {texts['split']} "
-            f"split, {what}, at most {texts['max_length']} tokens each), profile `{profile}`. "
+            f"split, {what}, at most {texts['max_length']} tokens each), profile `{profile.name}`. "
             f"Pooling: {inputs.get('pooling', 'mean over tokens')}.{interval}"
             + "".join(f"\n\n**Skipped {task}**: {why}" for task, why in study["skipped"].items()))
 

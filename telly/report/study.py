@@ -1,4 +1,4 @@
-"""What a chapter says about the code-model study's records (`telly.studies.study.StudyRecords`):
+"""What a chapter says about the code-model study's records (`telly.studies.records.StudyRecords`):
 which parts it shows, where they were measured, and which block of a page is the study's and which
 the build's own live run. Pure functions of the records."""
 from __future__ import annotations
@@ -6,8 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from telly.layout import BENCH_DIR, CHECKS, QUESTIONS
+from telly.profiles import Profile
 from telly.report.charts import ProvenanceBox, provenance_box
-from telly.studies.study import BENCH_DIR, duration
+from telly.report.freezing import sweep_view as freezing_sweep_view
+from telly.report.freezing_prose import precision_text
 
 # What each registered backbone is, in the words a page uses wherever it says "pre-trained".
 DESCRIPTIONS = {
@@ -17,7 +20,7 @@ DESCRIPTIONS = {
     "unixcoder-base": "UniXcoder-base, a 12-layer encoder pre-trained on code (the paper's backbone)",
 }
 
-QUESTIONS = {"rq1": "probing", "rq2": "layer similarity", "rq3": "freezing", "precision": "precision check"}
+QUESTION_NAMES = {"rq1": "probing", "rq2": "layer similarity", "rq3": "freezing", "precision": "precision check"}
 
 
 def study_heading(study) -> str:
@@ -25,12 +28,12 @@ def study_heading(study) -> str:
     return f"{study.model}: the code-model study's records (profile `{study.profile}`)"
 
 
-def live_heading(model: str, profile: str) -> str:
+def live_heading(model: str, profile: Profile) -> str:
     """The heading of the build's own live run on a page."""
-    return f"{model}: this build's live run (profile `{profile}`)"
+    return f"{model}: this build's live run (profile `{profile.name}`)"
 
 
-def shown(study, study_part: Any, live_part: Any, *, model: str, profile: str) -> dict[str, Any]:
+def shown(study, study_part: Any, live_part: Any, *, model: str, profile: Profile) -> dict[str, Any]:
     """heading -> what to show, the study's first, each only when it holds something (a record
     list, a document dict, ...): the order in which every section of a chapter shows its sources."""
     blocks = {}
@@ -48,7 +51,7 @@ def study_status(study, question: str) -> str:
         return (f"No study records in {where}: this page shows only the live run below. `make study` "
                 f"writes them (hours on a CPU; it resumes where it stopped).")
     finished, unfinished = study.finished(question), study.unfinished(question)
-    what = QUESTIONS[question]
+    what = QUESTION_NAMES[question]
     if not finished and not unfinished:  # a ledger written before this part existed
         return (f"The code-model study of **{study.model}** in {where} has no {what} part yet: `make study` "
                 f"runs it after the parts already there, and this page shows it once its records exist.")
@@ -103,11 +106,11 @@ def study_box(study, question: str, records: Sequence[Mapping]) -> ProvenanceBox
     rows += scale_rows(records)
     own = provenance_box(list(records)).rows
     rows += [(label, value) for label, value in own if label not in {"profile"}]
-    return ProvenanceBox(rows, f"Provenance of the study's records: {study.model}, {QUESTIONS[question]}")
+    return ProvenanceBox(rows, f"Provenance of the study's records: {study.model}, {QUESTION_NAMES[question]}")
 
 
 def headed(study, study_records: Sequence[Mapping], live_records: Sequence[Mapping], *,
-           profile: str) -> list[tuple[str, Mapping]]:
+           profile: Profile) -> list[tuple[str, Mapping]]:
     """(heading, record) pairs: the study's records first, then the live run's (each under its model)."""
     return [(study_heading(study), r) for r in study_records] + \
         [(live_heading(r["model"], profile), r) for r in live_records]
@@ -115,11 +118,9 @@ def headed(study, study_records: Sequence[Mapping], live_records: Sequence[Mappi
 
 def sweep_view(study) -> dict | None:
     """The study's RQ3 runs as chapter 3 shows a sweep (`telly.report.freezing.sweep_view`), or None."""
-    from telly.report.freezing import sweep_view as view
-
     if not study.runs or study.summary is None:
         return None
-    return view(study.runs, study.summary, kind=study.runs[0]["provenance"]["backbone"]["kind"])
+    return freezing_sweep_view(study.runs, study.summary, kind=study.runs[0]["provenance"]["backbone"]["kind"])
 
 
 def bench_origin(study) -> str:
@@ -138,9 +139,30 @@ def bench_origin(study) -> str:
 def precision_note(study) -> str:
     """Markdown: whether bf16 autocast kept fine-tuning quality in the study (its precision check),
     or which state the check is in."""
-    from telly.report.freezing import precision_text
-
     if study.precision is None:
         return study_status(study, "precision")
     return "**Does bf16 autocast keep fine-tuning quality?** " + precision_text(study.precision)
 
+
+def duration(seconds: float | None) -> str:
+    """A measured time as a reader wants it (minutes or hours); None: not measured here."""
+    if seconds is None:
+        return "not measured here"
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def part_lines(document: Mapping) -> list[str]:
+    """One line per part and one for the total, from study.json's numbers: what the command prints."""
+    lines = []
+    for part, entry in document["parts"].items():
+        line = f"{part}: {entry['status']}, {duration(entry.get('wall_seconds'))}"
+        if entry.get("runs") is not None:
+            line += f", {entry['runs']} runs"
+        if entry.get("error") or entry.get("failed"):
+            line += f" ({entry.get('error') or '; '.join(f['run'] + ': ' + f['error'] for f in entry['failed'])})"
+        lines.append(line)
+    totals = document["wall_seconds"]
+    lines.append("measured: " + ", ".join(f"{q.upper()} {duration(totals[q])}" for q in QUESTIONS)
+                 + "".join(f", {c} check {duration(totals.get(c))}" for c in CHECKS)
+                 + f", total {duration(totals['total'])}")
+    return lines

@@ -7,7 +7,7 @@ arguments it skips the finished runs and redoes only that one. `force` reruns ev
 that fails (e.g. out of memory) is reported and the sweep goes on with the others.
 
 `write_summary` tests the finished runs against full fine-tuning (paired non-inferiority over seeds
-and test rows, Holm across depths; `telly.report.freezing.non_inferiority_summary`) and writes
+and test rows, Holm across depths; `telly.analysis.non_inferiority_summary`) and writes
 summary.json beside the records: `telly sweep` and `freezing_study` both call it.
 
 `freezing_study` is what chapter 3 runs: the classification and search tasks over one set of
@@ -20,12 +20,20 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from telly.profiles import Profile, get_profile
+from telly.analysis import non_inferiority_summary
+from telly.backbones import load
+from telly.freezing import check_depth
+from telly.jsonio import as_stored
+from telly.layout import BENCH_DIR, SUMMARY
+from telly.profiles import Profile
 from telly.progress import progress_bar
-from telly.store import RunStore, Variant, as_store, as_stored
+from telly.store import RunStore, Variant, as_store
+from telly.studies.bench import load_or_run
+from telly.tasks import get_task
+from telly.tasks.clone_detection import clone_baselines
+from telly.trainer import finetune, finished_run
 
 GENERATION_TASKS = ("code-summarization", "code-generation", "code-completion")
-SUMMARY = "summary"  # the store document summary.json: the non-inferiority verdicts of the records beside it
 
 
 def parse_freeze(spec: str | Sequence[int], num_layers: int) -> list[int]:
@@ -45,17 +53,15 @@ def parse_freeze(spec: str | Sequence[int], num_layers: int) -> list[int]:
                     depths.append(int(part))
                 except ValueError:
                     raise ValueError(f"freeze depth {part!r} is not an integer (use e.g. -1,0,3 or -1..5 or all)") from None
-    bad = [k for k in depths if not -1 <= k <= num_layers - 1]
-    if bad:
-        raise ValueError(f"freeze depths {bad} out of range -1..{num_layers - 1} for a {num_layers}-layer model")
+    for k in depths:
+        check_depth(k, num_layers)
     return sorted(set(depths), key=depths.index)
 
 
 def plan(tasks: Sequence[str], freezes: Sequence[int], seeds: Sequence[int], methods: Sequence[str], *,
-         model: str, profile: str, cache: bool = True,
+         model: str, profile: Profile, cache: bool = True,
          data_paths: Mapping[str, str] | None = None) -> list[Variant]:
     """Variants in run order; Telly with K = -1 and the other methods collapse to one run each."""
-    from telly.tasks import get_task
 
     data_paths = dict(data_paths or {})
     unknown = sorted(set(data_paths) - set(tasks))
@@ -76,45 +82,42 @@ def plan(tasks: Sequence[str], freezes: Sequence[int], seeds: Sequence[int], met
 
 
 def sweep(tasks: Sequence[str], freeze: str | Sequence[int] = "all", seeds: Sequence[int] = (0,), *,
-          methods: Sequence[str] = ("telly",), model: str = "minilm-l6", profile: str | Profile = "laptop",
+          methods: Sequence[str] = ("telly",), model: str = "minilm-l6", profile: Profile,
           store: RunStore | str | Path = "runs", force: bool = False, cache: bool = True, progress: bool = True,
           data_paths: Mapping[str, str] | None = None, **finetune_options) -> dict:
     """Run every variant not already finished in `store`; returns {"records", "skipped", "failed"}.
     data_paths: task -> real dataset path (tasks not named use the offline corpus)."""
-    from telly.backbones import load
-    from telly.trainer import finetune
 
-    profile, store = get_profile(profile), as_store(store)
+    store = as_store(store)
     num_layers = load(model).num_layers
     variants = plan(list(tasks), parse_freeze(freeze, num_layers), list(seeds), list(methods), model=model,
-                    profile=profile.name, cache=cache, data_paths=data_paths)
+                    profile=profile, cache=cache, data_paths=data_paths)
     records, skipped, failed = [], [], []
     bar = progress_bar(variants, desc="sweep", unit="run", disable=not progress)
     for variant in bar:
         bar.set_postfix_str(variant.run_id)
-        record = None if force else store.find(variant, profile)
+        record = None if force else finished_run(variant, store)
         if record is not None:
             records.append(record)
             skipped.append(variant.run_id)
             continue
         try:
-            records.append(finetune(variant, store, profile=profile, progress=progress, **finetune_options))
+            records.append(finetune(variant, store, progress=progress, **finetune_options))
         except (ValueError, RuntimeError, MemoryError, OSError) as exc:
             failed.append({"run": variant.run_id, "error": f"{type(exc).__name__}: {exc}"})
             print(f"telly sweep: {variant.run_id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
     return {"records": records, "skipped": skipped, "failed": failed}
 
 
-def trivial_baselines(tasks: Sequence[str], profile: str | Profile,
+def trivial_baselines(tasks: Sequence[str], profile: Profile,
                       data_paths: Mapping[str, str | None] | None = None) -> dict:
     """task -> `telly.tasks.Evaluation` of the task's model-free answer (`Task.trivial_baseline`) on
     the profile's test split (the offline corpus, or the task's `data_paths` entry)."""
-    from telly.tasks import get_task
 
-    profile, data_paths = get_profile(profile), dict(data_paths or {})
+    data_paths = dict(data_paths or {})
     baselines = {}
     for name in tasks:
-        task = get_task(name, **({"data_path": data_paths[name]} if data_paths.get(name) else {}))
+        task = get_task(name, data_path=data_paths.get(name))
         baselines[name] = task.trivial_baseline(task.load_data(profile), profile)
     return baselines
 
@@ -123,13 +126,12 @@ def trivial_baselines(tasks: Sequence[str], profile: str | Profile,
 SUMMARY_TEST = "two-level t, three verdicts, token-overlap clone baseline (2026-12-06)"
 
 
-def write_summary(records: Sequence[dict], profile: str | Profile, store: RunStore | str | Path) -> dict:
-    """The non-inferiority summary of `records` (`telly.report.freezing.non_inferiority_summary`, each
+def write_summary(records: Sequence[dict], profile: Profile, store: RunStore | str | Path) -> dict:
+    """The non-inferiority summary of `records` (`telly.analysis.non_inferiority_summary`, each
     task's trivial baseline scored on the records' own data) as summary.json in `store`; read back
     instead while summary.json was made from exactly these records under this profile."""
-    from telly.report.freezing import non_inferiority_summary
 
-    profile, store = get_profile(profile), as_store(store)
+    store = as_store(store)
     inputs = {"profile": profile.to_dict(), "runs": sorted([r["run"], r["provenance"]["date"]] for r in records),
               "test": SUMMARY_TEST}
     stored = store.find_document(SUMMARY, inputs)
@@ -142,7 +144,7 @@ def write_summary(records: Sequence[dict], profile: str | Profile, store: RunSto
     return as_stored(document)
 
 
-def freezing_study(model: str, profile: str | Profile, store: RunStore | str | Path, *,
+def freezing_study(model: str, profile: Profile, store: RunStore | str | Path, *,
                    tasks: Sequence[str] = ("code-search", "clone-detection"),
                    generation_tasks: Sequence[str] = GENERATION_TASKS, freeze: str | None = None,
                    generation_freeze: str | None = None, seeds: Sequence[int] | None = None,
@@ -157,16 +159,16 @@ def freezing_study(model: str, profile: str | Profile, store: RunStore | str | P
     task unless `generation_on_encoders`: its LM head would start from nothing, and on a laptop it
     decodes empty strings; `not_run` says so. Returns {"records", "failed", "ran": {task group:
     (records, read back)}, "not_run": {task: why}, "summary", "seeds"}."""
-    profile, store, data = get_profile(profile), as_store(store), dict(data or {})
-    seeds = list(profile.seeds if seeds is None else seeds)
+    store, data = as_store(store), dict(data or {})
+    seeds = list(profile.training.seeds if seeds is None else seeds)
     not_run = {}
     if generation_tasks and not generation_on_encoders and not backbone_facts(model)["pretrained_generator"]:
         not_run = {task: (f"{model} is an encoder that was not pre-trained to generate text: its language-model "
                           "head would be learned from nothing, so its generation scores would say nothing about "
                           "freezing") for task in generation_tasks}
         generation_tasks = ()
-    groups = ((list(tasks), profile.sweep_freeze if freeze is None else freeze),
-              (list(generation_tasks), profile.generation_freeze if generation_freeze is None else generation_freeze))
+    groups = ((list(tasks), profile.training.sweep_freeze if freeze is None else freeze),
+              (list(generation_tasks), profile.generation.generation_freeze if generation_freeze is None else generation_freeze))
     failed, ran = [], {}
     for group, depths in groups:
         if not group:
@@ -180,131 +182,38 @@ def freezing_study(model: str, profile: str | Profile, store: RunStore | str | P
             "summary": write_summary(records, profile, store)}
 
 
-def bench_record(model: str, profile: str | Profile, store: RunStore | str | Path) -> dict | None:
+def bench_record(model: str, profile: Profile, store: RunStore | str | Path) -> dict | None:
     """The bench record chapter 4 shows (`telly.studies.bench.load_or_run` on STORE/bench, never run
     from here): its epoch ratios come from one process; None when there is none."""
-    from telly.studies.bench import load_or_run
 
     try:
-        return load_or_run(profile, as_store(store).root / "bench", model=model, run=False, progress=False)
+        return load_or_run(profile, as_store(store).root / BENCH_DIR, model=model, run=False, progress=False)
     except FileNotFoundError:
         return None
 
 
 def backbone_facts(model: str) -> dict:
     """What a page says about the backbone: name, source, architecture, layers, width, parameters, kind."""
-    from telly.backbones import load
 
     return load(model).describe()
 
 
-def clone_baseline(profile: str | Profile, *, data_path: str | None = None, seed: int = 0) -> dict:
+def clone_baseline(profile: Profile, *, data_path: str | None = None, seed: int = 0) -> dict:
     """The references chapter 3 shows beside clone detection on the profile's split (always "clone",
     one side alone, token overlap: `telly.tasks.clone_detection.clone_baselines`)."""
-    from telly.tasks import get_task
-    from telly.tasks.clone_detection import clone_baselines
 
-    profile = get_profile(profile)
-    task = get_task("clone-detection", **({"data_path": data_path} if data_path else {}))
+    task = get_task("clone-detection", data_path=data_path)
     return clone_baselines(task.load_data(profile), profile, seed=seed)
 
 
-def cache_check(task: str, model: str, freeze: int, profile: str | Profile, store: RunStore | str | Path, *,
+def cache_check(task: str, model: str, freeze: int, profile: Profile, store: RunStore | str | Path, *,
                 seed: int = 0, data_path: str | None = None, progress: bool = True) -> tuple[dict, dict]:
     """(cached, uncached) records of Telly-`freeze` on `task`, same seed: what caching changes.
     Runs whichever is not in the store yet."""
-    from telly.trainer import finetune
 
-    profile, store = get_profile(profile), as_store(store)
+    store = as_store(store)
     pair = []
     for cache in (True, False):
-        variant = Variant.of(task, model, freeze, cache=cache, seed=seed, profile=profile.name, data_path=data_path)
-        pair.append(store.find(variant, profile) or finetune(variant, store, profile=profile, progress=progress))
+        variant = Variant.of(task, model, freeze, cache=cache, seed=seed, profile=profile, data_path=data_path)
+        pair.append(finished_run(variant, store) or finetune(variant, store, progress=progress))
     return pair[0], pair[1]
-
-
-class FreezeExplorer:
-    """The live freeze-depth widget: a slider for K redraws the task's quality/cost chart from the
-    store with that depth marked; a depth not run yet trains on a button press (a progress bar
-    counts its epochs) and then joins the chart. Display it as a cell's last expression. In the
-    static book its last state shows, inert (no kernel runs behind a page)."""
-
-    def __init__(self, task: str, model: str, profile: str | Profile, store: RunStore | str | Path, *,
-                 seed: int = 0, data_path: str | None = None, start: int | None = None) -> None:
-        import ipywidgets as widgets
-
-        from telly.backbones import load
-
-        self.task, self.model, self.seed, self.data_path = task, model, seed, data_path
-        self.profile, self.store = get_profile(profile), as_store(store)
-        num_layers = load(model).num_layers
-        self.slider = widgets.IntSlider(value=num_layers // 2 if start is None else start, min=-1,
-                                        max=num_layers - 1, description="freeze K", continuous_update=False)
-        self.button = widgets.Button(description="fine-tune this depth", icon="play")
-        # Shown only while a depth trains: a static page has no kernel, so an idle bar would mislead.
-        self.progress = widgets.IntProgress(value=0, min=0, max=self.profile.epochs, description="epochs",
-                                            layout=widgets.Layout(display="none"))
-        self.status = widgets.HTML()
-        self.output = widgets.Output()
-        self.chart = None
-        self.slider.observe(lambda _change: self.redraw(), names="value")
-        self.button.on_click(lambda _button: self.train())
-        self.widget = widgets.VBox([widgets.HBox([self.slider, self.button, self.progress]), self.status, self.output])
-        self.redraw()
-
-    def variant(self) -> Variant:
-        return Variant.of(self.task, self.model, self.slider.value, seed=self.seed, profile=self.profile.name,
-                          data_path=self.data_path)
-
-    def records(self) -> list[dict]:
-        """The task's full and cached Telly-K records of this seed in the store."""
-        return [r for r in self.store.records(model=self.model, profile=self.profile.name, tasks=[self.task],
-                                              data_paths={self.task: self.data_path} if self.data_path else None)
-                if r["seed"] == self.seed and (r["method"] == "full" or (r["method"] == "telly" and r["uses_cache"]))]
-
-    def redraw(self) -> None:
-        """Rebuild the chart from the store with the slider's depth marked, and say whether it ran."""
-        from IPython.display import display
-
-        from telly.report.charts import freeze_label, freeze_results_chart
-        from telly.report.freezing import freeze_table
-
-        records = self.records()
-        ran = self.store.find(self.variant(), self.profile) is not None
-        self.button.disabled = ran
-        self.status.value = (f"{freeze_label(self.slider.value)}: " +
-                             ("in the store, marked on the chart." if ran else
-                              "not run yet; press the button to fine-tune it here."))
-        self.chart = freeze_results_chart(freeze_table(records), self.task, highlight=self.slider.value) if records else None
-        self.output.clear_output(wait=True)
-        if self.chart is not None:
-            with self.output:
-                display(self.chart)
-
-    def train(self) -> dict:
-        """Fine-tune the slider's depth (or read it back), then redraw."""
-        from telly.trainer import finetune
-
-        variant = self.variant()
-        record = self.store.find(variant, self.profile)
-        if record is None:
-            self.button.disabled = True
-            self.progress.value = 0
-            self.progress.layout.display = None
-            self.status.value = f"training {variant.label} on {self.task} ..."
-
-            def advance(epoch: dict, epochs: int) -> None:
-                self.progress.max = epochs
-                self.progress.value = epoch["epoch"]
-
-            try:
-                record = finetune(variant, self.store, profile=self.profile, progress=False, on_epoch=advance)
-            finally:
-                self.progress.layout.display = "none"
-        self.redraw()
-        return record
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)

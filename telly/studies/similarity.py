@@ -54,12 +54,18 @@ from pathlib import Path
 
 import numpy as np
 
-from telly.profiles import Profile, get_profile
+from telly import backbones
+from telly.corpus import load_corpus, sample, split
+from telly.features import FEATURES_FORMAT, layer_features  # a FEATURES_FORMAT change re-scores
+from telly.jsonio import as_stored
+from telly.layout import SIMILARITY_DIR
+from telly.profiles import Profile
 from telly.similarity import BOOTSTRAP_SAMPLES, CONFIDENCE, MEASURES, bootstrap_layer_similarity, top_blocks
-from telly.store import RunStore, Variant, as_store, as_stored, checkpoint_fingerprint, epoch_checkpoints, provenance
+from telly.store import RunStore, Variant, as_store, checkpoint_fingerprint, epoch_checkpoints, provenance
+from telly.tasks import get_task
+from telly.trainer import finetune, finished_run
 
 SPLIT = "test"  # held-out functions: no fine-tuning run has trained on them
-SIMILARITY_DIR = "similarity"  # under the results store: the chapter's similarity documents
 EPOCH_RUNS_DIR = "similarity/epoch-runs"  # re-runs that keep per-epoch checkpoints, when needed
 
 Checkpoint = tuple[str, int | None, Path]  # (label, epoch, path)
@@ -70,21 +76,19 @@ BOOTSTRAP_SEED = 0
 
 def similarity_texts(profile: Profile, corpus: str = "stdlib", progress: bool = True
                      ) -> tuple[list[str], dict]:
-    """The inputs both models embed: `profile.similarity_functions` held-out corpus functions.
+    """The inputs both models embed: `profile.probing.similarity_functions` held-out corpus functions.
 
     Each function without its docstring (`code_without_doc`: the paper embeds CodeSearchNet's
     `code_tokens`, the function without its docstring), from the test split so that the
     fine-tuned model has not seen them. Returns the texts and a description of where they came from.
     """
-    from telly.corpus import load_corpus, sample, split
-
     functions = load_corpus(corpus, progress=progress)
     held_out = split(functions)[SPLIT]
     if not held_out:
         raise ValueError(f"corpus {functions.source!r} has no functions in its {SPLIT} split")
-    chosen = sample(held_out, profile.similarity_functions, seed=0)
+    chosen = sample(held_out, profile.probing.similarity_functions, seed=0)
     described = {"source": functions.source, "split": SPLIT, "field": TEXT_FIELD, "n": len(chosen),
-                 "max_length": profile.max_code_tokens, "corpus_fingerprint": functions.fingerprint}
+                 "max_length": profile.inputs.max_code_tokens, "corpus_fingerprint": functions.fingerprint}
     return [getattr(fn, TEXT_FIELD) for fn in chosen], described
 
 
@@ -108,8 +112,6 @@ def _targets(checkpoints: Sequence[str | Path], per_epoch: bool) -> list[Checkpo
 def _inputs(model: str, profile: Profile, texts: dict, fingerprints: list[str],
             targets: list[Checkpoint], samples: int) -> dict:
     """Everything a similarity document depends on: equal inputs, equal document."""
-    from telly.features import FEATURES_FORMAT  # a change in how states are extracted re-scores
-
     if samples < 1:
         raise ValueError(f"bootstrap samples must be a positive number of resamples; got {samples}")
     bootstrap = {"unit": "function", "samples": samples, "confidence": CONFIDENCE, "seed": BOOTSTRAP_SEED}
@@ -119,7 +121,7 @@ def _inputs(model: str, profile: Profile, texts: dict, fingerprints: list[str],
                                       for (label, epoch, _), fingerprint in zip(targets, fingerprints)]})
 
 
-def run_similarity(model: str, checkpoint: str | Path | Sequence[str | Path], profile: str | Profile,
+def run_similarity(model: str, checkpoint: str | Path | Sequence[str | Path], profile: Profile,
                    out: str | Path, task: str | None = None, corpus: str = "stdlib", *,
                    per_epoch: bool = False, device: str | None = None, samples: int = BOOTSTRAP_SAMPLES,
                    progress: bool = True) -> dict:
@@ -131,7 +133,6 @@ def run_similarity(model: str, checkpoint: str | Path | Sequence[str | Path], pr
     per interval. Writes the document described in the module docstring to
     `output_path(out, task)` and returns it.
     """
-    profile = get_profile(profile)
     given = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     if not given:
         raise ValueError("run_similarity needs at least one checkpoint")
@@ -149,16 +150,13 @@ def _compare(model: str, profile: Profile, texts: list[str], inputs: dict, targe
     """Embed `texts` with the pre-trained model and each target, score every layer, store the document."""
     import torch
 
-    from telly import backbones
-    from telly.features import layer_features
-
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     def pooled(backbone) -> np.ndarray:
         backbone.model.to(device)
-        return layer_features(backbone, texts, max_length=profile.max_code_tokens,
-                              batch_size=profile.feature_batch_size, progress=progress,
-                              mixed_precision=profile.mixed_precision).pooled
+        return layer_features(backbone, texts, max_length=profile.inputs.max_code_tokens,
+                              batch_size=profile.probing.feature_batch_size, progress=progress,
+                              mixed_precision=profile.training.mixed_precision).pooled
 
     pretrained = backbones.load(model)
     reference = pooled(pretrained)
@@ -202,7 +200,7 @@ def compare_layers(reference: np.ndarray, finetuned: np.ndarray, bootstrap: dict
 
 # ----------------------------------------------------------------------------- chapter 2
 
-def ensure_finetuned(task: str, model: str, profile: str | Profile, store: RunStore | str | Path, *,
+def ensure_finetuned(task: str, model: str, profile: Profile, store: RunStore | str | Path, *,
                      per_epoch: bool = False, seed: int = 0, progress: bool = True) -> Path:
     """The run directory of a full fine-tuning of `model` on `task`, running one if none exists.
 
@@ -211,18 +209,16 @@ def ensure_finetuned(task: str, model: str, profile: str | Profile, store: RunSt
     `per_epoch`, a run without them is re-run into `similarity/epoch-runs/`, so the shared run is
     never overwritten.
     """
-    from telly.trainer import finetune
-
-    profile, store = get_profile(profile), as_store(store)
-    variant = Variant.of(task, model, -1, profile=profile.name, seed=seed)
+    store = as_store(store)
+    variant = Variant.of(task, model, -1, profile=profile, seed=seed)
     epoch_store = RunStore(store.root / EPOCH_RUNS_DIR, store.weights_root / EPOCH_RUNS_DIR)
     runs = [candidate.run_dir(variant) for candidate in (store, epoch_store)
-            if candidate.find(variant, profile) is not None and candidate.weights(variant).exists()]
+            if finished_run(variant, candidate) is not None and candidate.weights(variant).exists()]
     usable = [run for run in runs if _has_epochs(run)] if per_epoch else runs
     if usable:
         return usable[0]
     target = epoch_store if runs else store
-    finetune(variant, target, profile=profile, save_epoch_checkpoints=True, progress=progress)
+    finetune(variant, target, save_epoch_checkpoints=True, progress=progress)
     return target.run_dir(variant)
 
 
@@ -230,13 +226,13 @@ def _has_epochs(run_dir: Path) -> bool:
     return any(epoch is not None for _, epoch, _ in epoch_checkpoints(run_dir))
 
 
-def task_similarity(task: str, model: str, profile: str | Profile, store: RunStore | str | Path, *,
+def task_similarity(task: str, model: str, profile: Profile, store: RunStore | str | Path, *,
                     per_epoch: bool = False, corpus: str = "stdlib", samples: int = BOOTSTRAP_SAMPLES,
                     progress: bool = True) -> dict:
     """RQ2 for one task: fine-tune if needed, then its similarity document, stored under
     `similarity/similarity-<task>.json` and reused while model, profile settings, texts, pooling,
     bootstrap settings and checkpoint fingerprints are unchanged."""
-    profile, store = get_profile(profile), as_store(store)
+    store = as_store(store)
     run = ensure_finetuned(task, model, profile, store, per_epoch=per_epoch, progress=progress)
     targets = _targets([run], per_epoch)
     fingerprints = [checkpoint_fingerprint(path) for _, _, path in targets]
@@ -250,7 +246,7 @@ def task_similarity(task: str, model: str, profile: str | Profile, store: RunSto
                     device=None, progress=progress)
 
 
-def similarity_study(model: str, profile: str | Profile, store: RunStore | str | Path, tasks: Sequence[str], *,
+def similarity_study(model: str, profile: Profile, store: RunStore | str | Path, tasks: Sequence[str], *,
                      epoch_task: str | None = "code-search", corpus: str = "stdlib",
                      samples: int = BOOTSTRAP_SAMPLES, progress: bool = True) -> dict:
     """Chapter 2's data: {"documents": {task: document}, "skipped": {task: why}}.
@@ -258,8 +254,6 @@ def similarity_study(model: str, profile: str | Profile, store: RunStore | str |
     `epoch_task` also gets the per-epoch view. A task whose module is not in this checkout is
     skipped with the reason, so a partial checkout still builds the chapter for the rest.
     """
-    from telly.tasks import get_task
-
     documents, skipped = {}, {}
     for task in tasks:
         try:

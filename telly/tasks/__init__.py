@@ -31,7 +31,8 @@ A task module defines
     trainer in eval mode under ``torch.no_grad()`` with the unwrapped model on its device.
     Returns per-example columns (numpy arrays of length n, e.g. reciprocal ranks, or predictions
     and labels) and the metrics computed from them by ``score``.
-  - ``score(per_example) -> dict[str, float]``: metrics from per-example columns. It must work on
+  - ``score(per_example) -> dict[str, float]``: metrics from per-example columns, the task's entry
+    in ``telly.metrics.TASK_SCORES`` (so that reports score records without building a task). It must work on
     any resample of the rows: ``telly.stats.bootstrap_ci`` resamples rows and calls it to get 95%
     CIs, and ``telly.stats.paired_bootstrap`` compares two runs on the same test rows.
   - ``head_lr_scale`` (default 1.0): the head's learning rate is this times the backbone's; a
@@ -59,7 +60,7 @@ import json
 import random
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar
 
@@ -68,6 +69,9 @@ import torch
 from torch import nn
 
 from telly.backbones import Backbone
+from telly.corpus import load_corpus, sample, split
+from telly.metrics import score_function
+from telly.prefix_cache import PrefixStates, run_top
 from telly.profiles import Profile
 
 # Registry name -> "module:TaskClass"; the three generation tasks share `telly.tasks.generation`.
@@ -143,8 +147,6 @@ class TaskModel(nn.Module):
         `inputs` is the tokenizer output for the field, or a `telly.prefix_cache.PrefixStates`
         (the cached output of the frozen bottom K blocks): then only blocks K..L-1 run.
         """
-        from telly.prefix_cache import PrefixStates, run_top
-
         if isinstance(inputs, PrefixStates):
             return run_top(self.backbone, inputs.hidden, inputs.depth, inputs.attention_mask), inputs.attention_mask
         mask = inputs["attention_mask"]
@@ -214,9 +216,9 @@ class Task(ABC):
                  batch_size: int) -> Evaluation:
         ...
 
-    @abstractmethod
     def score(self, per_example: dict[str, np.ndarray]) -> dict[str, float]:
-        ...
+        """The task's metrics from its per-example columns (`telly.metrics.TASK_SCORES`)."""
+        return score_function(self.name)(per_example)
 
     @abstractmethod
     def trivial_baseline(self, data: TaskData, profile: Profile) -> Evaluation:
@@ -248,8 +250,6 @@ def get_task(name: str | Task, **config) -> Task:
 def corpus_examples(sizes: dict[str, int | None], seed: int, to_example) -> tuple[dict[str, list], str]:
     """One example per function sampled from each module-disjoint split of the embedded corpus,
     `sizes[split]` of them (None = all), and a description of the source."""
-    from telly.corpus import load_corpus, sample, split
-
     corpus = load_corpus("stdlib")
     parts = split(corpus)
     splits = {name: [to_example(fn) for fn in sample(parts[name], size, seed=seed)]
@@ -297,11 +297,6 @@ def identifier_words(text: str) -> list[str]:
     return [word.lower() for identifier in _IDENTIFIER.findall(text) for word in _SUBWORD.findall(identifier)]
 
 
-def batches(items: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 def fingerprint(examples: Sequence) -> str:
     """A short content hash of a list of example dataclasses (order matters)."""
     digest = hashlib.sha256()
@@ -309,14 +304,3 @@ def fingerprint(examples: Sequence) -> str:
         row = asdict(example) if is_dataclass(example) else example
         digest.update(json.dumps(row, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
-
-
-def move_to(batch, device: torch.device):
-    """A batch (nested dicts / tensors / PrefixStates) on `device`."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: move_to(v, device) for k, v in batch.items()}
-    if hasattr(batch, "to"):
-        return batch.to(device)
-    return batch

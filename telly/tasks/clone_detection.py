@@ -80,10 +80,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from telly.backbones import Backbone
+from telly.batching import batches
+from telly.corpus import VariantError, load_corpus, make_mutant, make_variant, sample, split, token_kinds
 from telly.features import masked_mean
+from telly.loaders import load_bigclonebench
 from telly.metrics import clone_scores
 from telly.profiles import Profile
-from telly.tasks import Batch, Evaluation, Task, TaskConfig, TaskData, TaskModel, batches, task_data, tokenize
+from telly.stats import bootstrap_ci
+from telly.tasks import Batch, Evaluation, Task, TaskConfig, TaskData, TaskModel, task_data, tokenize
 
 
 @dataclass(frozen=True)
@@ -160,8 +164,6 @@ def _anonymise(code: str) -> str:
 
 def clone_pairs(functions: Sequence, seed: int) -> list[ClonePairExample]:
     """One clone and one non-clone pair per function that has a variant (see the module docstring)."""
-    from telly.corpus import VariantError, make_variant
-
     rng = random.Random(seed)
     variants = {}
     for index, fn in enumerate(functions):
@@ -201,8 +203,6 @@ def _near_misses(code: str, seed: int) -> tuple[str, str, str] | None:
     """(near miss A, a variant of A, a variant of near miss B), anonymised, where A and B are one
     function with one behaviour-changing edit each at different sites; None when the function
     admits fewer than two such edits or no variant of them."""
-    from telly.corpus import VariantError, make_mutant, make_variant
-
     try:
         first = make_mutant(code, seed=seed)
         second = next((mutant for mutant in (make_mutant(code, seed=seed + 1 + k) for k in range(MUTANT_TRIES))
@@ -223,18 +223,14 @@ class CloneDetectionTask(Task):
     head_lr_scale = 20.0  # the classifier starts random: at the backbone's rate it barely moves in a laptop run
 
     def load_data(self, profile: Profile, seed: int = 0) -> TaskData:
-        sizes = {"train": profile.train_examples, "valid": profile.valid_examples, "test": profile.test_examples}
+        sizes = {"train": profile.training.train_examples, "valid": profile.training.valid_examples, "test": profile.training.test_examples}
         if self.config.data_path:
-            from telly.loaders import load_bigclonebench
-
             splits = {name: [ClonePairExample(r.code_a, r.code_b, r.label, f"{r.idx_a}/{r.idx_b}", r.idx_a,
                                               "bigclonebench")
                              for r in load_bigclonebench(self.config.data_path, name, limit=size)]
                       for name, size in sizes.items()}
             source = f"BigCloneBench at {self.config.data_path}"
         else:
-            from telly.corpus import load_corpus, sample, split
-
             corpus = load_corpus("stdlib")
             parts = split(corpus)
             splits = {}
@@ -262,8 +258,8 @@ class CloneDetectionTask(Task):
 
     def collate(self, examples: Sequence[ClonePairExample], tokenizer, profile: Profile) -> Batch:
         return {
-            "inputs": {"code_a": tokenize(tokenizer, [e.code_a for e in examples], profile.max_code_tokens),
-                       "code_b": tokenize(tokenizer, [e.code_b for e in examples], profile.max_code_tokens)},
+            "inputs": {"code_a": tokenize(tokenizer, [e.code_a for e in examples], profile.inputs.max_code_tokens),
+                       "code_b": tokenize(tokenizer, [e.code_b for e in examples], profile.inputs.max_code_tokens)},
             "labels": torch.tensor([e.label for e in examples], dtype=torch.long),
         }
 
@@ -292,9 +288,6 @@ class CloneDetectionTask(Task):
         return Evaluation(self.score(per_example), per_example,
                           valid.extras | {"calibration": {"threshold": threshold, "f1_at_half": at_half}})
 
-    def score(self, per_example: dict[str, np.ndarray]) -> dict[str, float]:
-        return clone_scores(per_example)
-
     def trivial_baseline(self, data: TaskData, profile: Profile) -> Evaluation:
         """The strongest model-free answer: string matching (`token_overlap_baseline`, its threshold
         chosen on the valid split). Always answering "clone" is weaker wherever clones and
@@ -309,7 +302,7 @@ def always_clone(data: TaskData, profile: Profile, seed: int = 0) -> dict:
     """Answering "clone" for every test pair: recall 1, precision the share of clones (a `baseline_result`)."""
     return baseline_result("always clone", 'answers "clone" for every pair: recall 1, precision the share of '
                                            "clones among the test pairs", np.ones(len(data.test), dtype=int), data,
-                           samples=profile.bootstrap_samples, seed=seed)
+                           samples=profile.statistics.bootstrap_samples, seed=seed)
 
 
 def pair_columns(examples: Sequence[ClonePairExample]) -> dict[str, np.ndarray]:
@@ -326,8 +319,6 @@ _FALLBACK_TOKEN = re.compile(r"\w+|[^\w\s]")  # identifiers/numbers, or one punc
 def code_token_set(code: str) -> frozenset[str]:
     """The distinct tokens of `code`: Python tokens (`telly.corpus.token_kinds`) when it tokenizes
     as Python, otherwise words and single punctuation characters (e.g. Java from BigCloneBench)."""
-    from telly.corpus import token_kinds
-
     try:
         return frozenset(token.text for token in token_kinds(code))
     except ValueError:
@@ -397,10 +388,10 @@ def second_side_baseline(data: TaskData, seed: int = 0, samples: int = 1000) -> 
 
 def clone_baselines(data: TaskData, profile: Profile, seed: int = 0) -> dict:
     """The references the book shows beside every clone-detection figure, on the test pairs with
-    95% CIs over functions (`profile.bootstrap_samples` resamples). Returns {"baselines":
+    95% CIs over functions (`profile.statistics.bootstrap_samples` resamples). Returns {"baselines":
     {"always-clone", "second-side", "token-overlap": baseline_result}, "test_kinds": {kind:
     {"pairs", "clones"}}, "functions" (test groups), "source"}."""
-    samples = profile.bootstrap_samples
+    samples = profile.statistics.bootstrap_samples
     baselines = {"always-clone": always_clone(data, profile, seed),
                  "second-side": second_side_baseline(data, seed=seed, samples=samples),
                  "token-overlap": token_overlap_baseline(data, seed=seed, samples=samples)}
@@ -417,8 +408,6 @@ def baseline_result(name: str, description: str, predictions: np.ndarray, data: 
     recall, accuracy), "test_ci" ({metric: {value, low, high}}, a function's pairs resampled together),
     "clone_share_by_kind" (share of each kind's pairs called a clone), "test_per_example"
     (prediction, label, group, kind and `columns`), "source", **details}."""
-    from telly.stats import bootstrap_ci
-
     per_example = {"prediction": np.asarray(predictions, dtype=int), **pair_columns(data.test), **(columns or {})}
     scored = {"prediction": per_example["prediction"], "label": per_example["label"]}
     return {"name": name, "description": description, "test": _scores_and_accuracy(scored),

@@ -22,6 +22,8 @@ from functools import partial
 
 import numpy as np
 
+from telly.corpus import load_corpus, split
+from telly.loaders import load_line_completion
 from telly.metrics import code_tokens, codexglue_post_process, edit_similarity, exact_match
 from telly.profiles import Profile
 from telly.tasks import TaskConfig, TaskData, sample_examples, task_data
@@ -64,21 +66,18 @@ class CodeCompletionTask(GenerationTask):
     truncate_source = "left"
 
     def load_data(self, profile: Profile, seed: int = 0) -> TaskData:
-        sizes = dict(zip(("train", "valid", "test"), profile.generation_examples))
+        sizes = dict(zip(("train", "valid", "test"), profile.generation.generation_examples))
         if self.config.data_path:
             return self._published(sizes, seed)
-        from telly.corpus import load_corpus, split
 
         corpus = load_corpus("stdlib")
         parts = split(corpus)
-        build = partial(corpus_completion_example, max_target_tokens=profile.max_target_tokens, seed=seed)
+        build = partial(corpus_completion_example, max_target_tokens=profile.generation.max_target_tokens, seed=seed)
         splits = {name: sample_examples(parts[name], size, build, seed) for name, size in sizes.items()}
         return task_data(self.name, splits, f"{corpus.source} corpus {corpus.fingerprint}, lines of at most "
-                                            f"{profile.max_target_tokens} code tokens")
+                                            f"{profile.generation.max_target_tokens} code tokens")
 
     def _published(self, sizes: dict[str, int | None], seed: int) -> TaskData:
-        from telly.loaders import load_line_completion
-
         path, language = self.config.data_path, self.config.language
         try:
             loaded = {name: load_line_completion(path, name, language, limit=size) for name, size in sizes.items()}
@@ -102,10 +101,6 @@ class CodeCompletionTask(GenerationTask):
                  for r, p in zip(references, predictions)]
         return {"exact_match": np.array(exact),
                 "edit_similarity": np.array([edit_similarity(r, p) for r, p in zip(references, predictions)])}
-
-    def quality(self, per_example: dict[str, np.ndarray]) -> dict[str, float]:
-        return {"edit_similarity": float(np.mean(per_example["edit_similarity"])),
-                "exact_match": float(np.mean(per_example["exact_match"]))}
 
     trivial_answer = ("previous line", "the last non-blank line before the cursor, repeated (stripped)")
 

@@ -21,7 +21,9 @@ from functools import partial
 
 import numpy as np
 
-from telly.metrics import bleu_statistics, code_tokens, corpus_bleu_from_statistics, exact_match
+from telly.corpus import load_corpus, split
+from telly.loaders import load_concode
+from telly.metrics import bleu_statistics, code_tokens, exact_match
 from telly.profiles import Profile
 from telly.tasks import TaskConfig, TaskData, sample_examples, task_data
 from telly.tasks.generation import DEGENERATE_METRICS, GenerationExample, GenerationTask
@@ -65,22 +67,19 @@ class CodeGenerationTask(GenerationTask):
     config_class = CodeGenerationConfig
 
     def load_data(self, profile: Profile, seed: int = 0) -> TaskData:
-        sizes = dict(zip(("train", "valid", "test"), profile.generation_examples))
+        sizes = dict(zip(("train", "valid", "test"), profile.generation.generation_examples))
         if self.config.data_path:
             return self._concode(sizes)
-        from telly.corpus import load_corpus, split
 
         corpus = load_corpus("stdlib")
         parts = split(corpus)
         splits = {name: sample_examples(parts[name], size, partial(generation_example,
-                                                                   max_target_tokens=profile.max_target_tokens), seed)
+                                                                   max_target_tokens=profile.generation.max_target_tokens), seed)
                   for name, size in sizes.items()}
         return task_data(self.name, splits, f"{corpus.source} corpus {corpus.fingerprint}, bodies of at most "
-                                            f"{profile.max_target_tokens} code tokens")
+                                            f"{profile.generation.max_target_tokens} code tokens")
 
     def _concode(self, sizes: dict[str, int | None]) -> TaskData:
-        from telly.loaders import load_concode
-
         path = self.config.data_path
         try:
             test = load_concode(path, "test", limit=sizes["test"])
@@ -105,10 +104,6 @@ class CodeGenerationTask(GenerationTask):
     def per_example_scores(self, references: list[str], predictions: list[str]) -> dict[str, np.ndarray]:
         return {"exact_match": np.array([100.0 * exact_match(r, p) for r, p in zip(references, predictions)]),
                 **bleu_statistics(references, predictions)}
-
-    def quality(self, per_example: dict[str, np.ndarray]) -> dict[str, float]:
-        return {"bleu": corpus_bleu_from_statistics(per_example),
-                "exact_match": float(np.mean(per_example["exact_match"]))}
 
     trivial_answer = ("body `pass`", "every generated body is `pass`")
 

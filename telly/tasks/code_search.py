@@ -47,8 +47,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from telly.backbones import Backbone
+from telly.batching import batches
 from telly.features import masked_mean
-from telly.metrics import retrieval_scores
+from telly.loaders import load_codesearchnet
+from telly.metrics import RECALL_CUTOFFS, retrieval_scores
 from telly.profiles import Profile
 from telly.tasks import (
     Batch,
@@ -57,14 +59,12 @@ from telly.tasks import (
     TaskConfig,
     TaskData,
     TaskModel,
-    batches,
     corpus_examples,
     identifier_words,
     task_data,
     tokenize,
 )
 
-RECALL_CUTOFFS = (1, 5, 10)
 STATISTICS_PAIRS = 1000  # training pairs the standardisation statistics are taken from, at most
 
 
@@ -139,10 +139,8 @@ class CodeSearchTask(Task):
     zero_shot = True
 
     def load_data(self, profile: Profile, seed: int = 0) -> TaskData:
-        sizes = {"train": profile.train_examples, "valid": profile.valid_examples, "test": profile.test_examples}
+        sizes = {"train": profile.training.train_examples, "valid": profile.training.valid_examples, "test": profile.training.test_examples}
         if self.config.data_path:
-            from telly.loaders import load_codesearchnet
-
             splits = {}
             for name, size in sizes.items():
                 records = load_codesearchnet(self.config.data_path, name, self.config.language, limit=size)
@@ -167,7 +165,7 @@ class CodeSearchTask(Task):
         pooled, training = [], model.training
         model.eval()
         with torch.no_grad():
-            for chunk in batches(data.train[:STATISTICS_PAIRS], profile.feature_batch_size):
+            for chunk in batches(data.train[:STATISTICS_PAIRS], profile.probing.feature_batch_size):
                 batch = self.collate(chunk, tokenizer, profile)["inputs"]
                 pooled += [model.pooled({k: v.to(device) for k, v in batch[field].items()}).float()
                            for field in ("query", "code")]
@@ -176,12 +174,12 @@ class CodeSearchTask(Task):
 
     def chance_loss(self, data: TaskData, profile: Profile) -> float:
         """In-batch cross-entropy when every query scores every code alike: ln(batch size)."""
-        return float(np.log(min(profile.batch_size, len(data.train))))
+        return float(np.log(min(profile.training.batch_size, len(data.train))))
 
     def collate(self, examples: Sequence[SearchExample], tokenizer, profile: Profile) -> Batch:
         return {"inputs": {
-            "query": tokenize(tokenizer, [e.query for e in examples], profile.max_text_tokens),
-            "code": tokenize(tokenizer, [e.code for e in examples], profile.max_code_tokens),
+            "query": tokenize(tokenizer, [e.query for e in examples], profile.inputs.max_text_tokens),
+            "code": tokenize(tokenizer, [e.code for e in examples], profile.inputs.max_code_tokens),
         }}
 
     def evaluate(self, model: CodeSearchModel, examples: Sequence[SearchExample], tokenizer,
@@ -194,10 +192,6 @@ class CodeSearchTask(Task):
             codes.append(model.embed({k: v.to(device) for k, v in batch["code"].items()}).float().cpu())
         per_example = retrieval_scores((torch.cat(queries) @ torch.cat(codes).T).numpy(), RECALL_CUTOFFS)
         return Evaluation(self.score(per_example), per_example)
-
-    def score(self, per_example: dict[str, np.ndarray]) -> dict[str, float]:
-        return {"mrr": float(np.mean(per_example["reciprocal_rank"])),
-                **{f"recall@{k}": float(np.mean(per_example[f"hit@{k}"])) for k in RECALL_CUTOFFS}}
 
     def trivial_baseline(self, data: TaskData, profile: Profile) -> Evaluation:
         """A lexical ranker: TF-IDF cosine between the query's words and the code's identifier

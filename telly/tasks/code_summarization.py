@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from telly.loaders import load_codesearchnet
 from telly.metrics import codexglue_sentence_bleu
 from telly.profiles import Profile
 from telly.tasks import TaskConfig, TaskData, corpus_examples, identifier_words, task_data
@@ -30,10 +31,8 @@ class CodeSummarizationTask(GenerationTask):
     config_class = CodeSummarizationConfig
 
     def load_data(self, profile: Profile, seed: int = 0) -> TaskData:
-        sizes = dict(zip(("train", "valid", "test"), profile.generation_examples))
+        sizes = dict(zip(("train", "valid", "test"), profile.generation.generation_examples))
         if self.config.data_path:
-            from telly.loaders import load_codesearchnet
-
             splits = {}
             for split, size in sizes.items():
                 records = load_codesearchnet(self.config.data_path, split, self.config.language, limit=size)
@@ -48,9 +47,6 @@ class CodeSummarizationTask(GenerationTask):
 
     def per_example_scores(self, references: list[str], predictions: list[str]) -> dict[str, np.ndarray]:
         return {"bleu": np.array([100.0 * codexglue_sentence_bleu(r, p) for r, p in zip(references, predictions)])}
-
-    def quality(self, per_example: dict[str, np.ndarray]) -> dict[str, float]:
-        return {"bleu": float(np.mean(per_example["bleu"]))}
 
     trivial_answer = ("function name as words", "the function's name split into lower-cased words "
                       "(snake_case and camelCase), e.g. get_file_name -> 'get file name'")

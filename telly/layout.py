@@ -1,0 +1,22 @@
+"""The names of the files and folders in a results store and in a study's records folder, in one
+place: studies write them, the read-back and report/ find them (no imports, no torch).
+
+  <store>/<run id>.json             one fine-tuning run (telly.store.RunStore)
+  <store>/summary.json              RQ3's verdicts over the records beside it
+  <store>/similarity/               RQ2 documents
+  <store>/probing/<model>/          RQ1's probing.json
+  <store>/bench/bench.json          `telly bench`
+  <records>/study.json              a study's ledger
+  <records>/precision/              the precision check's runs and precision.json
+  <out>/weights/                    a study's weights, apart from its committable records
+"""
+SUMMARY = "summary"
+SIMILARITY_DIR = "similarity"
+PROBING_DIR = "probing"
+BENCH_DIR = "bench"
+STUDY = "study"
+PRECISION_DIR = "precision"
+WEIGHTS_DIR = "weights"
+# study.json's parts: the research questions (totalled in this order), then the checks beside them.
+QUESTIONS = ("rq3", "rq2", "rq1")
+CHECKS = ("precision",)
