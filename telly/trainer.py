@@ -268,11 +268,11 @@ class FineTuning:
         ends below it unlearned the task); then the method decides what trains."""
         tick = time.perf_counter()
         task, model, profile = self.task, self.task_model, self.profile
-        task.prepare(model, self.data, self.tokenizer, profile)
         scored = task.has_zero_shot(self.backbone)
+        self.valid_before = _prepared(task, model, self.data, self.tokenizer, profile, self.variant.model, self.store,
+                                      self.main, score_valid=scored)
         self.zero_shot = _zero_shot(task, model, self.data, self.tokenizer, profile, self.variant.model,
                                     self.store, self.device, self.main) if scored else None
-        self.valid_before = _evaluate(task, model, self.data.valid, self.tokenizer, profile).metrics if scored else None
         self.prepare_seconds = time.perf_counter() - tick
         self.method_config = self.method.apply(model)
         self.trainable, self.total = _count(model.parameters())
@@ -508,6 +508,31 @@ def _save_weights(task_model, directory: Path) -> None:
         partial = directory / f".{filename}.partial"
         save_file(tensors, str(partial))
         partial.replace(directory / filename)
+
+
+def _prepared(task, task_model, data, tokenizer, profile, model, store: RunStore, main, *,
+              score_valid: bool) -> dict | None:
+    """Run the task's preparation (`Task.prepare`: what the fresh head takes from the training split)
+    and score the pre-trained model on the validation split, or read both back: one store document per
+    (task, model, profile), current while the data, task config and profile are the same, so that
+    every seed and depth of a sweep reuses what the first run computed. Returns the validation
+    metrics (None without `score_valid`)."""
+    name = f"prepared/{task.name}__{slug(model)}__{profile.name}"
+    inputs = {"task": task.name, "task_config": task.describe(), "model": model, "profile": profile.to_dict(),
+              "data_fingerprint": data.fingerprint, "valid_scored": score_valid}
+    stored = store.find_document(name, inputs)
+    if stored is not None:
+        for key, buffer in task_model.head.named_buffers():
+            buffer.copy_(torch.tensor(stored["head_buffers"][key], dtype=buffer.dtype))
+        return stored["valid"]
+    task.prepare(task_model, data, tokenizer, profile)
+    valid = _evaluate(task, task_model, data.valid, tokenizer, profile).metrics if score_valid else None
+    if main:
+        store.write_document(name, {"task": task.name, "model": model, "profile": profile.name, "inputs": inputs,
+                                    "head_buffers": {k: v.detach().cpu().tolist()
+                                                     for k, v in task_model.head.named_buffers()},
+                                    "valid": valid})
+    return valid
 
 
 def _zero_shot(task, task_model, data, tokenizer, profile, model, store: RunStore, device, main) -> dict:

@@ -307,3 +307,20 @@ def test_a_record_splits_its_wall_time_into_parts_that_add_up(tmp_path):
     assert sum(split.values()) == pytest.approx(record["wall_seconds"], rel=1e-6)
     assert split["cache"] == record["cache_seconds"] > 0  # Telly-2 cached: the prefix was built
     assert split["train"] == pytest.approx(sum(e["train_seconds"] for e in record["epochs"]))
+
+
+def test_the_preparation_runs_once_per_data_and_reads_back_exactly(tmp_path, monkeypatch):
+    from telly.tasks.code_search import CodeSearchTask
+
+    first = run(tmp_path / "shared", "code-search", 2, progress=False)
+    prepared = list((tmp_path / "shared" / "prepared").glob("*.json"))
+    assert len(prepared) == 1 and "head_buffers" in json.loads(prepared[0].read_text())
+    alone = run(tmp_path / "alone", "code-search", 3, progress=False)  # prepares for itself
+
+    def must_not_prepare(*args, **kwargs):
+        raise AssertionError("the stored preparation of the same data should have been read back")
+
+    monkeypatch.setattr(CodeSearchTask, "prepare", must_not_prepare)
+    reused = run(tmp_path / "shared", "code-search", 3, progress=False)
+    assert reused["valid_before_training"] == first["valid_before_training"] == alone["valid_before_training"]
+    assert reused["test_per_example"] == alone["test_per_example"] and reused["test"] == alone["test"]

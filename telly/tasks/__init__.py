@@ -21,8 +21,10 @@ A task module defines
     sized by the profile (``train_examples`` ...), with a fingerprint of the data.
   - ``build_model(backbone) -> TaskModel`` (``backbone`` is a ``telly.backbones.Backbone``).
   - ``prepare(model, data, tokenizer, profile)``: fit what the fresh model takes from the training
-    split before any score or step (default: nothing; code search: its standardisation statistics).
-    The trainer calls it right after ``build_model``, on the pre-trained backbone in float32.
+    split before any score or step, as buffers of its head (default: nothing; code search: its
+    standardisation statistics). The trainer calls it right after ``build_model``, on the
+    pre-trained backbone in float32, once per data fingerprint: later runs on the same data read the
+    stored buffers back (``telly.trainer``'s prepared/ document).
   - ``collate(examples, tokenizer, profile) -> Batch``: a dict whose ``"inputs"`` entry maps a
     name (e.g. "query", "code") to the tokenizer output for that text field (``input_ids``,
     ``attention_mask``, maybe ``token_type_ids``; right padding, one row per example, so a row's
@@ -194,7 +196,8 @@ class Task(ABC):
         ...
 
     def prepare(self, model: TaskModel, data: TaskData, tokenizer, profile: Profile) -> None:
-        """Fit what `model` takes from data.train before training (see the module docstring)."""
+        """Fit what `model` takes from data.train before training, as buffers of its head: the trainer
+        stores them per data fingerprint and reuses them in every run on the same data."""
         return None  # most tasks take nothing from the data
 
     def chance_loss(self, data: TaskData, profile: Profile) -> float | None:
