@@ -113,7 +113,6 @@ def quality_interval(task: str, metric: str, runs: Sequence[Mapping], samples: i
 
 # ----------------------------------------------------------------------------- the verdict
 
-
 def _paired(reference: Sequence[Mapping[str, np.ndarray]], variant: Sequence[Mapping[str, np.ndarray]], task: str,
             metric: str, margin: float, clusters, samples: int) -> dict:
     return stats.non_inferiority(reference, variant, score_function(task), metric, margin, clusters=clusters, samples=samples)

@@ -26,7 +26,6 @@ BENCH_TIMING = "one process"
 
 # ----------------------------------------------------------------------------- the sweep
 
-
 def freeze_table(records: list[dict], *, samples: int = 1000) -> pd.DataFrame:
     """One row per (task, method, freeze, cache) over its seeds: quality (the mean over seeds) with
     its 95% CI, trainable parameters, epoch time, time to best, epochs run and to best, peak memory,
@@ -120,7 +119,6 @@ def sweep_view(records: list[dict], summary: Mapping, *, kind: str, bench: Mappi
 
 # ----------------------------------------------------------------------------- charts and the paper
 
-
 def freeze_slider(table: pd.DataFrame):
     """The static page's freeze-depth slider over every task's full and cached Telly-K runs."""
     return freeze_slider_chart(curve_table(table), metric="quality", costs=["trainable (M)", "epoch (s)", "to best (s)"],
@@ -167,7 +165,6 @@ def curve_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- clone detection and generation
-
 
 def clone_runs(table: pd.DataFrame) -> pd.DataFrame:
     return table[(table.task == "clone-detection")

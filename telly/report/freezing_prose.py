@@ -17,7 +17,6 @@ from telly.stats import paired_bootstrap
 
 # ----------------------------------------------------------------------------- verdicts
 
-
 def scale_sentence(entry: Mapping) -> str:
     """The scale of a task's verdicts as a clause a reader can weigh them by."""
     scale_ = entry.get("scale") or {}
@@ -177,7 +176,6 @@ def freeze_findings(table: pd.DataFrame, summary: Mapping, *,
 
 # ----------------------------------------------------------------------------- generation
 
-
 def degenerate_findings(records: list[dict]) -> str:
     """Markdown naming the generation runs whose test outputs are degenerate (empty or all alike,
     per `record["test"]["degenerate"]` / `record["generation"]["degenerate"]`) and the best of the
@@ -261,7 +259,6 @@ def _soundness_sentence(records: list[dict], tasks: Sequence[str]) -> str:
 
 
 # ----------------------------------------------------------------------------- how the runs ran
-
 
 def swept_depths(table: pd.DataFrame) -> str:
     """Markdown: per task, the full and Telly-K depths in `table` (freeze_table), over how many seeds
@@ -355,7 +352,6 @@ def sweep_note(result: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- clone detection and caching
-
 
 CLONE_KINDS = {  # telly.tasks.clone_detection.PAIR_KINDS in words, in the order the prose names them
     "variant": "pair a function with a semantics-preserving variant of itself (clones)",

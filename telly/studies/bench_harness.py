@@ -103,7 +103,6 @@ def payback_epochs(build_seconds: float, cached_epoch: float, other_epoch: float
 
 # ----------------------------------------------------------------------------- the machine
 
-
 def cpu_model() -> str:
     """The CPU's model name (Linux /proc/cpuinfo), else what the platform module says."""
 

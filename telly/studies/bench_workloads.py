@@ -46,7 +46,6 @@ MODEL_CODE_TOKENS = {"smollm2-135m": 128}
 
 # ----------------------------------------------------------------------------- training
 
-
 def freeze_depths(num_layers: int) -> list[int]:
     """The K the bench measures: 0, L/2, L-2 and L-1."""
     if num_layers < 2:
@@ -211,7 +210,6 @@ def training_rows(backbone, profile: Profile, device: torch.device, *, examples:
 
 # ----------------------------------------------------------------------------- precision
 
-
 def precision_row(backbone, profile: Profile, device: torch.device, *, examples: Sequence | None = None,
                   clock: Callable[[], float] = time.perf_counter, progress: bool = True) -> dict:
     """bf16 autocast against float32 on one backbone, interleaved: one full fine-tuning step (the
@@ -263,7 +261,6 @@ def precision_row(backbone, profile: Profile, device: torch.device, *, examples:
 
 
 # ----------------------------------------------------------------------------- probing
-
 
 def _length_sorted_batches(tokenizer, texts: Sequence[str], max_length: int, batch_size: int):
     lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
@@ -330,7 +327,6 @@ def probing_bench(backbone, texts: Sequence[str], *, max_length: int, batch_size
 
 # ----------------------------------------------------------------------------- similarity
 
-
 def similarity_bench(n: int, *, layers: int = SIMILARITY_LAYERS, dim: int = SIMILARITY_DIM, repeats: int,
                      seed: int = 0, clock: Callable[[], float] = time.perf_counter, progress: bool = True) -> dict:
     """Time RSA, linear CKA and debiased CKA between two (layers, n, dim) stacks of random features
@@ -353,7 +349,6 @@ def similarity_bench(n: int, *, layers: int = SIMILARITY_LAYERS, dim: int = SIMI
 
 
 # ----------------------------------------------------------------------------- corpus
-
 
 @contextlib.contextmanager
 def _telly_cache(path: str) -> Iterator[None]:
