@@ -60,8 +60,7 @@ def test_a_laptop_sized_code_search_fine_tune_of_minilm_learns(tmp_path):
     from telly.trainer import finetune
 
     profile = get_profile("laptop").changed(epochs=2, patience=2, bootstrap_samples=100)
-    record = finetune(Variant.of("code-search", "minilm-l6", -1, seed=0, profile=get_profile("laptop")), tmp_path,
-                      profile=profile, progress=False)
+    record = finetune(Variant.of("code-search", "minilm-l6", -1, seed=0, profile=profile), tmp_path, progress=False)
     losses = [epoch["train_loss"] for epoch in record["epochs"]]
     assert losses[-1] < losses[0], losses
     assert not record["training_check"]["at_chance"]
