@@ -21,7 +21,10 @@ VOLATILE = {"date", "device", "versions", "provenance", "machine", "commit", "di
             "train_seconds", "eval_seconds", "decode_seconds", "seconds", "section_seconds", "load_average",
             "process_cpu_seconds", "weights", "path", "root", "cache", "peak_tensor_memory_mb", "cache_megabytes",
             "run_seconds", "runs", "epoch_seconds_ratio", "time_to_best_seconds_ratio", "origin", "inputs",
-            "one_pass_seconds"}
+            "one_pass_seconds",
+            # the bench's ratios of times and what is judged on them: measured, never reproduced
+            "ratio_to_full", "ratio_to_limit", "speedup", "step_ratio", "forward_ratio", "acceptance",
+            "payback_epochs", "payback_epochs_vs_full"}
 TOLERANCE = 1e-9
 
 
@@ -30,7 +33,7 @@ def differences(before: object, after: object, where: str = "") -> list[str]:
     if isinstance(before, dict) and isinstance(after, dict):
         found = []
         for key in sorted(set(before) | set(after)):
-            if key in VOLATILE or key.endswith("_seconds"):
+            if key in VOLATILE or key.endswith(("_seconds", "_seconds_runs")):
                 continue
             if key not in before or key not in after:
                 found.append(f"{where}/{key}: only {'after' if key in after else 'before'}")
