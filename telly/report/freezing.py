@@ -61,17 +61,22 @@ def freeze_table(records: list[dict], *, samples: int = 1000) -> pd.DataFrame:
     return table.sort_values(["task", "method", "freeze", "uses_cache"]).reset_index(drop=True)
 
 
-TABLE_COLUMNS = {"task": "task", "run": "run", "metric": "metric", "value": "value", "low": "low", "high": "high",
-                 "seeds": "seeds", "zero_shot": "zero-shot", "trainable_millions": "trainable (M)",
-                 "epoch_seconds": "epoch (s)", "epoch_seconds_ratio": f"epoch ratio to full ({SWEEP_TIMING})",
-                 "time_to_best_seconds": "to best (s)",
-                 "time_to_best_seconds_ratio": f"to-best ratio to full ({SWEEP_TIMING})",
-                 "epochs_run": "epochs run", "epochs_to_best": "best epoch", "peak_tensor_memory_mb": "peak memory (MB)"}
+# What a page shows of `freeze_table`, as two tables that each fit the text column: quality, then cost.
+TABLE_COLUMNS = {
+    "quality": {"task": "task", "run": "run", "metric": "metric", "value": "value", "low": "low", "high": "high",
+                "seeds": "seeds", "zero_shot": "zero-shot"},
+    "cost": {"task": "task", "run": "run", "trainable_millions": "trainable (M)", "epoch_seconds": "epoch (s)",
+             "epoch_seconds_ratio": f"epoch ratio to full ({SWEEP_TIMING})", "time_to_best_seconds": "to best (s)",
+             "time_to_best_seconds_ratio": f"to-best ratio to full ({SWEEP_TIMING})", "epochs_run": "epochs run",
+             "epochs_to_best": "best epoch", "peak_tensor_memory_mb": "peak memory (MB)"},
+}
 
 
-def table_view(table: pd.DataFrame) -> pd.DataFrame:
-    """The columns of `freeze_table` a page shows, named for a reader and rounded."""
-    return table[list(TABLE_COLUMNS)].rename(columns=TABLE_COLUMNS).round(3)
+def table_view(table: pd.DataFrame, part: str = "quality") -> pd.DataFrame:
+    """The `part` ("quality" or "cost") of `freeze_table` a page shows, named for a reader and rounded."""
+    if part not in TABLE_COLUMNS:
+        raise ValueError(f"table_view shows {sorted(TABLE_COLUMNS)}, got {part!r}")
+    return table[list(TABLE_COLUMNS[part])].rename(columns=TABLE_COLUMNS[part]).round(3)
 
 
 def summary_table(summary: Mapping) -> pd.DataFrame:
