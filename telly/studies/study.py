@@ -34,7 +34,7 @@ Where things go (RunStore(records, weights_root=out/weights), the layout a chapt
   out/weights/<run id>/                      weights; epoch-<i>/ checkpoints of the full fine-tunes
 
 Resuming. A part is skipped when its records are there and current:
-  * rq3: every planned run has a finished record made under the profile's settings (RunStore.find);
+  * rq3: every planned run has a finished record made under the profile's settings (trainer.finished_run);
   * rq2, rq1 with the full fine-tune's weights on this machine: the library's own rule (a stored
     document made from the same inputs, checkpoint fingerprints included, is returned as is);
   * rq2, rq1 without them (a fresh clone holding only the committed records): study.json lists the
