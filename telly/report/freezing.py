@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from telly.analysis import SWEEP_TIMING, by_variant, is_degenerate, quality_interval, run_name
-from telly.report.charts import freeze_slider_chart
+from telly.report.charts import freeze_results_chart, freeze_slider_chart
 from telly.report.paper import PAPER_TELLY_QUALITY, paper_telly_rows
 
 BENCH_TIMING = "one process"
@@ -124,6 +124,12 @@ def sweep_view(records: list[dict], summary: Mapping, *, kind: str, bench: Mappi
 
 
 # ----------------------------------------------------------------------------- charts and the paper
+
+def explorer_chart(records: list[dict], task: str, depth: int):
+    """The freeze explorer's chart (`telly.studies.explorer`): `task`'s quality and costs against K
+    from `records`, with `depth` marked."""
+    return freeze_results_chart(freeze_table(records), task, highlight=depth)
+
 
 def freeze_slider(table: pd.DataFrame):
     """The static page's freeze-depth slider over every task's full and cached Telly-K runs."""

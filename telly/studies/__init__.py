@@ -3,3 +3,6 @@
 One module per research question: `probing` (RQ1), `similarity` (RQ2), `freezing` (RQ3 quality)
 and `bench` (RQ3 cost). Chapters call these and `telly.report`, nothing else.
 """
+from telly.profiles import get_profile
+
+__all__ = ["get_profile"]  # the chapters' edge: they resolve their profile's name here, once

@@ -1,19 +1,19 @@
-"""The book's widgets (ipywidgets): what a reader of a live notebook moves.
-
-`FreezeExplorer`: a freeze-depth slider over one task's quality/cost chart, which fine-tunes a depth
-not in the store yet on a button press. ipywidgets is imported where a widget is made, so the rest
-of telly never needs it.
+"""The freeze explorer (ipywidgets): a freeze-depth slider over one task's quality/cost chart, which
+fine-tunes a depth not in the store yet on a button press. It runs part of RQ3's study; how the
+chart looks is the chapter's to say (`chart`, e.g. `telly.report.freezing.explorer_chart`), so this
+module never imports report/. ipywidgets is imported where a widget is made.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from IPython.display import display
 
+from telly.analysis import freeze_label
 from telly.backbones import load
 from telly.profiles import Profile
-from telly.report.charts import freeze_label, freeze_results_chart
-from telly.report.freezing import freeze_table
 from telly.store import RunStore, Variant, as_store
 from telly.trainer import finetune, finished_run
 
@@ -22,14 +22,17 @@ class FreezeExplorer:
     """The live freeze-depth widget: a slider for K redraws the task's quality/cost chart from the
     store with that depth marked; a depth not run yet trains on a button press (a progress bar
     counts its epochs) and then joins the chart. Display it as a cell's last expression. In the
-    static book its last state shows, inert (no kernel runs behind a page)."""
+    static book its last state shows, inert (no kernel runs behind a page).
+
+    chart(records, task, depth): the chart of the task's full and cached Telly-K records of this seed
+    with `depth` marked (`telly.report.freezing.explorer_chart`)."""
 
     def __init__(self, task: str, model: str, profile: Profile, store: RunStore | str | Path, *,
-                 seed: int = 0, data_path: str | None = None, start: int | None = None) -> None:
+                 chart: Callable[[list[dict], str, int], Any], seed: int = 0, data_path: str | None = None,
+                 start: int | None = None) -> None:
         import ipywidgets as widgets
 
-
-        self.task, self.model, self.seed, self.data_path = task, model, seed, data_path
+        self.task, self.model, self.seed, self.data_path, self.draw = task, model, seed, data_path, chart
         self.profile, self.store = profile, as_store(store)
         num_layers = load(model).num_layers
         self.slider = widgets.IntSlider(value=num_layers // 2 if start is None else start, min=-1,
@@ -65,7 +68,7 @@ class FreezeExplorer:
         self.status.value = (f"{freeze_label(self.slider.value)}: " +
                              ("in the store, marked on the chart." if ran else
                               "not run yet; press the button to fine-tune it here."))
-        self.chart = freeze_results_chart(freeze_table(records), self.task, highlight=self.slider.value) if records else None
+        self.chart = self.draw(records, self.task, self.slider.value) if records else None
         self.output.clear_output(wait=True)
         if self.chart is not None:
             with self.output:
