@@ -19,6 +19,7 @@ from telly.analysis import findings
 from telly.backbones import BackboneUnavailable, load, smollm2_gguf
 from telly.corpus import load_corpus
 from telly.jsonio import as_stored
+from telly.layout import PROBING_DIR
 from telly.probing.data import prepare
 from telly.probing.properties import PROPERTIES
 from telly.probing.run import STATES, baselines, probe_entry, probe_state
@@ -31,7 +32,6 @@ from telly.studies.similarity import ensure_finetuned
 # every layer before a decoder's final norm
 PROBING_FORMAT = 3
 DOCUMENT = "probing"
-PROBING_DIR = "probing"  # under the results store root: one folder per backbone
 # Profile fields beside probe_epochs and bootstrap_samples that change a probing record's numbers:
 # the data's sizes, the weight refits and the forward passes' precision.
 PROBING_SETTINGS = ("probe_test_share", "syntactic_share", "semantic_share", "variants_per_function",

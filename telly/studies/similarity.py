@@ -66,7 +66,7 @@ from telly.tasks import get_task
 from telly.trainer import finetune, finished_run
 
 SPLIT = "test"  # held-out functions: no fine-tuning run has trained on them
-EPOCH_RUNS_DIR = "similarity/epoch-runs"  # re-runs that keep per-epoch checkpoints, when needed
+EPOCH_RUNS_DIR = f"{SIMILARITY_DIR}/epoch-runs"  # re-runs that keep per-epoch checkpoints, when needed
 
 Checkpoint = tuple[str, int | None, Path]  # (label, epoch, path)
 TEXT_FIELD = "code_without_doc"  # the function without its docstring: the paper's `code_tokens`
