@@ -8,6 +8,10 @@ The one semantic difference: the cache is built in eval mode, so the frozen bloc
 dropout, while uncached Telly-K training runs them in train mode (dropout on). `telly finetune
 --no-cache` trains the uncached way; the book compares the two on the same seed.
 
+Evaluation reuses the frozen prefix too (`PrefixMemo`): in eval mode the bottom K blocks give each
+validation or test row the same states every epoch, so they are computed on a row's first sight
+and only blocks K..L-1 run afterwards (exact: no dropout in eval mode either way).
+
 Storage keeps only real tokens (rows are packed by the attention mask). Under the profile's
 `cache_memory_mb` budget the states stay in memory in the model's dtype (exact); above it (or
 when allocating memory fails) they spill to float16 memory-mapped shards on disk, one file per
@@ -103,6 +107,57 @@ def run_top(model: nn.Module, hidden: torch.Tensor, depth: int, attention_mask: 
     if isinstance(final_norm, nn.Module):
         hidden = final_norm(hidden)
     return hidden
+
+
+class PrefixMemo:
+    """Frozen-prefix states of evaluation rows, computed on a row's first sight and reused.
+
+    `states(backbone, inputs)` turns a tokenized batch of one text field into `PrefixStates`:
+    rows seen before come from memory, the others run embeddings + blocks 0..depth-1 as one
+    sub-batch (eval mode, no grad). A row is keyed by its real tokens and its other per-row
+    inputs (a generation row's source length), so the same text in another batch or split hits.
+    Rows past `memory_mb` are computed again whenever they are seen (exact, only slower).
+    """
+
+    def __init__(self, depth: int, memory_mb: float) -> None:
+        self.depth, self.budget = depth, memory_mb * 2**20
+        self.rows: dict[bytes, torch.Tensor] = {}
+        self.nbytes = 0
+        self.hits = self.misses = 0
+
+    @torch.no_grad()
+    def states(self, backbone: nn.Module, inputs: dict[str, torch.Tensor]) -> PrefixStates:
+        mask = inputs["attention_mask"]
+        lengths = mask.sum(1).tolist()
+        keys = [_row_key(inputs, row, length) for row, length in enumerate(lengths)]
+        found = {row: self.rows[key] for row, key in enumerate(keys) if key in self.rows}
+        missing = [row for row in range(len(keys)) if row not in found]
+        self.hits, self.misses = self.hits + len(found), self.misses + len(missing)
+        if missing:
+            computed = run_prefix(backbone, {k: v[missing] for k, v in inputs.items()}, self.depth)
+            for position, row in enumerate(missing):
+                found[row] = computed[position, :lengths[row]]
+                size = found[row].numel() * found[row].element_size()
+                if self.nbytes + size <= self.budget:
+                    self.rows[keys[row]], self.nbytes = found[row].clone(), self.nbytes + size
+        first = found[0]
+        hidden = first.new_zeros(len(keys), mask.shape[1], first.shape[-1])
+        for row, states in found.items():
+            hidden[row, :states.shape[0]] = states
+        return PrefixStates(hidden, mask, self.depth)
+
+    def describe(self) -> dict:
+        return {"depth": self.depth, "rows": len(self.rows), "megabytes": round(self.nbytes / 2**20, 1),
+                "hits": self.hits, "misses": self.misses}
+
+
+def _row_key(inputs: dict[str, torch.Tensor], row: int, length: int) -> bytes:
+    """One row's identity: its real tokens' ids (and token types ...) and its per-row scalars."""
+    parts = []
+    for name in sorted(inputs):
+        values = inputs[name][row]
+        parts.append(name.encode() + (values[:length] if values.dim() else values).cpu().numpy().tobytes())
+    return b"|".join(parts)
 
 
 class PrefixCache:

@@ -6,11 +6,13 @@ Read top to bottom, `finetune` does (one `FineTuning` method per step):
   2. load the backbone (the method checks its freeze depth against it), the task data, the task model;
   3. before training: the task's preparation, the zero-shot test score and the validation score of
      the pre-trained model when the task allows it (code search); the method sets what trains;
-  4. frozen-prefix cache: for cached Telly-K run embeddings + blocks 0..K-1 once (prefix_cache.py);
+  4. frozen-prefix cache: for cached Telly-K run embeddings + blocks 0..K-1 once over the training
+     split (prefix_cache.py), and once per validation and test row when first evaluated (PrefixMemo);
   5. AdamW (the profile's weight decay, gradient norm clipped) + linear warmup/decay, after one
      untimed warm-up step on a copy of the model that also measures peak memory;
-  6. train, timing each epoch's training apart from its validation, early stopping on the validation loss;
-  7. restore the best epoch, score the test set with bootstrap 95% CIs (stats.py);
+  6. train, timing each epoch's training apart from its validation loss, early stopping on that loss;
+  7. restore the best epoch; score the validation split once (where a task calibrates, its decision
+     threshold is chosen here) and the test set, with bootstrap 95% CIs (stats.py);
   8. save the best backbone (HF base-model keys) and head as safetensors, then the JSON record.
 The record is written last and atomically, so its presence means the run finished.
 
@@ -45,7 +47,7 @@ from telly.batching import batches, move_to
 from telly.features import precision_autocast
 from telly.jsonio import as_stored
 from telly.methods import backbone_state_dict
-from telly.prefix_cache import build_prefix_cache
+from telly.prefix_cache import PrefixMemo, build_prefix_cache
 from telly.profiles import Profile
 from telly.progress import progress_bar
 from telly.store import HEAD_WEIGHTS, WEIGHTS, RunStore, Variant, as_store, provenance, slug
@@ -295,6 +297,8 @@ class FineTuning:
             _sync(self.device)
             self.cache_seconds = time.perf_counter() - tick
         self.state_dtype = next(self.task_model.parameters()).dtype
+        self.task_model.prefix_memo = (PrefixMemo(self.freeze, self.profile.training.cache_memory_mb)
+                                       if self.method.cache else None)
 
     def make_batch(self, indices: list[int]) -> dict:
         """Training rows by index, their bottom blocks' states from the cache when there is one."""
@@ -322,8 +326,9 @@ class FineTuning:
         self.wrapped, self.optimizer, self.scheduler = self.accelerator.prepare(self.task_model, optimizer, scheduler)
 
     def train(self, *, save_epoch_checkpoints: bool, on_epoch: Callable[[dict, int], None] | None) -> None:
-        """6. Train; validate after each epoch; keep the best epoch's trainable weights (early
-        stopping on the validation loss)."""
+        """6. Train; the validation loss after each epoch; keep the best epoch's trainable weights
+        (early stopping on that loss). The validation metrics wait for step 7: they choose nothing
+        here, and decoding them every epoch would cost a generation task more than its training."""
         training, model, device = self.profile.training, self.task_model, self.device
         self.epochs, self.best, since_best = [], None, 0
         for epoch in range(1, training.epochs + 1):
@@ -341,12 +346,10 @@ class FineTuning:
             _sync(device)
             train_seconds = time.perf_counter() - tick
             tick = time.perf_counter()
-            valid = self.task.calibrate(model, _evaluate(self.task, model, self.data.valid, self.tokenizer, self.profile))
             valid_loss = _valid_loss(self.task, model, self.data.valid, self.tokenizer, self.profile, device)
             eval_seconds = time.perf_counter() - tick
             self.epochs.append({"epoch": epoch, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
-                                "train_loss": float(np.mean(losses)), "valid_loss": valid_loss,
-                                "valid": valid.metrics, "calibration": valid.extras.get("calibration")})
+                                "train_loss": float(np.mean(losses)), "valid_loss": valid_loss})
             if on_epoch is not None:
                 on_epoch(self.epochs[-1], training.epochs)
             if save_epoch_checkpoints and self.main:
@@ -354,8 +357,6 @@ class FineTuning:
             if self.best is None or valid_loss < self.best["valid_loss"]:
                 self.best, since_best = self.epochs[-1], 0
                 self.best_state = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
-                # The head's buffers too: a threshold calibrate chose belongs to this epoch's weights.
-                self.best_state |= {f"head.{k}": v.detach().clone() for k, v in model.head.named_buffers()}
             else:
                 since_best += 1
                 if since_best >= training.patience:
@@ -366,15 +367,22 @@ class FineTuning:
             self.prefix_cache.close()
 
     def test(self) -> None:
-        """7. Test at the best epoch, with bootstrap CIs over test examples; rows sampled together (a
-        clone pair's source function: "group") resample together."""
+        """7. At the best epoch: the validation metrics (and the task's calibration, e.g. a clone
+        threshold, chosen on them), then the test set with bootstrap CIs over test examples; rows
+        sampled together (a clone pair's source function: "group") resample together."""
         tick = time.perf_counter()
         self.task_model.load_state_dict(self.best_state, strict=False)
+        self.valid = self.task.calibrate(self.task_model, _evaluate(self.task, self.task_model, self.data.valid,
+                                                                    self.tokenizer, self.profile))
+        self.valid_seconds = time.perf_counter() - tick
+        tick = time.perf_counter()
         self.test_result = _evaluate(self.task, self.task_model, self.data.test, self.tokenizer, self.profile)
         per_example = self.test_result.per_example
         self.test_ci = stats.bootstrap_ci(per_example, self.task.score, clusters=per_example.get("group"),
                                           samples=self.profile.statistics.bootstrap_samples, seed=self.variant.seed)
         self.test_seconds = time.perf_counter() - tick
+        memo, self.task_model.prefix_memo = self.task_model.prefix_memo, None
+        self.memo_info = memo.describe() if memo is not None else None
 
     def finish(self) -> dict:
         """8. Weights, then the record (last: its presence means the run finished)."""
@@ -385,7 +393,7 @@ class FineTuning:
             "freeze": self.freeze, "seed": variant.seed, "profile": profile.name,
             "profile_settings": as_stored(profile.to_dict()), "status": "finished", "label": variant.label,
             "method_config": self.method_config, "task_config": task.config.to_dict(),
-            "cache": self.cache_info, "uses_cache": use_cache,
+            "cache": self.cache_info, "uses_cache": use_cache, "evaluation_prefix_memo": self.memo_info,
             "dropout_override": self.dropout,
             "mixed_precision": {"training": self.mixed_precision,
                                 "prefix_cache": self.mixed_precision if use_cache else None,
@@ -406,7 +414,8 @@ class FineTuning:
             "epoch_seconds": float(np.mean([e["train_seconds"] for e in epochs])),
             "time_to_best_seconds": self.cache_seconds + sum(e["train_seconds"] for e in epochs[:best_epoch]),
             "warm_up": "one untimed training step on a copy of the model before the first timed epoch",
-            "valid": self.best["valid"], "calibration": self.best["calibration"],
+            "valid": self.valid.metrics, "calibration": self.valid.extras.get("calibration"),
+            "validation": VALIDATION,
             "test": test.metrics, "test_ci": self.test_ci,
             "test_per_example": {k: np.asarray(v).tolist() for k, v in test.per_example.items()},
             "zero_shot": self.zero_shot, "valid_before_training": self.valid_before,
@@ -424,7 +433,8 @@ class FineTuning:
         record["time_split"] = time_split(record["wall_seconds"], load=self.load_seconds,
                                           prepare=self.prepare_seconds, cache=self.cache_seconds,
                                           train=sum(e["train_seconds"] for e in epochs),
-                                          eval=sum(e["eval_seconds"] for e in epochs), test=self.test_seconds)
+                                          eval=sum(e["eval_seconds"] for e in epochs) + self.valid_seconds,
+                                          test=self.test_seconds)
         if self.main:
             _save_weights(self.task_model, self.run_dir)
             self.store.write_record(variant, record)
@@ -443,6 +453,8 @@ def finished_run(variant: Variant, store: RunStore | str | Path) -> dict | None:
     return as_store(store).find(variant, task_of(variant).config.to_dict())
 
 
+VALIDATION = ("the loss after every epoch (early stopping); the metrics, and a task's calibration, once, at the "
+              "best epoch's weights")
 CHANCE_SHARE = 0.95  # a last-epoch training loss at or above this share of the chance loss sits at chance
 
 

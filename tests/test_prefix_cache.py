@@ -105,3 +105,62 @@ def test_running_out_of_memory_falls_back_to_disk(tiny, capsys, monkeypatch):
     assert cache.storage == "disk" and "ran out of memory" in cache.note
     assert "ran out of memory" in capsys.readouterr().err
     cache.close()
+
+
+@pytest.mark.parametrize("task_name, depth", [("code-search", 2), ("clone-detection", 3), ("code-summarization", 1)])
+def test_evaluation_from_the_prefix_memo_is_the_uncached_models(tiny, task_name, depth):
+    """A cached Telly-K's validation and test: blocks K..L-1 over memoised prefix states score every
+    row as the whole model does, the second pass entirely from memory."""
+    import numpy as np
+
+    from telly.tasks import get_task
+    from telly.trainer import _evaluate, _valid_loss
+
+    task = get_task(task_name)
+    profile = get_profile("smoke").changed(valid_examples=8, test_examples=8, batch_size=4, max_target_tokens=4)
+    data = task.load_data(profile)
+    torch.manual_seed(0)
+    model = task.build_model(tiny)
+    task.prepare(model, data, tiny.tokenizer, profile)
+    expected = [_evaluate(task, model, split, tiny.tokenizer, profile) for split in (data.valid, data.test)]
+    expected_loss = _valid_loss(task, model, data.valid, tiny.tokenizer, profile, "cpu")
+    model.prefix_memo = prefix_cache.PrefixMemo(depth, memory_mb=64)
+    for attempt in range(2):
+        got = [_evaluate(task, model, split, tiny.tokenizer, profile) for split in (data.valid, data.test)]
+        for want, have in zip(expected, got):
+            assert have.metrics.keys() == want.metrics.keys()
+            for name, value in want.metrics.items():
+                if name != "decode_seconds":
+                    assert have.metrics[name] == pytest.approx(value, abs=1e-6), name
+            for column, values in want.per_example.items():
+                if values.dtype == object:
+                    assert list(have.per_example[column]) == list(values), column
+                else:
+                    np.testing.assert_allclose(have.per_example[column], values, rtol=1e-5, atol=1e-5)
+        assert _valid_loss(task, model, data.valid, tiny.tokenizer, profile, "cpu") == pytest.approx(expected_loss, rel=1e-5)
+        if attempt == 0:
+            seen = model.prefix_memo.describe()
+            assert seen["rows"] > 0 and seen["misses"] > 0
+    # The second round computed no prefix: every row came from memory.
+    assert model.prefix_memo.describe()["misses"] == seen["misses"]
+
+
+def test_the_memo_keeps_rows_within_its_budget_and_computes_the_rest_each_time(tiny):
+    task, profile, examples, model, collate = _search_setup(tiny)
+    inputs = collate(examples)["inputs"]["code"]
+    memo = prefix_cache.PrefixMemo(1, memory_mb=0.005)
+    with torch.no_grad():
+        first = memo.states(model.backbone, inputs)
+        again = memo.states(model.backbone, inputs)
+    assert 0 < memo.describe()["rows"] < len(examples) and memo.nbytes <= 0.005 * 2**20
+    torch.testing.assert_close(again.hidden, first.hidden)
+    assert memo.misses == 2 * len(examples) - memo.describe()["rows"]
+
+
+def test_the_memo_is_not_used_while_training(tiny):
+    task, profile, examples, model, collate = _search_setup(tiny)
+    inputs = collate(examples[:2])["inputs"]["code"]
+    model.prefix_memo = prefix_cache.PrefixMemo(1, memory_mb=64)
+    assert isinstance(model.memoised(inputs), PrefixStates)
+    model.train()  # dropout on: the frozen blocks' training outputs are not the memoised eval outputs
+    assert model.memoised(inputs) is inputs

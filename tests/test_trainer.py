@@ -43,7 +43,8 @@ def test_record_carries_every_design_field_and_the_best_weights_load_back(tmp_pa
     assert set(record["provenance"]["versions"]) >= {"torch", "transformers", "accelerate"}
     assert len(record["epochs"]) == record["epochs_run"] >= 1
     for epoch in record["epochs"]:
-        assert epoch["train_seconds"] > 0 and epoch["eval_seconds"] > 0 and "mrr" in epoch["valid"]
+        assert epoch["train_seconds"] > 0 and epoch["eval_seconds"] > 0 and epoch["valid_loss"] > 0
+    assert "mrr" in record["valid"] and record["evaluation_prefix_memo"]["rows"] > 0
     ci = record["test_ci"]["mrr"]
     assert ci["low"] <= record["test"]["mrr"] <= ci["high"]
     assert len(record["test_per_example"]["reciprocal_rank"]) == UNIT.training.test_examples
@@ -259,7 +260,7 @@ def test_the_validation_loss_is_the_models_own_loss_in_eval_mode(tmp_path):
     assert loss == pytest.approx(expected, rel=1e-5)  # one batch: the plain mean
 
 
-def test_the_test_pairs_are_called_at_the_best_epochs_valid_threshold(tmp_path, monkeypatch):
+def test_the_threshold_is_chosen_once_on_the_best_epochs_weights(tmp_path, monkeypatch):
     import numpy as np
 
     from telly.tasks.clone_detection import CloneDetectionTask
@@ -267,20 +268,26 @@ def test_the_test_pairs_are_called_at_the_best_epochs_valid_threshold(tmp_path, 
     real, calls = CloneDetectionTask.calibrate, []
 
     def recording(self, model, valid):
-        """The real calibration, each epoch's threshold noted."""
+        """The real calibration, noting its threshold and the head's weights it was chosen under."""
         result = real(self, model, valid)
-        calls.append(result.extras["calibration"]["threshold"])
+        calls.append((result.extras["calibration"]["threshold"], model.head.state_dict()))
         return result
 
     rising = iter([0.3, 0.4, 0.5])  # validation loss rises after epoch 1: epoch 1 stays best
+    weights = []
     monkeypatch.setattr(CloneDetectionTask, "calibrate", recording)
-    monkeypatch.setattr(trainer, "_valid_loss", lambda *args: next(rising))
+    monkeypatch.setattr(trainer, "_valid_loss", lambda task, model, *args: (
+        weights.append({k: v.clone() for k, v in model.head.state_dict().items()}), next(rising))[1])
     record = run(tmp_path, "clone-detection", -1, profile=UNIT.changed(epochs=3, patience=2), progress=False)
-    assert (record["epochs_run"], record["epochs_to_best"]) == (3, 1) and len(calls) == 3
-    assert [epoch["calibration"]["threshold"] for epoch in record["epochs"]] == calls
-    # Epoch 1's threshold came back with epoch 1's weights, though two later epochs set others.
-    threshold = record["calibration"]["threshold"]
-    assert threshold == calls[0]
+    assert (record["epochs_run"], record["epochs_to_best"]) == (3, 1) and len(calls) == 1
+    assert all("calibration" not in epoch and "valid" not in epoch for epoch in record["epochs"])
+    threshold, head = calls[0]
+    # Chosen under epoch 1's weights, though two later epochs trained on.
+    for key, value in weights[0].items():
+        if key != "threshold":
+            torch.testing.assert_close(head[key], value)
+    assert not torch.equal(weights[0]["out.weight"], weights[2]["out.weight"])
+    assert record["calibration"]["threshold"] == threshold
     columns = record["test_per_example"]
     assert columns["prediction"] == (np.asarray(columns["clone_probability"]) >= np.float32(threshold)).astype(int).tolist()
 

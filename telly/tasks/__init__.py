@@ -73,7 +73,7 @@ from torch import nn
 from telly.backbones import Backbone
 from telly.corpus import load_corpus, sample, split
 from telly.metrics import score_function
-from telly.prefix_cache import PrefixStates, run_top
+from telly.prefix_cache import PrefixMemo, PrefixStates, run_top
 from telly.profiles import Profile
 
 # Registry name -> "module:TaskClass"; the three generation tasks share `telly.tasks.generation`.
@@ -142,6 +142,7 @@ class TaskModel(nn.Module):
         self.backbone = backbone.model  # the HF base model: freeze_bottom looks for this attribute
         self.head = head if head is not None else nn.Identity()
         self.kind = backbone.kind
+        self.prefix_memo: PrefixMemo | None = None  # evaluation's frozen-prefix states (telly.prefix_cache)
 
     def encode(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
         """(last hidden states (B, T, H), attention mask (B, T)) for one text field.
@@ -149,10 +150,18 @@ class TaskModel(nn.Module):
         `inputs` is the tokenizer output for the field, or a `telly.prefix_cache.PrefixStates`
         (the cached output of the frozen bottom K blocks): then only blocks K..L-1 run.
         """
+        inputs = self.memoised(inputs)
         if isinstance(inputs, PrefixStates):
             return run_top(self.backbone, inputs.hidden, inputs.depth, inputs.attention_mask), inputs.attention_mask
         mask = inputs["attention_mask"]
         return self.backbone(**inputs).last_hidden_state, mask
+
+    def memoised(self, inputs):
+        """`inputs` as frozen-prefix states from `prefix_memo` when evaluating a cached Telly-K (the
+        trainer sets the memo; in train mode, or without one, `inputs` unchanged)."""
+        if self.prefix_memo is None or self.training or isinstance(inputs, PrefixStates):
+            return inputs
+        return self.prefix_memo.states(self.backbone, inputs)
 
     def forward(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must define forward(batch) -> loss")
@@ -206,8 +215,8 @@ class Task(ABC):
         return None
 
     def calibrate(self, model: TaskModel, valid: Evaluation) -> Evaluation:
-        """Choose `model`'s decision settings (head buffers) on its valid-split evaluation, after
-        every epoch; the valid evaluation under them, what was chosen in extras["calibration"]."""
+        """Choose `model`'s decision settings (head buffers) on its valid-split evaluation, at the
+        best epoch's weights; the valid evaluation under them, what was chosen in extras["calibration"]."""
         return valid  # most tasks decide nothing
 
     @abstractmethod

@@ -147,6 +147,7 @@ class GenerationModel(TaskModel):
     def encode(self, inputs, source_length: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(last hidden states, attention mask) of [source ; target]; cached prefix states
         (`telly.prefix_cache.PrefixStates`) run only blocks K..L-1, under the same mask."""
+        inputs = self.memoised(inputs)
         if not isinstance(inputs, PrefixStates):
             # Mask and positions built here, not by the pre-hook: peft's wrapper calls forward directly.
             _, kwargs = prefix_lm_pre_hook(self.backbone, (), dict(inputs),
