@@ -258,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("bench", help="benchmarks: training time and memory by method, probing, similarity, corpus")
     _common(p, out="runs/<profile>/bench")  # the book's results store reads it there
     p.add_argument("--sections", default="corpus,similarity,probing,training",
-                   help="comma-separated subset of corpus,similarity,probing,training (default: all)")
+                   help="comma-separated subset of corpus,similarity,probing,training (default: these four) "
+                        "and runs (whole fine-tuning runs of the profile's bench_run_tasks on --model: only when named)")
     p.add_argument("--corpus", default="stdlib", help="corpus source: 'stdlib' or a directory of Python files")
     p.add_argument("--readme", default=None,
                    help="also write the table into this README between its bench:cpu / bench:gpu markers")

@@ -100,6 +100,8 @@ class Bench:
     bench_code_tokens: int = _help(256, "Training batch: code tokens per example.")
     bench_probe_texts: int = _help(256, "Texts the probing section encodes.")
     bench_similarity_inputs: int = _help(5000, "Inputs the similarity section compares.")
+    bench_run_tasks: tuple[str, ...] = _help(("code-search", "clone-detection"),
+                                             "Tasks whose whole fine-tuning runs the runs section times.")
     book_runs_bench: bool = _help(False, "Whether a book build runs the bench when the results store has none "
                                          "(else chapter 4 shows the shipped reference record): on 2 cores the "
                                          "laptop bench took 24 minutes.")

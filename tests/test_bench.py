@@ -491,3 +491,40 @@ def test_bitfit_is_left_out_for_a_backbone_without_bias_terms(smoke_record, tiny
     text = report.summary_text(without)
     assert "and BitFit" not in text and "BitFit was not run (the backbone has no bias terms)" in text
     assert "BitFit on tiny-random: not applicable (the backbone has no bias terms)." in report.markdown(without)
+
+
+def test_the_runs_section_times_whole_runs_and_checks_the_issue_targets(tmp_path, monkeypatch):
+    """Whole runs of full, Telly-L/2 and Telly-(L-1) on a tiny model: each record's time split comes
+    back as medians, the ratios are to full's wall time, and the targets say by how much they miss."""
+    profile = get_profile("smoke").changed(train_examples=8, valid_examples=4, test_examples=4, batch_size=4,
+                                           epochs=1, bench_repeats=1, bench_run_tasks=("clone-detection",))
+    prepared = []
+    real = trainer.FineTuning.before_training
+    monkeypatch.setattr(trainer.FineTuning, "before_training",
+                        lambda self: (prepared.append(self.variant.label), real(self))[1])
+    record = bench.run_bench(profile, tmp_path, model="tiny-random", sections=["runs"], progress=False)
+    section, = record["runs"]
+    assert [row["freeze"] for row in section["rows"]] == [-1, 2, 3]
+    full = section["rows"][0]
+    assert full["ratio_to_full"] == 1.0
+    for row in section["rows"]:
+        assert set(row["split"]) == {"load", "prepare", "cache", "train", "eval", "test", "other"}
+        assert row["ratio_to_full"] == pytest.approx(row["wall_seconds"] / full["wall_seconds"])
+        assert (row["split"]["cache"] > 0) == (row["freeze"] >= 0)
+    # One untimed preparation first, then the three timed runs (which read it back).
+    assert len(prepared) == 4
+    targets = {a["target"]: a for a in record["run_acceptance"]}
+    assert set(targets) == {"cached Telly-3 run wall time <= 0.15x full", "cached Telly-2 run wall time <= 0.55x full"}
+    table = report.markdown(record)
+    assert "**clone-detection** on tiny-random" in table and "| Telly-3 cached |" in table
+    assert "Training" not in table
+
+
+def test_run_acceptance_names_the_miss():
+    section = {"task": "code-search", "model": "m", "num_layers": 30,
+               "rows": [{"freeze": -1, "ratio_to_full": 1.0}, {"freeze": 15, "ratio_to_full": 0.5},
+                        {"freeze": 29, "ratio_to_full": 0.3}]}
+    checks = {c["target"]: c for c in bench.run_acceptance([section])}
+    assert checks["cached Telly-15 run wall time <= 0.55x full"]["met"]
+    deepest = checks["cached Telly-29 run wall time <= 0.15x full"]
+    assert not deepest["met"] and deepest["missed_by"] == pytest.approx(1.0)

@@ -97,6 +97,8 @@ def markdown(record: Mapping) -> str:
         if record.get("skipped_models"):
             lines += ["Not measured: " + "; ".join(f"{model} ({reason})" for model, reason in record["skipped_models"].items())
                       + ".", ""]
+    if "runs" in record:
+        lines += runs_markdown(record)
     if "probing" in record:
         p = record["probing"]
         lines += [f"Probing features ({p['model']}, {p['texts']} texts x <= {p['max_length']} tokens): all "
@@ -113,6 +115,31 @@ def markdown(record: Mapping) -> str:
         lines += [f"Corpus ({c['source']}, {c['functions']:,} functions): cold load {_seconds(c['cold_seconds'])} s, "
                   f"cached {_seconds(c['cached_seconds'])} s ({c['speedup']:.0f}x).", ""]
     return "\n".join(lines)
+
+
+RUN_PARTS = ("load", "prepare", "cache", "train", "eval", "test", "other")
+
+
+def runs_markdown(record: Mapping) -> list[str]:
+    """The runs section: whole fine-tuning runs, wall time split into its parts, ratios to full."""
+    lines = ["Whole fine-tuning runs (load, cache, training, validation, test and writing; the task's "
+             "preparation shared, as a sweep shares it), interleaved in one process:", ""]
+    for section in record["runs"]:
+        sizes = section["sizes"]
+        lines += [f"**{section['task']}** on {section['model']} (L = {section['num_layers']}; profile "
+                  f"`{section['profile']}`: {sizes['train']} train, {sizes['valid']} valid, {sizes['test']} test rows)", "",
+                  "| variant | epochs | wall s | ratio to full | " + " | ".join(f"{part} s" for part in RUN_PARTS) + " |",
+                  "|---|---:|---:|---:|" + "---:|" * len(RUN_PARTS)]
+        for row in section["rows"]:
+            parts = " | ".join(_seconds(row["split"].get(part)) for part in RUN_PARTS)
+            lines.append(f"| {row['variant']} | {row['epochs_run']} | {_seconds(row['wall_seconds'])} | "
+                         f"{_ratio(row['ratio_to_full'])} | {parts} |")
+        lines.append("")
+    lines += ["| task | target | value | result |", "|---|---|---:|---|"]
+    for a in record["run_acceptance"]:
+        result = "met" if a["met"] else f"MISSED by {100 * a['missed_by']:.0f}%"
+        lines.append(f"| {a['task']} | {a['target']} | {a['value']:.3f} | {result} |")
+    return [*lines, ""]
 
 
 def precision_markdown(record: Mapping) -> list[str]:

@@ -11,7 +11,10 @@ its table, DIR/bench.md) with
     step and one forward pass, same weights and batch), with the CPU's bf16 units named;
   * probing: all layers' features from one forward pass against L+1 truncated forwards;
   * similarity: RSA, linear CKA and debiased CKA over 13 layers of n x 768 features;
-  * corpus: loading the corpus cold (an empty TELLY_CACHE) and from its cache.
+  * corpus: loading the corpus cold (an empty TELLY_CACHE) and from its cache;
+  * runs (only when asked for: `--sections runs`): whole fine-tuning runs of full fine-tuning,
+    cached Telly-L/2 and Telly-(L-1) on the profile's bench_run_tasks at the profile's sizes,
+    interleaved, with each run's wall time split into load, prepare, cache, train, eval, test, other.
 The harness is `telly.studies.bench_harness`, what each section times `telly.studies.bench_workloads`;
 this module runs the sections and checks the acceptance targets. `load_or_run` is what chapter 4 calls: the stored bench when it is current, else a new run, else
 the reference record shipped with the package (telly/report/reference/).
@@ -57,6 +60,7 @@ from telly.studies.bench_workloads import (
     has_bias_terms,
     precision_row,
     probing_bench,
+    run_walls,
     similarity_bench,
     training_rows,
 )
@@ -65,11 +69,32 @@ from telly.trainer import memory_method
 
 SHAPE_MODEL = "unixcoder-shape"  # the paper's backbone size; the acceptance targets apply to it
 DOCUMENT = "bench"  # the store document: OUT/bench.json
-SECTIONS = ("corpus", "similarity", "probing", "training")
+SECTIONS = ("corpus", "similarity", "probing", "training")  # the default bench (chapter 4)
+OPTIONAL_SECTIONS = ("runs",)  # whole fine-tuning runs: minutes to hours at a study's sizes
 # Acceptance targets (issue 8), stated for the UniXcoder shape.
 TARGET_CACHED_EPOCH_RATIO = 0.25  # cached Telly-(L-2) epoch time / full
 TARGET_LIMIT_FACTOR = 1.3  # cached Telly-K ratio / compute limit, for every K >= L/2
 TARGET_CACHED_MEMORY_RATIO = 0.5  # cached Telly-(L-2) peak memory / full
+# Issue 22's targets for whole runs at the study's sizes: cached Telly-(L-1) and Telly-L/2 wall / full.
+TARGET_RUN_RATIOS = {"deepest": 0.15, "half": 0.55}
+
+
+def run_acceptance(sections: Sequence[Mapping]) -> list[dict]:
+    """Issue 22's whole-run targets, per task: cached Telly-(L-1) and Telly-L/2 wall time / full's."""
+    checks = []
+    for section in sections:
+        layers = section["num_layers"]
+        for row in section["rows"]:
+            share = {layers - 1: "deepest", layers // 2: "half"}.get(row["freeze"])
+            if share is None:
+                continue
+            threshold = TARGET_RUN_RATIOS[share]
+            met = row["ratio_to_full"] <= threshold
+            checks.append({"task": section["task"], "model": section["model"],
+                           "target": f"cached Telly-{row['freeze']} run wall time <= {threshold}x full",
+                           "value": row["ratio_to_full"], "threshold": threshold, "met": met,
+                           "missed_by": None if met else row["ratio_to_full"] / threshold - 1})
+    return checks
 
 
 def acceptance(rows: Sequence[Mapping]) -> list[dict]:
@@ -109,7 +134,7 @@ def bench_models(model: str, profile: Profile | None = None) -> list[str]:
 def bench_inputs(profile: Profile, sections: Sequence[str], models: Sequence[str],
                  corpus_source: str | Path) -> dict:
     """What a bench record was made from: the store's rule for whether a stored one is current."""
-    return {"profile": profile.to_dict(), "sections": [s for s in SECTIONS if s in sections],
+    return {"profile": profile.to_dict(), "sections": [s for s in (*SECTIONS, *OPTIONAL_SECTIONS) if s in sections],
             "models": list(models), "corpus": str(corpus_source)}
 
 
@@ -128,9 +153,10 @@ def run_bench(profile: Profile, out: str | Path = "runs/bench", *, model: str = 
     """
 
     started, cpu_started = time.perf_counter(), time.process_time()
-    unknown = [s for s in sections if s not in SECTIONS]
+    known = (*SECTIONS, *OPTIONAL_SECTIONS)
+    unknown = [s for s in sections if s not in known]
     if unknown or not sections:
-        raise ValueError(f"unknown bench section(s) {unknown or list(sections)}; expected some of {list(SECTIONS)}")
+        raise ValueError(f"unknown bench section(s) {unknown or list(sections)}; expected some of {list(known)}")
     device = torch.device(device) if device is not None else default_device()
     models = list(models) if models is not None else bench_models(model, profile)
     load_start = os.getloadavg()
@@ -146,7 +172,7 @@ def run_bench(profile: Profile, out: str | Path = "runs/bench", *, model: str = 
     }
     corpus_fingerprint = None
     record["section_seconds"] = {}
-    for section in SECTIONS:  # always in this order: cheap sections first
+    for section in (*SECTIONS, *OPTIONAL_SECTIONS):  # always in this order: cheap sections first
         if section not in sections:
             continue
         tick = time.perf_counter()
@@ -162,6 +188,11 @@ def run_bench(profile: Profile, out: str | Path = "runs/bench", *, model: str = 
             record["probing"] = probing_bench(backbones.load(model), texts, max_length=profile.inputs.max_code_tokens,
                                               batch_size=profile.probing.feature_batch_size,
                                               repeats=profile.bench.bench_repeats, device=device, progress=progress)
+        elif section == "runs":
+            layers = backbones.load(model).num_layers
+            record["runs"] = [run_walls(task, model, layers, profile, repeats=profile.bench.bench_repeats,
+                                        progress=progress) for task in profile.bench.bench_run_tasks]
+            record["run_acceptance"] = run_acceptance(record["runs"])
         else:
             shaped = bench_profile(profile)
             record["epoch"] = {

@@ -1,6 +1,7 @@
 """What the bench (`telly.studies.bench`) times, section by section: training epochs of every method
-and freeze depth (with the frozen-prefix cache's build and payback), bf16 against float32, probing's
-one pass against truncated passes, the similarity measures, and corpus loading.
+and freeze depth (with the frozen-prefix cache's build and payback), bf16 against float32, whole
+fine-tuning runs (the runs section), probing's one pass against truncated passes, the similarity
+measures, and corpus loading.
 """
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ from telly.methods import BitFit, Full, LoRA, Telly
 from telly.prefix_cache import build_prefix_cache, run_prefix
 from telly.profiles import Profile
 from telly.similarity import layer_similarity
-from telly.store import Variant
+from telly.store import RunStore, Variant
 from telly.studies.bench_harness import (
+    Measured,
     Stopwatch,
     autocast_for,
     interleave,
@@ -394,3 +396,49 @@ def corpus_bench(source: str | Path = "stdlib", *, repeats: int,
     return {"source": str(source), "functions": functions["cold"], "fingerprint": runs["cached"].info["fingerprint"],
             "cold_seconds": cold_s, "cached_seconds": cached_s, "speedup": cold_s / cached_s,
             "runs": {name: r.seconds["seconds"] for name, r in runs.items()}}
+
+
+# ----------------------------------------------------------------------------- whole runs
+
+def run_depths(num_layers: int) -> list[int]:
+    """The runs section's variants: full fine-tuning (-1), cached Telly-L/2 and Telly-(L-1)."""
+    return [-1, num_layers // 2, num_layers - 1]
+
+
+def run_walls(task: str, model: str, num_layers: int, profile: Profile, *, repeats: int,
+              progress: bool = True) -> dict:
+    """Whole fine-tuning runs (`telly.trainer.finetune`: load, cache, train, validation, test, writing)
+    of full fine-tuning and cached Telly-K, interleaved, at the profile's sizes: each variant's median
+    wall time, its split (the record's time_split, medians) and its ratio to full fine-tuning's. The
+    task's preparation and zero-shot score are computed first, untimed, as a sweep's first run does
+    once for all its runs."""
+    variants = {Telly(k).label if k >= 0 else Full().label: Variant.of(task, model, k, profile=profile)
+                for k in run_depths(num_layers)}
+    with tempfile.TemporaryDirectory(prefix="telly-bench-runs-") as folder:
+        store = RunStore(folder)
+        shared = trainer.FineTuning(next(iter(variants.values())), store, mixed_precision=None, progress=False)
+        shared.load(None)
+        shared.before_training()
+        del shared
+
+        def measured(variant: Variant) -> Measured:
+            def run(watch: Stopwatch, repeat: int) -> dict:
+                with watch.measure("wall"):
+                    record = trainer.finetune(variant, store, progress=False)
+                for part, seconds in record["time_split"].items():
+                    watch.seconds[part] = seconds
+                return {"epochs_run": record["epochs_run"], "sizes": record["data"]["sizes"],
+                        "data_fingerprint": record["data"]["fingerprint"], "freeze": variant.freeze}
+            return run
+
+        runs = interleave({label: measured(v) for label, v in variants.items()}, repeats,
+                          desc=f"runs {task}", progress=progress)
+    full = Full().label
+    walls = {label: r.median("wall") for label, r in runs.items()}
+    ratios = ratio_to(walls, full)
+    return {"task": task, "model": model, "num_layers": num_layers, "profile": profile.name,
+            "sizes": runs[full].info["sizes"], "data_fingerprint": runs[full].info["data_fingerprint"],
+            "rows": [{"variant": label, "freeze": r.info["freeze"], "wall_seconds": walls[label],
+                      "ratio_to_full": ratios[label], "epochs_run": r.info["epochs_run"],
+                      "split": {part: r.median(part) for part in r.seconds if part != "wall"},
+                      "runs": r.seconds["wall"]} for label, r in runs.items()]}
