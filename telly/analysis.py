@@ -257,46 +257,60 @@ def non_inferiority_summary(records: Sequence[Mapping], profile: Profile, *, tri
 
 def precision_check(float32_runs: Sequence[Mapping], bf16_runs: Sequence[Mapping], profile: Profile, *,
                     samples: int | None = None) -> dict:
-    """Does bf16 autocast keep full fine-tuning's quality? The same variant run in float32 and under
-    bf16 (same seeds, same test rows): the paired difference bf16 - float32 over seeds and test rows
-    (whole groups where the rows carry them), its 95% CI, and two one-sided tests (TOST) against
-    the profile's margin for the metric: "equivalent" when both p-values are below ALPHA, i.e. the
-    difference is shown to lie within +-margin; else "not shown". Epoch times are the runs' own
-    (separate runs; the bench times the two side by side)."""
+    """Does bf16 autocast keep quality, and the freezing verdicts that rest on it? Each variant (full
+    fine-tuning, and the Telly-K whose verdict decides the task, when it ran) in float32 and under
+    bf16, same seeds and test rows: per variant the paired difference bf16 - float32 (whole groups
+    where the rows carry them), its 95% CI and two one-sided tests (TOST) against the profile's
+    margin, "equivalent" when both p-values are below ALPHA; and, with a Telly-K, the difference of
+    differences (Telly-K - full under bf16) - (Telly-K - full in float32), the quantity the verdicts
+    rest on, tested the same way. The top-level figures are full fine-tuning's. Epoch times are the
+    runs' own (separate runs; the bench times the two side by side)."""
     samples = samples or profile.statistics.bootstrap_samples
-    by_seed = [{r["seed"]: r for r in runs} for runs in (float32_runs, bf16_runs)]
-    seeds = sorted(set(by_seed[0]) & set(by_seed[1]))
+    variants: dict[tuple, list[dict]] = {}
+    for precision, runs in (("no", float32_runs), ("bf16", bf16_runs)):
+        for run in runs:
+            if (run.get("mixed_precision") or {}).get("training", "no") != precision:
+                raise ValueError(f"the precision check's {precision!r} runs were trained otherwise: {run_name(run)}")
+            variants.setdefault((run["method"], run["freeze"]), [{}, {}])[precision == "bf16"][run["seed"]] = run
+    if ("full", -1) not in variants or len(variants) > 2 or len({r["task"] for r in [*float32_runs, *bf16_runs]}) != 1:
+        raise ValueError("the precision check compares full fine-tuning, and at most one Telly-K, of one task in "
+                         "two precisions")
+    seeds = sorted(set.intersection(*(set(by_seed) for pair in variants.values() for by_seed in pair)))
     if not seeds:
-        raise ValueError("the precision check needs the same seeds in float32 and bf16, got "
-                         f"{sorted(by_seed[0])} and {sorted(by_seed[1])}")
-    pairs = [[runs[s] for s in seeds] for runs in by_seed]
-    for expected, runs in zip(("no", "bf16"), pairs):
-        wrong = [run_name(r) for r in runs if (r.get("mixed_precision") or {}).get("training", "no") != expected]
-        if wrong:
-            raise ValueError(f"the precision check's {expected!r} runs were trained otherwise: {wrong}")
-    first = pairs[0][0]
+        raise ValueError("the precision check needs the same seeds in float32 and bf16 for every variant, got "
+                         + "; ".join(f"{k}: {sorted(a)} and {sorted(b)}" for k, (a, b) in variants.items()))
+    paired = {key: [[by_seed[s] for s in seeds] for by_seed in pair] for key, pair in variants.items()}
+    first = paired[("full", -1)][0][0]
     task, metric = first["task"], first["metric"]
-    if {(r["task"], r["method"], r["freeze"]) for runs in pairs for r in runs} != {(task, first["method"], first["freeze"])}:
-        raise ValueError("the precision check compares one task and variant in two precisions")
     margin = profile.margin(metric)
-    columns = [[test_columns(r) for r in runs] for runs in pairs]
-    clusters = clusters_of(columns[0][0])
-    lower = _paired(columns[0], columns[1], task, metric, margin, clusters, samples)  # H0: bf16 - fp32 <= -margin
-    upper = _paired(columns[1], columns[0], task, metric, margin, clusters, samples)  # H0: bf16 - fp32 >= +margin
-    quality = {name: {**dict(zip(("value", "low", "high"), quality_interval(task, metric, runs, samples))),
-                      "epoch_seconds": float(np.mean([r["epoch_seconds"] for r in runs]))}
-               for name, runs in zip(("float32", "bf16"), pairs)}
-    equivalent = lower["p_value"] < ALPHA and upper["p_value"] < ALPHA
-    return {"task": task, "run": run_name(first), "metric": metric, "margin": margin, "seeds": seeds,
-            "alpha": ALPHA, "float32": quality["float32"], "bf16": quality["bf16"],
-            "difference": lower["difference"], "low": lower["low"], "high": lower["high"],
-            "p_lower": lower["p_value"], "p_upper": upper["p_value"],
-            "verdict": "equivalent" if equivalent else "not shown",
-            "epoch_ratio": quality["bf16"]["epoch_seconds"] / quality["float32"]["epoch_seconds"],
-            "timing": SWEEP_TIMING,
-            "test": "paired bf16 - float32 difference, bootstrap draws resampling seeds and test rows together "
-                    "(telly.stats.non_inferiority); two one-sided tests against +-margin, equivalent when both "
-                    f"p < {ALPHA}"}
+    columns = {key: [[test_columns(r) for r in runs] for runs in pair] for key, pair in paired.items()}
+    clusters = clusters_of(columns[("full", -1)][0][0])
+    score = score_function(task)
+
+    def variant_check(key) -> dict:
+        float32, bf16 = paired[key]
+        tested = stats.equivalence(columns[key], (-1, 1), score, metric, margin, clusters=clusters, samples=samples)
+        quality = {name: {**dict(zip(("value", "low", "high"), quality_interval(task, metric, runs, samples))),
+                          "epoch_seconds": float(np.mean([r["epoch_seconds"] for r in runs]))}
+                   for name, runs in (("float32", float32), ("bf16", bf16))}
+        return {"run": run_name(float32[0]), "float32": quality["float32"], "bf16": quality["bf16"],
+                **{k: tested[k] for k in ("difference", "low", "high", "p_lower", "p_upper", "verdict")},
+                "epoch_ratio": quality["bf16"]["epoch_seconds"] / quality["float32"]["epoch_seconds"]}
+
+    checks = [variant_check(key) for key in sorted(paired, key=lambda k: k[1])]
+    telly = [key for key in paired if key != ("full", -1)]
+    did = None
+    if telly:
+        (full32, full16), (k32, k16) = columns[("full", -1)], columns[telly[0]]
+        tested = stats.equivalence([k16, full16, k32, full32], (1, -1, -1, 1), score, metric, margin,
+                                   clusters=clusters, samples=samples)
+        did = {"run": run_name(paired[telly[0]][0][0]),
+               **{k: tested[k] for k in ("difference", "low", "high", "p_lower", "p_upper", "verdict")},
+               "what": "(Telly-K - full under bf16) - (Telly-K - full in float32)"}
+    return {"task": task, "metric": metric, "margin": margin, "seeds": seeds, "alpha": ALPHA, **checks[0],
+            "variants": checks, "difference_of_differences": did, "timing": SWEEP_TIMING,
+            "test": "paired differences, seeds and test rows both counted (telly.stats.equivalence); two one-sided "
+                    f"tests against +-margin, equivalent when both p < {ALPHA}"}
 
 
 # ----------------------------------------------------------------------------- RQ1: the probes

@@ -17,7 +17,7 @@ import yaml
 from telly import trainer
 from telly.backbones import BackboneUnavailable, smollm2_pretrained_dir
 from telly.book import BookError, build_book
-from telly.jsonio import write_json
+from telly.jsonio import read_json, write_json
 from telly.layout import SUMMARY
 from telly.methods import METHODS
 from telly.profiles import PROFILES, Profile, get_profile
@@ -183,10 +183,20 @@ def _parameter(text: str) -> tuple[str, object]:
 
 def plan(args: argparse.Namespace) -> int:
 
-    records = RunStore(args.records).records(model=args.model, profile=args.profile.name)
+    store = RunStore(args.records)
+    records = store.records(model=args.model, profile=args.profile.name)
     if not records:
         raise SystemExit(f"telly plan: no finished fine-tuning records of profile {args.profile.name!r} in {args.records}")
-    result = planning.plan(records, args.profile, power=args.power, half_width_share=args.half_width_share)
+    num_layers = records[0]["parameters"]["num_layers"]
+    summary = store.document_path(SUMMARY)
+    baselines = ({task: entry["trivial"] for task, entry in read_json(summary)["tasks"].items() if entry.get("trivial")}
+                 if summary.exists() else None)
+    tasks = sorted({r["task"] for r in records})
+    result = planning.plan(records, args.profile, power=args.power, half_width_share=args.half_width_share,
+                           min_seeds=args.min_seeds, baselines=baselines, budget_hours=args.budget_hours,
+                           depths=freezing.parse_freeze(args.depths, num_layers) if args.depths else None,
+                           drop_order=freezing.parse_freeze(args.drop_order, num_layers) if args.drop_order else (),
+                           available_units={task: planning.available_units(task, args.profile) for task in tasks})
     print("\n".join(planning.plan_lines(result)))
     if args.out:
         write_json(args.out, result)
@@ -286,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--power", type=float, default=0.8, help="power at which the margin must be shown (default 0.8)")
     p.add_argument("--half-width-share", type=float, default=None,
                    help="plan for a 95%% interval half-width of this share of the margin instead")
+    p.add_argument("--min-seeds", type=int, default=1, help="plan at least this many seeds (default 1)")
+    p.add_argument("--depths", default=None, help="the depths to plan, e.g. -1,6,10,15,20,25,29 (default: the pilot's)")
+    p.add_argument("--budget-hours", type=float, default=None, help="CPU hours the planned runs may take")
+    p.add_argument("--drop-order", default=None,
+                   help="depths to drop, first to last, while the plan exceeds --budget-hours (e.g. 25,6,20)")
     p.add_argument("--out", default=None, help="also write the plan as JSON here")
     p.set_defaults(handler=plan)
 

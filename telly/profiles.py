@@ -77,6 +77,9 @@ class Training:
     seeds: tuple[int, ...] = _help((0, 1, 2), "Training seeds; a 'keeps quality' claim needs at least three.")
     sweep_freeze: str = _help("-1,3,5", "Freeze depths a chapter sweeps on the classification tasks ('all' or "
                                         "'-1,0,3').")
+    task_sizes: tuple[tuple[str, int, int | None, int | None, int | None], ...] = _help(
+        (), "Per-task (task, seeds, train, valid, test): the number of seeds (0..n-1) and the split sizes that "
+            "replace `seeds` and the split sizes for that task; a study sized by its power plan (plan.json).")
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,17 @@ class Profile:
             raise ValueError(f"profile {self.name!r} states no non-inferiority margin for {metric!r}; "
                              f"it has {sorted(margins)}")
         return margins[metric]
+
+    def seeds_for(self, task: str) -> tuple[int, ...]:
+        """The training seeds of `task`: 0..n-1 where task_sizes plans n of them, else `seeds`."""
+        planned = {row[0]: row[1] for row in self.training.task_sizes}
+        return tuple(range(planned[task])) if task in planned else self.training.seeds
+
+    def split_sizes(self, task: str, default: tuple[int | None, int | None, int | None]) -> dict[str, int | None]:
+        """{"train", "valid", "test"} sizes of `task`: task_sizes' where it plans the task, else `default`
+        (the task's own reading of the profile: train/valid/test_examples or generation_examples)."""
+        planned = {row[0]: row[2:] for row in self.training.task_sizes}
+        return dict(zip(("train", "valid", "test"), planned.get(task, default)))
 
     def to_dict(self) -> dict:
         """Every setting under its field name, sections flattened (the form records store)."""

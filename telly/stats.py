@@ -167,21 +167,66 @@ def seeded_difference_draws(reference: Sequence[Columns], variant: Sequence[Colu
     return point, draws
 
 
-def _seed_and_row_draws(reference: Sequence[Columns], variant: Sequence[Columns], statistic: Statistic, metric: str,
-                        clusters: Sequence | None, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """The per-seed differences variant - reference of `metric` on all test rows, the bootstrap draws
-    of their mean over seeds when only the test rows (or clusters) are resampled, and the number of
-    resampling units."""
-    ref, var, n = _seed_pairs(reference, variant)
-    per_seed = np.array([_apply(statistic, v)[metric] - _apply(statistic, r)[metric] for r, v in zip(ref, var)])
+def _seed_and_row_draws(systems: Sequence[Sequence[Columns]], weights: Sequence[float], statistic: Statistic,
+                        metric: str, clusters: Sequence | None, samples: int,
+                        seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The per-seed contrasts sum_i weights[i] x `metric`(systems[i]) on all test rows (variant -
+    reference: systems (reference, variant), weights (-1, 1)), the bootstrap draws of their mean over
+    seeds when only the test rows (or clusters) are resampled, and the number of resampling units."""
+    if len(systems) != len(weights) or len({len(runs) for runs in systems}) != 1 or not systems[0]:
+        raise ValueError(f"need one weight per system and the same seeds for every system, got {len(weights)} "
+                         f"weights and {[len(runs) for runs in systems]} seeds")
+    columns = [[_columns(c) for c in runs] for runs in systems]
+    n = _length(columns[0][0])
+    if any(_length(c) != n for runs in columns for c in runs):
+        raise ValueError("every seed of every system must be scored on the same test rows")
+
+    def contrast(seed_index: int, rows=None) -> float:
+        return sum(w * _apply(statistic, {c: (col if rows is None else col[rows]) for c, col in runs[seed_index].items()})[metric]
+                   for w, runs in zip(weights, columns))
+
+    seeds = range(len(columns[0]))
+    per_seed = np.array([contrast(i) for i in seeds])
     resampler = _Resampler(n, clusters, samples, seed)
     draws = np.empty(samples)
     for s, drawn in enumerate(resampler.draws()):
         rows = resampler.rows(drawn)
-        draws[s] = np.mean([_apply(statistic, {c: col[rows] for c, col in v.items()})[metric]
-                            - _apply(statistic, {c: col[rows] for c, col in r.items()})[metric]
-                            for r, v in zip(ref, var)])
+        draws[s] = np.mean([contrast(i, rows) for i in seeds])
     return per_seed, draws, resampler.units
+
+
+def _two_level(per_seed: np.ndarray, draws: np.ndarray, units: int) -> tuple[float, float, float, float]:
+    """(mean, se, df, per-seed variance) of a mean over seeds of contrasts scored on shared test rows."""
+    row_variance = float(np.var(draws, ddof=1))
+    per_seed_variance = float(np.var(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
+    se, df = two_level_error(per_seed_variance, len(per_seed), row_variance, units)
+    return float(np.mean(per_seed)), se, df, per_seed_variance
+
+
+def equivalence(systems: Sequence[Sequence[Columns]], weights: Sequence[float], statistic: Statistic, metric: str,
+                margin: float, *, clusters: Sequence | None = None, samples: int = 1000, confidence: float = 0.95,
+                seed: int = 0, alpha: float = 0.05) -> dict:
+    """Is the contrast sum_i weights[i] x metric(systems[i]) within +-margin? Two one-sided tests (TOST)
+    with `non_inferiority`'s two-level standard error: p_lower for H0 contrast <= -margin, p_upper for
+    H0 contrast >= +margin; "equivalent" when both are below alpha, else "not shown". systems[i][j]:
+    system i's per-example columns at seed j, every system on the same seeds and test rows. A
+    difference of differences (bf16's Telly-K - full against float32's) is weights (1, -1, -1, 1)."""
+    from scipy.stats import t
+
+    if margin < 0:
+        raise ValueError(f"an equivalence margin is a non-negative distance, got {margin}")
+    _check_confidence(confidence)
+    per_seed, draws, units = _seed_and_row_draws(systems, weights, statistic, metric, clusters, samples, seed)
+    value, se, df, per_seed_variance = _two_level(per_seed, draws, units)
+    if se == 0:
+        p_lower, p_upper, half = float(value <= -margin), float(value >= margin), 0.0
+    else:
+        p_lower, p_upper = float(t.sf((value + margin) / se, df)), float(t.cdf((value - margin) / se, df))
+        half = interval_half_width(se, df, confidence)
+    return {"difference": value, "low": value - half, "high": value + half, "margin": margin,
+            "p_lower": p_lower, "p_upper": p_upper, "seeds": len(per_seed), "seed_differences": per_seed.tolist(),
+            "se": se, "df": df, "seed_sd": float(np.sqrt(per_seed_variance)), "units": units,
+            "verdict": "equivalent" if max(p_lower, p_upper) < alpha else "not shown"}
 
 
 def two_level_error(per_seed_variance: float, seeds: int, row_variance: float, units: int) -> tuple[float, float]:
@@ -222,11 +267,10 @@ def non_inferiority(reference: Sequence[Columns], variant: Sequence[Columns], st
     if margin < 0:
         raise ValueError(f"a non-inferiority margin is a non-negative distance, got {margin}")
     _check_confidence(confidence)
-    per_seed, draws, units = _seed_and_row_draws(reference, variant, statistic, metric, clusters, samples, seed)
-    difference = float(np.mean(per_seed))
+    _seed_pairs(reference, variant)  # the same seeds and test rows, or an error saying which
+    per_seed, draws, units = _seed_and_row_draws([reference, variant], (-1, 1), statistic, metric, clusters, samples, seed)
+    difference, se, df, per_seed_variance = _two_level(per_seed, draws, units)
     row_variance = float(np.var(draws, ddof=1))
-    per_seed_variance = float(np.var(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
-    se, df = two_level_error(per_seed_variance, len(per_seed), row_variance, units)
     if se == 0:
         p_value, half = (0.0 if difference > -margin else 1.0), 0.0
     else:

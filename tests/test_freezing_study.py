@@ -368,11 +368,12 @@ def test_findings_follow_the_numbers():
     assert "best validation score" not in freeze_findings(freeze_table(single, samples=50), summary)
 
 
-def _precision_runs(precision, scale=1.0, seeds=(0, 1, 2)):
-    """Full code-search runs trained in `precision` whose reciprocal ranks are full's times `scale`."""
+def _precision_runs(precision, scale=1.0, seeds=(0, 1, 2), freeze=-1):
+    """Code-search runs (full, or Telly-`freeze`) trained in `precision` whose reciprocal ranks are
+    full's times `scale`."""
     runs = []
     for seed in seeds:
-        record = _search_record(-1, seed, _full_ranks(seed) * scale)
+        record = _search_record(freeze, seed, _full_ranks(seed) * scale)
         runs.append(record | {"mixed_precision": {"training": precision, "prefix_cache": None, "evaluation": "no"},
                               "epoch_seconds": 10.0 if precision == "no" else 6.5})
     return runs
@@ -393,6 +394,29 @@ def test_the_precision_check_calls_bf16_equivalent_only_when_both_sides_are_rule
         precision_check(_precision_runs("no"), _precision_runs("no"), UNIT)
     with pytest.raises(ValueError, match="same seeds"):
         precision_check(_precision_runs("no", seeds=(0,)), _precision_runs("bf16", seeds=(1,)), UNIT)
+
+
+def test_the_precision_check_tests_the_difference_the_verdicts_rest_on():
+    """bf16 lowers full fine-tuning and Telly-3 alike: each variant moves, the difference of
+    differences does not; a bf16 that hurts only Telly-3 moves it, and the text says which."""
+    alike = precision_check(_precision_runs("no") + _precision_runs("no", freeze=3),
+                            _precision_runs("bf16", 0.8) + _precision_runs("bf16", 0.8, freeze=3), UNIT)
+    assert [v["run"] for v in alike["variants"]] == ["Base (full)", "Telly-3"]
+    assert all(v["verdict"] == "not shown" and v["difference"] < -0.02 for v in alike["variants"])
+    did = alike["difference_of_differences"]
+    assert did["run"] == "Telly-3" and did["difference"] == pytest.approx(0.0, abs=1e-12) and did["verdict"] == "equivalent"
+    assert "Telly-3 - full fine-tuning moved by +0.000" in precision_text(alike)
+    assert "the verdicts do not move" in precision_text(alike)
+    apart = precision_check(_precision_runs("no") + _precision_runs("no", freeze=3),
+                            _precision_runs("bf16") + _precision_runs("bf16", 0.8, freeze=3), UNIT)
+    moved = apart["difference_of_differences"]
+    assert moved["difference"] < -0.02 and moved["verdict"] == "not shown"
+    assert "a shift of the verdicts beyond the margin cannot be ruled out" in precision_text(apart)
+    assert precision_check(_precision_runs("no"), _precision_runs("bf16"), UNIT)["difference_of_differences"] is None
+    with pytest.raises(ValueError, match="at most one Telly-K"):
+        precision_check(_precision_runs("no") + _precision_runs("no", freeze=2) + _precision_runs("no", freeze=3),
+                        _precision_runs("bf16") + _precision_runs("bf16", freeze=2) + _precision_runs("bf16", freeze=3),
+                        UNIT)
 
 
 def test_the_generation_note_reads_the_numbers_not_the_backbone_kind():

@@ -1,17 +1,30 @@
-"""The power planner sizes a study from pilot records: more seeds where the seeds disagree, hours from
-the records' measured seconds, and a CLI that prints it."""
+"""The power planner sizes a study from pilot records: more seeds where the seeds disagree, never more
+test units than the data hold, hours from the records' parts rescaled to the planned sizes, depths
+dropped before seeds and rows, and a CLI that prints it."""
 import json
 
 import numpy as np
+import pytest
 from test_freezing_study import UNIT, _sweep_records
 
-from telly.studies.plan import plan, plan_lines
+from telly.studies.plan import RunCost, cost_at, depth_costs, plan, plan_lines, run_cost, task_sizes
+
+
+def _timed(record):
+    """Give a pilot record the parts a run's time splits into: full 3 epochs of 8 s, Telly-K (L=4)
+    (4-K)/4 of that, a 1 s cache, 2 s of validation an epoch, 5 s of loading."""
+    share = 1.0 if record["freeze"] == -1 else (4 - record["freeze"]) / 4
+    record["epochs"] = [{"epoch": e, "train_seconds": 8.0 * share, "eval_seconds": 2.0} for e in (1, 2, 3)]
+    record["cache_seconds"] = 0.0 if record["freeze"] == -1 else 1.0
+    test = record["data"]["sizes"]["test"] * 2.0 / record["data"]["sizes"]["valid"] / 2
+    record["wall_seconds"] = 5.0 + record["cache_seconds"] + 3 * (8.0 * share + 2.0) + test
+    return record
 
 
 def _pilot(spread: float):
     records = _sweep_records(worse=())
     for record in records:
-        record["wall_seconds"] = 60.0 if record["method"] == "full" else 30.0
+        _timed(record)
         if record["freeze"] == 2:
             shift = {0: -spread, 1: 0.0, 2: spread}[record["seed"]]
             record["test_per_example"]["reciprocal_rank"] = (np.asarray(record["test_per_example"]["reciprocal_rank"])
@@ -19,34 +32,104 @@ def _pilot(spread: float):
     return records
 
 
+def test_a_record_splits_into_parts_that_rescale_with_the_sizes():
+    record = _timed(_sweep_records(worse=())[1])  # Telly-0: the whole stack trains
+    cost = run_cost(record)
+    # validation: 2 s an epoch over 8 rows, two passes (metrics and loss) -> 1/8 s a row and pass
+    assert cost.eval_per_row == pytest.approx(2.0 / 8 / 2)
+    assert cost.fixed == pytest.approx(5.0) and cost.epochs == 3
+    assert cost.train_per_example == pytest.approx(1.0) and cost.cache_per_train == pytest.approx(1 / 8)
+    # twice the training data: twice the training and cache time; more test rows cost their scoring only
+    base = cost.seconds(8, 8, 120)
+    assert cost.seconds(16, 8, 120) - base == pytest.approx(3 * 8 * 1.0 + 8 * 1 / 8)
+    assert cost.seconds(8, 8, 240) - base == pytest.approx(120 * cost.eval_per_row)
+    # a generation record's row is its test decoding time per row
+    decoded = dict(record, test={"mrr": 0.5, "decode_seconds": 60.0})
+    assert run_cost(decoded).eval_per_row == pytest.approx(60.0 / 120)
+
+
+def test_an_unmeasured_depth_is_interpolated_between_measured_ones():
+    costs = depth_costs(_pilot(0.001), "code-search")
+    assert sorted(costs) == [-1, 0, 1, 2, 3]
+    two_costs = {-1: costs[-1], 3: costs[3]}  # full fine-tuning stands at K = 0
+    middle = cost_at(two_costs, 1)
+    assert isinstance(middle, RunCost)
+    expected = costs[-1].train_per_example + (costs[3].train_per_example - costs[-1].train_per_example) / 3
+    assert middle.train_per_example == pytest.approx(expected)
+    assert cost_at(costs, 2) == costs[2]
+
+
 def test_the_plan_asks_for_more_seeds_where_the_pilot_seeds_disagree():
     calm, noisy = (plan(_pilot(spread), UNIT, samples=200)["tasks"]["code-search"] for spread in (0.001, 0.03))
-    assert calm["pilot"]["seeds"] == 3 and calm["pilot"]["test_rows"] == 120
+    assert calm["pilot"]["seeds"] == 3 and calm["pilot"]["test_units"] == 120
     assert calm["choice"]["seeds"] == 3  # three agreeing seeds already decide at margin 0.02
     assert noisy["pilot"]["seed_sd"] > calm["pilot"]["seed_sd"]
-    assert noisy["choice"] is None or noisy["choice"]["seeds"] > 3
-    # one seed of every variant: full 60 s + four depths x 30 s
-    assert calm["pilot"]["seconds_per_seed"] == 180.0
-    assert [o["hours"] for o in calm["options"]] == [round(o["seeds"] * 180 / 3600, 2) for o in calm["options"]]
+    assert noisy["choice"]["seeds"] > 3 or noisy.get("capped")
 
 
-def test_a_half_width_target_is_stricter_than_the_margin_at_power_and_the_lines_say_which():
+def test_at_least_min_seeds_and_never_more_units_than_the_data_hold():
     records = _pilot(0.005)
-    at_power = plan(records, UNIT, samples=200)
-    narrow = plan(records, UNIT, samples=200, half_width_share=0.2)
-    rows = {o["seeds"]: o["rows"] for o in at_power["tasks"]["code-search"]["options"]}
-    narrow_rows = {o["seeds"]: o["rows"] for o in narrow["tasks"]["code-search"]["options"]}
-    assert all(narrow_rows[k] is None or (rows[k] is not None and narrow_rows[k] >= rows[k]) for k in rows)
-    text = "\n".join(plan_lines(narrow))
-    assert "half-width <= 0.2 x margin" in text and "code-search (mrr, margin 0.02)" in text
+    entry = plan(records, UNIT, samples=200, half_width_share=0.3, min_seeds=5,
+                 available_units={"code-search": 400})["tasks"]["code-search"]
+    assert [o["seeds"] for o in entry["options"]] == [5, 8, 10, 15, 20]
+    assert all(o["units"] is None or o["units"] <= 400 for o in entry["options"])
+    # every option's expected half-width meets the target (0.3 x margin 0.02)
+    assert all(o["expected_half_width"] <= 0.3 * 0.02 + 1e-9 for o in entry["options"] if o["units"])
+    starved = plan(records, UNIT, samples=200, half_width_share=0.05, min_seeds=5,
+                   available_units={"code-search": 130})["tasks"]["code-search"]
+    assert starved["capped"].startswith("no number of seeds up to 20 reaches the target with the 130 test units")
+    assert starved["choice"]["units"] == 130 and starved["choice"]["seeds"] == 20
 
 
-def test_telly_plan_reads_a_records_folder(tmp_path, capsys):
+def test_a_task_whose_full_fine_tuning_loses_to_its_baseline_gets_no_hours():
+    baseline = {"name": "lexical ranker", "value": 0.6, "difference": -0.03, "low": -0.09, "high": 0.03}
+    result = plan(_pilot(0.001), UNIT, samples=200, min_seeds=5, baselines={"code-search": baseline})
+    entry = result["tasks"]["code-search"]
+    assert "did not beat lexical ranker (0.600)" in entry["why_not"] and "640 training examples (4x)" not in entry["why_not"]
+    assert "32 training examples (4x)" in entry["why_not"]
+    assert result["hours"] == 0 and task_sizes(result) == ()
+    beaten = plan(_pilot(0.001), UNIT, samples=200, min_seeds=5,
+                  baselines={"code-search": baseline | {"low": 0.01}})["tasks"]["code-search"]
+    assert "why_not" not in beaten
+
+
+def test_over_budget_depths_go_first_then_the_task_is_capped_and_says_so():
+    records = _pilot(0.01)
+    free = plan(records, UNIT, samples=200, min_seeds=5, half_width_share=0.6)
+    assert free["fits"] and free["tasks"]["code-search"]["depths"] == [-1, 0, 1, 2, 3]
+    hours = free["hours"]
+    # a budget that dropping one depth meets: depth 1 goes (first in the drop order), the seeds stay
+    fewer = plan(records, UNIT, samples=200, min_seeds=5, half_width_share=0.6, budget_hours=0.97 * hours,
+                 drop_order=(1, 2))
+    entry = fewer["tasks"]["code-search"]
+    assert fewer["fits"] and entry["depths"] == [-1, 0, 2, 3] and not entry.get("capped")
+    assert entry["choice"]["seeds"] == free["tasks"]["code-search"]["choice"]["seeds"]
+    assert "depths dropped to fit the budget: [1]" in "\n".join(plan_lines(fewer))
+    # a budget no depth can meet: every droppable depth goes, then fewer seeds or test units, said with
+    # the half-width the budget buys
+    tight = plan(records, UNIT, samples=200, min_seeds=5, half_width_share=0.3, budget_hours=0.45 * hours,
+                 drop_order=(1, 2), available_units={"code-search": 1000})
+    entry = tight["tasks"]["code-search"]
+    assert entry["depths"] == [-1, 0, 3] and tight["fits"]
+    assert entry["choice"]["hours"] <= 0.45 * hours and entry["choice"]["units"] >= 120
+    assert entry["choice"]["expected_half_width"] > entry["target_half_width"]
+    assert "left of the budget pay for" in entry["capped"]
+    # a budget below even the fewest seeds on the pilot's test units: no plan, and why
+    none = plan(records, UNIT, samples=200, min_seeds=5, half_width_share=0.3, budget_hours=0.01,
+                drop_order=(1, 2))["tasks"]["code-search"]
+    assert none["choice"] is None and "pay for no option of at least 5 seeds on the pilot's 120" in none["why_not"]
+
+
+def test_telly_plan_reads_a_records_folder(tmp_path, capsys, monkeypatch):
     from telly import cli
+    from telly.studies import plan as planning
 
+    monkeypatch.setattr(planning, "available_units", lambda task, profile: 500)
     for record in _pilot(0.001):
-        record |= {"status": "finished", "profile": "smoke", "model": "m"}
+        record |= {"status": "finished", "profile": "smoke", "model": "m", "parameters": {"num_layers": 4}}
         (tmp_path / f"{record['run']}.json").write_text(json.dumps(record))
-    assert cli.main(["plan", "--records", str(tmp_path), "--profile", "smoke", "--out", str(tmp_path / "p.json")]) == 0
+    assert cli.main(["plan", "--records", str(tmp_path), "--profile", "smoke", "--min-seeds", "5",
+                     "--depths=-1,1,3", "--budget-hours", "10", "--out", str(tmp_path / "p.json")]) == 0
     assert "code-search (mrr, margin" in capsys.readouterr().out
-    assert json.loads((tmp_path / "p.json").read_text())["tasks"]["code-search"]["options"]
+    written = json.loads((tmp_path / "p.json").read_text())
+    assert written["depths"] == [-1, 1, 3] and written["tasks"]["code-search"]["options"][0]["seeds"] == 5

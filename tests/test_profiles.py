@@ -29,3 +29,20 @@ def test_to_dict_is_flat_and_every_profile_keeps_its_margins():
     assert isinstance(get_profile("laptop"), Profile)
     with pytest.raises(ValueError, match="unknown profile 'nope'"):
         get_profile("nope")
+
+
+def test_task_sizes_plan_one_tasks_seeds_and_splits_and_leave_the_others():
+    profile = get_profile("laptop").changed(task_sizes=(("code-search", 5, 300, 64, 900),))
+    assert profile.seeds_for("code-search") == (0, 1, 2, 3, 4)
+    assert profile.seeds_for("clone-detection") == profile.training.seeds
+    assert profile.split_sizes("code-search", (1, 2, 3)) == {"train": 300, "valid": 64, "test": 900}
+    assert profile.split_sizes("clone-detection", (1, 2, 3)) == {"train": 1, "valid": 2, "test": 3}
+
+
+def test_a_planned_task_loads_its_planned_splits(tiny):
+    from telly.tasks import get_task
+
+    profile = get_profile("smoke").changed(task_sizes=(("code-summarization", 5, 12, 4, 7),))
+    assert get_task("code-summarization").load_data(profile).sizes() == {"train": 12, "valid": 4, "test": 7}
+    assert get_task("code-generation").load_data(profile).sizes() == dict(zip(("train", "valid", "test"),
+                                                                             profile.generation.generation_examples))

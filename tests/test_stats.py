@@ -95,3 +95,25 @@ def test_sizes_to_show_a_margin_shrink_with_seeds_and_say_when_rows_cannot_help(
     options = {o["seeds"]: o["rows"] for o in sizes_to_show(result, 1.5, seed_options=(3, 5, 10, 40))}
     assert options[3] is None  # the seeds' spread alone exceeds what three seeds can show
     assert options[40] is not None and (options[10] is None or options[10] >= options[40])
+
+
+def test_equivalence_tests_any_contrast_of_systems_on_shared_seeds_and_rows():
+    from telly.stats import equivalence
+
+    rng = np.random.default_rng(0)
+
+    def mean_score(columns):
+        return {"score": float(np.mean(columns["score"]))}
+
+    base = [{"score": rng.normal(0.5, 0.1, 400)} for _ in range(4)]
+    shifted = [{"score": c["score"] + 0.3} for c in base]
+    # (shifted - base) - (shifted - base) = 0 exactly: equivalent within any margin
+    did = equivalence([shifted, base, shifted, base], (1, -1, -1, 1), mean_score, "score", 0.01, samples=200)
+    assert did["difference"] == pytest.approx(0.0, abs=1e-12) and did["verdict"] == "equivalent"
+    # a plain difference of 0.3 is not within 0.1: the upper one-sided test cannot reject
+    apart = equivalence([base, shifted], (-1, 1), mean_score, "score", 0.1, samples=200)
+    assert apart["difference"] == pytest.approx(0.3) and apart["verdict"] == "not shown" and apart["p_upper"] > 0.5
+    with pytest.raises(ValueError, match="one weight per system"):
+        equivalence([base, shifted], (1,), mean_score, "score", 0.1)
+    with pytest.raises(ValueError, match="same test rows"):
+        equivalence([base, [{"score": c["score"][:10]} for c in base]], (-1, 1), mean_score, "score", 0.1)

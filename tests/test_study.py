@@ -93,19 +93,22 @@ def test_the_study_resumes_after_a_kill_and_a_fresh_clone_reruns_nothing(tmp_pat
     assert set(shown.summary["tasks"]) == {"code-search"}
 
     # 2. Resumed: only code completion's two runs train, then the precision check runs code search's
-    # full fine-tune again under bf16 (the profile trains in float32); nothing finished is written again.
+    # full fine-tune and its deciding Telly-K (one seed: no verdict, so the deepest, 3) again under bf16
+    # (the profile trains in float32); nothing finished is written again.
     calls.clear()
     _counting_finetune(monkeypatch, calls)
     document = _run(tmp_path)
     assert calls == [full["code-completion"].run_id,
-                     Variant.of("code-completion", "tiny-random", 3, profile=TINY).run_id, full["code-search"].run_id]
+                     Variant.of("code-completion", "tiny-random", 3, profile=TINY).run_id, full["code-search"].run_id,
+                     Variant.of("code-search", "tiny-random", 3, profile=TINY).run_id]
     assert {path: stamp for path, stamp in _stamps(records).items() if path in finished} == finished
     assert [part for part, entry in document["parts"].items() if entry["status"] == "finished"] == study.parts(TASKS)
     assert document["sessions"][-1]["ran"] == ["rq3/code-completion", "rq2/code-completion", "precision/code-search"]
     checked = read_json(records / "precision" / f"{full['code-search'].run_id}.json")
-    assert checked["mixed_precision"]["training"] == "bf16" and document["parts"]["precision/code-search"]["runs"] == 1
+    assert checked["mixed_precision"]["training"] == "bf16" and document["parts"]["precision/code-search"]["runs"] == 2
     precision = read_json(records / "precision" / "precision.json")
-    assert precision["seeds"] == [0]
+    assert precision["seeds"] == [0] and [v["run"] for v in precision["variants"]] == ["Base (full)", "Telly-3"]
+    assert precision["difference_of_differences"]["run"] == "Telly-3"
     assert (precision["verdict"] == "equivalent") == (max(precision["p_lower"], precision["p_upper"]) < 0.05)
     assert precision["float32"]["value"] == read_json(records / f"{full['code-search'].run_id}.json")["test"]["mrr"]
     assert all(entry["wall_seconds"] > 0 for entry in document["parts"].values())
@@ -223,3 +226,23 @@ def test_a_folder_without_a_study_shows_nothing(tmp_path):
     write_json(tmp_path / "study.json", {"kind": "bench"})
     with pytest.raises(ValueError, match="study.json: not a study ledger"):
         study_records.load_study(tmp_path)
+
+
+def test_a_planned_profile_runs_rq3_only_for_its_tasks_in_its_order():
+    tasks = ["code-search", "clone-detection", "code-summarization", "code-generation"]
+    assert study.parts(tasks, ["code-generation", "code-summarization"]) == [
+        "rq3/code-generation", "rq2/code-generation", "rq3/code-summarization", "rq2/code-summarization",
+        "rq2/code-search", "rq1", "rq2/clone-detection", "precision/code-generation"]
+    assert study.parts(tasks) == ["rq3/code-search", "rq2/code-search", "rq1", "rq3/clone-detection",
+                                  "rq2/clone-detection", "rq3/code-summarization", "rq2/code-summarization",
+                                  "rq3/code-generation", "rq2/code-generation", "precision/code-search"]
+    planned = TINY.changed(task_sizes=(("code-generation", 5, 8, 8, 8),))
+    assert study.planned_tasks(planned) == ["code-generation"] and study.planned_tasks(TINY) == []
+
+
+def test_the_deciding_depth_is_the_largest_non_inferior_else_the_smallest_inferior_else_the_deepest():
+    rows = [{"method": "telly", "freeze": k} for k in (15, 29)]
+    assert study.deciding_depth({"largest_non_inferior_k": 15, "smallest_inferior_k": 29, "rows": rows}) == 15
+    assert study.deciding_depth({"largest_non_inferior_k": None, "smallest_inferior_k": 29, "rows": rows}) == 29
+    assert study.deciding_depth({"largest_non_inferior_k": None, "smallest_inferior_k": None, "rows": rows}) == 29
+    assert study.deciding_depth({"rows": []}) is None

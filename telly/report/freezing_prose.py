@@ -44,8 +44,21 @@ def precision_text(check: Mapping) -> str:
                    f"(p = {check['p_lower']:.3f} and {check['p_upper']:.3f}). The freezing verdicts do not rest on "
                    "this check: each pairs Telly-K with full fine-tuning trained in the same precision; the absolute "
                    "scores are that precision's.")
-    return (head + verdict + f" Epoch time under bf16 was {check['epoch_ratio']:.2f}x float32's "
-            f"({check['timing']}; the bench times the two side by side).")
+    return (head + verdict + _did_sentence(check) + f" Epoch time under bf16 was {check['epoch_ratio']:.2f}x "
+            f"float32's ({check['timing']}; the bench times the two side by side).")
+
+
+def _did_sentence(check: Mapping) -> str:
+    """What the precision does to the difference a freezing verdict rests on (Telly-K - full)."""
+    did = check.get("difference_of_differences")
+    if not did:
+        return ""
+    moved = (f" {did['run']} - full fine-tuning moved by {did['difference']:+.3f} from float32 to bf16 (95% CI "
+             f"{did['low']:+.3f} to {did['high']:+.3f}, margin {check['margin']:g}): ")
+    if did["verdict"] == "equivalent":
+        return moved + "both one-sided tests put the shift within the margin, so the verdicts do not move with the precision."
+    return moved + ("a shift of the verdicts beyond the margin cannot be ruled out "
+                    f"(p = {did['p_lower']:.3f} and {did['p_upper']:.3f}).")
 
 
 def _difference(row: Mapping) -> str:

@@ -152,7 +152,7 @@ def freezing_study(model: str, profile: Profile, store: RunStore | str | Path, *
                    generation_on_encoders: bool = False, progress: bool = True) -> dict:
     """Chapter 3's runs: `tasks` over `freeze` depths (default: the profile's sweep_freeze), the
     generation tasks over `generation_freeze` (the profile's generation_freeze), each over `seeds`
-    (the profile's seeds) with the `baselines` methods beside Telly-K; then every finished record of
+    (the profile's seeds of each task, `Profile.seeds_for`) with the `baselines` methods beside Telly-K; then every finished record of
     the model in the store and their summary (`write_summary`).
 
     A backbone that was not pre-trained to generate (an encoder such as MiniLM-L6) runs no generation
@@ -160,7 +160,8 @@ def freezing_study(model: str, profile: Profile, store: RunStore | str | Path, *
     decodes empty strings; `not_run` says so. Returns {"records", "failed", "ran": {task group:
     (records, read back)}, "not_run": {task: why}, "summary", "seeds"}."""
     store, data = as_store(store), dict(data or {})
-    seeds = list(profile.training.seeds if seeds is None else seeds)
+    seeds_of = {task: list(profile.seeds_for(task) if seeds is None else seeds)
+                for task in [*tasks, *generation_tasks]}
     not_run = {}
     if generation_tasks and not generation_on_encoders and not backbone_facts(model)["pretrained_generator"]:
         not_run = {task: (f"{model} is an encoder that was not pre-trained to generate text: its language-model "
@@ -170,15 +171,18 @@ def freezing_study(model: str, profile: Profile, store: RunStore | str | Path, *
     groups = ((list(tasks), profile.training.sweep_freeze if freeze is None else freeze),
               (list(generation_tasks), profile.generation.generation_freeze if generation_freeze is None else generation_freeze))
     failed, ran = [], {}
-    for group, depths in groups:
-        if not group:
-            continue
-        result = sweep(group, depths, seeds, methods=["telly", *baselines], model=model, profile=profile,
-                       store=store, data_paths={t: p for t, p in data.items() if t in group}, progress=progress)
-        failed += result["failed"]
-        ran[", ".join(group)] = (len(result["records"]), len(result["skipped"]))
+    for tasks_at_depths, depths in groups:
+        by_seeds: dict[tuple[int, ...], list[str]] = {}
+        for task in tasks_at_depths:
+            by_seeds.setdefault(tuple(seeds_of[task]), []).append(task)
+        for group_seeds, group in by_seeds.items():
+            result = sweep(group, depths, group_seeds, methods=["telly", *baselines], model=model, profile=profile,
+                           store=store, data_paths={t: p for t, p in data.items() if t in group}, progress=progress)
+            failed += result["failed"]
+            ran[", ".join(group)] = (len(result["records"]), len(result["skipped"]))
     records = store.records(model=model, profile=profile.name, tasks=[*tasks, *generation_tasks], data_paths=data)
-    return {"records": records, "failed": failed, "ran": ran, "seeds": seeds, "not_run": not_run,
+    seeds = sorted(set().union(*seeds_of.values())) if seeds_of else []
+    return {"records": records, "failed": failed, "ran": ran, "seeds": seeds, "seeds_of": seeds_of, "not_run": not_run,
             "summary": write_summary(records, profile, store)}
 
 

@@ -8,7 +8,7 @@ checkpoints that RQ2 and RQ1 then reuse instead of training again.
 
   rq3/<task>  the seed-0 full fine-tune with a checkpoint per epoch (`telly.trainer.finetune`),
               then every depth and seed of the profile (`telly.studies.freezing.sweep`: sweep_freeze,
-              or generation_freeze for the generation tasks, x profile.training.seeds), then the
+              or generation_freeze for the generation tasks, x the task's seeds, Profile.seeds_for), then the
               non-inferiority summary of every task done so far (`write_summary`). The weights of
               the task's other runs are deleted once their records are written: nothing reads them.
   rq2/<task>  per-layer RSA/CKA of each epoch checkpoint of that full fine-tune against the
@@ -16,11 +16,18 @@ checkpoints that RQ2 and RQ1 then reuse instead of training again.
   rq1         the four probes on every layer of the random, pre-trained and fine-tuned states
               (`telly.studies.probing.run_probing`), the fine-tuned state being the seed-0 full
               code-search run, as the paper probes a code-search fine-tune.
-  precision/code-search
-              last: the full code-search fine-tunes of every seed again in the other precision
-              (float32 when the profile trains under bf16 autocast, else bf16), compared paired with
-              rq3's (`telly.analysis.precision_check`): whether the profile's precision keeps
-              quality.
+  precision/<task>
+              last: the full fine-tunes of every seed, and those of the Telly-K that decides the task
+              (its largest non-inferior K, else its smallest inferior K, else its deepest), again in
+              the other precision (float32 when the profile trains under bf16 autocast, else bf16),
+              compared paired with rq3's (`telly.analysis.precision_check`): whether the profile's
+              precision keeps quality, and Telly-K - full, the difference the verdicts rest on.
+              The task: code search, or the first task of the profile's plan.
+
+A planned profile (Profile.training.task_sizes, from the power planner's plan.json) runs rq3 only
+for the tasks its plan sized, in the plan's order, each followed by its rq2; then rq2 of the other
+tasks (their seed-0 full fine-tune, for RQ2 and RQ1); the tasks the plan left out keep the reason it
+gave (plan.json beside the records).
 
 Where things go (RunStore(records, weights_root=out/weights), the layout a chapter's store has):
 
@@ -62,8 +69,8 @@ from pathlib import Path
 from telly.analysis import precision_check
 from telly.backbones import load
 from telly.corpus import load_corpus
-from telly.jsonio import as_stored
-from telly.layout import PRECISION_DIR, SIMILARITY_DIR, WEIGHTS_DIR
+from telly.jsonio import as_stored, read_json
+from telly.layout import PRECISION_DIR, SIMILARITY_DIR, SUMMARY, WEIGHTS_DIR
 from telly.profiles import Profile
 from telly.progress import progress_bar
 from telly.store import RunStore, Variant, slug
@@ -87,16 +94,40 @@ def records_dir(model: str) -> Path:
     return Path("book") / "records" / slug(model)
 
 
-def parts(tasks: Sequence[str]) -> list[str]:
+def parts(tasks: Sequence[str], planned: Sequence[str] = ()) -> list[str]:
     """The study's parts in run order: per task rq3/<task> then rq2/<task>, with rq1 right after the
     task it probes (PROBED_TASK, moved to the front when it is studied), and the precision check
-    last (when its task is studied)."""
+    last (when its task is studied). With a plan (`planned`: the tasks it sized, in its order), rq3
+    and rq2 of those tasks first, then rq2 of the others, rq1 after PROBED_TASK's, and the precision
+    check on the plan's first task."""
+    planned = [task for task in planned if task in tasks]
+    if planned:
+        order = [part for task in planned for part in (f"rq3/{task}", f"rq2/{task}")]
+        for task in sorted((t for t in tasks if t not in planned), key=lambda task: task != PROBED_TASK):
+            order += [f"rq2/{task}"] + (["rq1"] if task == PROBED_TASK else [])
+        order = order if "rq1" in order else [*order, "rq1"]
+        return [*order, f"precision/{planned[0]}"]
     ordered = sorted(tasks, key=lambda task: task != PROBED_TASK)  # stable: the others keep their order
     order = []
     for task in ordered:
         order += [f"rq3/{task}", f"rq2/{task}"] + (["rq1"] if task == PROBED_TASK else [])
     order = order if PROBED_TASK in tasks else [*order, "rq1"]
     return order + ([f"precision/{PRECISION_TASK}"] if PRECISION_TASK in tasks else [])
+
+
+def planned_tasks(profile: Profile) -> list[str]:
+    """The tasks a planned profile sized (Profile.training.task_sizes), in its order."""
+    return [row[0] for row in profile.training.task_sizes]
+
+
+def deciding_depth(entry: Mapping) -> int | None:
+    """The Telly-K whose verdict decides a task (a summary.json entry): its largest non-inferior K,
+    else its smallest inferior K, else the deepest K it swept; None without a Telly-K row."""
+    for key in ("largest_non_inferior_k", "smallest_inferior_k"):
+        if entry.get(key) is not None:
+            return int(entry[key])
+    depths = [int(r["freeze"]) for r in entry.get("rows", []) if r.get("method") == "telly"]
+    return max(depths) if depths else None
 
 
 def _identity(record: Mapping | None) -> dict | None:
@@ -124,8 +155,10 @@ class Study:
                                           else profile.training.sweep_freeze, num_layers) for task in tasks}
         self.ledger = Ledger(self.store, {
             "kind": "study", "model": model, "profile": profile.name, "profile_settings": profile.to_dict(),
-            "tasks": self.tasks, "depths": self.depths, "seeds": list(profile.training.seeds),
-            "inputs": {"model": model, "profile_settings": profile.to_dict(), "tasks": self.tasks}}, parts(self.tasks))
+            "tasks": self.tasks, "depths": self.depths,
+            "seeds": {task: list(profile.seeds_for(task)) for task in self.tasks},
+            "inputs": {"model": model, "profile_settings": profile.to_dict(), "tasks": self.tasks}},
+            parts(self.tasks, planned_tasks(profile)))
         # Fine-tune under the profile's precision (Profile.training.mixed_precision: bf16 autocast or float32).
         self.finetune_options = {"mixed_precision": profile.training.mixed_precision}
 
@@ -172,7 +205,8 @@ class Study:
 
     def rq3(self, part: str, task: str) -> None:
 
-        variants = plan([task], self.depths[task], list(self.profile.training.seeds), ["telly"],
+        seeds = list(self.profile.seeds_for(task))
+        variants = plan([task], self.depths[task], seeds, ["telly"],
                         model=self.model, profile=self.profile)
         found = [finished_run(v, self.store) for v in variants]
         if all(found) and finished_run(self.full_variant(task), self.store) is not None:
@@ -180,7 +214,7 @@ class Study:
         else:
             self.ledger.start(part, afresh=not any(found))
             self.full_run(task)
-            result = sweep([task], self.depths[task], list(self.profile.training.seeds), model=self.model,
+            result = sweep([task], self.depths[task], seeds, model=self.model,
                            profile=self.profile, store=self.store, progress=self.progress,
                            on_epoch=self.ledger.tick, **self.finetune_options)
             self.ledger.finish(part, ran=True, status="failed" if result["failed"] else "finished",
@@ -219,15 +253,20 @@ class Study:
                            inputs=self.part_inputs(part, PROBED_TASK))
 
     def precision(self, part: str, task: str) -> None:
-        """The full fine-tunes of `task` (every seed) again in the other precision, in their own
-        store (records/precision/), and precision.json comparing them with rq3's."""
+        """The full fine-tunes of `task` and those of its deciding Telly-K (every seed) again in the
+        other precision, in their own store (records/precision/), and precision.json comparing them
+        with rq3's."""
 
         other = OTHER_PRECISION[self.profile.training.mixed_precision]
         store = RunStore(self.store.root / PRECISION_DIR, weights_root=self.store.weights_root / PRECISION_DIR)
-        variants = [Variant.of(task, self.model, -1, seed=seed, profile=self.profile) for seed in self.profile.training.seeds]
+        summary_path = self.store.document_path(SUMMARY)
+        summary = read_json(summary_path) if summary_path.exists() else None
+        depth = deciding_depth(summary["tasks"].get(task, {})) if summary else None
+        variants = [Variant.of(task, self.model, k, seed=seed, profile=self.profile)
+                    for k in ([-1] if depth is None else [-1, depth]) for seed in self.profile.seeds_for(task)]
         reference = [finished_run(v, self.store) for v in variants]
         if not all(reference):
-            raise RuntimeError(f"{part} compares with rq3/{task}'s full fine-tunes, and some are missing")
+            raise RuntimeError(f"{part} compares with rq3/{task}'s fine-tunes, and some are missing")
 
         def current(variant: Variant) -> dict | None:
             record = finished_run(variant, store)

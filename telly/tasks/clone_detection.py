@@ -223,7 +223,8 @@ class CloneDetectionTask(Task):
     head_lr_scale = 20.0  # the classifier starts random: at the backbone's rate it barely moves in a laptop run
 
     def load_data(self, profile: Profile, seed: int = 0) -> TaskData:
-        sizes = {"train": profile.training.train_examples, "valid": profile.training.valid_examples, "test": profile.training.test_examples}
+        sizes = profile.split_sizes(self.name, (profile.training.train_examples, profile.training.valid_examples,
+                                                 profile.training.test_examples))
         if self.config.data_path:
             splits = {name: [ClonePairExample(r.code_a, r.code_b, r.label, f"{r.idx_a}/{r.idx_b}", r.idx_a,
                                               "bigclonebench")

@@ -66,7 +66,7 @@ class CodeCompletionTask(GenerationTask):
     truncate_source = "left"
 
     def load_data(self, profile: Profile, seed: int = 0) -> TaskData:
-        sizes = dict(zip(("train", "valid", "test"), profile.generation.generation_examples))
+        sizes = profile.split_sizes(self.name, profile.generation.generation_examples)
         if self.config.data_path:
             return self._published(sizes, seed)
 

@@ -67,7 +67,7 @@ class CodeGenerationTask(GenerationTask):
     config_class = CodeGenerationConfig
 
     def load_data(self, profile: Profile, seed: int = 0) -> TaskData:
-        sizes = dict(zip(("train", "valid", "test"), profile.generation.generation_examples))
+        sizes = profile.split_sizes(self.name, profile.generation.generation_examples)
         if self.config.data_path:
             return self._concode(sizes)
 

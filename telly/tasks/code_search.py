@@ -139,7 +139,8 @@ class CodeSearchTask(Task):
     zero_shot = True
 
     def load_data(self, profile: Profile, seed: int = 0) -> TaskData:
-        sizes = {"train": profile.training.train_examples, "valid": profile.training.valid_examples, "test": profile.training.test_examples}
+        sizes = profile.split_sizes(self.name, (profile.training.train_examples, profile.training.valid_examples,
+                                                 profile.training.test_examples))
         if self.config.data_path:
             splits = {}
             for name, size in sizes.items():

@@ -31,7 +31,7 @@ class CodeSummarizationTask(GenerationTask):
     config_class = CodeSummarizationConfig
 
     def load_data(self, profile: Profile, seed: int = 0) -> TaskData:
-        sizes = dict(zip(("train", "valid", "test"), profile.generation.generation_examples))
+        sizes = profile.split_sizes(self.name, profile.generation.generation_examples)
         if self.config.data_path:
             splits = {}
             for split, size in sizes.items():
