@@ -197,6 +197,9 @@ def plan(args: argparse.Namespace) -> int:
                            depths=freezing.parse_freeze(args.depths, num_layers) if args.depths else None,
                            drop_order=freezing.parse_freeze(args.drop_order, num_layers) if args.drop_order else (),
                            available_units={task: planning.available_units(task, args.profile) for task in tasks})
+    result["arguments"] = {"records": args.records, "profile": args.profile.name, "power": args.power,
+                           "half_width_share": args.half_width_share, "min_seeds": args.min_seeds,
+                           "depths": args.depths, "drop_order": args.drop_order, "budget_hours": args.budget_hours}
     print("\n".join(planning.plan_lines(result)))
     if args.out:
         write_json(args.out, result)

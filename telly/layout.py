@@ -7,6 +7,7 @@ place: studies write them, the read-back and report/ find them (no imports, no t
   <store>/probing/<model>/          RQ1's probing.json
   <store>/bench/bench.json          `telly bench`
   <records>/study.json              a study's ledger
+  <records>/plan.json               the power plan the study was sized by (`telly plan --out`)
   <records>/precision/              the precision check's runs and precision.json
   <out>/weights/                    a study's weights, apart from its committable records
 """
@@ -15,6 +16,7 @@ SIMILARITY_DIR = "similarity"
 PROBING_DIR = "probing"
 BENCH_DIR = "bench"
 STUDY = "study"
+PLAN = "plan"
 PRECISION_DIR = "precision"
 WEIGHTS_DIR = "weights"
 # study.json's parts: the research questions (totalled in this order), then the checks beside them.

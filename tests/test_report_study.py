@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from telly.profiles import get_profile
 from telly.report import study as report
 from telly.studies.records import StudyRecords
@@ -74,3 +76,53 @@ def test_the_bench_and_precision_notes_say_where_they_come_from_and_follow_the_c
     assert "a difference below -0.02 cannot be ruled out" in note and "0.60x float32's" in note
     shown = report.precision_note(replace(study, precision=check | {"verdict": "equivalent", "p_lower": 0.01}))
     assert "keeps the quality within the margin" in shown and "ruled out" not in shown
+
+
+def _row(freeze, verdict, low, high, **extra):
+    return {"method": "telly", "freeze": freeze, "verdict": verdict, "low": low, "high": high,
+            "seed_sd": 1.0, "row_se": 0.5, "units": 120, **extra}
+
+
+SUMMARY = {"tasks": {
+    "code-generation": {"margin": 2.0, "largest_non_inferior_k": 15, "smallest_inferior_k": 29, "no_verdict": [],
+                        "scale": {"sizes": {"train": 160, "valid": 32, "test": 120}, "seeds": 3, "precision": "bf16"},
+                        "rows": [_row(15, "non-inferior", -1.0, 1.5), _row(25, "inconclusive", -3.5, 0.5),
+                                 _row(29, "inferior", -9.0, -6.0)]},
+    "code-search": {"margin": 0.02, "largest_non_inferior_k": None, "smallest_inferior_k": None, "rows": [],
+                    "no_verdict": ["full fine-tuning does not beat lexical ranker (TF-IDF)"], "scale": {"seeds": 3}},
+}}
+PLAN = {"half_width_share": 0.6, "min_seeds": 5, "hours": 4.0, "budget_hours": 9.0, "depths": [-1, 6, 15, 29],
+        "tasks": {"code-generation": {"metric": "bleu", "margin": 2.0, "target_half_width": 1.2, "depths": [-1, 15, 29],
+                                      "choice": {"seeds": 5, "test_rows": 445, "hours": 0.86, "expected_half_width": 1.19}},
+                  "code-search": {"metric": "mrr", "margin": 0.02, "target_half_width": 0.012,
+                                  "why_not": "in the pilot full fine-tuning did not beat TF-IDF"}}}
+
+
+def test_the_decisive_table_follows_the_verdicts_and_says_what_would_decide():
+    table = report.decisive_table(SUMMARY, plan=PLAN)
+    generation = table.loc["code-generation"]
+    assert generation["non-inferior up to K"] == 15 and generation["inferior from K"] == 29
+    assert generation["inconclusive K"].startswith("25 (needs ") and "seeds x" in generation["inconclusive K"]
+    assert generation["half-width achieved"] == 2.0 and generation["half-width planned"] == 1.19
+    assert generation["scale"].startswith("160 train, 32 valid, 120 test examples") and "3 seeds" in generation["scale"]
+    search = table.loc["code-search"]
+    assert search["no verdict because"] == "full fine-tuning does not beat lexical ranker (TF-IDF)"
+    assert search["inconclusive K"] == "-" and pd.isna(search["half-width planned"])
+    # the sizes that would decide follow the measured spread: a wider one needs more
+    calm = report.sizes_to_decide(_row(25, "inconclusive", -1, 1, seed_sd=0.5, row_se=0.2), 2.0)
+    noisy = report.sizes_to_decide(_row(25, "inconclusive", -1, 1, seed_sd=3.0, row_se=0.2), 2.0)
+    assert int(calm.split()[0]) < int(noisy.split()[0]) or "more than" in noisy
+
+
+def test_the_plan_table_puts_the_plan_beside_what_was_achieved():
+    ledger = {"parts": {"rq3/code-generation": {"status": "finished", "wall_seconds": 3600.0}}}
+    achieved = {"tasks": {"code-generation": {"seeds": [0, 1, 2, 3, 4], "rows": SUMMARY["tasks"]["code-generation"]["rows"]}}}
+    table = report.plan_table(PLAN, achieved=achieved, ledger=ledger)
+    row = table.loc["code-generation"]
+    assert row["planned"] == "5 seeds x 445 test rows, depths -1, 15, 29" and row["CPU h planned"] == 0.86
+    assert row["seeds run"] == 5 and row["half-width achieved"] == 2.0 and row["CPU h measured"] == 1.0
+    assert table.loc["code-search", "planned"] == "in the pilot full fine-tuning did not beat TF-IDF"
+    assert pd.isna(report.plan_table(PLAN).loc["code-generation", "seeds run"])
+    text = report.plan_prose(PLAN)
+    assert "dropped depths 6 (depths go before seeds and rows)" in text and "No runs for code-search" in text
+    assert "4.00 of a 9-hour budget" in text

@@ -6,11 +6,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pandas as pd
+
+from telly import stats
 from telly.layout import BENCH_DIR, CHECKS, QUESTIONS
 from telly.profiles import Profile
 from telly.report.charts import ProvenanceBox, provenance_box
 from telly.report.freezing import sweep_view as freezing_sweep_view
-from telly.report.freezing_prose import precision_text
+from telly.report.freezing_prose import precision_text, scale_sentence
+from telly.report.similarity import movement_rows
 
 # What each registered backbone is, in the words a page uses wherever it says "pre-trained".
 DESCRIPTIONS = {
@@ -166,3 +170,104 @@ def part_lines(document: Mapping) -> list[str]:
                  + "".join(f", {c} check {duration(totals.get(c))}" for c in CHECKS)
                  + f", total {duration(totals['total'])}")
     return lines
+
+
+# ----------------------------------------------------------------------------- the decisive table
+
+DECIDING_SEEDS = (5, 10, 20)  # seed counts an inconclusive depth's "sizes that would decide" are given for
+
+
+def sizes_to_decide(row: Mapping, margin: float) -> str:
+    """An inconclusive depth's way out: the fewest of DECIDING_SEEDS seeds, and the test units with
+    them, at which its test would show the margin at 80% power, were its variances the ones measured."""
+    measured = {"seed_sd": row["seed_sd"], "row_se": row["row_se"], "units": row["units"]}
+    for option in stats.sizes_to_show(measured, margin, seed_options=DECIDING_SEEDS):
+        if option["rows"] is not None:
+            return f"{option['seeds']} seeds x {max(option['rows'], row['units']):,} test units"
+    return f"more than {DECIDING_SEEDS[-1]} seeds"
+
+
+def decisive_rows(summary: Mapping, *, plan: Mapping | None = None,
+                  similarity: Mapping[str, Mapping] | None = None) -> list[dict]:
+    """Per task, what chapter 3 leads with: the scale, the largest non-inferior K and the smallest
+    inferior K, each inconclusive depth with the sizes that would decide it (or why no depth gets a
+    verdict), the widest achieved 95% half-width beside the plan's expected one, and RQ2's movement
+    of the task's full fine-tune (the layers whose similarity to the pre-trained model fell, and the
+    one that moved most)."""
+    rows = []
+    for task, entry in summary["tasks"].items():
+        telly = [r for r in entry.get("rows", []) if r.get("method") == "telly"]
+        planned = ((plan or {}).get("tasks") or {}).get(task) or {}
+        choice = planned.get("choice") or {}
+        inconclusive = [f"{r['freeze']} (needs {sizes_to_decide(r, entry['margin'])})"
+                        for r in telly if r.get("verdict") == "inconclusive"]
+        achieved = max(((r["high"] - r["low"]) / 2 for r in telly), default=None)
+        row = {"task": task, "scale": scale_sentence(entry).removeprefix("Scale: "),
+               "non-inferior up to K": entry.get("largest_non_inferior_k"),
+               "inferior from K": entry.get("smallest_inferior_k"),
+               "inconclusive K": "; ".join(inconclusive) or "-",
+               "no verdict because": "; ".join(entry.get("no_verdict") or []) or "-",
+               "half-width achieved": achieved,
+               "half-width planned": None if planned.get("why_not") else choice.get("expected_half_width"),
+               "margin": entry["margin"]}
+        if similarity and task in similarity:
+            moved = movement_rows({task: similarity[task]})[0]
+            row |= {"RQ2: layers that moved": moved["moved"], "RQ2: moved most": moved["most_moved"]}
+        rows.append(row)
+    return rows
+
+
+def decisive_table(summary: Mapping, *, plan: Mapping | None = None,
+                   similarity: Mapping[str, Mapping] | None = None) -> pd.DataFrame:
+    """`decisive_rows` as chapter 3's lead table, one row per task."""
+    return pd.DataFrame(decisive_rows(summary, plan=plan, similarity=similarity)).set_index("task")
+
+
+def plan_rows(plan: Mapping, *, achieved: Mapping | None = None, ledger: Mapping | None = None) -> list[dict]:
+    """plan.json beside what was achieved: per task the planned seeds, test rows, depths, expected
+    half-width (and the target), CPU hours, or why it got no runs; with the achieved seeds and widest
+    half-width (the study's summary.json) and the measured hours of its rq3 part (study.json)."""
+    rows = []
+    for task, entry in plan["tasks"].items():
+        choice = entry.get("choice") or {}
+        summary_entry = ((achieved or {}).get("tasks") or {}).get(task) or {}
+        telly = [r for r in summary_entry.get("rows", []) if r.get("method") == "telly"]
+        part = ((ledger or {}).get("parts") or {}).get(f"rq3/{task}") or {}
+        rows.append({
+            "task": task, "metric": entry.get("metric"), "margin": entry.get("margin"),
+            "planned": entry["why_not"] if entry.get("why_not") else
+            (f"{choice['seeds']} seeds x {choice['test_rows']:,} test rows, depths {', '.join(map(str, entry['depths']))}"
+             + (" (capped by the budget)" if entry.get("capped") else "")),
+            "half-width target": entry.get("target_half_width"),
+            "half-width expected": None if entry.get("why_not") else choice.get("expected_half_width"),
+            "CPU h planned": None if entry.get("why_not") else choice.get("hours"),
+            "seeds run": len(summary_entry["seeds"]) if summary_entry.get("seeds") else None,
+            "half-width achieved": max(((r["high"] - r["low"]) / 2 for r in telly), default=None),
+            "CPU h measured": round(part["wall_seconds"] / 3600, 2) if part.get("status") == "finished" and part.get("wall_seconds") else None,
+        })
+    return rows
+
+
+def plan_table(plan: Mapping, *, achieved: Mapping | None = None, ledger: Mapping | None = None) -> pd.DataFrame:
+    """`plan_rows` as chapter 3's table, one row per task."""
+    return pd.DataFrame(plan_rows(plan, achieved=achieved, ledger=ledger)).set_index("task")
+
+
+def plan_prose(plan: Mapping) -> str:
+    """What the plan decided, in words that follow its numbers: depths kept and dropped, hours, budget."""
+    kept = sorted({k for entry in plan["tasks"].values() if entry.get("depths") and not entry.get("why_not")
+                   for k in entry["depths"]})
+    dropped = [k for k in plan["depths"] if k not in kept]
+    capped = [task for task, entry in plan["tasks"].items() if entry.get("capped")]
+    skipped = [task for task, entry in plan["tasks"].items() if entry.get("why_not")]
+    text = (f"The plan asks for a 95% interval half-width of at most {plan['half_width_share']:g} x the margin with "
+            f"at least {plan['min_seeds']} seeds, from the pilot's measured variances and costs; it spends "
+            f"{plan['hours']:.2f} of a {plan['budget_hours']:g}-hour budget for RQ3.")
+    if dropped:
+        text += f" To fit, it dropped depths {', '.join(map(str, dropped))} (depths go before seeds and rows)."
+    if capped:
+        text += (f" Even so, {', '.join(capped)} could not reach the target within the budget: its row says what the "
+                 "budget buys instead.")
+    if skipped:
+        text += f" No runs for {', '.join(skipped)}: the table says why."
+    return text

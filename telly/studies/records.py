@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from telly.jsonio import read_json
-from telly.layout import BENCH_DIR, PRECISION_DIR, SIMILARITY_DIR, STUDY, SUMMARY
+from telly.layout import BENCH_DIR, PLAN, PRECISION_DIR, SIMILARITY_DIR, STUDY, SUMMARY
 from telly.store import RunStore
 from telly.studies.probing import record_dir
 from telly.studies.similarity import output_path
@@ -33,6 +33,7 @@ class StudyRecords:
     precision: dict | None = None  # precision/precision.json once the precision check finished
     precision_runs: list[dict] = field(default_factory=list)  # the runs it trained in the other precision
     bench: dict | None = None  # bench/bench.json: `telly bench` on the study's model, when committed
+    plan: dict | None = None  # plan.json: the power plan the study was sized by, when it was
 
     @property
     def model(self) -> str | None:
@@ -59,10 +60,12 @@ def load_study(records: str | Path) -> StudyRecords:
     an empty StudyRecords (ledger None) when the folder holds no study.json."""
 
     root = Path(records)
+    plan_path = root / f"{PLAN}.json"
+    plan = read_json(plan_path) if plan_path.exists() else None
     try:
         ledger = read_study(root)
     except FileNotFoundError:
-        return StudyRecords(root, None, [], {}, [], None)
+        return StudyRecords(root, None, [], {}, [], None, plan=plan)
     if not isinstance(ledger, dict) or ledger.get("kind") != "study" or "parts" not in ledger:
         raise ValueError(f"{root / f'{STUDY}.json'}: not a study ledger (expected kind 'study' and its parts)")
     found = StudyRecords(root, ledger, [], {}, [], None)
@@ -80,4 +83,4 @@ def load_study(records: str | Path) -> StudyRecords:
         precision_runs = checked.records(model=model, profile=ledger["profile"])
     bench_path = root / BENCH_DIR / "bench.json"
     bench = read_json(bench_path) if bench_path.exists() else None
-    return StudyRecords(root, ledger, probing, similarity, runs, summary, precision, precision_runs, bench)
+    return StudyRecords(root, ledger, probing, similarity, runs, summary, precision, precision_runs, bench, plan)
