@@ -313,6 +313,45 @@ def precision_check(float32_runs: Sequence[Mapping], bf16_runs: Sequence[Mapping
                     f"tests against +-margin, equivalent when both p < {ALPHA}"}
 
 
+def quantisation_shift(original: Sequence[Mapping], quantised: Sequence[Mapping], profile: Profile, *,
+                       samples: int | None = None) -> dict:
+    """Does storing the backbone as a GGUF (Q4_1 matrices, read back) move the freezing verdicts? Per
+    task and Telly-K depth run on both models: the difference of differences (Telly-K - full on the
+    round-tripped model) - (Telly-K - full on the original), paired on seeds and test rows, with its
+    95% CI and two one-sided tests against the margin (`telly.stats.equivalence`): "within the margin"
+    when both reject, "moved" when the whole interval lies beyond the margin, else "not shown"; and
+    each model's full fine-tuning quality."""
+    samples = samples or profile.statistics.bootstrap_samples
+    index = [{(r["task"], r["method"], r["freeze"], r["seed"]): r for r in runs} for runs in (original, quantised)]
+    tasks = {}
+    for task in sorted({key[0] for key in index[0]} & {key[0] for key in index[1]}):
+        depths = sorted({key[2] for side in index for key in side if key[0] == task and key[1] == "telly"})
+        first = next(r for key, r in index[0].items() if key[0] == task)
+        metric, margin = first["metric"], profile.margin(first["metric"])
+        rows = []
+        for depth in depths:
+            seeds = sorted(set.intersection(*({key[3] for key in side if key[:3] == (task, method, k)}
+                                              for side in index for method, k in (("full", -1), ("telly", depth)))))
+            if not seeds:
+                continue
+            columns = [[test_columns(side[(task, method, k, s)]) for s in seeds]
+                       for side in (index[1], index[0]) for method, k in (("telly", depth), ("full", -1))]
+            tested = stats.equivalence(columns, (1, -1, -1, 1), score_function(task), metric, margin,
+                                       clusters=clusters_of(columns[0][0]), samples=samples)
+            moved = tested["low"] > margin or tested["high"] < -margin
+            rows.append({"freeze": depth, "seeds": seeds,
+                         **{k: tested[k] for k in ("difference", "low", "high", "p_lower", "p_upper")},
+                         "verdict": "within the margin" if tested["verdict"] == "equivalent" else
+                         "moved" if moved else "not shown"})
+        full = {name: dict(zip(("value", "low", "high"), quality_interval(
+                    task, metric, [r for key, r in side.items() if key[:3] == (task, "full", -1)], samples)))
+                for name, side in (("original", index[0]), ("round trip", index[1]))}
+        tasks[task] = {"metric": metric, "margin": margin, "full": full, "rows": rows}
+    return {"tasks": tasks, "what": "(Telly-K - full on the round-tripped model) - (Telly-K - full on the original)",
+            "test": "paired over seeds and test rows (telly.stats.equivalence); two one-sided tests against "
+                    f"+-margin at {ALPHA}"}
+
+
 # ----------------------------------------------------------------------------- RQ1: the probes
 
 # Weights "moved from uniform" when the permutation test against shuffled-label refits gives a

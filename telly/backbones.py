@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from gguf import GGMLQuantizationType, quants
 from torch import nn
 
 # Registry names of the paper's backbones -> hub ids (kept here, never in calling code).
@@ -28,7 +29,7 @@ HUB_MODELS = {
     "codebert-base": "microsoft/codebert-base",
     "graphcodebert-base": "microsoft/graphcodebert-base",
 }
-REGISTRY = ("minilm-l6", "tiny-random", "unixcoder-shape", "smollm2-135m", *HUB_MODELS)
+REGISTRY = ("minilm-l6", "minilm-l6-q4_1", "tiny-random", "unixcoder-shape", "smollm2-135m", *HUB_MODELS)
 # Encoders whose pre-training included generating text left to right (UniXcoder's unidirectional
 # and encoder-decoder objectives), so a prefix-LM over their weights starts from a language model.
 GENERATIVE_ENCODERS = ("unixcoder-base",)
@@ -383,6 +384,12 @@ def load(name_or_path: str, *, random_init: bool = False, seed: int = 0,
     name = str(name_or_path)
     if name == "minilm-l6":
         model, tokenizer, source = _load_pretrained(str(minilm_path()), random_init, seed)
+    elif name == "minilm-l6-q4_1":  # MiniLM-L6 stored as SmolLM2's GGUF stores its weights, and read back
+        model, tokenizer, source = _load_pretrained(str(minilm_path()), random_init, seed)
+        if not random_init:
+            done = gguf_round_trip(model)
+            source += (f"; GGUF round trip: {done['Q4_1']} matrices Q4_1, {done['Q8_0']} embedding tables Q8_0, "
+                       f"{done['F32']} tensors kept float32 (mean |change| {done['mean_abs_change']:.2e})")
     elif name == "tiny-random":
         model = _random_model(tiny_random_config(), seed)
         tokenizer, source = _tokenizer(minilm_path()), "random-init"
@@ -402,6 +409,32 @@ def load(name_or_path: str, *, random_init: bool = False, seed: int = 0,
     if checkpoint is not None:
         load_weights(backbone, checkpoint)
     return backbone
+
+
+BLOCK_QUANT, EMBEDDING_QUANT = "Q4_1", "Q8_0"  # what SmolLM2-135M-Instruct.Q4_1.gguf uses for each
+
+
+@torch.no_grad()
+def gguf_round_trip(model: nn.Module) -> dict:
+    """Quantise and dequantise `model`'s weights in place as the study's SmolLM2 GGUF stores its own
+    (gguf's quants, ports of llama.cpp's): every other 2-D weight (the blocks' matrices) in Q4_1, the
+    embedding tables in Q8_0, vectors (norms, biases) kept in float32. What it did: tensors per type and
+    the mean absolute change of the quantised values."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    done, changes, count = {BLOCK_QUANT: 0, EMBEDDING_QUANT: 0, "F32": 0}, 0.0, 0
+    for _, parameter in model.named_parameters():
+        kind = EMBEDDING_QUANT if id(parameter) in embeddings else BLOCK_QUANT
+        if parameter.dim() != 2 or parameter.shape[-1] % 32:  # both formats quantise rows in blocks of 32
+            done["F32"] += 1
+            continue
+        values = parameter.detach().cpu().float().numpy()
+        qtype = GGMLQuantizationType[kind]
+        restored = quants.dequantize(quants.quantize(values, qtype), qtype).reshape(values.shape)
+        changes += float(abs(restored - values).sum())
+        count += values.size
+        parameter.copy_(torch.from_numpy(restored).to(parameter.dtype))
+        done[kind] += 1
+    return done | {"mean_abs_change": changes / max(count, 1)}
 
 
 def is_causal(model: nn.Module) -> bool:

@@ -9,6 +9,7 @@ place: studies write them, the read-back and report/ find them (no imports, no t
   <records>/study.json              a study's ledger
   <records>/plan.json               the power plan the study was sized by (`telly plan --out`)
   <records>/precision/              the precision check's runs and precision.json
+  <records>/quantisation/           the quantisation check's MiniLM runs and quantisation.json
   <out>/weights/                    a study's weights, apart from its committable records
 """
 SUMMARY = "summary"
@@ -18,7 +19,8 @@ BENCH_DIR = "bench"
 STUDY = "study"
 PLAN = "plan"
 PRECISION_DIR = "precision"
+QUANTISATION_DIR = "quantisation"
 WEIGHTS_DIR = "weights"
 # study.json's parts: the research questions (totalled in this order), then the checks beside them.
 QUESTIONS = ("rq3", "rq2", "rq1")
-CHECKS = ("precision",)
+CHECKS = ("precision", "quantisation")

@@ -292,3 +292,22 @@ def test_crash_while_dequantising_leaves_no_folder(smol_cache, fake_smollm2, mon
         load("smollm2-135m")
     # no smollm2-135m folder, no temporary of this run; the stale one went, the recent one stays
     assert sorted(p.name for p in models.iterdir()) == [fresh.name, backbones.SMOLLM2_GGUF]
+
+
+def test_the_gguf_round_trip_quantises_matrices_and_keeps_vectors():
+    import torch
+
+    from telly.backbones import gguf_round_trip, load
+
+    original = load("tiny-random")
+    trip = load("tiny-random")
+    done = gguf_round_trip(trip.model)
+    matrices = [n for n, p in original.model.named_parameters() if p.dim() == 2]
+    assert done["Q4_1"] + done["Q8_0"] == len(matrices) and done["Q8_0"] == 3  # word, position, token-type tables
+    before, after = dict(original.model.named_parameters()), dict(trip.model.named_parameters())
+    for name in before:
+        if before[name].dim() == 1:  # norms and biases stay float32 as they were
+            assert torch.equal(before[name], after[name]), name
+    query = "encoder.layer.0.attention.self.query.weight"
+    change = (before[query] - after[query]).abs()
+    assert 0 < change.mean() < 0.2 * before[query].abs().mean() and done["mean_abs_change"] > 0

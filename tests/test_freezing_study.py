@@ -630,3 +630,23 @@ def test_an_inconclusive_row_says_what_would_decide_it_or_that_its_size_already_
     assert "the observed difference keeps it open" in _inconclusive(row)
     row["sizes_to_show_margin"] = [{"seeds": 3, "rows": None}, {"seeds": 20, "rows": None}]
     assert "not even 20 seeds would reach it" in _inconclusive(row)
+
+
+def test_the_quantisation_shift_tests_telly_minus_full_between_the_two_models():
+    from telly.analysis import quantisation_shift
+    from telly.report.freezing_prose import quantisation_text
+
+    original = _sweep_records(worse=())
+    same = quantisation_shift(original, _sweep_records(worse=()), UNIT, samples=200)["tasks"]["code-search"]
+    assert [r["freeze"] for r in same["rows"]] == [0, 1, 2, 3] and same["margin"] == UNIT.margin("mrr")
+    assert all(r["verdict"] == "within the margin" and r["difference"] == pytest.approx(0.0, abs=1e-12)
+               for r in same["rows"])
+    assert same["full"]["original"]["value"] == same["full"]["round trip"]["value"]
+    # the round trip costs Telly-2 a third of its reciprocal ranks and nothing else: only K = 2 moves
+    hurt = quantisation_shift(original, _sweep_records(worse=(2,)), UNIT, samples=200)
+    verdicts = {r["freeze"]: r["verdict"] for r in hurt["tasks"]["code-search"]["rows"]}
+    assert verdicts == {0: "within the margin", 1: "within the margin", 2: "moved", 3: "within the margin"}
+    assert "does not move the freezing verdicts" in quantisation_text({"tasks": {"code-search": same}})
+    text = quantisation_text(hurt)
+    assert "Telly-2 - full moves by -0." in text and "beyond the margin of 0.02" in text
+    assert "may not hold for its float original" in text

@@ -16,7 +16,7 @@ from telly.store import RunStore, Variant
 from telly.studies import freezing as rq3_study
 from telly.studies import records as study_records
 from telly.studies import similarity as rq2_study
-from telly.studies import study
+from telly.studies import quantisation, study
 
 TASKS = ("code-search", "code-completion")  # one pooled-representation task, one generation task
 TINY = get_profile("smoke").changed(name="tiny-study", train_examples=8, valid_examples=8, test_examples=8,
@@ -38,6 +38,18 @@ def private_cache(tmp_path, monkeypatch):
 
 
 REAL_FINETUNE = trainer.finetune
+
+
+@pytest.fixture(autouse=True)
+def quick_quantisation_check(monkeypatch):
+    """The study's last part sweeps MiniLM-L6 twice at laptop sizes: here a stand-in that writes its
+    document (the real check has its own test below)."""
+    def check(profile, store, *, progress=True):
+        document = {"inputs": {"profile": profile.name, "runs": []}, "tasks": {}, "models": list(quantisation.MODELS)}
+        store.write_document(quantisation.DOCUMENT, document)
+        return document
+
+    monkeypatch.setattr(study, "quantisation_check", check)
 
 
 def _patch_finetune(monkeypatch, replacement) -> None:
@@ -103,7 +115,8 @@ def test_the_study_resumes_after_a_kill_and_a_fresh_clone_reruns_nothing(tmp_pat
                      Variant.of("code-search", "tiny-random", 3, profile=TINY).run_id]
     assert {path: stamp for path, stamp in _stamps(records).items() if path in finished} == finished
     assert [part for part, entry in document["parts"].items() if entry["status"] == "finished"] == study.parts(TASKS)
-    assert document["sessions"][-1]["ran"] == ["rq3/code-completion", "rq2/code-completion", "precision/code-search"]
+    assert document["sessions"][-1]["ran"] == ["rq3/code-completion", "rq2/code-completion", "precision/code-search",
+                                               "quantisation/minilm-l6"]
     checked = read_json(records / "precision" / f"{full['code-search'].run_id}.json")
     assert checked["mixed_precision"]["training"] == "bf16" and document["parts"]["precision/code-search"]["runs"] == 2
     precision = read_json(records / "precision" / "precision.json")
@@ -180,7 +193,8 @@ def test_a_failing_part_is_recorded_and_the_others_still_run(tmp_path, private_c
                                tasks=["code-completion"], progress=False)
     assert attempted == ["code-completion", "code-completion", "code-search"]  # rq3, rq2, then rq1's fine-tune
     assert {part: entry["status"] for part, entry in document["parts"].items()} == \
-        {"rq3/code-completion": "failed", "rq2/code-completion": "failed", "rq1": "failed"}
+        {"rq3/code-completion": "failed", "rq2/code-completion": "failed", "rq1": "failed",
+         "quantisation/minilm-l6": "finished"}  # a part that needs none of the failed ones still runs
     assert document["parts"]["rq1"]["error"] == "ValueError: code-search exploded"
     assert "rq1: failed" in "\n".join(part_lines(document))
 
@@ -190,11 +204,12 @@ def test_part_lines_follow_the_numbers():
         entry = {"status": status, "wall_seconds": seconds, **({"runs": runs} if runs is not None else {})}
         return {"parts": {"rq3/code-search": entry},
                 "wall_seconds": {"rq1": 0.0, "rq2": 0.0, "rq3": seconds or 0.0, "precision": 0.0,
-                                 "total": seconds or 0.0}}
+                                 "quantisation": 60.0, "total": (seconds or 0.0) + 60.0}}
 
     finished = part_lines(document("finished", 5400.0, runs=15))
     assert finished[0] == "rq3/code-search: finished, 1.5 h, 15 runs"
-    assert finished[-1] == "measured: RQ3 1.5 h, RQ2 0.0 min, RQ1 0.0 min, precision check 0.0 min, total 1.5 h"
+    assert finished[-1] == ("measured: RQ3 1.5 h, RQ2 0.0 min, RQ1 0.0 min, precision check 0.0 min, "
+                            "quantisation check 1.0 min, total 1.5 h")
     assert part_lines(document("running", 90.0))[0] == "rq3/code-search: running, 1.5 min"
     assert part_lines(document("finished", None))[0] == "rq3/code-search: finished, not measured here"
 
@@ -232,10 +247,11 @@ def test_a_planned_profile_runs_rq3_only_for_its_tasks_in_its_order():
     tasks = ["code-search", "clone-detection", "code-summarization", "code-generation"]
     assert study.parts(tasks, ["code-generation", "code-summarization"]) == [
         "rq3/code-generation", "rq2/code-generation", "rq3/code-summarization", "rq2/code-summarization",
-        "rq2/code-search", "rq1", "rq2/clone-detection", "precision/code-generation"]
+        "rq2/code-search", "rq1", "rq2/clone-detection", "precision/code-generation", "quantisation/minilm-l6"]
     assert study.parts(tasks) == ["rq3/code-search", "rq2/code-search", "rq1", "rq3/clone-detection",
                                   "rq2/clone-detection", "rq3/code-summarization", "rq2/code-summarization",
-                                  "rq3/code-generation", "rq2/code-generation", "precision/code-search"]
+                                  "rq3/code-generation", "rq2/code-generation", "precision/code-search",
+                                  "quantisation/minilm-l6"]
     planned = TINY.changed(task_sizes=(("code-generation", 5, 8, 8, 8),))
     assert study.planned_tasks(planned) == ["code-generation"] and study.planned_tasks(TINY) == []
 
@@ -246,3 +262,19 @@ def test_the_deciding_depth_is_the_largest_non_inferior_else_the_smallest_inferi
     assert study.deciding_depth({"largest_non_inferior_k": None, "smallest_inferior_k": 29, "rows": rows}) == 29
     assert study.deciding_depth({"largest_non_inferior_k": None, "smallest_inferior_k": None, "rows": rows}) == 29
     assert study.deciding_depth({"rows": []}) is None
+
+
+def test_the_quantisation_check_sweeps_minilm_and_its_round_trip_then_reads_them_back(tmp_path, private_cache,
+                                                                                     monkeypatch):
+    tiny = TINY.changed(seeds=(0, 1))
+    calls: list[str] = []
+    _counting_finetune(monkeypatch, calls)
+    document = quantisation.quantisation_check(tiny, RunStore(tmp_path), tasks=("code-search",), progress=False)
+    assert sorted(calls) == sorted(Variant.of("code-search", model, k, seed=s, profile=tiny).run_id
+                                   for model in quantisation.MODELS for k in (-1, 3) for s in (0, 1))
+    entry = document["tasks"]["code-search"]
+    assert [r["freeze"] for r in entry["rows"]] == [3] and entry["rows"][0]["seeds"] == [0, 1]
+    assert set(entry["full"]) == {"original", "round trip"}
+    calls.clear()
+    again = quantisation.quantisation_check(tiny, RunStore(tmp_path), tasks=("code-search",), progress=False)
+    assert calls == [] and again == read_json(tmp_path / "quantisation.json")

@@ -48,6 +48,37 @@ def precision_text(check: Mapping) -> str:
             f"float32's ({check['timing']}; the bench times the two side by side).")
 
 
+def quantisation_text(check: Mapping) -> str:
+    """What the quantisation check shows (`telly.analysis.quantisation_shift`), task by task, in
+    words that follow its numbers."""
+    sentences = []
+    for task, entry in check["tasks"].items():
+        full = entry["full"]
+        head = (f"On {task}, full fine-tuning scores {full['original']['value']:.3f} on MiniLM-L6 and "
+                f"{full['round trip']['value']:.3f} on its GGUF round trip ({entry['metric']}).")
+        parts = []
+        for row in entry["rows"]:
+            shift = (f"Telly-{row['freeze']} - full moves by {row['difference']:+.3f} (95% CI {row['low']:+.3f} to "
+                     f"{row['high']:+.3f}, {len(row['seeds'])} seeds)")
+            parts.append(shift + {"within the margin": f", within the margin of {entry['margin']:g} (both one-sided "
+                                                       "tests reject a larger shift)",
+                                  "moved": f", beyond the margin of {entry['margin']:g}",
+                                  "not shown": f": a shift beyond the margin of {entry['margin']:g} is not ruled "
+                                               "out"}[row["verdict"]])
+        sentences.append(head + (" " + "; ".join(parts) + "." if parts else ""))
+    verdicts = {row["verdict"] for entry in check["tasks"].values() for row in entry["rows"]}
+    if verdicts == {"within the margin"}:
+        close = ("The format does not move the freezing verdicts on MiniLM-L6 beyond the margin, which is the "
+                 "evidence that the study's dequantised SmolLM2 gives the verdicts a float model would.")
+    elif "moved" in verdicts:
+        close = ("The format moves Telly-K - full beyond the margin on MiniLM-L6: the study's verdicts, made on a "
+                 "dequantised Q4_1 model, may not hold for its float original.")
+    else:
+        close = ("Whether the format moves the freezing verdicts is not settled at these sizes: the study's verdicts "
+                 "are about the dequantised Q4_1 model it ran.")
+    return " ".join(sentences) + " " + close
+
+
 def _did_sentence(check: Mapping) -> str:
     """What the precision does to the difference a freezing verdict rests on (Telly-K - full)."""
     did = check.get("difference_of_differences")

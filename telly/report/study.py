@@ -24,7 +24,8 @@ DESCRIPTIONS = {
     "unixcoder-base": "UniXcoder-base, a 12-layer encoder pre-trained on code (the paper's backbone)",
 }
 
-QUESTION_NAMES = {"rq1": "probing", "rq2": "layer similarity", "rq3": "freezing", "precision": "precision check"}
+QUESTION_NAMES = {"rq1": "probing", "rq2": "layer similarity", "rq3": "freezing", "precision": "precision check",
+                  "quantisation": "quantisation check"}
 
 
 def study_heading(study) -> str:

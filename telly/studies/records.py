@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from telly.jsonio import read_json
-from telly.layout import BENCH_DIR, PLAN, PRECISION_DIR, SIMILARITY_DIR, STUDY, SUMMARY
+from telly.layout import BENCH_DIR, PLAN, PRECISION_DIR, QUANTISATION_DIR, SIMILARITY_DIR, STUDY, SUMMARY
 from telly.store import RunStore
 from telly.studies.probing import record_dir
 from telly.studies.similarity import output_path
@@ -34,6 +34,7 @@ class StudyRecords:
     precision_runs: list[dict] = field(default_factory=list)  # the runs it trained in the other precision
     bench: dict | None = None  # bench/bench.json: `telly bench` on the study's model, when committed
     plan: dict | None = None  # plan.json: the power plan the study was sized by, when it was
+    quantisation: dict | None = None  # quantisation/quantisation.json once the quantisation check finished
 
     @property
     def model(self) -> str | None:
@@ -81,6 +82,10 @@ def load_study(records: str | Path) -> StudyRecords:
         checked = RunStore(root / PRECISION_DIR)
         precision = read_json(checked.document_path(PRECISION_DIR))
         precision_runs = checked.records(model=model, profile=ledger["profile"])
+    quantisation = None
+    if found.finished("quantisation"):
+        quantisation = read_json(RunStore(root / QUANTISATION_DIR).document_path(QUANTISATION_DIR))
     bench_path = root / BENCH_DIR / "bench.json"
     bench = read_json(bench_path) if bench_path.exists() else None
-    return StudyRecords(root, ledger, probing, similarity, runs, summary, precision, precision_runs, bench, plan)
+    return StudyRecords(root, ledger, probing, similarity, runs, summary, precision, precision_runs, bench, plan,
+                        quantisation)

@@ -23,6 +23,11 @@ checkpoints that RQ2 and RQ1 then reuse instead of training again.
               compared paired with rq3's (`telly.analysis.precision_check`): whether the profile's
               precision keeps quality, and Telly-K - full, the difference the verdicts rest on.
               The task: code search, or the first task of the profile's plan.
+  quantisation/minilm-l6
+              after it: full fine-tuning and Telly-K on code search and clone detection at the laptop
+              profile's sizes, on MiniLM-L6 and on its GGUF round trip (Q4_1, the study backbone's own
+              format), in records/quantisation/ (`telly.studies.quantisation`): whether the format
+              moves Telly-K - full by more than the margin.
 
 A planned profile (Profile.training.task_sizes, from the power planner's plan.json) runs rq3 only
 for the tasks its plan sized, in the plan's order, each followed by its rq2; then rq2 of the other
@@ -70,13 +75,16 @@ from telly.analysis import precision_check
 from telly.backbones import load
 from telly.corpus import load_corpus
 from telly.jsonio import as_stored, read_json
-from telly.layout import PRECISION_DIR, SIMILARITY_DIR, SUMMARY, WEIGHTS_DIR
-from telly.profiles import Profile
+from telly.layout import PRECISION_DIR, QUANTISATION_DIR, SIMILARITY_DIR, SUMMARY, WEIGHTS_DIR
+from telly.profiles import LAPTOP, Profile
 from telly.progress import progress_bar
 from telly.store import RunStore, Variant, slug
 from telly.studies.freezing import GENERATION_TASKS, parse_freeze, plan, sweep, write_summary
 from telly.studies.ledger import Ledger
 from telly.studies.probing import probing_inputs, record_dir, run_probing
+from telly.studies.quantisation import DOCUMENT as QUANTISATION_DOCUMENT
+from telly.studies.quantisation import MODELS as QUANTISATION_MODELS
+from telly.studies.quantisation import quantisation_check
 from telly.studies.similarity import output_path, similarity_texts, task_similarity
 from telly.tasks import TASKS, get_task
 from telly.trainer import finetune, finished_run
@@ -84,6 +92,8 @@ from telly.trainer import finetune, finished_run
 FULL_SEED = 0  # the full fine-tune whose epoch checkpoints RQ2 and RQ1 read (ensure_finetuned's seed)
 PROBED_TASK = "code-search"  # RQ1's fine-tuned state
 PRECISION_TASK = "code-search"  # the cheapest full fine-tune: run again in the other precision
+QUANTISATION_PART = "quantisation/minilm-l6"  # MiniLM-L6 against its GGUF round trip, at laptop sizes
+QUANTISATION_PROFILE = LAPTOP
 OTHER_PRECISION = {"bf16": "no", "no": "bf16"}  # Profile.training.mixed_precision -> the one it is checked against
 # What a failing part may raise without stopping the others (a kill still stops everything).
 PART_ERRORS = (ValueError, RuntimeError, OSError, MemoryError)
@@ -106,13 +116,13 @@ def parts(tasks: Sequence[str], planned: Sequence[str] = ()) -> list[str]:
         for task in sorted((t for t in tasks if t not in planned), key=lambda task: task != PROBED_TASK):
             order += [f"rq2/{task}"] + (["rq1"] if task == PROBED_TASK else [])
         order = order if "rq1" in order else [*order, "rq1"]
-        return [*order, f"precision/{planned[0]}"]
+        return [*order, f"precision/{planned[0]}", QUANTISATION_PART]
     ordered = sorted(tasks, key=lambda task: task != PROBED_TASK)  # stable: the others keep their order
     order = []
     for task in ordered:
         order += [f"rq3/{task}", f"rq2/{task}"] + (["rq1"] if task == PROBED_TASK else [])
     order = order if PROBED_TASK in tasks else [*order, "rq1"]
-    return order + ([f"precision/{PRECISION_TASK}"] if PRECISION_TASK in tasks else [])
+    return order + ([f"precision/{PRECISION_TASK}"] if PRECISION_TASK in tasks else []) + [QUANTISATION_PART]
 
 
 def planned_tasks(profile: Profile) -> list[str]:
@@ -290,6 +300,22 @@ class Study:
         self.ledger.finish(part, ran=not all(found), runs=len(checked),
                            run_seconds=sum(r["wall_seconds"] for r in checked))
 
+    def quantisation(self, part: str) -> None:
+        """MiniLM-L6 and its GGUF round trip, fine-tuned at the laptop profile's sizes in their own
+        store (records/quantisation/, weights discarded), and quantisation.json comparing Telly-K - full
+        between them."""
+        store = RunStore(self.store.root / QUANTISATION_DIR, weights_root=self.store.weights_root / QUANTISATION_DIR)
+        path = store.document_path(QUANTISATION_DOCUMENT)
+        inputs = as_stored({"profile_settings": QUANTISATION_PROFILE.to_dict(), "models": list(QUANTISATION_MODELS)})
+        if path.exists() and self.ledger.finished_with(part, inputs):
+            self.ledger.finish(part, ran=False)
+            return
+        before = _stamp(path)
+        self.ledger.start(part)
+        document = quantisation_check(QUANTISATION_PROFILE, store, progress=self.progress)
+        shutil.rmtree(store.weights_root, ignore_errors=True)  # records only: nothing reads these weights
+        self.ledger.finish(part, ran=_stamp(path) != before, runs=len(document["inputs"]["runs"]), inputs=inputs)
+
     def part_inputs(self, part: str, task: str) -> dict:
         """What an rq2 / rq1 document is made from, as far as can be told without the weights: the
         library's description of its data and settings and the fine-tuning record it read."""
@@ -325,6 +351,8 @@ class Study:
                     self.rq2(part, task)
                 elif question == "precision":
                     self.precision(part, task)
+                elif question == "quantisation":
+                    self.quantisation(part)
                 else:
                     self.rq1(part)
             except PART_ERRORS as exc:  # the other parts still run; the command exits non-zero
