@@ -278,3 +278,16 @@ def test_the_quantisation_check_sweeps_minilm_and_its_round_trip_then_reads_them
     calls.clear()
     again = quantisation.quantisation_check(tiny, RunStore(tmp_path), tasks=("code-search",), progress=False)
     assert calls == [] and again == read_json(tmp_path / "quantisation.json")
+
+
+def test_a_planned_study_runs_its_parts_in_the_plans_order(tmp_path, monkeypatch):
+    """The run itself follows the plan (not only `parts`): each part's method notes its turn."""
+    planned = TINY.changed(task_sizes=(("code-completion", 2, 8, 8, 8),))
+    seen = []
+    for name in ("rq3", "rq2", "rq1", "precision", "quantisation"):
+        monkeypatch.setattr(study.Study, name, lambda self, part, *args: seen.append(part))
+    document = study.run_study("tiny-random", planned, out=tmp_path / "out", records=tmp_path / "records", tasks=TASKS, progress=False)
+    assert seen == study.parts(TASKS, ["code-completion"]) == [
+        "rq3/code-completion", "rq2/code-completion", "rq2/code-search", "rq1", "precision/code-completion",
+        "quantisation/minilm-l6"]
+    assert list(document["parts"]) == seen

@@ -163,12 +163,13 @@ class Study:
         num_layers = load(model).num_layers
         self.depths = {task: parse_freeze(profile.generation.generation_freeze if task in GENERATION_TASKS
                                           else profile.training.sweep_freeze, num_layers) for task in tasks}
+        self.parts = parts(self.tasks, planned_tasks(profile))  # the run order
         self.ledger = Ledger(self.store, {
             "kind": "study", "model": model, "profile": profile.name, "profile_settings": profile.to_dict(),
             "tasks": self.tasks, "depths": self.depths,
             "seeds": {task: list(profile.seeds_for(task)) for task in self.tasks},
             "inputs": {"model": model, "profile_settings": profile.to_dict(), "tasks": self.tasks}},
-            parts(self.tasks, planned_tasks(profile)))
+            self.parts)
         # Fine-tune under the profile's precision (Profile.training.mixed_precision: bf16 autocast or float32).
         self.finetune_options = {"mixed_precision": profile.training.mixed_precision}
 
@@ -340,7 +341,7 @@ class Study:
         return True
 
     def run(self) -> dict:
-        bar = progress_bar(parts(self.tasks), desc=f"study {self.model}", unit="part", disable=not self.progress)
+        bar = progress_bar(self.parts, desc=f"study {self.model}", unit="part", disable=not self.progress)
         for part in bar:
             bar.set_postfix_str(part)
             question, _, task = part.partition("/")
