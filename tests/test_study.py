@@ -14,9 +14,9 @@ from telly.profiles import get_profile
 from telly.report.study import part_lines
 from telly.store import RunStore, Variant
 from telly.studies import freezing as rq3_study
+from telly.studies import quantisation, study
 from telly.studies import records as study_records
 from telly.studies import similarity as rq2_study
-from telly.studies import quantisation, study
 
 TASKS = ("code-search", "code-completion")  # one pooled-representation task, one generation task
 TINY = get_profile("smoke").changed(name="tiny-study", train_examples=8, valid_examples=8, test_examples=8,
@@ -286,7 +286,8 @@ def test_a_planned_study_runs_its_parts_in_the_plans_order(tmp_path, monkeypatch
     seen = []
     for name in ("rq3", "rq2", "rq1", "precision", "quantisation"):
         monkeypatch.setattr(study.Study, name, lambda self, part, *args: seen.append(part))
-    document = study.run_study("tiny-random", planned, out=tmp_path / "out", records=tmp_path / "records", tasks=TASKS, progress=False)
+    document = study.run_study("tiny-random", planned, out=tmp_path / "out", records=tmp_path / "records",
+                               tasks=TASKS, progress=False)
     assert seen == study.parts(TASKS, ["code-completion"]) == [
         "rq3/code-completion", "rq2/code-completion", "rq2/code-search", "rq1", "precision/code-completion",
         "quantisation/minilm-l6"]
