@@ -97,14 +97,26 @@ def similarity(args: argparse.Namespace) -> int:
 
 def finetune(args: argparse.Namespace) -> int:
 
+    method, freeze = ("telly-auto", -1) if args.freeze == "auto" else (args.method, args.freeze)
     options = {"r": args.lora_r, "targets": args.lora_targets.split(",") if args.lora_targets else None} \
-        if args.method == "lora" else {}
-    variant = Variant.of(args.task, args.model, args.freeze, method=args.method, cache=args.cache, seed=args.seed,
+        if method == "lora" else {"pilot_share": args.pilot_share, "threshold": args.threshold} \
+        if method == "telly-auto" else {}
+    variant = Variant.of(args.task, args.model, freeze, method=method, cache=args.cache, seed=args.seed,
                          profile=args.profile, data_path=args.data_path, **options)
     record = trainer.finetune(variant, _out(args), save_epoch_checkpoints=args.save_epoch_checkpoints,
                               mixed_precision=args.mixed_precision)
     print(trainer.summary(record))
     return 0
+
+
+def _freeze_depth(text: str) -> int | str:
+    """--freeze: an integer K, or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer K or 'auto', got {text!r}") from None
 
 
 def _task_path(text: str) -> tuple[str, str]:
@@ -244,8 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("finetune", help="fine-tune one variant (Telly-K, full, LoRA, BitFit)")
     _common(p, out="runs")
     p.add_argument("--task", required=True, choices=TASK_NAMES)
-    p.add_argument("--freeze", type=int, default=-1, help="K: freeze embeddings + blocks 0..K-1 (-1: none)")
-    p.add_argument("--method", default="telly", choices=list(METHODS), help="telly (default), full, lora or bitfit")
+    p.add_argument("--freeze", type=_freeze_depth, default=-1,
+                   help="K: freeze embeddings + blocks 0..K-1 (-1: none); auto: Telly-auto chooses K from a pilot")
+    p.add_argument("--method", default="telly", choices=list(METHODS),
+                   help="telly (default), full, telly-auto (= --freeze auto), lora or bitfit")
+    p.add_argument("--pilot-share", type=float, default=0.25,
+                   help="Telly-auto: the share of the first epoch its full fine-tuning pilot runs")
+    p.add_argument("--threshold", type=float, default=0.05,
+                   help="Telly-auto: a layer counts as still while its movement (1 - min(debiased CKA, RSA)) is below this")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", dest="cache", action="store_false",
                    help="run the frozen blocks every batch (the paper's Telly) instead of caching them")

@@ -87,6 +87,37 @@ class Telly(Method):
 
 
 @dataclass(frozen=True)
+class TellyAuto(Method):
+    """Telly-auto: K chosen before training. A pilot of full fine-tuning for `pilot_share` of the first
+    epoch's steps, on a copy; each layer's movement from the pre-trained model on the validation
+    inputs (1 - the lower of debiased CKA and RSA); K = the deepest depth below which every layer
+    moved less than `threshold` (`telly.selectors`); then cached Telly-K from the pre-trained
+    weights. The trainer resolves it into Telly(K) (or Full() when even the embeddings moved)."""
+
+    pilot_share: float = 0.25
+    threshold: float = 0.05
+    cache: bool = True
+    name: ClassVar[str] = "telly-auto"
+    label: ClassVar[str] = "Telly-auto"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.pilot_share <= 1:
+            raise ValueError(f"Telly-auto's pilot share of the first epoch must be in (0, 1], got {self.pilot_share!r}")
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"Telly-auto's movement threshold must be in (0, 1), got {self.threshold!r}")
+
+    def check_depth(self, num_layers: int) -> None:
+        """The depth is chosen later, within the backbone's range."""
+
+    def resolved(self, freeze: int) -> Method:
+        """The method the chosen depth makes: cached Telly-K, or full fine-tuning at K = -1."""
+        return Full() if freeze == -1 else Telly(freeze, self.cache)
+
+    def apply(self, task_model: nn.Module) -> dict:
+        raise RuntimeError("Telly-auto chooses K first: the trainer applies resolved(K)")
+
+
+@dataclass(frozen=True)
 class LoRA(Method):
     """LoRA (peft): the backbone frozen, rank-r adapters on the attention projections, head trained."""
 
@@ -141,7 +172,7 @@ class BitFit(Method):
         return {"bias_tensors": len(biases)}
 
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Full, Telly, LoRA, BitFit)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Full, Telly, TellyAuto, LoRA, BitFit)}
 
 
 def make_method(name: str, freeze: int = -1, cache: bool = True, **options) -> Method:

@@ -5,7 +5,8 @@ Read top to bottom, `finetune` does (one `FineTuning` method per step):
      the device and training precision under Accelerate (same code for `accelerate launch`);
   2. load the backbone (the method checks its freeze depth against it), the task data, the task model;
   3. before training: the task's preparation, the zero-shot test score and the validation score of
-     the pre-trained model when the task allows it (code search); the method sets what trains;
+     the pre-trained model when the task allows it (code search); Telly-auto's pilot chooses K
+     (selectors.py); the method sets what trains;
   4. frozen-prefix cache: for cached Telly-K run embeddings + blocks 0..K-1 once over the training
      split (prefix_cache.py), and once per validation and test row when first evaluated (PrefixMemo);
   5. AdamW (the profile's weight decay, gradient norm clipped) + linear warmup/decay, after one
@@ -46,10 +47,11 @@ from telly import backbones, stats
 from telly.batching import batches, move_to
 from telly.features import precision_autocast
 from telly.jsonio import as_stored
-from telly.methods import backbone_state_dict
+from telly.methods import TellyAuto, backbone_state_dict
 from telly.prefix_cache import PrefixMemo, build_prefix_cache
 from telly.profiles import Profile
 from telly.progress import progress_bar
+from telly.selectors import MEASURES, deepest_still, movement_curve, piloted, pooled_layers
 from telly.store import HEAD_WEIGHTS, WEIGHTS, RunStore, Variant, as_store, provenance, slug
 from telly.tasks import Task, get_task
 
@@ -276,10 +278,43 @@ class FineTuning:
         self.zero_shot = _zero_shot(task, model, self.data, self.tokenizer, profile, self.variant.model,
                                     self.store, self.device, self.main) if scored else None
         self.prepare_seconds = time.perf_counter() - tick
+        self.selection, self.pilot_seconds = None, 0.0
+        if isinstance(self.method, TellyAuto):
+            self.choose_depth()
         self.method_config = self.method.apply(model)
         self.trainable, self.total = _count(model.parameters())
         self.backbone_trainable, self.backbone_total = _count(model.backbone.parameters())
         model.to(self.device)
+
+    def choose_depth(self) -> None:
+        """Telly-auto: full fine-tuning of a copy for the pilot's share of the first epoch, each layer's
+        movement from the pre-trained model on the validation inputs, K from the threshold; the run
+        then trains cached Telly-K from the pre-trained weights (the copy is dropped). The pilot's time
+        is part of the run's."""
+        tick = time.perf_counter()
+        auto, training, task = self.method, self.profile.training, self.task
+        pilot = copy.deepcopy(self.task_model)
+        optimizer = optimizer_factory(task, self.profile, task.head_lr_scale * training.learning_rate)(pilot)
+        steps = max(1, round(auto.pilot_share * -(-len(self.data.train) // training.batch_size)))
+        order = np.random.default_rng([self.variant.seed, 0]).permutation(len(self.data.train)).tolist()
+        pilot.train()
+        losses = []
+        for start in range(0, steps * training.batch_size, training.batch_size):
+            rows = [self.data.train[i] for i in order[start:start + training.batch_size]]
+            batch = move_to(task.collate(rows, self.tokenizer, self.profile), self.device)
+            losses.append(train_step(pilot, batch, optimizer, autocast=self.autocast))
+        inputs = [move_to(field, self.device) for chunk in batches(self.data.valid, training.batch_size)
+                  for field in task.collate(chunk, self.tokenizer, self.profile)["inputs"].values()]
+        curve = movement_curve(pooled_layers(self.backbone, inputs),
+                               pooled_layers(piloted(self.backbone, pilot.backbone), inputs))
+        self.freeze = deepest_still(curve, auto.threshold)
+        self.method = auto.resolved(self.freeze)
+        self.pilot_seconds = time.perf_counter() - tick
+        self.selection = {"method": auto.name, "pilot_share": auto.pilot_share, "pilot_steps": steps,
+                          "pilot_losses": losses, "threshold": auto.threshold, "measures": list(MEASURES),
+                          "inputs": f"{len(self.data.valid)} validation examples, every text field",
+                          "curve": curve, "chosen_freeze": self.freeze, "chosen": self.method.label,
+                          "pilot_seconds": self.pilot_seconds}
 
     def build_cache(self) -> None:
         """4. Frozen-prefix cache: the bottom K blocks run once, here, not in every epoch."""
@@ -389,8 +424,8 @@ class FineTuning:
         variant, profile, task, epochs = self.variant, self.profile, self.task, self.epochs
         best_epoch, use_cache, test = self.best["epoch"], self.method.cache, self.test_result
         record = {
-            "run": self.name, "task": task.name, "model": variant.model, "method": self.method.name,
-            "freeze": self.freeze, "seed": variant.seed, "profile": profile.name,
+            "run": self.name, "task": task.name, "model": variant.model, "method": variant.method.name,
+            "freeze": self.freeze, "selection": self.selection, "seed": variant.seed, "profile": profile.name,
             "profile_settings": as_stored(profile.to_dict()), "status": "finished", "label": variant.label,
             "method_config": self.method_config, "task_config": task.config.to_dict(),
             "cache": self.cache_info, "uses_cache": use_cache, "evaluation_prefix_memo": self.memo_info,
@@ -431,7 +466,8 @@ class FineTuning:
         }
         record["wall_seconds"] = time.perf_counter() - self.started
         record["time_split"] = time_split(record["wall_seconds"], load=self.load_seconds,
-                                          prepare=self.prepare_seconds, cache=self.cache_seconds,
+                                          prepare=self.prepare_seconds, pilot=self.pilot_seconds,
+                                          cache=self.cache_seconds,
                                           train=sum(e["train_seconds"] for e in epochs),
                                           eval=sum(e["eval_seconds"] for e in epochs) + self.valid_seconds,
                                           test=self.test_seconds)

@@ -508,7 +508,7 @@ def test_the_runs_section_times_whole_runs_and_checks_the_issue_targets(tmp_path
     full = section["rows"][0]
     assert full["ratio_to_full"] == 1.0
     for row in section["rows"]:
-        assert set(row["split"]) == {"load", "prepare", "cache", "train", "eval", "test", "other"}
+        assert set(row["split"]) == {"load", "prepare", "pilot", "cache", "train", "eval", "test", "other"}
         assert row["ratio_to_full"] == pytest.approx(row["wall_seconds"] / full["wall_seconds"])
         assert (row["split"]["cache"] > 0) == (row["freeze"] >= 0)
     # One untimed preparation first, then the three timed runs (which read it back).

@@ -25,7 +25,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("verdicts", ("telly.analysis",)),
     ("models and data", ("telly.backbones", "telly.batching", "telly.sequences", "telly.freezing", "telly.methods",
                          "telly.prefix_cache", "telly.features", "telly.similarity", "telly.corpus", "telly.loaders",
-                         "telly.decoding")),
+                         "telly.decoding", "telly.selectors")),
     ("tasks and probes", ("telly.tasks", "telly.tasks.*", "telly.probing", "telly.probing.*")),
     ("runs", ("telly.store", "telly.trainer")),
     ("results", ("telly.report", "telly.report.*", "telly.studies", "telly.studies.*")),

@@ -117,7 +117,7 @@ def markdown(record: Mapping) -> str:
     return "\n".join(lines)
 
 
-RUN_PARTS = ("load", "prepare", "cache", "train", "eval", "test", "other")
+RUN_PARTS = ("load", "prepare", "cache", "train", "eval", "test", "other")  # (a Telly-auto run adds "pilot")
 
 
 def runs_markdown(record: Mapping) -> list[str]:
