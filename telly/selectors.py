@@ -21,6 +21,9 @@ from telly.features import block_outputs, masked_mean
 from telly.similarity import layer_similarity
 
 MEASURES = ("cka_debiased", "rsa")
+# The gradient selector's share of the busiest block's relative gradient norm under which a block counts
+# as quiet. Not yet set on MiniLM's laptop runs (issue 23 asks for that before any SmolLM2 run).
+GRADIENT_THRESHOLD = 0.5
 
 
 @torch.no_grad()
@@ -57,3 +60,47 @@ def deepest_still(curve: Sequence[Mapping], threshold: float) -> int:
 def piloted(backbone: Backbone, model: torch.nn.Module) -> Backbone:
     """`backbone` with the pilot's copy of its weights (same tokenizer, name and kind)."""
     return replace(backbone, model=model)
+
+
+class GradientNorms:
+    """A pilot's other signal, in the spirit of AutoFreeze: per block, the mean over the pilot's steps
+    of the gradient norm relative to the weight norm (read by hooks as each gradient is accumulated,
+    so the training step itself is untouched). `remove()` takes the hooks off."""
+
+    def __init__(self, layers: Sequence[torch.nn.Module]) -> None:
+        self.steps: dict[int, list[float]] = {i: [] for i in range(len(layers))}
+        self._sums = dict.fromkeys(self.steps, 0.0)  # this step's squared gradient norm so far, per block
+        self._seen = dict.fromkeys(self.steps, 0)  # and how many of the block's gradients it holds
+        self._handles = [parameter.register_post_accumulate_grad_hook(self._hook(index, layer))
+                         for index, layer in enumerate(layers) for parameter in layer.parameters()]
+
+    def _hook(self, index: int, layer: torch.nn.Module):
+        count = sum(1 for _ in layer.parameters())
+
+        def add(parameter: torch.Tensor) -> None:
+            self._sums[index] += float(parameter.grad.float().pow(2).sum())
+            self._seen[index] += 1
+            if self._seen[index] == count:  # the block's every gradient is in: one step's relative norm
+                weight = sum(float(p.detach().float().pow(2).sum()) for p in layer.parameters()) ** 0.5
+                self.steps[index].append(self._sums[index] ** 0.5 / max(weight, 1e-12))
+                self._sums[index], self._seen[index] = 0.0, 0
+        return add
+
+    def curve(self) -> list[float]:
+        """Per block, the mean relative gradient norm over the steps, as a share of the largest block's."""
+        means = [float(np.mean(values)) if values else 0.0 for values in self.steps.values()]
+        top = max(means) if means and max(means) > 0 else 1.0
+        return [m / top for m in means]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def deepest_quiet(shares: Sequence[float], threshold: float) -> int:
+    """K by the gradient signal: the deepest depth whose blocks 0..K-1 all drew less than `threshold`
+    of the busiest block's relative gradient norm (0: none did), at most L-1."""
+    quiet = 0
+    while quiet < len(shares) and shares[quiet] < threshold:
+        quiet += 1
+    return min(quiet, len(shares) - 1)

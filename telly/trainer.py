@@ -51,7 +51,16 @@ from telly.methods import TellyAuto, backbone_state_dict
 from telly.prefix_cache import PrefixMemo, build_prefix_cache
 from telly.profiles import Profile
 from telly.progress import progress_bar
-from telly.selectors import MEASURES, deepest_still, movement_curve, piloted, pooled_layers
+from telly.selectors import (
+    GRADIENT_THRESHOLD,
+    MEASURES,
+    GradientNorms,
+    deepest_quiet,
+    deepest_still,
+    movement_curve,
+    piloted,
+    pooled_layers,
+)
 from telly.store import HEAD_WEIGHTS, WEIGHTS, RunStore, Variant, as_store, provenance, slug
 from telly.tasks import Task, get_task
 
@@ -298,11 +307,12 @@ class FineTuning:
         steps = max(1, round(auto.pilot_share * -(-len(self.data.train) // training.batch_size)))
         order = np.random.default_rng([self.variant.seed, 0]).permutation(len(self.data.train)).tolist()
         pilot.train()
-        losses = []
+        losses, gradients = [], GradientNorms(piloted(self.backbone, pilot.backbone).layers)
         for start in range(0, steps * training.batch_size, training.batch_size):
             rows = [self.data.train[i] for i in order[start:start + training.batch_size]]
             batch = move_to(task.collate(rows, self.tokenizer, self.profile), self.device)
             losses.append(train_step(pilot, batch, optimizer, autocast=self.autocast))
+        gradients.remove()
         inputs = [move_to(field, self.device) for chunk in batches(self.data.valid, training.batch_size)
                   for field in task.collate(chunk, self.tokenizer, self.profile)["inputs"].values()]
         curve = movement_curve(pooled_layers(self.backbone, inputs),
@@ -314,7 +324,14 @@ class FineTuning:
                           "pilot_losses": losses, "threshold": auto.threshold, "measures": list(MEASURES),
                           "inputs": f"{len(self.data.valid)} validation examples, every text field",
                           "curve": curve, "chosen_freeze": self.freeze, "chosen": self.method.label,
-                          "pilot_seconds": self.pilot_seconds}
+                          "pilot_seconds": self.pilot_seconds,
+                          # The other selectors issue 23 compares, read off the same pilot:
+                          "alternatives": {
+                              "gradient": {"shares": gradients.curve(), "threshold": GRADIENT_THRESHOLD,
+                                           "freeze": deepest_quiet(gradients.curve(), GRADIENT_THRESHOLD),
+                                           "rule": "blocks whose mean relative gradient norm stayed under the "
+                                                   "threshold's share of the busiest block's"},
+                              "half": {"freeze": self.backbone.num_layers // 2, "rule": "K = L/2, fixed"}}}
 
     def build_cache(self) -> None:
         """4. Frozen-prefix cache: the bottom K blocks run once, here, not in every epoch."""

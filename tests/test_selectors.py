@@ -60,6 +60,9 @@ def test_a_telly_auto_run_pilots_chooses_and_trains_what_it_chose(tmp_path, thre
     assert [row["layer"] for row in selection["curve"]] == list(range(5)) and selection["threshold"] == threshold
     assert record["time_split"]["pilot"] == selection["pilot_seconds"] > 0
     assert record["uses_cache"] == (expected >= 0)
+    alternatives = selection["alternatives"]
+    assert alternatives["half"]["freeze"] == 2 and len(alternatives["gradient"]["shares"]) == 4
+    assert max(alternatives["gradient"]["shares"]) == pytest.approx(1.0) and 0 <= alternatives["gradient"]["freeze"] <= 3
     # the run trained from the pre-trained weights: the frozen blocks are exactly the pre-trained ones
     trained = backbones.load("tiny-random", checkpoint=tmp_path / record["run"])
     fresh = backbones.load("tiny-random")
@@ -78,3 +81,25 @@ def test_the_cli_takes_freeze_auto(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["finetune", "--task", "clone-detection", "--freeze", "deep"])
     assert "expected an integer K or 'auto', got 'deep'" in capsys.readouterr().err
+
+
+def test_the_gradient_signal_reads_each_blocks_relative_gradient_norm():
+    from telly.selectors import GradientNorms, deepest_quiet
+
+    torch.manual_seed(0)
+    blocks = torch.nn.ModuleList([torch.nn.Linear(4, 4) for _ in range(3)])
+    norms = GradientNorms(blocks)
+    x = torch.randn(8, 4)
+    for _ in range(2):
+        out = x
+        for index, block in enumerate(blocks):
+            out = block(out) * (0.01 if index == 0 else 1.0)  # block 0 hardly matters to the loss
+        out.pow(2).sum().backward()
+        blocks.zero_grad()
+    norms.remove()
+    assert [len(v) for v in norms.steps.values()] == [2, 2, 2]
+    shares = norms.curve()
+    assert max(shares) == 1.0 and shares[0] < 0.1
+    assert deepest_quiet(shares, 0.5) >= 1  # block 0 is quiet
+    assert deepest_quiet([0.1, 0.2, 1.0], 0.5) == 2 and deepest_quiet([0.9, 1.0], 0.5) == 0
+    assert deepest_quiet([0.0, 0.0, 0.0], 0.5) == 2  # at most L - 1
