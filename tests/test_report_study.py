@@ -118,11 +118,20 @@ def test_the_plan_table_puts_the_plan_beside_what_was_achieved():
     ledger = {"parts": {"rq3/code-generation": {"status": "finished", "wall_seconds": 3600.0}}}
     achieved = {"tasks": {"code-generation": {"seeds": [0, 1, 2, 3, 4], "rows": SUMMARY["tasks"]["code-generation"]["rows"]}}}
     table = report.plan_table(PLAN, achieved=achieved, ledger=ledger)
-    row = table.loc["code-generation"]
-    assert row["planned"] == "5 seeds x 445 test rows, depths -1, 15, 29" and row["CPU h planned"] == 0.86
-    assert row["seeds run"] == 5 and row["half-width achieved"] == 2.0 and row["CPU h measured"] == 1.0
-    assert table.loc["code-search", "planned"] == "in the pilot full fine-tuning did not beat TF-IDF"
-    assert pd.isna(report.plan_table(PLAN).loc["code-generation", "seeds run"])
+    row = table.loc["code-generation (bleu, margin 2)"]
+    assert row["plan"] == "5 seeds x 445 test rows, depths -1, 15, 29"
+    assert row["half-width: target / expected / achieved"] == "1.2 / 1.19 / 2 (5 seeds)"
+    assert row["CPU h: planned / measured"] == "0.86 / 1.00"
+    assert table.loc["code-search (mrr, margin 0.02)", "plan"] == "in the pilot full fine-tuning did not beat TF-IDF"
+    assert report.plan_table(PLAN).loc["code-generation (bleu, margin 2)", "CPU h: planned / measured"] == "0.86 / -"
     text = report.plan_prose(PLAN)
     assert "dropped depths 6 (depths go before seeds and rows)" in text and "No runs for code-search" in text
     assert "4.00 of a 9-hour budget" in text
+
+
+def test_the_decisive_blocks_say_the_same_in_words():
+    text = report.decisive_markdown(SUMMARY, plan=PLAN)
+    assert "**code-generation** (160 train, 32 valid, 120 test examples" in text
+    assert "keeps quality (non-inferior) up to K = 15; loses it (inferior) from K = 29" in text
+    assert "- inconclusive: K = 25 (needs " in text and "the re-sized study plans 1.19" in text
+    assert "- no verdict: full fine-tuning does not beat lexical ranker (TF-IDF)" in text

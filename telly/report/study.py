@@ -224,27 +224,35 @@ def decisive_table(summary: Mapping, *, plan: Mapping | None = None,
     return pd.DataFrame(decisive_rows(summary, plan=plan, similarity=similarity)).set_index("task")
 
 
+def _number(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
 def plan_rows(plan: Mapping, *, achieved: Mapping | None = None, ledger: Mapping | None = None) -> list[dict]:
-    """plan.json beside what was achieved: per task the planned seeds, test rows, depths, expected
-    half-width (and the target), CPU hours, or why it got no runs; with the achieved seeds and widest
-    half-width (the study's summary.json) and the measured hours of its rq3 part (study.json)."""
+    """plan.json beside what was achieved, per task: the plan (seeds, test rows, depths) or why the task
+    got no runs; the 95% half-width targeted, expected and achieved (the widest over the task's depths
+    in the study's summary.json, with the seeds run); the CPU hours planned and measured (its rq3 part
+    in study.json)."""
     rows = []
     for task, entry in plan["tasks"].items():
         choice = entry.get("choice") or {}
         summary_entry = ((achieved or {}).get("tasks") or {}).get(task) or {}
         telly = [r for r in summary_entry.get("rows", []) if r.get("method") == "telly"]
         part = ((ledger or {}).get("parts") or {}).get(f"rq3/{task}") or {}
+        skipped = bool(entry.get("why_not"))
+        widest = max(((r["high"] - r["low"]) / 2 for r in telly), default=None)
+        seeds = len(summary_entry["seeds"]) if summary_entry.get("seeds") else None
+        measured = part["wall_seconds"] / 3600 if part.get("status") == "finished" and part.get("wall_seconds") else None
         rows.append({
-            "task": task, "metric": entry.get("metric"), "margin": entry.get("margin"),
-            "planned": entry["why_not"] if entry.get("why_not") else
+            "task": f"{task} ({entry.get('metric')}, margin {entry.get('margin'):g})",
+            "plan": entry["why_not"] if skipped else
             (f"{choice['seeds']} seeds x {choice['test_rows']:,} test rows, depths {', '.join(map(str, entry['depths']))}"
              + (" (capped by the budget)" if entry.get("capped") else "")),
-            "half-width target": entry.get("target_half_width"),
-            "half-width expected": None if entry.get("why_not") else choice.get("expected_half_width"),
-            "CPU h planned": None if entry.get("why_not") else choice.get("hours"),
-            "seeds run": len(summary_entry["seeds"]) if summary_entry.get("seeds") else None,
-            "half-width achieved": max(((r["high"] - r["low"]) / 2 for r in telly), default=None),
-            "CPU h measured": round(part["wall_seconds"] / 3600, 2) if part.get("status") == "finished" and part.get("wall_seconds") else None,
+            "half-width: target / expected / achieved": "-" if skipped else
+            f"{_number(entry.get('target_half_width'))} / {_number(choice.get('expected_half_width'))} / "
+            f"{_number(widest)}" + (f" ({seeds} seeds)" if seeds else ""),
+            "CPU h: planned / measured": "-" if skipped else f"{choice.get('hours'):.2f} / "
+            + ("-" if measured is None else f"{measured:.2f}"),
         })
     return rows
 
@@ -252,6 +260,33 @@ def plan_rows(plan: Mapping, *, achieved: Mapping | None = None, ledger: Mapping
 def plan_table(plan: Mapping, *, achieved: Mapping | None = None, ledger: Mapping | None = None) -> pd.DataFrame:
     """`plan_rows` as chapter 3's table, one row per task."""
     return pd.DataFrame(plan_rows(plan, achieved=achieved, ledger=ledger)).set_index("task")
+
+
+def decisive_markdown(summary: Mapping, *, plan: Mapping | None = None,
+                      similarity: Mapping[str, Mapping] | None = None) -> str:
+    """`decisive_rows` as one short block per task (a table this wide would not fit the text column)."""
+    blocks = []
+    for row in decisive_rows(summary, plan=plan, similarity=similarity):
+        lines = [f"**{row['task']}** ({row['scale']})"]
+        if row["no verdict because"] != "-":
+            lines.append(f"- no verdict: {row['no verdict because']}")
+        else:
+            lines.append(f"- keeps quality (non-inferior) up to K = {_k(row['non-inferior up to K'])}; "
+                         f"loses it (inferior) from K = {_k(row['inferior from K'])}")
+            if row["inconclusive K"] != "-":
+                lines.append(f"- inconclusive: K = {row['inconclusive K']}")
+        planned = row["half-width planned"]
+        lines.append(f"- widest 95% half-width {_number(row['half-width achieved'])} against a margin of "
+                     f"{row['margin']:g}" + ("" if planned is None else f"; the re-sized study plans {planned:.3g}"))
+        if "RQ2: layers that moved" in row:
+            lines.append(f"- RQ2: layers {row['RQ2: layers that moved']} moved during full fine-tuning, "
+                         f"layer {row['RQ2: moved most']} most")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _k(value) -> str:
+    return "none" if value is None or pd.isna(value) else str(int(value))
 
 
 def plan_prose(plan: Mapping) -> str:
