@@ -135,3 +135,6 @@ def test_the_decisive_blocks_say_the_same_in_words():
     assert "keeps quality (non-inferior) up to K = 15; loses it (inferior) from K = 29" in text
     assert "- inconclusive: K = 25 (needs " in text and "the re-sized study plans 1.19" in text
     assert "- no verdict: full fine-tuning does not beat lexical ranker (TF-IDF)" in text
+    undecided = {"tasks": {"code-generation": SUMMARY["tasks"]["code-generation"]
+                           | {"largest_non_inferior_k": None, "smallest_inferior_k": None}}}
+    assert "- no depth is shown to keep quality, and none to lose it" in report.decisive_markdown(undecided)

@@ -270,6 +270,8 @@ def decisive_markdown(summary: Mapping, *, plan: Mapping | None = None,
         lines = [f"**{row['task']}** ({row['scale']})"]
         if row["no verdict because"] != "-":
             lines.append(f"- no verdict: {row['no verdict because']}")
+        elif _k(row["non-inferior up to K"]) == _k(row["inferior from K"]) == "none":
+            lines.append("- no depth is shown to keep quality, and none to lose it")
         else:
             lines.append(f"- keeps quality (non-inferior) up to K = {_k(row['non-inferior up to K'])}; "
                          f"loses it (inferior) from K = {_k(row['inferior from K'])}")
