@@ -98,7 +98,8 @@ def similarity(args: argparse.Namespace) -> int:
 def finetune(args: argparse.Namespace) -> int:
 
     method, freeze = ("telly-auto", -1) if args.freeze == "auto" else (args.method, args.freeze)
-    options = {"r": args.lora_r, "targets": args.lora_targets.split(",") if args.lora_targets else None} \
+    options = {"r": args.lora_r, "targets": args.lora_targets.split(",") if args.lora_targets else None,
+               "scope": args.lora_scope} \
         if method == "lora" else {"pilot_share": args.pilot_share, "threshold": args.threshold} \
         if method == "telly-auto" else {}
     variant = Variant.of(args.task, args.model, freeze, method=method, cache=args.cache, seed=args.seed,
@@ -269,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the frozen blocks every batch (the paper's Telly) instead of caching them")
     p.add_argument("--data", dest="data_path", default=None, help="real dataset path (default: offline corpus)")
     p.add_argument("--lora-r", type=int, default=8)
-    p.add_argument("--lora-targets", default=None, help="comma-separated module names (default: query/value)")
+    p.add_argument("--lora-targets", default=None, help="comma-separated module names (default: the scope's)")
+    p.add_argument("--lora-scope", default="attention", choices=["attention", "attention+mlp"],
+                   help="LoRA's default targets: query/value projections, or every attention and MLP projection")
     p.add_argument("--save-epoch-checkpoints", action="store_true")
     p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     p.set_defaults(handler=finetune)

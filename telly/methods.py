@@ -20,6 +20,12 @@ from telly.freezing import check_depth, freeze_bottom
 
 # Attention projections LoRA adapts by default, per architecture family (query and value).
 LORA_DEFAULT_TARGETS = (("query", "value"), ("q_proj", "v_proj"), ("c_attn",))
+# scope "attention+mlp" (issue 23's LoRA): every attention projection and the MLP's, per family; peft
+# matches each name as a suffix of a module's dotted name ("output.dense" is not the pooler's "dense").
+LORA_WIDE_TARGETS = (("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"),
+                     ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+                     ("c_attn", "c_proj", "c_fc"))
+LORA_SCOPES = {"attention": LORA_DEFAULT_TARGETS, "attention+mlp": LORA_WIDE_TARGETS}
 
 
 class Method:
@@ -124,7 +130,8 @@ class LoRA(Method):
     r: int = 8
     alpha: int | None = None  # None: 2r
     dropout: float = 0.1
-    targets: tuple[str, ...] | None = None  # None: query/value projections of the architecture
+    targets: tuple[str, ...] | None = None  # None: the scope's projections of the architecture
+    scope: str = "attention"  # "attention": query/value; "attention+mlp": every attention and MLP projection
     name: ClassVar[str] = "lora"
     label: ClassVar[str] = "LoRA"
 
@@ -133,6 +140,8 @@ class LoRA(Method):
             raise ValueError(f"LoRA rank r must be an integer >= 1, got {self.r!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
+        if self.scope not in LORA_SCOPES:
+            raise ValueError(f"LoRA scope must be one of {sorted(LORA_SCOPES)}, got {self.scope!r}")
         if self.targets is not None:
             object.__setattr__(self, "targets", tuple(self.targets))
             if not self.targets:
@@ -140,12 +149,12 @@ class LoRA(Method):
 
     @property
     def tag(self) -> str:
-        return "lora" if self.r == 8 else f"lora-r{self.r}"
+        return ("lora" if self.r == 8 else f"lora-r{self.r}") + ("" if self.scope == "attention" else "-mlp")
 
     def apply(self, task_model: nn.Module) -> dict:
         from peft import LoraConfig, get_peft_model
 
-        targets = list(self.targets) if self.targets else default_lora_targets(task_model.backbone)
+        targets = list(self.targets) if self.targets else default_lora_targets(task_model.backbone, self.scope)
         config = LoraConfig(r=self.r, lora_alpha=self.alpha or 2 * self.r, lora_dropout=self.dropout,
                             target_modules=targets, bias="none")
         task_model.backbone = get_peft_model(task_model.backbone, config)  # freezes the base weights
@@ -187,12 +196,13 @@ def make_method(name: str, freeze: int = -1, cache: bool = True, **options) -> M
     return METHODS[name](**options)
 
 
-def default_lora_targets(backbone: nn.Module) -> list[str]:
-    names = {name.rsplit(".", 1)[-1] for name, _ in backbone.named_modules()}
-    for targets in LORA_DEFAULT_TARGETS:
-        if set(targets) <= names:
+def default_lora_targets(backbone: nn.Module, scope: str = "attention") -> list[str]:
+    """The first family of LORA_SCOPES[scope] whose every name ends some module's dotted name."""
+    names = [name for name, _ in backbone.named_modules()]
+    for targets in LORA_SCOPES[scope]:
+        if all(any(n == t or n.endswith(f".{t}") for n in names) for t in targets):
             return list(targets)
-    raise ValueError(f"{type(backbone).__name__}: no query/value projections found for LoRA; "
+    raise ValueError(f"{type(backbone).__name__}: no {scope} projections found for LoRA; "
                      "pass LoRA(targets=...) with the module names to adapt")
 
 
