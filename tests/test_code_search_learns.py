@@ -65,7 +65,7 @@ def test_a_laptop_sized_code_search_fine_tune_of_minilm_learns(tmp_path):
     assert losses[-1] < losses[0], losses
     assert not record["training_check"]["at_chance"]
     before = record["valid_before_training"]["mrr"]
-    assert max(epoch["valid"]["mrr"] for epoch in record["epochs"]) >= before - profile.margin("mrr")
+    assert record["valid"]["mrr"] >= before - profile.margin("mrr")  # at the epoch early stopping kept
     assert np.isfinite(record["test"]["mrr"])
 
 

@@ -309,7 +309,7 @@ def test_a_stored_record_counts_only_under_its_profile_and_its_tasks_current_con
 def test_a_record_splits_its_wall_time_into_parts_that_add_up(tmp_path):
     record = run(tmp_path, "code-search", 2, progress=False)
     split = record["time_split"]
-    assert set(split) == {"load", "prepare", "cache", "train", "eval", "test", "other"}
+    assert set(split) == {"load", "prepare", "pilot", "cache", "train", "eval", "test", "other"}
     assert all(seconds >= 0 for seconds in split.values())
     assert sum(split.values()) == pytest.approx(record["wall_seconds"], rel=1e-6)
     assert split["cache"] == record["cache_seconds"] > 0  # Telly-2 cached: the prefix was built
