@@ -292,3 +292,22 @@ def test_a_planned_study_runs_its_parts_in_the_plans_order(tmp_path, monkeypatch
         "rq3/code-completion", "rq2/code-completion", "rq2/code-search", "rq1", "precision/code-completion",
         "quantisation/minilm-l6"]
     assert list(document["parts"]) == seen
+
+
+def test_a_bf16_study_is_refused_on_a_cpu_that_would_emulate_bf16(tmp_path, monkeypatch):
+    import torch
+
+    bf16 = TINY.changed(mixed_precision="bf16")
+    with pytest.raises(ValueError, match="has no bf16 units"):
+        study.check_precision(bf16, torch.device("cpu"), units=[])
+    study.check_precision(bf16, torch.device("cpu"), units=["amx_bf16"])  # the pilot's kind of CPU: fine
+    study.check_precision(TINY, torch.device("cpu"), units=[])  # float32 trains at full speed anywhere
+    study.check_precision(bf16, torch.device("cuda"), units=[])  # a GPU brings its own bf16
+    monkeypatch.setattr(study, "bf16_units", lambda: None)  # no /proc/cpuinfo to ask: not refused
+    study.check_precision(bf16, torch.device("cpu"))
+    monkeypatch.setattr(study, "bf16_units", lambda: [])
+    monkeypatch.setattr(study, "default_device", lambda: torch.device("cpu"))
+    with pytest.raises(ValueError, match="about 26x slower than float32"):  # before anything runs or is written
+        study.run_study("tiny-random", bf16, out=tmp_path / "out", records=tmp_path / "records", tasks=TASKS,
+                        progress=False)
+    assert not (tmp_path / "records" / "study.json").exists()
