@@ -91,6 +91,12 @@ def is_degenerate(record: Mapping) -> bool:
     return bool(record["test"].get("degenerate")) or bool(report.get("is_degenerate")) or at_chance(record)
 
 
+def widest_half_width(rows: Sequence[Mapping]) -> float | None:
+    """The widest 95% half-width among a summary's comparison rows (their "low" and "high"); None
+    without rows."""
+    return max(((r["high"] - r["low"]) / 2 for r in rows), default=None)
+
+
 def quality_interval(task: str, metric: str, runs: Sequence[Mapping], samples: int) -> tuple[float, float, float]:
     """(mean over seeds, low, high) of the test metric. One seed: the run's own bootstrap CI. Several:
     draws that resample the seeds and the test rows together, as the seeded difference to a reference

@@ -313,6 +313,7 @@ class FineTuning:
             batch = move_to(task.collate(rows, self.tokenizer, self.profile), self.device)
             losses.append(train_step(pilot, batch, optimizer, autocast=self.autocast))
         gradients.remove()
+        shares = gradients.curve()
         inputs = [move_to(field, self.device) for chunk in batches(self.data.valid, training.batch_size)
                   for field in task.collate(chunk, self.tokenizer, self.profile)["inputs"].values()]
         curve = movement_curve(pooled_layers(self.backbone, inputs),
@@ -327,8 +328,8 @@ class FineTuning:
                           "pilot_seconds": self.pilot_seconds,
                           # The other selectors issue 23 compares, read off the same pilot:
                           "alternatives": {
-                              "gradient": {"shares": gradients.curve(), "threshold": GRADIENT_THRESHOLD,
-                                           "freeze": deepest_quiet(gradients.curve(), GRADIENT_THRESHOLD),
+                              "gradient": {"shares": shares, "threshold": GRADIENT_THRESHOLD,
+                                           "freeze": deepest_quiet(shares, GRADIENT_THRESHOLD),
                                            "rule": "blocks whose mean relative gradient norm stayed under the "
                                                    "threshold's share of the busiest block's"},
                               "half": {"freeze": self.backbone.num_layers // 2, "rule": "K = L/2, fixed"}}}

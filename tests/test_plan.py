@@ -133,3 +133,19 @@ def test_telly_plan_reads_a_records_folder(tmp_path, capsys, monkeypatch):
     assert "code-search (mrr, margin" in capsys.readouterr().out
     written = json.loads((tmp_path / "p.json").read_text())
     assert written["depths"] == [-1, 1, 3] and written["tasks"]["code-search"]["options"][0]["seeds"] == 5
+
+
+def test_the_study_profile_runs_what_its_committed_plan_chose():
+    from pathlib import Path
+
+    from telly.jsonio import read_json
+    from telly.profiles import get_profile
+    from telly.studies.freezing import GENERATION_TASKS
+
+    plan_path = Path(__file__).resolve().parents[1] / "book" / "records" / "smollm2-135m" / "plan.json"
+    committed, study = read_json(plan_path), get_profile("study")
+    assert set(study.training.task_sizes) == set(task_sizes(committed)) != set()
+    planned = [task for task, entry in committed["tasks"].items() if entry.get("choice") and not entry.get("why_not")]
+    assert set(planned) <= set(GENERATION_TASKS)  # the study sweeps them at generation_freeze
+    assert {tuple(committed["tasks"][task]["depths"]) for task in planned} == \
+        {tuple(int(k) for k in study.generation.generation_freeze.split(","))}

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from telly.profiles import get_profile
 from telly.report import study as report
 from telly.studies.records import StudyRecords
@@ -98,16 +96,16 @@ PLAN = {"half_width_share": 0.6, "min_seeds": 5, "hours": 4.0, "budget_hours": 9
                                   "why_not": "in the pilot full fine-tuning did not beat TF-IDF"}}}
 
 
-def test_the_decisive_table_follows_the_verdicts_and_says_what_would_decide():
-    table = report.decisive_table(SUMMARY, plan=PLAN)
-    generation = table.loc["code-generation"]
+def test_the_decisive_rows_follow_the_verdicts_and_say_what_would_decide():
+    rows = {row["task"]: row for row in report.decisive_rows(SUMMARY, plan=PLAN)}
+    generation = rows["code-generation"]
     assert generation["non-inferior up to K"] == 15 and generation["inferior from K"] == 29
     assert generation["inconclusive K"].startswith("25 (needs ") and "seeds x" in generation["inconclusive K"]
     assert generation["half-width achieved"] == 2.0 and generation["half-width planned"] == 1.19
     assert generation["scale"].startswith("160 train, 32 valid, 120 test examples") and "3 seeds" in generation["scale"]
-    search = table.loc["code-search"]
+    search = rows["code-search"]
     assert search["no verdict because"] == "full fine-tuning does not beat lexical ranker (TF-IDF)"
-    assert search["inconclusive K"] == "-" and pd.isna(search["half-width planned"])
+    assert search["inconclusive K"] == "-" and search["half-width planned"] is None
     # the sizes that would decide follow the measured spread: a wider one needs more
     calm = report.sizes_to_decide(_row(25, "inconclusive", -1, 1, seed_sd=0.5, row_se=0.2), 2.0)
     noisy = report.sizes_to_decide(_row(25, "inconclusive", -1, 1, seed_sd=3.0, row_se=0.2), 2.0)

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from telly import stats
+from telly.analysis import widest_half_width
 from telly.layout import BENCH_DIR, CHECKS, QUESTIONS
 from telly.profiles import Profile
 from telly.report.charts import ProvenanceBox, provenance_box
@@ -202,7 +203,7 @@ def decisive_rows(summary: Mapping, *, plan: Mapping | None = None,
         choice = planned.get("choice") or {}
         inconclusive = [f"{r['freeze']} (needs {sizes_to_decide(r, entry['margin'])})"
                         for r in telly if r.get("verdict") == "inconclusive"]
-        achieved = max(((r["high"] - r["low"]) / 2 for r in telly), default=None)
+        achieved = widest_half_width(telly)
         row = {"task": task, "scale": scale_sentence(entry).removeprefix("Scale: "),
                "non-inferior up to K": entry.get("largest_non_inferior_k"),
                "inferior from K": entry.get("smallest_inferior_k"),
@@ -216,12 +217,6 @@ def decisive_rows(summary: Mapping, *, plan: Mapping | None = None,
             row |= {"RQ2: layers that moved": moved["moved"], "RQ2: moved most": moved["most_moved"]}
         rows.append(row)
     return rows
-
-
-def decisive_table(summary: Mapping, *, plan: Mapping | None = None,
-                   similarity: Mapping[str, Mapping] | None = None) -> pd.DataFrame:
-    """`decisive_rows` as chapter 3's lead table, one row per task."""
-    return pd.DataFrame(decisive_rows(summary, plan=plan, similarity=similarity)).set_index("task")
 
 
 def _number(value: float | None, digits: int = 3) -> str:
@@ -240,7 +235,7 @@ def plan_rows(plan: Mapping, *, achieved: Mapping | None = None, ledger: Mapping
         telly = [r for r in summary_entry.get("rows", []) if r.get("method") == "telly"]
         part = ((ledger or {}).get("parts") or {}).get(f"rq3/{task}") or {}
         skipped = bool(entry.get("why_not"))
-        widest = max(((r["high"] - r["low"]) / 2 for r in telly), default=None)
+        widest = widest_half_width(telly)
         seeds = len(summary_entry["seeds"]) if summary_entry.get("seeds") else None
         measured = part["wall_seconds"] / 3600 if part.get("status") == "finished" and part.get("wall_seconds") else None
         rows.append({
@@ -288,7 +283,7 @@ def decisive_markdown(summary: Mapping, *, plan: Mapping | None = None,
 
 
 def _k(value) -> str:
-    return "none" if value is None or pd.isna(value) else str(int(value))
+    return "none" if value is None else str(int(value))
 
 
 def plan_prose(plan: Mapping) -> str:

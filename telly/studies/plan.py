@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from telly import stats
-from telly.analysis import non_inferiority_summary
+from telly.analysis import non_inferiority_summary, widest_half_width
 from telly.profiles import Profile
 from telly.tasks import get_task
 
@@ -199,7 +199,7 @@ def _task_plan(task: str, entry: Mapping, records: Sequence[Mapping], profile: P
               "pilot": {"seeds": len(entry["seeds"]), "test_units": hardest["units"], "test_rows": pilot_rows,
                         "sizes": sizes, "seed_sd": hardest["seed_sd"], "row_se": hardest["row_se"],
                         "detectable_margin": max(r["detectable_margin"] for r in rows),
-                        "half_width": max((r["high"] - r["low"]) / 2 for r in rows)},
+                        "half_width": widest_half_width(rows)},
               "available_units": available, "depths": list(depths),
               "run_seconds": {str(k): round(cost_at(costs, k).seconds(sizes["train"], sizes["valid"], pilot_rows), 1)
                               for k in depths}}
@@ -295,7 +295,7 @@ def plan_lines(result: dict) -> list[str]:
             if option["units"] is None:
                 lines.append(f"  {option['seeds']:>2} seeds: not enough test units")
                 continue
-            chosen = "  <- cheapest" if option["seeds"] == entry["choice"]["seeds"] else ""
+            chosen = "  <- cheapest" if option["seeds"] == entry["choice"]["seeds"] and not entry.get("capped") else ""
             lines.append(f"  {option['seeds']:>2} seeds: {option['units']:,} test units ({option['test_rows']:,} rows), "
                          f"half-width {option['expected_half_width']:.3g}; {option['hours']:.2f} CPU h{chosen}")
     return lines
