@@ -209,8 +209,11 @@ def plan(args: argparse.Namespace) -> int:
                            min_seeds=args.min_seeds, baselines=baselines, budget_hours=args.budget_hours,
                            depths=freezing.parse_freeze(args.depths, num_layers) if args.depths else None,
                            drop_order=freezing.parse_freeze(args.drop_order, num_layers) if args.drop_order else (),
-                           available_units={task: planning.available_units(task, args.profile) for task in tasks})
-    result["arguments"] = {"records": args.records, "profile": args.profile.name, "power": args.power,
+                           available_units={task: planning.available_units(task, args.profile) for task in tasks},
+                           machine_records=RunStore(args.machine_records).records(model=args.model)
+                           if args.machine_records else ())
+    result["arguments"] = {"records": args.records, "machine_records": args.machine_records,
+                           "profile": args.profile.name, "power": args.power,
                            "half_width_share": args.half_width_share, "min_seeds": args.min_seeds,
                            "depths": args.depths, "drop_order": args.drop_order, "budget_hours": args.budget_hours}
     print("\n".join(planning.plan_lines(result)))
@@ -325,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-hours", type=float, default=None, help="CPU hours the planned runs may take")
     p.add_argument("--drop-order", default=None,
                    help="depths to drop, first to last, while the plan exceeds --budget-hours (e.g. 25,6,20)")
+    p.add_argument("--machine-records", default=None,
+                   help="folder of short runs (any sizes, at depths the pilot ran) on the machine that will run the "
+                        "study, in its precision: the pilot's costs are rescaled to it")
     p.add_argument("--out", default=None, help="also write the plan as JSON here")
     p.set_defaults(handler=plan)
 

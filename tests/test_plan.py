@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from test_freezing_study import UNIT, _sweep_records
 
-from telly.studies.plan import RunCost, cost_at, depth_costs, plan, plan_lines, run_cost, task_sizes
+from telly.studies.plan import RunCost, cost_at, depth_costs, machine_scale, plan, plan_lines, run_cost, task_sizes
 
 
 def _timed(record):
@@ -91,6 +91,29 @@ def test_a_task_whose_full_fine_tuning_loses_to_its_baseline_gets_no_hours():
     beaten = plan(_pilot(0.001), UNIT, samples=200, min_seeds=5,
                   baselines={"code-search": baseline | {"low": 0.01}})["tasks"]["code-search"]
     assert "why_not" not in beaten
+
+
+def test_a_slower_machine_rescales_each_part_from_its_own_short_runs():
+    records = _pilot(0.001)
+    here = [_timed(r) for r in _sweep_records(worse=()) if r["freeze"] in (-1, 2)]
+    for record in here:  # twice as slow to train, three times to score, the same to load
+        for epoch in record["epochs"]:
+            epoch["train_seconds"] *= 2
+            epoch["eval_seconds"] *= 3
+        record["cache_seconds"] *= 2
+        sizes = record["data"]["sizes"]
+        record["wall_seconds"] = 5.0 + record["cache_seconds"] + sum(
+            e["train_seconds"] + e["eval_seconds"] for e in record["epochs"]) + sizes["test"] * 6.0 / sizes["valid"] / 2
+    scale = machine_scale(depth_costs(records, "code-search"), depth_costs(here, "code-search"))
+    assert scale["train_per_example"] == pytest.approx(2) and scale["eval_per_row"] == pytest.approx(3)
+    assert scale["cache_per_train"] == pytest.approx(2) and scale["fixed"] == pytest.approx(1, abs=0.01)
+    pilot_machine = plan(records, UNIT, samples=200, min_seeds=5, half_width_share=0.6)["tasks"]["code-search"]
+    slower = plan(records, UNIT, samples=200, min_seeds=5, half_width_share=0.6, machine_records=here)
+    entry = slower["tasks"]["code-search"]
+    assert entry["machine_scale"] == slower["machine_scale"]["code-search"] == scale
+    assert 2 < entry["run_seconds"]["-1"] / pilot_machine["run_seconds"]["-1"] < 3
+    with pytest.raises(ValueError, match="at least one depth in both"):
+        machine_scale({-1: depth_costs(records, "code-search")[-1]}, {5: depth_costs(here, "code-search")[2]})
 
 
 def test_over_budget_depths_go_first_then_the_task_is_capped_and_says_so():

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from telly import trainer
 from telly.jsonio import read_json, write_json
@@ -107,16 +108,24 @@ def test_the_study_resumes_after_a_kill_and_a_fresh_clone_reruns_nothing(tmp_pat
     # 2. Resumed: only code completion's two runs train, then the precision check runs code search's
     # full fine-tune and its deciding Telly-K (one seed: no verdict, so the deepest, 3) again under bf16
     # (the profile trains in float32); nothing finished is written again.
+    # On a CPU that would emulate bf16, the precision part fails with why, and the others still run.
     calls.clear()
     _counting_finetune(monkeypatch, calls)
+    monkeypatch.setattr(study, "bf16_units", lambda: [])
+    monkeypatch.setattr(study, "default_device", lambda: torch.device("cpu"))
     document = _run(tmp_path)
-    assert calls == [full["code-completion"].run_id,
-                     Variant.of("code-completion", "tiny-random", 3, profile=TINY).run_id, full["code-search"].run_id,
-                     Variant.of("code-search", "tiny-random", 3, profile=TINY).run_id]
+    assert calls == [full["code-completion"].run_id, Variant.of("code-completion", "tiny-random", 3, profile=TINY).run_id]
+    assert document["parts"]["precision/code-search"]["status"] == "failed"
+    assert "precision/code-search trains under bf16 autocast" in document["parts"]["precision/code-search"]["error"]
+    # A machine with bf16 units resumes it.
+    calls.clear()
+    monkeypatch.setattr(study, "bf16_units", lambda: ["amx_bf16"])
+    document = _run(tmp_path)
+    assert calls == [full["code-search"].run_id, Variant.of("code-search", "tiny-random", 3, profile=TINY).run_id]
     assert {path: stamp for path, stamp in _stamps(records).items() if path in finished} == finished
     assert [part for part, entry in document["parts"].items() if entry["status"] == "finished"] == study.parts(TASKS)
-    assert document["sessions"][-1]["ran"] == ["rq3/code-completion", "rq2/code-completion", "precision/code-search",
-                                               "quantisation/minilm-l6"]
+    assert [session["ran"] for session in document["sessions"][-2:]] == [
+        ["rq3/code-completion", "rq2/code-completion", "quantisation/minilm-l6"], ["precision/code-search"]]
     checked = read_json(records / "precision" / f"{full['code-search'].run_id}.json")
     assert checked["mixed_precision"]["training"] == "bf16" and document["parts"]["precision/code-search"]["runs"] == 2
     precision = read_json(records / "precision" / "precision.json")
@@ -295,16 +304,14 @@ def test_a_planned_study_runs_its_parts_in_the_plans_order(tmp_path, monkeypatch
 
 
 def test_a_bf16_study_is_refused_on_a_cpu_that_would_emulate_bf16(tmp_path, monkeypatch):
-    import torch
-
     bf16 = TINY.changed(mixed_precision="bf16")
-    with pytest.raises(ValueError, match="has no bf16 units"):
-        study.check_precision(bf16, torch.device("cpu"), units=[])
-    study.check_precision(bf16, torch.device("cpu"), units=["amx_bf16"])  # the pilot's kind of CPU: fine
-    study.check_precision(TINY, torch.device("cpu"), units=[])  # float32 trains at full speed anywhere
-    study.check_precision(bf16, torch.device("cuda"), units=[])  # a GPU brings its own bf16
+    with pytest.raises(ValueError, match="the study trains under bf16 autocast, and this CPU"):
+        study.check_precision("bf16", "the study", torch.device("cpu"), units=[])
+    study.check_precision("bf16", "the study", torch.device("cpu"), units=["amx_bf16"])  # the pilot's kind of CPU
+    study.check_precision("no", "the study", torch.device("cpu"), units=[])  # float32 trains at full speed anywhere
+    study.check_precision("bf16", "the study", torch.device("cuda"), units=[])  # a GPU brings its own bf16
     monkeypatch.setattr(study, "bf16_units", lambda: None)  # no /proc/cpuinfo to ask: not refused
-    study.check_precision(bf16, torch.device("cpu"))
+    study.check_precision("bf16", "the study", torch.device("cpu"))
     monkeypatch.setattr(study, "bf16_units", lambda: [])
     monkeypatch.setattr(study, "default_device", lambda: torch.device("cpu"))
     with pytest.raises(ValueError, match="about 26x slower than float32"):  # before anything runs or is written

@@ -16,7 +16,9 @@ one validation or test row (decoding it, for a generation task). A planned run c
 the planned sizes, with validation as the trainer now does it (the loss each epoch, one forward
 pass, about a third of a training step; the metrics once). A depth the pilot did not run is
 interpolated between the depths it did (full fine-tuning standing at K = 0). Seconds are the pilot
-machine's: a slower machine scales every figure alike.
+machine's, unless records of short runs on the machine that will run the study are given
+(`machine_records`, `telly plan --machine-records`): then each part is rescaled by how much slower or
+faster that machine ran it, in its own precision, than the pilot did at the same depth (`machine_scale`).
 
 Choice. Per task the cheapest feasible number of seeds; a task whose pilot full fine-tuning did not
 beat its model-free baseline is not planned (no verdict could follow), with the reason and what a
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -52,6 +54,10 @@ class RunCost:
     train_per_example: float  # one training epoch, per training example
     epochs: float  # epochs run (early stopping)
     eval_per_row: float  # scoring one validation or test row once (decoding it, for a generation task)
+
+    def scaled(self, scale: Mapping[str, float]) -> RunCost:
+        """The same run on another machine: each part times its scale (epochs stay the pilot's)."""
+        return replace(self, **{name: getattr(self, name) * factor for name, factor in scale.items()})
 
     def seconds(self, train: int, valid: int, test: int) -> float:
         """A run at these sizes: validation loss every epoch, validation metrics once, the test once."""
@@ -85,6 +91,24 @@ def depth_costs(records: Sequence[Mapping], task: str) -> dict[int, RunCost]:
             for k, costs in sorted(by_depth.items())}
 
 
+SCALED_PARTS = ("fixed", "cache_per_train", "train_per_example", "eval_per_row")
+
+
+def machine_scale(pilot: Mapping[int, RunCost], here: Mapping[int, RunCost]) -> dict[str, float]:
+    """Per part, this machine's seconds over the pilot's, the mean over the depths both ran (a part
+    the pilot never spent time on, as full fine-tuning's cache, takes the training part's scale)."""
+    common = [k for k in here if k in pilot]
+    if not common:
+        raise ValueError(f"the machine's records ran depths {sorted(here)}, the pilot's {sorted(pilot)}: "
+                         "a scale needs at least one depth in both")
+    scale = {}
+    for name in SCALED_PARTS:
+        ratios = [getattr(here[k], name) / getattr(pilot[k], name) for k in common if getattr(pilot[k], name) > 0]
+        scale[name] = float(np.mean(ratios)) if ratios else None
+    scale["cache_per_train"] = scale["cache_per_train"] or scale["train_per_example"]
+    return {name: round(factor, 3) for name, factor in scale.items() if factor is not None}
+
+
 def cost_at(costs: Mapping[int, RunCost], freeze: int) -> RunCost:
     """The parts of a run at `freeze`: measured, or interpolated linearly between the nearest measured
     depths (full fine-tuning at K = 0; beyond the deepest, the deepest's)."""
@@ -100,22 +124,29 @@ def cost_at(costs: Mapping[int, RunCost], freeze: int) -> RunCost:
 def plan(records: Sequence[dict], profile: Profile, *, power: float = 0.8, half_width_share: float | None = None,
          seed_options: Sequence[int] = SEED_OPTIONS, min_seeds: int = 1, depths: Sequence[int] | None = None,
          available_units: Mapping[str, int] | None = None, baselines: Mapping[str, Mapping] | None = None,
-         budget_hours: float | None = None, drop_order: Sequence[int] = (), samples: int | None = None) -> dict:
+         budget_hours: float | None = None, drop_order: Sequence[int] = (), samples: int | None = None,
+         machine_records: Sequence[Mapping] = ()) -> dict:
     """The plan (see the module docstring): {"tasks": {task: entry}, "depths", "dropped_depths",
     "hours", "budget_hours", ...}. An entry has the pilot's figures, an option per number of seeds
     (test units and rows, hours) and the choice with its expected half-width, or `why_not`.
 
     depths: the depths to run (default: those the pilot ran); available_units: the test units each
     task's data hold; baselines: per task, the pilot summary's "trivial" entry (full fine-tuning
-    against the model-free baseline)."""
+    against the model-free baseline); machine_records: short runs on the machine the study will run on
+    (each task's scale from its own; a task without any takes the mean scale of those with)."""
     summary = non_inferiority_summary(records, profile, samples=samples)
+    scales = {task: machine_scale(depth_costs(records, task), depth_costs(machine_records, task))
+              for task in summary["tasks"] if any(r["task"] == task for r in machine_records)}
+    mean_scale = {name: round(float(np.mean([s[name] for s in scales.values()])), 3)
+                  for name in SCALED_PARTS} if scales else None
     depths = list(depths) if depths is not None else sorted({int(r["freeze"]) for r in records})
     seeds = [s for s in seed_options if s >= min_seeds]
 
     def task_plan(task: str, kept: Sequence[int]) -> dict:
         return _task_plan(task, summary["tasks"][task], records, profile, kept, power=power,
                           half_width_share=half_width_share, seeds=seeds,
-                          available=(available_units or {}).get(task), baseline=(baselines or {}).get(task))
+                          available=(available_units or {}).get(task), baseline=(baselines or {}).get(task),
+                          scale=scales.get(task, mean_scale))
 
     tasks = {task: task_plan(task, depths) for task in summary["tasks"]}
     while budget_hours is not None and _hours(tasks) > budget_hours:
@@ -131,7 +162,10 @@ def plan(records: Sequence[dict], profile: Profile, *, power: float = 0.8, half_
     return {"profile": profile.name, "power": power, "half_width_share": half_width_share, "min_seeds": min_seeds,
             "basis": "the hardest Telly-K depth of each task: its seeds' spread and its test rows' variance",
             "cost_basis": ("the pilot's records split into load/preparation, cache, training, validation and test "
-                           "seconds, rescaled to the planned sizes; unmeasured depths interpolated"),
+                           "seconds, rescaled to the planned sizes; unmeasured depths interpolated"
+                           + ("; each part then rescaled to the machine that will run the study, from its own short "
+                              "runs (machine_scale)" if scales else "")),
+            "machine_scale": scales or None,
             "depths": depths, "drop_order": list(drop_order), "budget_hours": budget_hours,
             "hours": _hours(tasks), "fits": budget_hours is None or _hours(tasks) <= budget_hours, "tasks": tasks}
 
@@ -183,7 +217,7 @@ def _option(entry: Mapping, seeds: int, units: int) -> dict:
 
 def _task_plan(task: str, entry: Mapping, records: Sequence[Mapping], profile: Profile, depths: Sequence[int], *,
                power: float, half_width_share: float | None, seeds: Sequence[int], available: int | None,
-               baseline: Mapping | None) -> dict:
+               baseline: Mapping | None, scale: Mapping[str, float] | None = None) -> dict:
     rows = [r for r in entry["rows"] if r["method"] == "telly" and len(r["seeds"]) > 1]
     if not rows:
         return {"why_not": "no Telly-K depth ran two or more seeds beside full fine-tuning"}
@@ -193,14 +227,14 @@ def _task_plan(task: str, entry: Mapping, records: Sequence[Mapping], profile: P
     sizes = next(r["data"]["sizes"] for r in records if r["task"] == task)
     pilot_rows = sizes["test"]
     rows_per_unit = pilot_rows / hardest["units"]
-    costs = depth_costs(records, task)
+    costs = {k: cost.scaled(scale) if scale else cost for k, cost in depth_costs(records, task).items()}
     half_width = None if half_width_share is None else half_width_share * margin
     result = {"metric": entry["metric"], "margin": margin, "target_half_width": half_width,
               "pilot": {"seeds": len(entry["seeds"]), "test_units": hardest["units"], "test_rows": pilot_rows,
                         "sizes": sizes, "seed_sd": hardest["seed_sd"], "row_se": hardest["row_se"],
                         "detectable_margin": max(r["detectable_margin"] for r in rows),
                         "half_width": widest_half_width(rows)},
-              "available_units": available, "depths": list(depths),
+              "available_units": available, "depths": list(depths), "machine_scale": scale,
               "run_seconds": {str(k): round(cost_at(costs, k).seconds(sizes["train"], sizes["valid"], pilot_rows), 1)
                               for k in depths}}
 

@@ -128,19 +128,20 @@ def parts(tasks: Sequence[str], planned: Sequence[str] = ()) -> list[str]:
     return order + ([f"precision/{PRECISION_TASK}"] if PRECISION_TASK in tasks else []) + [QUANTISATION_PART]
 
 
-def check_precision(profile: Profile, device: torch.device | None = None, units: Sequence[str] | None = None) -> None:
-    """Refuse, before anything runs, a bf16-autocast profile on a CPU with no bf16 units: there bf16 is
-    emulated (a SmolLM2 training step took 77-81 s under bf16 against 3.0 s in float32 on a 2-core AMD
-    EPYC without them), so the study would take many times its plan."""
+def check_precision(precision: str, what: str, device: torch.device | None = None,
+                    units: Sequence[str] | None = None) -> None:
+    """Refuse, before it runs, training under bf16 autocast (`precision`, for `what`) on a CPU with no
+    bf16 units: there bf16 is emulated (a SmolLM2 training step took 77-81 s under bf16 against 3.0 s in
+    float32 on a 2-core AMD EPYC without them), so it would take many times its plan."""
     device = device or default_device()
     units = bf16_units() if units is None else units
-    if profile.training.mixed_precision == "bf16" and device.type == "cpu" and units is not None and not units:
+    if precision == "bf16" and device.type == "cpu" and units is not None and not units:
         raise ValueError(
-            f"profile {profile.name!r} trains under bf16 autocast, and this CPU ({cpu_model()}) has no bf16 units "
+            f"{what} trains under bf16 autocast, and this CPU ({cpu_model()}) has no bf16 units "
             f"(none of {', '.join(BF16_FLAGS)} in /proc/cpuinfo): bf16 would be emulated, about 26x slower than "
-            "float32 for SmolLM2 on such a CPU. Run the study on a CPU with AMX or AVX-512 BF16 (its plan's costs "
-            "were measured on one) or on a GPU, or use a profile that trains in float32 (mixed_precision='no'), "
-            "planned again for this machine.")
+            "float32 for SmolLM2 on such a CPU. Run it on a CPU with AMX or AVX-512 BF16 or on a GPU; a study "
+            "can instead train in float32 (mixed_precision='no'), planned for its machine (telly plan "
+            "--machine-records).")
 
 
 def planned_tasks(profile: Profile) -> list[str]:
@@ -176,7 +177,7 @@ class Study:
 
         for task in tasks:
             get_task(task)  # an unknown task fails here, naming the valid ones, before anything runs
-        check_precision(profile)
+        check_precision(profile.training.mixed_precision, f"profile {profile.name!r}")
         self.model, self.profile, self.tasks, self.corpus, self.progress = model, profile, list(tasks), corpus, progress
         self.store = RunStore(records, weights_root=out / WEIGHTS_DIR)
         num_layers = load(model).num_layers
@@ -304,6 +305,7 @@ class Study:
 
         found = [current(v) for v in variants]
         if not all(found):
+            check_precision(other, part)  # a part that cannot run here fails with why; a later machine resumes it
             self.ledger.start(part)
         checked = []
         for variant, record in zip(variants, found):
