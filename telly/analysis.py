@@ -39,8 +39,10 @@ def freeze_label(k: int) -> str:
 
 
 def variant_key(record: Mapping) -> tuple:
-    """What makes runs the same variant apart from their seed."""
-    return (record["task"], record["method"], int(record["freeze"]), bool(record.get("uses_cache", False)),
+    """What makes runs the same variant apart from their seed. A method that chose its own depth
+    (Telly-auto: the record's `selection`) is one variant whatever each seed chose (freeze None)."""
+    freeze = None if record.get("selection") else int(record["freeze"])
+    return (record["task"], record["method"], freeze, bool(record.get("uses_cache", False)),
             json.dumps(record.get("method_config") or {}, sort_keys=True))
 
 
@@ -239,7 +241,7 @@ def non_inferiority_summary(records: Sequence[Mapping], profile: Profile, *, tri
                 row["verdict"] = "no verdict"
             else:
                 row["verdict"] = stats.verdict(row["p_holm"], row["high"], margin, ALPHA)
-        rows.sort(key=lambda r: (r["method"] != "telly", not r["uses_cache"], r["method"], r["freeze"]))
+        rows.sort(key=lambda r: (r["method"] != "telly", not r["uses_cache"], r["method"], r["freeze"] or -1))
         telly = [r for r in rows if r["method"] == "telly"]
         cached = [r for r in telly if r["uses_cache"]]
         family = cached or telly

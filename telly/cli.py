@@ -25,7 +25,7 @@ from telly.report.bench import markdown, readme_with_table
 from telly.report.probing import describe_probing
 from telly.report.study import part_lines
 from telly.store import RunStore, Variant
-from telly.studies import freezing
+from telly.studies import beyond, freezing
 from telly.studies import plan as planning
 from telly.studies.bench import reference_path, run_bench
 from telly.studies.probing import run_probing
@@ -144,6 +144,23 @@ def sweep(args: argparse.Namespace) -> int:
     print(f"{len(result['records'])} records ({len(result['skipped'])} already there), "
           f"{len(result['failed'])} failed; verdicts in {_out(args) / f'{SUMMARY}.json'}", file=sys.stderr)
     return 1 if result["failed"] else 0
+
+
+def calibrate_auto(args: argparse.Namespace) -> int:
+    shares = [float(x) for x in args.shares.split(",")]
+    thresholds = [float(x) for x in args.thresholds.split(",")]
+    result = beyond.calibrate_auto(args.model, args.profile, _out(args), tasks=args.tasks.split(","),
+                                   seeds=_ints(args.seeds) if args.seeds else None, freeze=args.freeze,
+                                   shares=shares, thresholds=thresholds)
+    print(f"safe depths (validation): {result['safe_depths']}")
+    for row in result["grid"]:
+        ks = ", ".join(f"{c['task']}/{c['seed']}: {c['freeze']}" for c in row["chosen"])
+        print(f"share {row['pilot_share']:g}, threshold {row['threshold']:g}: {'safe' if row['safe'] else 'UNSAFE'}, "
+              f"mean K {row['mean_freeze']:.2f} ({ks})")
+    print(f"chosen: {result['chosen']}" if result["chosen"] else "no safe setting in the grid")
+    if args.write:
+        write_json(args.write, result)
+    return 0 if result["chosen"] else 1
 
 
 # ----------------------------------------------------------------------------- bench
@@ -291,6 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", action="append", default=[], metavar="TASK=PATH",
                    help="a real dataset for one task (repeatable); other tasks use the offline corpus")
     p.set_defaults(handler=sweep)
+
+    p = commands.add_parser("calibrate-auto", help="set Telly-auto's pilot share and threshold on validation data")
+    _common(p, out="runs")
+    p.add_argument("--tasks", default="code-search,clone-detection", help="comma-separated task names")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
+    p.add_argument("--freeze", default=None, help="the sweep's depths (default: the profile's sweep_freeze)")
+    p.add_argument("--shares", default=",".join(map(str, beyond.PILOT_SHARES)), help="pilot shares to try")
+    p.add_argument("--thresholds", default=",".join(map(str, beyond.THRESHOLDS)), help="movement thresholds to try")
+    p.add_argument("--write", default=None, help="also write the calibration (grid, curves, choice) as JSON here")
+    p.set_defaults(handler=calibrate_auto)
 
     p = commands.add_parser("bench", help="benchmarks: training time and memory by method, probing, similarity, corpus")
     _common(p, out="runs/<profile>/bench")  # the book's results store reads it there

@@ -88,10 +88,17 @@ def sweep(tasks: Sequence[str], freeze: str | Sequence[int] = "all", seeds: Sequ
     """Run every variant not already finished in `store`; returns {"records", "skipped", "failed"}.
     data_paths: task -> real dataset path (tasks not named use the offline corpus)."""
 
-    store = as_store(store)
     num_layers = load(model).num_layers
     variants = plan(list(tasks), parse_freeze(freeze, num_layers), list(seeds), list(methods), model=model,
                     profile=profile, cache=cache, data_paths=data_paths)
+    return run_variants(variants, store, force=force, progress=progress, **finetune_options)
+
+
+def run_variants(variants: Sequence[Variant], store: RunStore | str | Path = "runs", *, force: bool = False,
+                 progress: bool = True, **finetune_options) -> dict:
+    """Fine-tune each variant not already finished in `store`, in order; a failed run is reported and
+    the others go on. Returns {"records", "skipped", "failed"}."""
+    store = as_store(store)
     records, skipped, failed = [], [], []
     bar = progress_bar(variants, desc="sweep", unit="run", disable=not progress)
     for variant in bar:

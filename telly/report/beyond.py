@@ -1,0 +1,231 @@
+"""Chapter 5 in tables, charts and words: every method against full fine-tuning on one clock.
+
+The clock (`clock_seconds`) is what producing the kept weights took: Telly-auto's pilot, the prefix
+cache, training and validation. Loading, the task's data preparation (done once per dataset, so the
+first run of a task pays it) and the test pass (the same rows for every method) are left out. Each
+method's clock is a ratio to full fine-tuning's, paired by seed (the mean of per-seed ratios).
+
+`method_points` (one row per task and variant: quality, clock ratio, verdict), `pareto_chart`
+(quality against clock, with the reader's pick of method and K), `time_to_quality` (what each method
+needed to reach full fine-tuning's quality within the margin, or "did not"), `selector_table`
+(each selector's K beside the sweep's largest non-inferior K) and `beyond_findings` (issue 23's goal,
+as measured). Records and verdicts in, frames, charts and sentences out; tests flip each sentence.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from telly.analysis import by_variant, run_name
+
+CLOCK_PARTS = ("pilot", "cache", "train", "eval")
+FAMILIES = {"full": "Full", "telly": "Telly-K", "telly-auto": "Telly-auto", "lora": "LoRA", "bitfit": "BitFit"}
+GOAL_TASKS, GOAL_RATIO = 3, 0.4  # issue 23: non-inferior on at least 3 of 5 tasks at no more than 0.4x full's clock
+METHOD_PARAM, DEPTH_PARAM = "pick_method", "pick_depth"
+
+
+def clock_seconds(record: Mapping) -> float:
+    """Seconds from the first pilot step to the kept weights: pilot, cache, training, validation."""
+    split = record.get("time_split")
+    if not split:
+        raise ValueError(f"record {record.get('run')!r} has no time_split: it predates the clock chapter 5 reads")
+    return float(sum(split.get(part, 0.0) for part in CLOCK_PARTS))
+
+
+def method_points(records: Sequence[Mapping], summary: Mapping) -> pd.DataFrame:
+    """One row per task and variant over its seeds: family, K (Telly-auto: each seed's choice), the
+    mean test quality, the clock ratio to full fine-tuning (paired by seed), and the verdict of the
+    non-inferiority summary (`telly.analysis.non_inferiority_summary`) with its interval."""
+    variants = by_variant(records)
+    full = {key[0]: runs for key, runs in variants.items() if key[1] == "full"}
+    rows = []
+    for (task, method, freeze, cached, _config), runs in variants.items():
+        if task not in full or (method == "telly" and not cached):
+            continue
+        seeds = sorted(set(runs) & set(full[task]))
+        if not seeds:
+            continue
+        first = runs[seeds[0]]
+        verdict = next((r for r in summary["tasks"].get(task, {}).get("rows", []) if r["run"] == run_name(first)), None)
+        ratios = [clock_seconds(runs[s]) / clock_seconds(full[task][s]) for s in seeds]
+        chosen = [int(runs[s]["freeze"]) for s in seeds]
+        rows.append({"task": task, "family": FAMILIES.get(method, method), "run": run_name(first),
+                     "freeze": freeze if freeze is not None else int(np.median(chosen)),
+                     "chosen": ", ".join(map(str, chosen)) if method == "telly-auto" else "",
+                     "metric": first["metric"], "quality": float(np.mean([runs[s]["test"][first["metric"]] for s in seeds])),
+                     "clock_ratio": float(np.mean(ratios)), "clock_seconds": float(np.mean([clock_seconds(runs[s]) for s in seeds])),
+                     "seeds": len(seeds),
+                     "verdict": "reference" if method == "full" else (verdict or {}).get("verdict", "not tested"),
+                     "difference": (verdict or {}).get("difference"), "low": (verdict or {}).get("low"),
+                     "high": (verdict or {}).get("high"), "margin": summary["tasks"].get(task, {}).get("margin")})
+    if not rows:
+        raise ValueError("no run shares a seed with a full fine-tune of its task: nothing to put on one clock")
+    frame = pd.DataFrame(rows)
+    frame["pareto"] = False
+    for _task, group in frame.groupby("task"):
+        frame.loc[_front(group), "pareto"] = True
+    return frame.sort_values(["task", "clock_ratio"]).reset_index(drop=True)
+
+
+def _front(group: pd.DataFrame) -> list:
+    """The rows no other row beats on both quality (higher) and clock (lower)."""
+    return [i for i, row in group.iterrows()
+            if not ((group.quality >= row.quality) & (group.clock_ratio <= row.clock_ratio)
+                    & ((group.quality > row.quality) | (group.clock_ratio < row.clock_ratio))).any()]
+
+
+def pareto_chart(points: pd.DataFrame, task: str, *, width: int = 520, height: int = 260) -> alt.LayerChart:
+    """Quality against the clock ratio for one task: every variant, the Pareto front, full fine-tuning's
+    quality less the margin (dotted), and the point the reader picks (a method and, for Telly-K, a
+    depth, bound to two menus) ringed and read out."""
+    frame = points[points.task == task].copy()
+    if frame.empty:
+        raise ValueError(f"pareto_chart: no points for task {task!r}; tasks: {sorted(points.task.unique())}")
+    frame["label"] = [run if family != "Telly-auto" else f"Telly-auto (K {chosen})"
+                      for run, family, chosen in zip(frame.run, frame.family, frame.chosen)]
+    families = [f for f in FAMILIES.values() if f in set(frame.family)]
+    depths = sorted(int(k) for k in frame[frame.family == "Telly-K"].freeze) or [-1]
+    method = alt.param(name=METHOD_PARAM, value="Telly-auto" if "Telly-auto" in families else families[0],
+                       bind=alt.binding_select(options=families, name="method "))
+    depth = alt.param(name=DEPTH_PARAM, value=depths[-1], bind=alt.binding_select(options=depths, name="Telly-K: K "))
+    data = alt.Data(values=frame[["label", "family", "freeze", "quality", "clock_ratio", "verdict", "pareto"]]
+                    .to_dict("records"))
+    base = alt.Chart(data).transform_calculate(
+        picked=f"datum.family == {METHOD_PARAM} && (datum.family != 'Telly-K' || datum.freeze == {DEPTH_PARAM})")
+    x = alt.X("clock_ratio:Q", title="clock, ratio to full fine-tuning (pilot + cache + training + validation)",
+              scale=alt.Scale(zero=True))
+    y = alt.Y("quality:Q", title=f"test {frame.metric.iloc[0]}", scale=alt.Scale(zero=False))
+    colour = alt.Color("family:N", scale=alt.Scale(domain=families), title="method")
+    tooltip = ["label:N", alt.Tooltip("quality:Q", format=".3f"), alt.Tooltip("clock_ratio:Q", format=".2f"),
+               "verdict:N"]
+    front = base.transform_filter("datum.pareto").mark_line(color="#999", strokeDash=[2, 2]).encode(
+        x=x, y=y, order="clock_ratio:Q")
+    dots = base.mark_point(filled=True, size=70).encode(x=x, y=y, color=colour, tooltip=tooltip)
+    ring = base.transform_filter("datum.picked").mark_point(size=420, strokeWidth=2.5, color="#222").encode(x=x, y=y)
+    readout = base.transform_filter("datum.picked").transform_calculate(
+        text="datum.label + ': ' + format(datum.quality, '.3f') + ' at ' + format(datum.clock_ratio, '.2f') + "
+             "'x full; ' + datum.verdict").mark_text(align="left", dx=12, dy=-12, fontSize=12).encode(
+        x=x, y=y, text="text:N")
+    layers = [front, dots, ring, readout]
+    full = frame[frame.family == "Full"]
+    margin = frame.margin.iloc[0]
+    if not full.empty and margin is not None and not pd.isna(margin):
+        floor = pd.DataFrame({"quality": [float(full.quality.iloc[0]) - float(margin)]})
+        layers.insert(0, alt.Chart(floor).mark_rule(color="#54a24b", strokeDash=[1, 3]).encode(y="quality:Q"))
+    return alt.layer(*layers).add_params(method, depth).properties(width=width, height=height, title=task)
+
+
+def time_to_quality(points: pd.DataFrame) -> pd.DataFrame:
+    """Per task and method: the cheapest of its variants shown non-inferior, and what it needed (clock
+    ratio and seconds), or "did not" with the method's best verdict."""
+    rows = []
+    for (task, family), group in points[points.family != "Full"].groupby(["task", "family"], sort=False):
+        reached = group[group.verdict == "non-inferior"].sort_values("clock_ratio")
+        if reached.empty:
+            verdicts = ", ".join(sorted(set(group.verdict)))
+            rows.append({"task": task, "method": family, "variant": "", "needed": f"did not ({verdicts})"})
+        else:
+            best = reached.iloc[0]
+            rows.append({"task": task, "method": family, "variant": best.run if family != "Telly-auto" else
+                         f"Telly-auto (K {best.chosen})",
+                         "needed": f"{best.clock_ratio:.2f}x full ({best.clock_seconds:.0f} s)"})
+    return pd.DataFrame(rows, columns=["task", "method", "variant", "needed"])
+
+
+def selector_table(records: Sequence[Mapping], summary: Mapping) -> pd.DataFrame:
+    """Per task and selector, the K chosen on each seed (Telly-auto's movement rule, the gradient rule
+    and L/2, all read off Telly-auto's pilot), its verdict where the sweep ran that K, and the sweep's
+    largest non-inferior K."""
+    rows = []
+    for task in sorted({r["task"] for r in records if r.get("selection")}):
+        chosen = sorted((r for r in records if r["task"] == task and r.get("selection")), key=lambda r: r["seed"])
+        entry = summary["tasks"].get(task, {})
+        swept = {r["freeze"]: r["verdict"] for r in entry.get("rows", []) if r["method"] == "telly" and r["uses_cache"]}
+        swept[-1] = "full fine-tuning"
+        best = entry.get("largest_non_inferior_k")
+        picks = {"movement (Telly-auto)": [r["selection"]["chosen_freeze"] for r in chosen],
+                 "gradient norm": [r["selection"]["alternatives"]["gradient"]["freeze"] for r in chosen],
+                 "fixed L/2": [r["selection"]["alternatives"]["half"]["freeze"] for r in chosen]}
+        for selector, ks in picks.items():
+            rows.append({"task": task, "selector": selector, "K per seed": ", ".join(map(str, ks)),
+                         "sweep verdict at K": "; ".join(f"{k}: {swept.get(k, 'not swept')}" for k in sorted(set(ks))),
+                         "sweep's largest non-inferior K": "none" if best is None else best})
+    return pd.DataFrame(rows, columns=["task", "selector", "K per seed", "sweep verdict at K",
+                                       "sweep's largest non-inferior K"])
+
+
+def beyond_findings(points: pd.DataFrame, *, tasks_in_goal: int = 5) -> str:
+    """Issue 23's goal as measured: on how many tasks Telly-auto is non-inferior at <= 0.4x full's
+    clock (goal: 3 of 5), and, task by task, whether it is faster than LoRA at equal quality, with the
+    figures; where it falls short, where and why."""
+    auto = points[points.family == "Telly-auto"].set_index("task")
+    lora = points[points.family == "LoRA"].set_index("task")
+    if auto.empty:
+        return "Telly-auto has not run on any task here yet, so the goal cannot be judged."
+    met = [t for t, row in auto.iterrows() if row.verdict == "non-inferior" and row.clock_ratio <= GOAL_RATIO]
+    sentences = [f"**Goal** (non-inferior on at least {GOAL_TASKS} of {tasks_in_goal} tasks at no more than "
+                 f"{GOAL_RATIO}x full fine-tuning's clock): Telly-auto meets it on {len(met)} of the {len(auto)} "
+                 f"task(s) measured here ({', '.join(met) or 'none'}), so the goal is "
+                 + ("**met**." if len(met) >= GOAL_TASKS else
+                    f"**not met** here ({len(auto)} of {tasks_in_goal} tasks ran)." if len(auto) < tasks_in_goal
+                    else "**not met**.")]
+    for task, row in auto.iterrows():
+        why = []
+        if row.verdict != "non-inferior":
+            verdict = "it gets no verdict" if row.verdict == "no verdict" else f"it is {row.verdict}"
+            why.append(f"{verdict} (Telly-auto - full {row.difference:+.3f}, 95% CI [{row.low:+.3f}, {row.high:+.3f}], "
+                       f"margin {row.margin:g})" if row.difference is not None else verdict)
+        if row.clock_ratio > GOAL_RATIO:
+            why.append(f"its clock is {row.clock_ratio:.2f}x full's")
+        line = (f"*{task}*: Telly-auto chose K = {row.chosen} and took {row.clock_ratio:.2f}x full fine-tuning's clock; "
+                + ("it meets the goal" if not why else "it misses the goal: " + " and ".join(why)))
+        if task in lora.index:
+            other = lora.loc[task]
+            both = row.verdict == other.verdict == "non-inferior"
+            if both or row.verdict == "non-inferior" != other.verdict:
+                faster = row.clock_ratio < other.clock_ratio
+                line += (f". Against LoRA ({other.verdict}, {other.clock_ratio:.2f}x): "
+                         + ("faster at equal quality" if both and faster else
+                            "slower at equal quality" if both else
+                            "only Telly-auto keeps full fine-tuning's quality"))
+            else:
+                line += (f". Against LoRA ({other.verdict}, {other.clock_ratio:.2f}x): no comparison at equal quality, "
+                         + ("LoRA keeps the quality and Telly-auto does not" if other.verdict == "non-inferior"
+                            else "neither is shown to keep full fine-tuning's quality"))
+        sentences.append(line + ".")
+    return "\n\n".join(sentences)
+
+
+def has_methods(records: Sequence[Mapping]) -> bool:
+    """Whether any record is of a method chapter 5 adds (Telly-auto, LoRA, BitFit)."""
+    return any(r["method"] in ("telly-auto", "lora", "bitfit") for r in records)
+
+
+def study_status(records: Sequence[Mapping]) -> str:
+    """What the code-model study's records hold of chapter 5's methods, task by task."""
+    if not has_methods(records):
+        return ("**Not run yet.** The code-model study's records hold no Telly-auto, LoRA or BitFit run: its sweep "
+                "(chapter 3) comes first, and they reuse its full fine-tunes.")
+    counts: dict[str, dict[str, int]] = {}
+    for r in records:
+        if r["method"] in ("telly-auto", "lora", "bitfit"):
+            counts.setdefault(r["task"], {}).setdefault(FAMILIES[r["method"]], 0)
+            counts[r["task"]][FAMILIES[r["method"]]] += 1
+    return "Runs so far: " + "; ".join(f"{task}: " + ", ".join(f"{family} {n} seed(s)" for family, n in found.items())
+                                      for task, found in sorted(counts.items())) + "."
+
+
+def selection_note(records: Sequence[Mapping]) -> str:
+    """The settings Telly-auto ran with, from its records (threshold, pilot share, pilot steps and time)."""
+    chosen = [r for r in records if r.get("selection")]
+    if not chosen:
+        return "No Telly-auto run here."
+    settings = sorted({(r["selection"]["threshold"], r["selection"]["pilot_share"]) for r in chosen})
+    steps = [r["selection"]["pilot_steps"] for r in chosen]
+    share = float(np.mean([r["selection"]["pilot_seconds"] / clock_seconds(r) for r in chosen]))
+    took = f"{min(steps)}" if min(steps) == max(steps) else f"{min(steps)}-{max(steps)}"
+    return (f"Telly-auto ran with movement threshold and pilot share {', '.join(f'{t:g} and {s:g}' for t, s in settings)}; "
+            f"its pilots took {took} training step(s), on average {share:.0%} of Telly-auto's clock.")

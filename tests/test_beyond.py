@@ -1,0 +1,194 @@
+"""Chapter 5: every method on one clock against full fine-tuning. Telly-auto is one variant whatever
+each seed chose; the Pareto front, the time-to-quality table, the selector table and the goal's
+sentences follow the numbers (each flipped by contrary ones)."""
+import json
+
+import pytest
+from test_freezing_study import UNIT, _full_ranks, _search_record, _trivial
+
+from telly.analysis import non_inferiority_summary
+from telly.report import beyond
+from telly.studies import beyond as study
+
+
+def _clocked(record, train: float, pilot: float = 0.0):
+    record["time_split"] = {"load": 9.0, "prepare": 50.0 * (record["seed"] == 0), "pilot": pilot, "cache": 1.0,
+                            "train": train, "eval": 4.0, "test": 30.0, "other": 1.0}
+    return record
+
+
+def _method_record(method, seed, ranks, *, train, pilot=0.0, chosen=None):
+    record = _search_record(-1, seed, ranks)
+    labels = {"telly-auto": "Telly-auto", "lora": "LoRA (r=8)", "bitfit": "BitFit"}
+    record |= {"run": f"code-search__m__{method}__seed{seed}__unit", "method": method, "label": labels[method]}
+    if method == "telly-auto":
+        record |= {"freeze": chosen, "uses_cache": True, "selection": {
+            "chosen_freeze": chosen, "threshold": 0.05, "pilot_share": 0.25, "pilot_steps": 2, "pilot_seconds": pilot,
+            "alternatives": {"gradient": {"freeze": 1}, "half": {"freeze": 2}}}}
+    return _clocked(record, train, pilot)
+
+
+def _records(*, auto_worse=False, lora_train=40.0, auto_train=10.0):
+    """Full (train 95 s), Telly-1 and Telly-3 (cheaper, as good), Telly-auto choosing K = 3 on two
+    seeds and 1 on the third, LoRA and BitFit; scores equal to full's unless told."""
+    records = []
+    for seed in (0, 1, 2):
+        full = _full_ranks(seed)
+        records.append(_clocked(_search_record(-1, seed, full), 95.0))
+        records += [_clocked(_search_record(k, seed, full), 95.0 * (4 - k) / 4) for k in (1, 3)]
+        records.append(_method_record("telly-auto", seed, full * (2 / 3 if auto_worse else 1.0), train=auto_train,
+                                      pilot=5.0, chosen=1 if seed == 2 else 3))
+        records.append(_method_record("lora", seed, full, train=lora_train))
+        records.append(_method_record("bitfit", seed, full * 2 / 3, train=30.0))
+    return records
+
+
+def _points(records):
+    summary = non_inferiority_summary(records, UNIT, trivial=_trivial(0.2), samples=300)
+    return beyond.method_points(records, summary), summary
+
+
+def test_telly_auto_is_one_variant_whatever_each_seed_chose():
+    points, summary = _points(_records())
+    rows = {r["run"]: r for r in summary["tasks"]["code-search"]["rows"]}
+    assert rows["Telly-auto"]["seeds"] == [0, 1, 2] and rows["Telly-auto"]["verdict"] == "non-inferior"
+    auto = points[points.family == "Telly-auto"].iloc[0]
+    assert auto.chosen == "3, 3, 1" and auto.freeze == 3
+    # the clock leaves out loading, preparation and the test pass: (5 + 1 + 10 + 4) / (0 + 1 + 95 + 4)
+    assert auto.clock_ratio == pytest.approx(20 / 100)
+    assert beyond.clock_seconds(_records()[0]) == 100.0
+    assert set(points.family) == {"Full", "Telly-K", "Telly-auto", "LoRA", "BitFit"}
+    assert points[points.family == "Full"].verdict.tolist() == ["reference"]
+    # BitFit lost a third: inferior, and off the front; Telly-auto is the cheapest and as good: on it
+    bitfit = points[points.family == "BitFit"].iloc[0]
+    assert bitfit.verdict == "inferior" and not bitfit.pareto and auto.pareto
+    chart = beyond.pareto_chart(points, "code-search").to_dict()
+    params = {p["name"]: p for p in chart["params"]}
+    assert params[beyond.METHOD_PARAM]["bind"]["options"] == ["Full", "Telly-K", "Telly-auto", "LoRA", "BitFit"]
+    assert params[beyond.DEPTH_PARAM]["bind"]["options"] == [1, 3]
+    assert "datum.family == pick_method" in json.dumps(chart)
+    with pytest.raises(ValueError, match="no points for task 'clone-detection'"):
+        beyond.pareto_chart(points, "clone-detection")
+
+
+def test_time_to_quality_and_the_goal_follow_the_numbers():
+    points, _ = _points(_records())
+    needed = beyond.time_to_quality(points).set_index("method").needed
+    assert needed["Telly-auto"] == "0.20x full (20 s)"
+    assert needed["Telly-K"].startswith("0.") and needed["BitFit"] == "did not (inferior)"
+    text = beyond.beyond_findings(points)
+    assert "meets it on 1 of the 1 task(s)" in text and "**not met** here (1 of 5 tasks ran)" in text
+    assert "faster at equal quality" in text
+    # flipped: Telly-auto dearer than the goal and than LoRA
+    slow = beyond.beyond_findings(_points(_records(lora_train=2.0, auto_train=50.0))[0])
+    assert "slower at equal quality" in slow and "misses the goal: its clock is 0.60x full's" in slow
+    assert "meets it on 0 of the 1" in slow
+    # flipped: Telly-auto loses a third of the quality
+    worse_points, _ = _points(_records(auto_worse=True))
+    worse = beyond.beyond_findings(worse_points)
+    assert "misses the goal: it is inferior" in worse and "only Telly-auto" not in worse
+    assert "LoRA keeps the quality and Telly-auto does not" in worse
+    assert beyond.time_to_quality(worse_points).set_index("method").needed["Telly-auto"] == "did not (inferior)"
+    # three tasks meeting it meet the goal
+    assert "**met**" in beyond.beyond_findings(_three_tasks(points))
+
+
+def _three_tasks(points):
+    import pandas as pd
+
+    return pd.concat([points.assign(task=task) for task in ("a", "b", "c")], ignore_index=True)
+
+
+def test_the_selector_table_puts_each_choice_beside_the_sweep():
+    records = _records()
+    points, summary = _points(records)
+    table = beyond.selector_table(records, summary).set_index("selector")
+    assert table.loc["movement (Telly-auto)", "K per seed"] == "3, 3, 1"
+    assert table.loc["movement (Telly-auto)", "sweep verdict at K"] == "1: non-inferior; 3: non-inferior"
+    assert table.loc["fixed L/2", "sweep verdict at K"] == "2: not swept"
+    assert table.loc["gradient norm", "sweep's largest non-inferior K"] == 3
+
+
+def test_a_record_without_a_time_split_is_refused_by_name():
+    record = _search_record(-1, 0, _full_ranks(0))
+    with pytest.raises(ValueError, match="has no time_split"):
+        beyond.clock_seconds(record)
+
+
+def test_the_study_runs_full_the_sweep_and_each_method_per_seed():
+    runs = study.variants(["code-search"], {"code-search": [0, 1]}, [-1, 3], model="m", profile=UNIT)
+    assert [(v.method.name, v.freeze, v.seed) for v in runs] == [
+        ("full", -1, 0), ("telly", 3, 0), ("telly-auto", -1, 0), ("lora", -1, 0), ("bitfit", -1, 0),
+        ("full", -1, 1), ("telly", 3, 1), ("telly-auto", -1, 1), ("lora", -1, 1), ("bitfit", -1, 1)]
+    assert next(v for v in runs if v.method.name == "lora").method.scope == "attention+mlp"
+    with pytest.raises(ValueError, match="unknown method"):
+        study.variants(["code-search"], {"code-search": [0]}, [-1], model="m", profile=UNIT, methods=["adapters"])
+
+
+def test_what_the_chapter_says_of_runs_that_are_not_there_yet():
+    sweep_only = [r for r in _records() if r["method"] in ("full", "telly")]
+    assert not beyond.has_methods(sweep_only) and "Not run yet" in beyond.study_status(sweep_only)
+    assert beyond.selection_note(sweep_only) == "No Telly-auto run here."
+    records = _records()
+    assert beyond.study_status(records) == "Runs so far: code-search: Telly-auto 3 seed(s), LoRA 3 seed(s), BitFit 3 seed(s)."
+    assert beyond.selection_note(records) == ("Telly-auto ran with movement threshold and pilot share 0.05 and 0.25; its "
+                                              "pilots took 2 training step(s), on average 25% of Telly-auto's clock.")
+
+
+def _valid_record(task, freeze, seed, score, metric="mrr"):
+    return {"task": task, "method": "full" if freeze == -1 else "telly", "freeze": freeze, "seed": seed,
+            "uses_cache": freeze >= 0, "metric": metric, "valid": {metric: score}}
+
+
+def test_the_safe_depth_is_read_off_validation_and_every_shallower_depth_counts():
+    margin = UNIT.margin("mrr")
+    records = [_valid_record("code-search", k, s, 0.5 - (margin * 2 if k == 3 else 0.0) + 0.001 * s)
+               for k in (-1, 1, 3, 5) for s in (0, 1, 2)]
+    # Telly-3 drops by twice the margin: Telly-5 is within it but stands above a depth that is not
+    assert study.safe_depths(records, UNIT) == {"code-search": 1}
+    assert study.safe_depths([r for r in records if r["freeze"] != 3], UNIT) == {"code-search": 5}
+    with pytest.raises(ValueError, match="no full fine-tuning record"):
+        study.safe_depths([r for r in records if r["freeze"] != -1], UNIT)
+
+
+def _curve(movements):
+    return [{"layer": i, "movement": m} for i, m in enumerate(movements)]
+
+
+def test_the_calibration_picks_the_deepest_safe_setting_and_says_when_none_is():
+    # layers 0..5 (embeddings, blocks 0..4 of a 5-block model); a longer pilot moves every layer more
+    curves = [{"task": "code-search", "seed": s, "pilot_share": share,
+               "curve": _curve([x * share * 4 for x in (0.001, 0.004, 0.008, 0.03, 0.06, 0.1)])}
+              for s in (0, 1) for share in (0.25, 0.5)]
+    result = study.choose_setting(curves, {"code-search": 2}, thresholds=(0.005, 0.01, 0.05))
+    grid = {(g["pilot_share"], g["threshold"]): g for g in result["grid"]}
+    # share 0.25 (movements as listed): threshold 0.01 keeps layers 0..2 -> K 2 (safe); 0.05 -> K 3 (unsafe)
+    assert [c["freeze"] for c in grid[(0.25, 0.01)]["chosen"]] == [2, 2] and grid[(0.25, 0.01)]["safe"]
+    assert not grid[(0.25, 0.05)]["safe"]
+    # share 0.5 doubles them: 0.01 -> K 1 (safe, shallower); 0.05 keeps layers 0..2 (0.016 < 0.05 <= 0.06) -> K 2
+    assert grid[(0.5, 0.05)]["chosen"][0]["freeze"] == 2 and grid[(0.5, 0.05)]["safe"]
+    # both reach mean K 2: the shorter pilot wins
+    assert result["chosen"] == {"pilot_share": 0.25, "threshold": 0.01}
+    assert study.choose_setting(curves, {"code-search": -1}, thresholds=(0.005,))["chosen"] is None
+
+
+def test_the_pilot_alone_gives_a_curve_per_seed_and_share(tmp_path):
+    curves = study.pilot_curves("code-search", "tiny-random", UNIT.changed(train_examples=16, batch_size=4), tmp_path,
+                                seeds=[0], shares=[0.25, 1.0])
+    assert [(c["pilot_share"], c["pilot_steps"]) for c in curves] == [(0.25, 1), (1.0, 4)]
+    assert all(len(c["curve"]) == len(curves[0]["curve"]) > 1 for c in curves)
+    assert not list(tmp_path.glob("*.json"))  # no run record: only the pilot ran
+
+
+def test_telly_calibrate_auto_sweeps_pilots_and_writes_the_grid(tmp_path, capsys):
+    from telly import cli
+    from telly.jsonio import read_json
+
+    code = cli.main(["calibrate-auto", "--model", "tiny-random", "--profile", "smoke", "--out", str(tmp_path / "runs"),
+                     "--tasks", "code-search", "--seeds", "0", "--freeze=-1,1", "--shares", "0.5",
+                     "--thresholds", "0.001,0.999", "--write", str(tmp_path / "calibration.json")])
+    result = read_json(tmp_path / "calibration.json")
+    assert [(g["pilot_share"], g["threshold"]) for g in result["grid"]] == [(0.5, 0.001), (0.5, 0.999)]
+    assert set(result["safe_depths"]) == {"code-search"} and result["depths"] == [-1, 1]
+    assert code == (0 if result["chosen"] else 1)
+    assert "safe depths (validation)" in capsys.readouterr().out
