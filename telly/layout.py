@@ -24,3 +24,4 @@ WEIGHTS_DIR = "weights"
 # study.json's parts: the research questions (totalled in this order), then the checks beside them.
 QUESTIONS = ("rq3", "rq2", "rq1")
 CHECKS = ("precision", "quantisation")
+EXTENSIONS = ("beyond",)  # chapter 5's runs of the study's model: totalled apart (issue 23 has its own budget)

@@ -104,6 +104,9 @@ class TellyAuto(Method):
     pilot_share: float = 0.25
     threshold: float = 0.05
     cache: bool = True
+    # Where the defaults came from (`telly calibrate-auto`'s record); None: not calibrated yet, and the
+    # study's SmolLM2 runs of chapter 5 refuse to start.
+    calibration: ClassVar[str | None] = None
     name: ClassVar[str] = "telly-auto"
     label: ClassVar[str] = "Telly-auto"
 

@@ -124,7 +124,10 @@ def test_the_plan_table_puts_the_plan_beside_what_was_achieved():
     assert report.plan_table(PLAN).loc["code-generation (bleu, margin 2)", "CPU h: planned / measured"] == "0.86 / -"
     text = report.plan_prose(PLAN)
     assert "dropped depths 6 (depths go before seeds and rows)" in text and "No runs for code-search" in text
-    assert "4.00 of a 9-hour budget" in text
+    assert "4.00 of a 9-hour budget" in text and "rescaled" not in text
+    scaled = report.plan_prose(PLAN | {"machine_scale": {"code-generation": {"train_per_example": 2.93, "eval_per_row": 2.1},
+                                                         "code-summarization": {"train_per_example": 2.77, "eval_per_row": 2.43}}})
+    assert "rescaled to the machine that runs the study" in scaled and "training 2.8-2.9x and decoding or scoring 2.1-2.4x" in scaled
 
 
 def test_the_decisive_blocks_say_the_same_in_words():

@@ -39,6 +39,7 @@ def private_cache(tmp_path, monkeypatch):
 
 
 REAL_FINETUNE = trainer.finetune
+REAL_BEYOND = study.Study.beyond
 
 
 @pytest.fixture(autouse=True)
@@ -51,6 +52,13 @@ def quick_quantisation_check(monkeypatch):
         return document
 
     monkeypatch.setattr(study, "quantisation_check", check)
+
+
+@pytest.fixture(autouse=True)
+def quick_beyond(monkeypatch):
+    """Chapter 5's part trains three methods per seed: here it is marked finished without running
+    (the real part has its own test below)."""
+    monkeypatch.setattr(study.Study, "beyond", lambda self, part, task: self.ledger.finish(part, ran=False))
 
 
 def _patch_finetune(monkeypatch, replacement) -> None:
@@ -133,9 +141,9 @@ def test_the_study_resumes_after_a_kill_and_a_fresh_clone_reruns_nothing(tmp_pat
     assert precision["difference_of_differences"]["run"] == "Telly-3"
     assert (precision["verdict"] == "equivalent") == (max(precision["p_lower"], precision["p_upper"]) < 0.05)
     assert precision["float32"]["value"] == read_json(records / f"{full['code-search'].run_id}.json")["test"]["mrr"]
-    assert all(entry["wall_seconds"] > 0 for entry in document["parts"].values())
-    assert document["wall_seconds"]["total"] == pytest.approx(
-        sum(entry["wall_seconds"] for entry in document["parts"].values()))
+    worked = {part: entry for part, entry in document["parts"].items() if not part.startswith("beyond/")}  # stand-in
+    assert all(entry["wall_seconds"] > 0 for entry in worked.values())
+    assert document["wall_seconds"]["total"] == pytest.approx(sum(entry["wall_seconds"] for entry in worked.values()))
     assert document["parts"]["rq3/code-completion"]["runs"] == 2
     assert {"machine", "commit", "date"} <= set(document["parts"]["rq1"])
     assert {"machine", "commit", "started", "updated"} <= set(document["sessions"][-1])
@@ -203,8 +211,8 @@ def test_a_failing_part_is_recorded_and_the_others_still_run(tmp_path, private_c
     assert attempted == ["code-completion", "code-completion", "code-search"]  # rq3, rq2, then rq1's fine-tune
     assert {part: entry["status"] for part, entry in document["parts"].items()} == \
         {"rq3/code-completion": "failed", "rq2/code-completion": "failed", "rq1": "failed",
-         "quantisation/minilm-l6": "finished"}  # a part that needs none of the failed ones still runs
-    assert document["parts"]["rq1"]["error"] == "ValueError: code-search exploded"
+         "quantisation/minilm-l6": "finished", "beyond/code-completion": "finished"}  # (a stand-in here)
+    assert document["parts"]["rq1"]["error"] == "ValueError: code-search exploded"  # the others still ran
     assert "rq1: failed" in "\n".join(part_lines(document))
 
 
@@ -213,12 +221,12 @@ def test_part_lines_follow_the_numbers():
         entry = {"status": status, "wall_seconds": seconds, **({"runs": runs} if runs is not None else {})}
         return {"parts": {"rq3/code-search": entry},
                 "wall_seconds": {"rq1": 0.0, "rq2": 0.0, "rq3": seconds or 0.0, "precision": 0.0,
-                                 "quantisation": 60.0, "total": (seconds or 0.0) + 60.0}}
+                                 "quantisation": 60.0, "beyond": 120.0, "total": (seconds or 0.0) + 180.0}}
 
     finished = part_lines(document("finished", 5400.0, runs=15))
     assert finished[0] == "rq3/code-search: finished, 1.5 h, 15 runs"
     assert finished[-1] == ("measured: RQ3 1.5 h, RQ2 0.0 min, RQ1 0.0 min, precision check 0.0 min, "
-                            "quantisation check 1.0 min, total 1.5 h")
+                            "quantisation check 1.0 min, beyond (chapter 5) 2.0 min, total 1.6 h")
     assert part_lines(document("running", 90.0))[0] == "rq3/code-search: running, 1.5 min"
     assert part_lines(document("finished", None))[0] == "rq3/code-search: finished, not measured here"
 
@@ -256,11 +264,13 @@ def test_a_planned_profile_runs_rq3_only_for_its_tasks_in_its_order():
     tasks = ["code-search", "clone-detection", "code-summarization", "code-generation"]
     assert study.parts(tasks, ["code-generation", "code-summarization"]) == [
         "rq3/code-generation", "rq2/code-generation", "rq3/code-summarization", "rq2/code-summarization",
-        "rq2/code-search", "rq1", "rq2/clone-detection", "precision/code-generation", "quantisation/minilm-l6"]
+        "rq2/code-search", "rq1", "rq2/clone-detection", "precision/code-generation", "quantisation/minilm-l6",
+        "beyond/code-generation", "beyond/code-summarization"]
     assert study.parts(tasks) == ["rq3/code-search", "rq2/code-search", "rq1", "rq3/clone-detection",
                                   "rq2/clone-detection", "rq3/code-summarization", "rq2/code-summarization",
                                   "rq3/code-generation", "rq2/code-generation", "precision/code-search",
-                                  "quantisation/minilm-l6"]
+                                  "quantisation/minilm-l6", "beyond/code-search", "beyond/clone-detection",
+                                  "beyond/code-summarization", "beyond/code-generation"]
     planned = TINY.changed(task_sizes=(("code-generation", 5, 8, 8, 8),))
     assert study.planned_tasks(planned) == ["code-generation"] and study.planned_tasks(TINY) == []
 
@@ -293,13 +303,13 @@ def test_a_planned_study_runs_its_parts_in_the_plans_order(tmp_path, monkeypatch
     """The run itself follows the plan (not only `parts`): each part's method notes its turn."""
     planned = TINY.changed(task_sizes=(("code-completion", 2, 8, 8, 8),))
     seen = []
-    for name in ("rq3", "rq2", "rq1", "precision", "quantisation"):
+    for name in ("rq3", "rq2", "rq1", "precision", "quantisation", "beyond"):
         monkeypatch.setattr(study.Study, name, lambda self, part, *args: seen.append(part))
     document = study.run_study("tiny-random", planned, out=tmp_path / "out", records=tmp_path / "records",
                                tasks=TASKS, progress=False)
     assert seen == study.parts(TASKS, ["code-completion"]) == [
         "rq3/code-completion", "rq2/code-completion", "rq2/code-search", "rq1", "precision/code-completion",
-        "quantisation/minilm-l6"]
+        "quantisation/minilm-l6", "beyond/code-completion"]
     assert list(document["parts"]) == seen
 
 
@@ -318,3 +328,28 @@ def test_a_bf16_study_is_refused_on_a_cpu_that_would_emulate_bf16(tmp_path, monk
         study.run_study("tiny-random", bf16, out=tmp_path / "out", records=tmp_path / "records", tasks=TASKS,
                         progress=False)
     assert not (tmp_path / "records" / "study.json").exists()
+
+
+def test_chapter_5s_methods_run_last_beside_rq3s_full_fine_tunes(tmp_path, private_cache, monkeypatch):
+    from telly.methods import TellyAuto
+
+    monkeypatch.setattr(study.Study, "beyond", REAL_BEYOND)
+    runner = study.Study("tiny-random", TINY, tmp_path / "records", tmp_path / "out", ["code-search"], "stdlib", False)
+    with pytest.raises(ValueError, match="not calibrated yet"):  # issue 23: calibrated before any study run
+        runner.beyond("beyond/code-search", "code-search")
+    monkeypatch.setattr(TellyAuto, "calibration", "a test's")
+    with pytest.raises(RuntimeError, match="pairs with rq3/code-search's full fine-tunes of seeds \\[0\\]"):
+        runner.beyond("beyond/code-search", "code-search")
+    runner.rq3("rq3/code-search", "code-search")
+    calls: list[str] = []
+    _counting_finetune(monkeypatch, calls)
+    runner.beyond("beyond/code-search", "code-search")
+    assert [c.split("__")[2] for c in calls] == ["telly-auto", "lora-mlp", "bitfit"]
+    entry = read_json(tmp_path / "records" / "study.json")["parts"]["beyond/code-search"]
+    assert entry["status"] == "finished" and entry["runs"] == 3
+    rows = {r["run"] for r in read_json(tmp_path / "records" / "summary.json")["tasks"]["code-search"]["rows"]}
+    assert {"Telly-auto", "BitFit"} <= rows
+    assert not any((tmp_path / "out" / study.WEIGHTS_DIR / c).exists() for c in calls)  # records only
+    calls.clear()
+    runner.beyond("beyond/code-search", "code-search")  # read back: nothing trains
+    assert calls == []

@@ -10,7 +10,7 @@ import pandas as pd
 
 from telly import stats
 from telly.analysis import widest_half_width
-from telly.layout import BENCH_DIR, CHECKS, QUESTIONS
+from telly.layout import BENCH_DIR, CHECKS, EXTENSIONS, QUESTIONS
 from telly.profiles import Profile
 from telly.report.charts import ProvenanceBox, provenance_box
 from telly.report.freezing import sweep_view as freezing_sweep_view
@@ -170,6 +170,7 @@ def part_lines(document: Mapping) -> list[str]:
     totals = document["wall_seconds"]
     lines.append("measured: " + ", ".join(f"{q.upper()} {duration(totals[q])}" for q in QUESTIONS)
                  + "".join(f", {c} check {duration(totals.get(c))}" for c in CHECKS)
+                 + "".join(f", {e} (chapter 5) {duration(totals.get(e))}" for e in EXTENSIONS if e in totals)
                  + f", total {duration(totals['total'])}")
     return lines
 
@@ -296,6 +297,14 @@ def plan_prose(plan: Mapping) -> str:
     text = (f"The plan asks for a 95% interval half-width of at most {plan['half_width_share']:g} x the margin with "
             f"at least {plan['min_seeds']} seeds, from the pilot's measured variances and costs; it spends "
             f"{plan['hours']:.2f} of a {plan['budget_hours']:g}-hour budget for RQ3.")
+    scales = list((plan.get("machine_scale") or {}).values())
+    if scales:
+        def spread(part: str) -> str:
+            low, high = min(s[part] for s in scales), max(s[part] for s in scales)
+            return f"{low:.1f}x" if round(low, 1) == round(high, 1) else f"{low:.1f}-{high:.1f}x"
+        text += (" Its costs were measured on the pilot's machine and rescaled to the machine that runs the study by "
+                 f"that machine's own short runs: training {spread('train_per_example')} and decoding or scoring "
+                 f"{spread('eval_per_row')} the pilot's seconds.")
     if dropped:
         text += f" To fit, it dropped depths {', '.join(map(str, dropped))} (depths go before seeds and rows)."
     if capped:

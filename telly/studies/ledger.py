@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from telly.jsonio import as_stored
-from telly.layout import CHECKS, QUESTIONS, STUDY
+from telly.layout import CHECKS, EXTENSIONS, QUESTIONS, STUDY
 from telly.store import RunStore, device_description
 from telly.studies.bench_harness import cpu_model
 
@@ -108,7 +108,7 @@ class Ledger:
         self.save()
 
     def save(self) -> None:
-        totals = {kind: 0.0 for kind in QUESTIONS + CHECKS}
+        totals = {kind: 0.0 for kind in QUESTIONS + CHECKS + EXTENSIONS}
         for part, entry in self.document["parts"].items():
             totals[part.split("/")[0]] += entry.get("wall_seconds") or 0.0
         self.document["wall_seconds"] = {**totals, "total": sum(totals.values())}

@@ -28,6 +28,12 @@ checkpoints that RQ2 and RQ1 then reuse instead of training again.
               profile's sizes, on MiniLM-L6 and on its GGUF round trip (Q4_1, the study backbone's own
               format), in records/quantisation/ (`telly.studies.quantisation`): whether the format
               moves Telly-K - full by more than the margin.
+  beyond/<task>
+              last, per task with RQ3 runs: chapter 5's methods (`telly.studies.beyond`: Telly-auto,
+              LoRA on attention and MLP, BitFit) on the task's first BEYOND_SEEDS seeds, beside rq3's
+              records, which hold the full fine-tunes they are paired with. Refused (the part fails,
+              saying why) while Telly-auto's pilot share and threshold are not calibrated on MiniLM
+              (`telly.methods.TellyAuto.calibration`), as issue 23 asks before any SmolLM2 run.
 
 A planned profile (Profile.training.task_sizes, from the power planner's plan.json) runs rq3 only
 for the tasks its plan sized, in the plan's order, each followed by its rq2; then rq2 of the other
@@ -78,11 +84,14 @@ from telly.backbones import load
 from telly.corpus import load_corpus
 from telly.jsonio import as_stored, read_json
 from telly.layout import PRECISION_DIR, QUANTISATION_DIR, SIMILARITY_DIR, SUMMARY, WEIGHTS_DIR
+from telly.methods import TellyAuto
 from telly.profiles import LAPTOP, Profile
 from telly.progress import progress_bar
 from telly.store import RunStore, Variant, slug
 from telly.studies.bench_harness import BF16_FLAGS, bf16_units, cpu_model, default_device
-from telly.studies.freezing import GENERATION_TASKS, parse_freeze, plan, sweep, write_summary
+from telly.studies.beyond import METHODS as BEYOND_METHODS
+from telly.studies.beyond import variants as beyond_variants
+from telly.studies.freezing import GENERATION_TASKS, parse_freeze, plan, run_variants, sweep, write_summary
 from telly.studies.ledger import Ledger
 from telly.studies.probing import probing_inputs, record_dir, run_probing
 from telly.studies.quantisation import DOCUMENT as QUANTISATION_DOCUMENT
@@ -97,6 +106,7 @@ PROBED_TASK = "code-search"  # RQ1's fine-tuned state
 PRECISION_TASK = "code-search"  # the cheapest full fine-tune: run again in the other precision
 QUANTISATION_PART = "quantisation/minilm-l6"  # MiniLM-L6 against its GGUF round trip, at laptop sizes
 QUANTISATION_PROFILE = LAPTOP
+BEYOND_SEEDS = 3  # chapter 5's methods per task: issue 23 asks for at least three seeds
 OTHER_PRECISION = {"bf16": "no", "no": "bf16"}  # Profile.training.mixed_precision -> the one it is checked against
 # What a failing part may raise without stopping the others (a kill still stops everything).
 PART_ERRORS = (ValueError, RuntimeError, OSError, MemoryError)
@@ -119,13 +129,14 @@ def parts(tasks: Sequence[str], planned: Sequence[str] = ()) -> list[str]:
         for task in sorted((t for t in tasks if t not in planned), key=lambda task: task != PROBED_TASK):
             order += [f"rq2/{task}"] + (["rq1"] if task == PROBED_TASK else [])
         order = order if "rq1" in order else [*order, "rq1"]
-        return [*order, f"precision/{planned[0]}", QUANTISATION_PART]
+        return [*order, f"precision/{planned[0]}", QUANTISATION_PART, *(f"beyond/{task}" for task in planned)]
     ordered = sorted(tasks, key=lambda task: task != PROBED_TASK)  # stable: the others keep their order
     order = []
     for task in ordered:
         order += [f"rq3/{task}", f"rq2/{task}"] + (["rq1"] if task == PROBED_TASK else [])
     order = order if PROBED_TASK in tasks else [*order, "rq1"]
-    return order + ([f"precision/{PRECISION_TASK}"] if PRECISION_TASK in tasks else []) + [QUANTISATION_PART]
+    return (order + ([f"precision/{PRECISION_TASK}"] if PRECISION_TASK in tasks else []) + [QUANTISATION_PART]
+            + [f"beyond/{task}" for task in ordered])
 
 
 def check_precision(precision: str, what: str, device: torch.device | None = None,
@@ -338,6 +349,32 @@ class Study:
         shutil.rmtree(store.weights_root, ignore_errors=True)  # records only: nothing reads these weights
         self.ledger.finish(part, ran=_stamp(path) != before, runs=len(document["inputs"]["runs"]), inputs=inputs)
 
+    def beyond(self, part: str, task: str) -> None:
+        """Chapter 5's methods on `task`'s first BEYOND_SEEDS seeds, in the study's store, paired with
+        rq3's full fine-tunes; only their records are kept."""
+        if TellyAuto.calibration is None:
+            raise ValueError(f"{part}: Telly-auto's pilot share and threshold are not calibrated yet; issue 23 fixes "
+                             "them on MiniLM at the laptop profile (telly calibrate-auto) before any SmolLM2 run")
+        seeds = list(self.profile.seeds_for(task))[:BEYOND_SEEDS]
+        full = [finished_run(Variant.of(task, self.model, -1, seed=s, profile=self.profile), self.store) for s in seeds]
+        if not all(full):
+            raise RuntimeError(f"{part} pairs with rq3/{task}'s full fine-tunes of seeds {seeds}, and some are missing")
+        variants = beyond_variants([task], {task: seeds}, [], model=self.model, profile=self.profile,
+                                   methods=tuple(BEYOND_METHODS))
+        found = [finished_run(v, self.store) for v in variants]
+        if all(found):
+            self.ledger.finish(part, ran=False, runs=len(found), run_seconds=sum(r["wall_seconds"] for r in found))
+            return
+        self.ledger.start(part, afresh=not any(found))
+        result = run_variants(variants, self.store, progress=self.progress, on_epoch=self.ledger.tick,
+                              **self.finetune_options)
+        for variant in variants:
+            shutil.rmtree(self.store.run_dir(variant), ignore_errors=True)  # records only: nothing reads the weights
+        self.summarise()
+        self.ledger.finish(part, ran=True, status="failed" if result["failed"] else "finished",
+                           runs=len(result["records"]), failed=result["failed"],
+                           run_seconds=sum(r["wall_seconds"] for r in result["records"]))
+
     def part_inputs(self, part: str, task: str) -> dict:
         """What an rq2 / rq1 document is made from, as far as can be told without the weights: the
         library's description of its data and settings and the fine-tuning record it read."""
@@ -375,6 +412,8 @@ class Study:
                     self.precision(part, task)
                 elif question == "quantisation":
                     self.quantisation(part)
+                elif question == "beyond":
+                    self.beyond(part, task)
                 else:
                     self.rq1(part)
             except PART_ERRORS as exc:  # the other parts still run; the command exits non-zero
