@@ -107,6 +107,13 @@ def test_the_selector_table_puts_each_choice_beside_the_sweep():
     assert table.loc["movement (Telly-auto)", "sweep verdict at K"] == "1: non-inferior; 3: non-inferior"
     assert table.loc["fixed L/2", "sweep verdict at K"] == "2: not swept"
     assert table.loc["gradient norm", "sweep's largest non-inferior K"] == 3
+    assert "probing peak (semantic)" not in table.index  # no probing document given
+    probing = {"findings": {"semantic": {"peak": {"layer": 4, "score": 0.7}}}}
+    with_peak = beyond.selector_table(records, summary, probing).set_index("selector")
+    assert with_peak.loc["probing peak (semantic)", "K per seed"] == "3"  # layers 0..3 (below the peak) frozen
+    assert with_peak.loc["probing peak (semantic)", "sweep verdict at K"] == "3: non-inferior"
+    assert beyond.probing_choice({"findings": {"semantic": {"peak": {"layer": 0}}}}, "code-search") == -1
+    assert beyond.probing_choice({"findings": {}}, "code-search") is None
 
 
 def test_a_record_without_a_time_split_is_refused_by_name():

@@ -247,6 +247,29 @@ def check_slider(chart) -> None:
     assert any(expected in line for line in after), f"slider at {target} highlights {after}"
 
 
+def pareto_charts(page) -> list:
+    """Chapter 5's charts: the two menus (method, Telly-K's K) that pick a point."""
+    charts = page.locator(".telly-chart")
+    return [charts.nth(i) for i in range(charts.count()) if charts.nth(i).locator("select").count() == 2]
+
+
+def picked(chart) -> str:
+    return next((t for t in chart.locator("svg text").all_text_contents() if t and "x full" in t), "")
+
+
+def check_pick(chart) -> None:
+    """Picking another method in the menu moves the ring and its readout to that method's point."""
+    before = picked(chart)
+    assert before, "the Pareto chart reads out no picked point"
+    menu = chart.locator("select").first
+    target = next(o for o in menu.locator("option").all_text_contents() if not before.startswith(o))
+    menu.select_option(target)
+    deadline = time.monotonic() + 10
+    while (after := picked(chart)) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert after.startswith("Base" if target == "Full" else "Telly-" if target == "Telly-K" else target), (target, after)
+
+
 def test_smoke_book_pages_are_offline_and_draw(smoke_book, browser):
     chapters, _ = find_chapters(BOOK)
     assert [p.stem for p in chapter_pages(smoke_book)] == sorted(c.name for c in chapters)
@@ -261,6 +284,10 @@ def test_smoke_book_pages_are_offline_and_draw(smoke_book, browser):
             assert sliders or not page_path.name.startswith("03-"), "chapter 3 shows no freeze-depth slider"
             for chart in sliders:
                 check_slider(chart)
+            picks = pareto_charts(page)  # chapter 5: one per task of the live run
+            assert picks or not page_path.name.startswith("05-"), "chapter 5 shows no Pareto chart to pick on"
+            for chart in picks:
+                check_pick(chart)
             page.close()
     finally:
         server.shutdown()

@@ -25,6 +25,11 @@ CLOCK_PARTS = ("pilot", "cache", "train", "eval")
 FAMILIES = {"full": "Full", "telly": "Telly-K", "telly-auto": "Telly-auto", "lora": "LoRA", "bitfit": "BitFit"}
 GOAL_TASKS, GOAL_RATIO = 3, 0.4  # issue 23: non-inferior on at least 3 of 5 tasks at no more than 0.4x full's clock
 METHOD_PARAM, DEPTH_PARAM = "pick_method", "pick_depth"
+# The probed property each task leans on most, fixed before any selector ran: matching code to a
+# description, a clone to its original or a summary to its code is behaviour (semantic, POJ-104's
+# kind of probe); writing code from a docstring or finishing a line must first be well-formed (syntactic).
+TASK_PROPERTY = {"code-search": "semantic", "clone-detection": "semantic", "code-summarization": "semantic",
+                 "code-generation": "syntactic", "code-completion": "syntactic"}
 
 
 def clock_seconds(record: Mapping) -> float:
@@ -77,7 +82,7 @@ def _front(group: pd.DataFrame) -> list:
                     & ((group.quality > row.quality) | (group.clock_ratio < row.clock_ratio))).any()]
 
 
-def pareto_chart(points: pd.DataFrame, task: str, *, width: int = 520, height: int = 260) -> alt.LayerChart:
+def pareto_chart(points: pd.DataFrame, task: str, *, width: int = 440, height: int = 260) -> alt.LayerChart:
     """Quality against the clock ratio for one task: every variant, the Pareto front, full fine-tuning's
     quality less the margin (dotted), and the point the reader picks (a method and, for Telly-K, a
     depth, bound to two menus) ringed and read out."""
@@ -107,8 +112,8 @@ def pareto_chart(points: pd.DataFrame, task: str, *, width: int = 520, height: i
     ring = base.transform_filter("datum.picked").mark_point(size=420, strokeWidth=2.5, color="#222").encode(x=x, y=y)
     readout = base.transform_filter("datum.picked").transform_calculate(
         text="datum.label + ': ' + format(datum.quality, '.3f') + ' at ' + format(datum.clock_ratio, '.2f') + "
-             "'x full; ' + datum.verdict").mark_text(align="left", dx=12, dy=-12, fontSize=12).encode(
-        x=x, y=y, text="text:N")
+             "'x full; ' + datum.verdict").mark_text(align="left", baseline="top", fontSize=12).encode(
+        x=alt.value(6), y=alt.value(4), text="text:N")  # top left, where no point can hide it
     layers = [front, dots, ring, readout]
     full = frame[frame.family == "Full"]
     margin = frame.margin.iloc[0]
@@ -135,10 +140,19 @@ def time_to_quality(points: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["task", "method", "variant", "needed"])
 
 
-def selector_table(records: Sequence[Mapping], summary: Mapping) -> pd.DataFrame:
+def probing_choice(probing: Mapping | None, task: str) -> int | None:
+    """The probing-based K: freeze every layer below the peak of the task's property (TASK_PROPERTY) in
+    the pre-trained model (chapter 1's probing document): K = peak layer - 1 (layer 0 is the
+    embeddings' output); None without a peak."""
+    finding = ((probing or {}).get("findings") or {}).get(TASK_PROPERTY.get(task, ""), {})
+    peak = finding.get("peak")
+    return None if not peak else max(int(peak["layer"]) - 1, -1)
+
+
+def selector_table(records: Sequence[Mapping], summary: Mapping, probing: Mapping | None = None) -> pd.DataFrame:
     """Per task and selector, the K chosen on each seed (Telly-auto's movement rule, the gradient rule
-    and L/2, all read off Telly-auto's pilot), its verdict where the sweep ran that K, and the sweep's
-    largest non-inferior K."""
+    and L/2, all read off Telly-auto's pilot; the probing peak from chapter 1's document when given),
+    its verdict where the sweep ran that K, and the sweep's largest non-inferior K."""
     rows = []
     for task in sorted({r["task"] for r in records if r.get("selection")}):
         chosen = sorted((r for r in records if r["task"] == task and r.get("selection")), key=lambda r: r["seed"])
@@ -149,6 +163,9 @@ def selector_table(records: Sequence[Mapping], summary: Mapping) -> pd.DataFrame
         picks = {"movement (Telly-auto)": [r["selection"]["chosen_freeze"] for r in chosen],
                  "gradient norm": [r["selection"]["alternatives"]["gradient"]["freeze"] for r in chosen],
                  "fixed L/2": [r["selection"]["alternatives"]["half"]["freeze"] for r in chosen]}
+        peak = probing_choice(probing, task)
+        if peak is not None:
+            picks[f"probing peak ({TASK_PROPERTY[task]})"] = [peak]
         for selector, ks in picks.items():
             rows.append({"task": task, "selector": selector, "K per seed": ", ".join(map(str, ks)),
                          "sweep verdict at K": "; ".join(f"{k}: {swept.get(k, 'not swept')}" for k in sorted(set(ks))),

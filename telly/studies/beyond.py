@@ -29,10 +29,12 @@ import numpy as np
 
 from telly.analysis import non_inferiority_summary
 from telly.backbones import load
+from telly.jsonio import read_json
 from telly.profiles import Profile
 from telly.selectors import deepest_still
 from telly.store import RunStore, Variant, as_store
 from telly.studies.freezing import parse_freeze, run_variants
+from telly.studies.probing import record_dir
 from telly.trainer import FineTuning
 
 PILOT_SHARES = (0.1, 0.25, 0.5)
@@ -74,6 +76,13 @@ def beyond_study(model: str, profile: Profile, store: RunStore | str | Path, *, 
     records = store.records(model=model, profile=profile.name, tasks=list(tasks), data_paths=data)
     return {"records": records, "failed": result["failed"], "seeds_of": seeds_of,
             "summary": non_inferiority_summary(records, profile)}
+
+
+def probing_document(model: str, store: RunStore | str | Path) -> dict | None:
+    """Chapter 1's probing document of `model` in the store (its peaks feed the probing-based
+    selector), or None when chapter 1 has not run there."""
+    path = record_dir(as_store(store).root, model) / "probing.json"
+    return read_json(path) if path.exists() else None
 
 
 def safe_depths(records: Sequence[Mapping], profile: Profile) -> dict[str, int]:
