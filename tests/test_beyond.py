@@ -199,3 +199,13 @@ def test_telly_calibrate_auto_sweeps_pilots_and_writes_the_grid(tmp_path, capsys
     assert set(result["safe_depths"]) == {"code-search"} and result["depths"] == [-1, 1]
     assert code == (0 if result["chosen"] else 1)
     assert "safe depths (validation)" in capsys.readouterr().out
+
+
+def test_chapter_3s_tables_and_slider_take_a_store_that_chapter_5_also_wrote():
+    from telly.report import freezing
+
+    table = freezing.freeze_table(_records(), samples=50)
+    assert table.freeze.isna().sum() == 1  # Telly-auto: no K of its own
+    curve = freezing.curve_table(table)
+    assert curve.freeze.dtype == int and sorted(curve.freeze) == [-1, 1, 3]
+    assert freezing.freeze_slider(table) is not None

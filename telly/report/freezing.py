@@ -172,6 +172,7 @@ def curve_table(table: pd.DataFrame) -> pd.DataFrame:
     """Full fine-tuning and cached Telly-K rows of `freeze_table`, with the columns the slider and the
     comparison with the paper show."""
     curve = table[((table.method == "telly") & table.uses_cache) | (table.method == "full")]
+    curve = curve.assign(freeze=curve.freeze.astype(int))  # a method that chose its own K (Telly-auto) has none
     return curve.rename(columns={"value": "quality", "trainable_millions": "trainable (M)",
                                  "epoch_seconds": "epoch (s)", "time_to_best_seconds": "to best (s)"})
 
