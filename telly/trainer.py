@@ -321,7 +321,8 @@ class FineTuning:
         self.freeze = deepest_still(curve, auto.threshold)
         self.method = auto.resolved(self.freeze)
         self.pilot_seconds = time.perf_counter() - tick
-        self.selection = {"method": auto.name, "pilot_share": auto.pilot_share, "pilot_steps": steps,
+        self.selection = {"method": auto.name, "pilot_share": auto.pilot_share, "calibration": auto.calibration,
+                          "pilot_steps": steps,
                           "pilot_losses": losses, "threshold": auto.threshold, "measures": list(MEASURES),
                           "inputs": f"{len(self.data.valid)} validation examples, every text field",
                           "curve": curve, "chosen_freeze": self.freeze, "chosen": self.method.label,

@@ -138,8 +138,14 @@ def test_what_the_chapter_says_of_runs_that_are_not_there_yet():
     assert beyond.selection_note(sweep_only) == "No Telly-auto run here."
     records = _records()
     assert beyond.study_status(records) == "Runs so far: code-search: Telly-auto 3 seed(s), LoRA 3 seed(s), BitFit 3 seed(s)."
-    assert beyond.selection_note(records) == ("Telly-auto ran with movement threshold and pilot share 0.05 and 0.25; its "
-                                              "pilots took 2 training step(s), on average 25% of Telly-auto's clock.")
+    assert beyond.selection_note(records) == (
+        "Telly-auto ran with movement threshold and pilot share 0.05 and 0.25 (uncalibrated defaults: `telly "
+        "calibrate-auto` sets them on validation data against the sweep); its pilots took 2 training step(s), on "
+        "average 25% of Telly-auto's clock.")
+    for record in records:
+        if record.get("selection"):
+            record["selection"]["calibration"] = "telly calibrate-auto on minilm-l6 (laptop)"
+    assert "(set by telly calibrate-auto on minilm-l6 (laptop))" in beyond.selection_note(records)
 
 
 def _valid_record(task, freeze, seed, score, metric="mrr"):

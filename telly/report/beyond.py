@@ -244,5 +244,8 @@ def selection_note(records: Sequence[Mapping]) -> str:
     steps = [r["selection"]["pilot_steps"] for r in chosen]
     share = float(np.mean([r["selection"]["pilot_seconds"] / clock_seconds(r) for r in chosen]))
     took = f"{min(steps)}" if min(steps) == max(steps) else f"{min(steps)}-{max(steps)}"
-    return (f"Telly-auto ran with movement threshold and pilot share {', '.join(f'{t:g} and {s:g}' for t, s in settings)}; "
-            f"its pilots took {took} training step(s), on average {share:.0%} of Telly-auto's clock.")
+    sources = sorted({str(r["selection"].get("calibration")) for r in chosen if r["selection"].get("calibration")})
+    origin = (f"set by {'; '.join(sources)}" if sources and all(r["selection"].get("calibration") for r in chosen) else
+              "uncalibrated defaults: `telly calibrate-auto` sets them on validation data against the sweep")
+    return (f"Telly-auto ran with movement threshold and pilot share {', '.join(f'{t:g} and {s:g}' for t, s in settings)} "
+            f"({origin}); its pilots took {took} training step(s), on average {share:.0%} of Telly-auto's clock.")
