@@ -74,7 +74,7 @@ def test_telly_auto_is_one_variant_whatever_each_seed_chose():
 def test_time_to_quality_and_the_goal_follow_the_numbers():
     points, _ = _points(_records())
     needed = beyond.time_to_quality(points).set_index("method").needed
-    assert needed["Telly-auto"] == "0.20x full (20 s)"
+    assert needed["Telly-auto"] == "0.20x full fine-tuning's clock"
     assert needed["Telly-K"].startswith("0.") and needed["BitFit"] == "did not (inferior)"
     text = beyond.beyond_findings(points)
     assert "meets it on 1 of the 1 task(s)" in text and "**not met** here (1 of 5 tasks ran)" in text
