@@ -137,8 +137,8 @@ def plan(records: Sequence[dict], profile: Profile, *, power: float = 0.8, half_
     summary = non_inferiority_summary(records, profile, samples=samples)
     scales = {task: machine_scale(depth_costs(records, task), depth_costs(machine_records, task))
               for task in summary["tasks"] if any(r["task"] == task for r in machine_records)}
-    mean_scale = {name: round(float(np.mean([s[name] for s in scales.values()])), 3)
-                  for name in SCALED_PARTS} if scales else None
+    mean_scale = {name: round(float(np.mean([s[name] for s in scales.values() if name in s])), 3)
+                  for name in SCALED_PARTS if any(name in s for s in scales.values())} if scales else None
     depths = list(depths) if depths is not None else sorted({int(r["freeze"]) for r in records})
     seeds = [s for s in seed_options if s >= min_seeds]
 
