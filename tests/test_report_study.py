@@ -130,6 +130,17 @@ def test_the_plan_table_puts_the_plan_beside_what_was_achieved():
     assert "rescaled to the machine that runs the study" in scaled and "training 2.8-2.9x and decoding or scoring 2.1-2.4x" in scaled
 
 
+def test_the_lead_verdicts_are_the_resized_studys_where_its_part_landed():
+    resized = {"tasks": {"code-generation": SUMMARY["tasks"]["code-generation"] | {"largest_non_inferior_k": 29}}}
+    latest = report.latest_summary(SUMMARY, resized)
+    assert latest["tasks"]["code-generation"]["source"] == "re-sized study"
+    assert latest["tasks"]["code-generation"]["largest_non_inferior_k"] == 29
+    assert latest["tasks"]["code-search"]["source"] == "pilot"
+    text = report.decisive_markdown(latest, plan=PLAN)
+    assert "**code-generation**, re-sized study (" in text and "**code-search**, pilot (" in text
+    assert report.latest_summary(None, None) == {"tasks": {}}
+
+
 def test_the_decisive_blocks_say_the_same_in_words():
     text = report.decisive_markdown(SUMMARY, plan=PLAN)
     assert "**code-generation** (160 train, 32 valid, 120 test examples" in text

@@ -258,12 +258,21 @@ def plan_table(plan: Mapping, *, achieved: Mapping | None = None, ledger: Mappin
     return pd.DataFrame(plan_rows(plan, achieved=achieved, ledger=ledger)).set_index("task")
 
 
+def latest_summary(pilot: Mapping | None, resized: Mapping | None) -> Mapping:
+    """The verdicts chapter 3 leads with: per task the re-sized study's once its RQ3 part has landed,
+    else the pilot's, each entry tagged with its `source`."""
+    tasks = {task: {**entry, "source": "pilot"} for task, entry in ((pilot or {}).get("tasks") or {}).items()}
+    tasks |= {task: {**entry, "source": "re-sized study"} for task, entry in ((resized or {}).get("tasks") or {}).items()}
+    return {"tasks": tasks}
+
+
 def decisive_markdown(summary: Mapping, *, plan: Mapping | None = None,
                       similarity: Mapping[str, Mapping] | None = None) -> str:
     """`decisive_rows` as one short block per task (a table this wide would not fit the text column)."""
     blocks = []
     for row in decisive_rows(summary, plan=plan, similarity=similarity):
-        lines = [f"**{row['task']}** ({row['scale']})"]
+        source = summary["tasks"][row["task"]].get("source")
+        lines = [f"**{row['task']}**" + (f", {source}" if source else "") + f" ({row['scale']})"]
         if row["no verdict because"] != "-":
             lines.append(f"- no verdict: {row['no verdict because']}")
         elif _k(row["non-inferior up to K"]) == _k(row["inferior from K"]) == "none":
