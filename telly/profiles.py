@@ -222,7 +222,7 @@ PROFILES: dict[str, Profile] = {
     # no pilot measured a training size that would, so no verdict could follow. Depths 25, 6, 20 and 10 were
     # dropped first (keeping full, 15 = L/2 in the paper's region, and 29); then the budget capped code
     # summarization at 10 seeds x 320 test rows (expected half-width 1.42 against the 1.2 target) and left
-    # code completion none (its target alone needs more than the budget): it gets no verdict, said so.
+    # code completion none (its target alone needs 20.3 CPU h here): it gets no verdict, said so.
     # Training and validation splits stay the pilot's (160, 32), so its measured costs hold.
     "study": LAPTOP.changed(
         name="study", similarity_functions=400, extra_probe_models=(), sbt_max_tokens=320,

@@ -143,6 +143,18 @@ def test_over_budget_depths_go_first_then_the_task_is_capped_and_says_so():
     assert none["choice"] is None and "pay for no option of at least 5 seeds on the pilot's 120" in none["why_not"]
 
 
+def test_a_task_the_others_leave_no_budget_for_says_so():
+    from telly.studies.plan import _cap
+
+    dear = {"choice": {"hours": 6.0, "train": 8, "valid": 8}, "target_hours": 6.0, "seed_options": [5],
+            "per_seed": {"seconds_without_test": 1e9, "seconds_per_test_row": 1.0, "rows_per_unit": 1.0},
+            "pilot": {"test_units": 10}, "available_units": 10}
+    tasks = {"dear": dear, "cheap": {"choice": {"hours": 4.0}}}
+    _cap(tasks, budget_hours=4.0)  # the cheap task takes all of it
+    assert tasks["dear"]["choice"] is None
+    assert tasks["dear"]["why_not"] == "the other planned tasks already take the whole budget (its target alone needs 6.00 CPU h)"
+
+
 def test_telly_plan_reads_a_records_folder(tmp_path, capsys, monkeypatch):
     from telly import cli
     from telly.studies import plan as planning

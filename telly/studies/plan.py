@@ -189,7 +189,10 @@ def _cap(tasks: dict[str, dict], budget_hours: float) -> None:
                                f"budget pay for {best['seeds']} seeds x {best['units']:,} test units, expected "
                                f"half-width {best['expected_half_width']:.3g} (target {entry['target_half_width']:.3g})")
         else:
-            entry["why_not"] = (f"the {left:.2f} CPU h left of the budget pay for no option of at least "
+            need = (f"its target alone needs {entry['target_hours']:.2f} CPU h" if entry["target_hours"] is not None
+                    else "its target is out of reach")
+            entry["why_not"] = (f"the other planned tasks already take the whole budget ({need})" if left <= 0 else
+                                f"the {left:.2f} CPU h left of the budget pay for no option of at least "
                                 f"{min(entry['seed_options'])} seeds on the pilot's {entry['pilot']['test_units']:,} test units")
             entry["choice"] = None
         if _hours(tasks) <= budget_hours:
