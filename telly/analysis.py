@@ -241,7 +241,8 @@ def non_inferiority_summary(records: Sequence[Mapping], profile: Profile, *, tri
                 row["verdict"] = "no verdict"
             else:
                 row["verdict"] = stats.verdict(row["p_holm"], row["high"], margin, ALPHA)
-        rows.sort(key=lambda r: (r["method"] != "telly", not r["uses_cache"], r["method"], r["freeze"] or -1))
+        rows.sort(key=lambda r: (r["method"] != "telly", not r["uses_cache"], r["method"],
+                                 -1 if r["freeze"] is None else r["freeze"]))  # Telly-auto: no K of its own
         telly = [r for r in rows if r["method"] == "telly"]
         cached = [r for r in telly if r["uses_cache"]]
         family = cached or telly
