@@ -61,6 +61,12 @@ def variants(tasks: Sequence[str], seeds_of: Mapping[str, Sequence[int]], depths
     return list(dict.fromkeys(runs))
 
 
+def sweep_depths(model: str, profile: Profile, freeze: str | None) -> list[int]:
+    """Full fine-tuning and the Telly-K depths `freeze` names (default: the profile's sweep_freeze)."""
+    return sorted({-1, *parse_freeze(profile.training.sweep_freeze if freeze is None else freeze,
+                                     load(model).num_layers)})
+
+
 def beyond_study(model: str, profile: Profile, store: RunStore | str | Path, *, tasks: Sequence[str],
                  seeds: Sequence[int] | None = None, freeze: str | None = None, methods: Sequence[str] = tuple(METHODS),
                  data: Mapping[str, str] | None = None, progress: bool = True) -> dict:
@@ -69,8 +75,7 @@ def beyond_study(model: str, profile: Profile, store: RunStore | str | Path, *, 
     always run). Returns {"records", "failed", "summary", "seeds_of"}."""
     store = as_store(store)
     seeds_of = {task: list(profile.seeds_for(task) if seeds is None else seeds) for task in tasks}
-    depths = sorted({-1, *parse_freeze(profile.training.sweep_freeze if freeze is None else freeze,
-                                       load(model).num_layers)})
+    depths = sweep_depths(model, profile, freeze)
     result = run_variants(variants(tasks, seeds_of, depths, model=model, profile=profile, methods=methods, data=data),
                           store, progress=progress)
     records = store.records(model=model, profile=profile.name, tasks=list(tasks), data_paths=data)
@@ -110,12 +115,12 @@ def pilot_curves(task: str, model: str, profile: Profile, store: RunStore | str 
                  shares: Sequence[float] = PILOT_SHARES, data_path: str | None = None) -> list[dict]:
     """Telly-auto's pilot alone (no training after it) per seed and pilot share: its movement curve,
     steps and seconds."""
-    curves = []
+    store, curves = as_store(store), []
     for seed in seeds:
         for share in shares:
             variant = Variant.of(task, model, -1, method="telly-auto", pilot_share=share, seed=seed, profile=profile,
                                  data_path=data_path)
-            run = FineTuning(variant, as_store(store), mixed_precision=None, progress=False)
+            run = FineTuning(variant, store, mixed_precision=None, progress=False)
             run.load(None)
             run.before_training()  # the task's preparation, then the pilot (choose_depth)
             curves.append({"task": task, "seed": seed, "pilot_share": share, "curve": run.selection["curve"],
@@ -153,8 +158,7 @@ def calibrate_auto(model: str, profile: Profile, store: RunStore | str | Path, *
     profile's sweep_freeze; finished runs read back), each task's safe depth, the pilots, the grid."""
     store = as_store(store)
     seeds = list(profile.training.seeds if seeds is None else seeds)
-    depths = sorted({-1, *parse_freeze(profile.training.sweep_freeze if freeze is None else freeze,
-                                       load(model).num_layers)})
+    depths = sweep_depths(model, profile, freeze)
     swept = run_variants(variants(tasks, {t: seeds for t in tasks}, depths, model=model, profile=profile, methods=()),
                          store, progress=progress)
     if swept["failed"]:
