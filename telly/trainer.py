@@ -237,6 +237,17 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, save_ep
     return run.finish()  # 8
 
 
+def pilot_selection(variant: Variant, store: RunStore | str | Path = "runs") -> dict:
+    """Telly-auto's pilot alone (steps 1-3 of `finetune`; nothing trains after it, no record is
+    written): the selection a run of `variant` would record (its movement curve, chosen K, steps, seconds)."""
+    if not isinstance(variant.method, TellyAuto):
+        raise ValueError(f"{variant.run_id}: a pilot needs method telly-auto, got {variant.method.name}")
+    run = FineTuning(variant, as_store(store), mixed_precision=None, progress=False)
+    run.load(None)
+    run.before_training()
+    return run.selection
+
+
 class FineTuning:
     """The state of one fine-tuning run, one method per numbered step of `finetune`."""
 

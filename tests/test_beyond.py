@@ -193,6 +193,14 @@ def test_the_pilot_alone_gives_a_curve_per_seed_and_share(tmp_path):
     assert not list(tmp_path.glob("*.json"))  # no run record: only the pilot ran
 
 
+def test_a_pilot_needs_telly_auto(tmp_path):
+    from telly.store import Variant
+    from telly.trainer import pilot_selection
+
+    with pytest.raises(ValueError, match="needs method telly-auto, got lora"):
+        pilot_selection(Variant.of("code-search", "tiny-random", -1, method="lora", seed=0, profile=UNIT), tmp_path)
+
+
 def test_telly_calibrate_auto_sweeps_pilots_and_writes_the_grid(tmp_path, capsys):
     from telly import cli
     from telly.jsonio import read_json

@@ -35,7 +35,7 @@ from telly.selectors import deepest_still
 from telly.store import RunStore, Variant, as_store
 from telly.studies.freezing import parse_freeze, run_variants
 from telly.studies.probing import record_dir
-from telly.trainer import FineTuning
+from telly.trainer import pilot_selection
 
 PILOT_SHARES = (0.1, 0.25, 0.5)
 THRESHOLDS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
@@ -120,11 +120,9 @@ def pilot_curves(task: str, model: str, profile: Profile, store: RunStore | str 
         for share in shares:
             variant = Variant.of(task, model, -1, method="telly-auto", pilot_share=share, seed=seed, profile=profile,
                                  data_path=data_path)
-            run = FineTuning(variant, store, mixed_precision=None, progress=False)
-            run.load(None)
-            run.before_training()  # the task's preparation, then the pilot (choose_depth)
-            curves.append({"task": task, "seed": seed, "pilot_share": share, "curve": run.selection["curve"],
-                           "pilot_steps": run.selection["pilot_steps"], "pilot_seconds": run.selection["pilot_seconds"]})
+            selection = pilot_selection(variant, store)
+            curves.append({"task": task, "seed": seed, "pilot_share": share, "curve": selection["curve"],
+                           "pilot_steps": selection["pilot_steps"], "pilot_seconds": selection["pilot_seconds"]})
     return curves
 
 
