@@ -149,4 +149,8 @@ def test_the_decisive_blocks_say_the_same_in_words():
     assert "- no verdict: full fine-tuning does not beat lexical ranker (TF-IDF)" in text
     undecided = {"tasks": {"code-generation": SUMMARY["tasks"]["code-generation"]
                            | {"largest_non_inferior_k": None, "smallest_inferior_k": None}}}
-    assert "- no depth is shown to keep quality, and none to lose it" in report.decisive_markdown(undecided)
+    assert "- no depth is shown to keep quality; no depth swept is shown to lose it" in report.decisive_markdown(undecided)
+    kept = {"tasks": {"code-generation": SUMMARY["tasks"]["code-generation"]
+                      | {"largest_non_inferior_k": 29, "smallest_inferior_k": None}}}
+    assert "- keeps quality (non-inferior) up to K = 29; no depth swept is shown to lose it" in \
+        report.decisive_markdown(kept)

@@ -275,11 +275,12 @@ def decisive_markdown(summary: Mapping, *, plan: Mapping | None = None,
         lines = [f"**{row['task']}**" + (f", {source}" if source else "") + f" ({row['scale']})"]
         if row["no verdict because"] != "-":
             lines.append(f"- no verdict: {row['no verdict because']}")
-        elif _k(row["non-inferior up to K"]) == _k(row["inferior from K"]) == "none":
-            lines.append("- no depth is shown to keep quality, and none to lose it")
         else:
-            lines.append(f"- keeps quality (non-inferior) up to K = {_k(row['non-inferior up to K'])}; "
-                         f"loses it (inferior) from K = {_k(row['inferior from K'])}")
+            keep, lose = _k(row["non-inferior up to K"]), _k(row["inferior from K"])
+            kept = "no depth is shown to keep quality" if keep == "none" else \
+                f"keeps quality (non-inferior) up to K = {keep}"
+            lost = "no depth swept is shown to lose it" if lose == "none" else f"loses it (inferior) from K = {lose}"
+            lines.append(f"- {kept}; {lost}")
             if row["inconclusive K"] != "-":
                 lines.append(f"- inconclusive: K = {row['inconclusive K']}")
         planned = row["half-width planned"]
