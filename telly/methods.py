@@ -100,13 +100,13 @@ class TellyAuto(Method):
     moved less than `threshold` (`telly.selectors`); then cached Telly-K from the pre-trained
     weights. The trainer resolves it into Telly(K) (or Full() when even the embeddings moved)."""
 
-    # Defaults not yet set on MiniLM's laptop runs (issue 23 asks for that before any SmolLM2 run).
-    pilot_share: float = 0.25
-    threshold: float = 0.05
+    # Set on MiniLM-L6 at the laptop profile, on validation data, before any SmolLM2 run (issue 23).
+    pilot_share: float = 0.5
+    threshold: float = 0.002
     cache: bool = True
-    # Where the defaults came from (`telly calibrate-auto`'s record); None: not calibrated yet, and the
-    # study's SmolLM2 runs of chapter 5 refuse to start.
-    calibration: ClassVar[str | None] = None
+    # Where the defaults came from (`telly calibrate-auto`'s record, repository-relative); None: not
+    # calibrated, and the study's SmolLM2 runs of chapter 5 refuse to start.
+    calibration: ClassVar[str | None] = "book/records/minilm-l6/telly-auto-calibration.json"
     name: ClassVar[str] = "telly-auto"
     label: ClassVar[str] = "Telly-auto"
 

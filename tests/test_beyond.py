@@ -193,6 +193,20 @@ def test_the_pilot_alone_gives_a_curve_per_seed_and_share(tmp_path):
     assert not list(tmp_path.glob("*.json"))  # no run record: only the pilot ran
 
 
+def test_telly_autos_defaults_are_the_committed_calibrations_choice():
+    from pathlib import Path
+
+    from telly.jsonio import read_json
+    from telly.methods import TellyAuto
+
+    record = read_json(Path(__file__).resolve().parents[1] / TellyAuto.calibration)
+    assert (record["model"], record["profile"], record["kind"]) == ("minilm-l6", "laptop", "telly-auto calibration")
+    auto = TellyAuto()
+    assert record["chosen"] == {"pilot_share": auto.pilot_share, "threshold": auto.threshold}
+    chosen = next(g for g in record["grid"] if (g["pilot_share"], g["threshold"]) == (auto.pilot_share, auto.threshold))
+    assert chosen["safe"] and all(row["freeze"] <= record["safe_depths"][row["task"]] for row in chosen["chosen"])
+
+
 def test_a_pilot_needs_telly_auto(tmp_path):
     from telly.store import Variant
     from telly.trainer import pilot_selection

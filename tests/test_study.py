@@ -335,6 +335,7 @@ def test_chapter_5s_methods_run_last_beside_rq3s_full_fine_tunes(tmp_path, priva
 
     monkeypatch.setattr(study.Study, "beyond", REAL_BEYOND)
     runner = study.Study("tiny-random", TINY, tmp_path / "records", tmp_path / "out", ["code-search"], "stdlib", False)
+    monkeypatch.setattr(TellyAuto, "calibration", None)
     with pytest.raises(ValueError, match="not calibrated yet"):  # issue 23: calibrated before any study run
         runner.beyond("beyond/code-search", "code-search")
     monkeypatch.setattr(TellyAuto, "calibration", "a test's")
