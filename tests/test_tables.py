@@ -20,3 +20,11 @@ def test_numbers_read_as_a_reader_reads_them():
     assert number(np.float32("nan")) == "–" and number(None) == "–" and number(True) == "yes"
     assert number(12345) == "12,345" and number(2500.0) == "2,500" and number(0.12345) == "0.123"
     assert number(123.456) == "123.5" and number([1, 2.5]) == "1, 2.500"
+
+
+def test_long_text_wraps_inside_its_column_and_numbers_do_not():
+    frame = pd.DataFrame({"bleu": [4.021, 0.689], "prediction": ["raise NotImplementedError" * 3, "self.write(b)"]})
+    html = readable(frame).to_html()
+    styled = {line.split("{")[0].strip() for line in html.split("}") if "overflow-wrap: anywhere" in line}
+    assert styled and all("col1" in selector for selector in styled)  # the prediction column only
+    assert "overflow-wrap" not in readable(frame[["bleu"]]).to_html()

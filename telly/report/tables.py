@@ -4,7 +4,8 @@
 pair of columns (or `<name> low` / `<name> high`) folds into the column before it as
 "value [low, high]", missing values read as a dash, numbers are rounded for reading, the index is
 dropped (a named index becomes ordinary columns first) and the table carries the `telly-table` class,
-which the book's stylesheet lets scroll sideways inside the text column instead of running off it.
+which the book's stylesheet lets scroll sideways inside the text column instead of running off it;
+columns of long text (code, sentences) wrap inside their cells.
 """
 from __future__ import annotations
 
@@ -70,7 +71,15 @@ def readable_frame(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     return pd.DataFrame(out, columns=list(out))
 
 
+# Cells longer than this hold text or code (example outputs): they keep their line breaks and wrap
+# anywhere, so one long identifier cannot push the table past the text column.
+LONG_TEXT = 40
+TEXT_CELL = {"white-space": "pre-wrap", "overflow-wrap": "anywhere", "min-width": "8em"}
+
+
 def readable(frame: pd.DataFrame, digits: int = 3):
     """The Styler a chapter displays for `frame`."""
-    return (readable_frame(frame, digits).style.hide(axis="index")
+    shown = readable_frame(frame, digits)
+    text = [c for c in shown.columns if shown[c].str.len().max() > LONG_TEXT]
+    return (shown.style.hide(axis="index").set_properties(subset=text, **TEXT_CELL)
             .set_table_attributes(f'class="{CSS_CLASS}"'))
