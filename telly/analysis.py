@@ -41,9 +41,12 @@ def freeze_label(k: int) -> str:
 def variant_key(record: Mapping) -> tuple:
     """What makes runs the same variant apart from their seed. A method that chose its own depth
     (Telly-auto: the record's `selection`) is one variant whatever each seed chose (freeze None)."""
+    config = dict(record.get("method_config") or {})
+    if record.get("selection"):
+        config.pop("freeze", None)  # the resolved Telly-K's config names the seed's own K
     freeze = None if record.get("selection") else int(record["freeze"])
     return (record["task"], record["method"], freeze, bool(record.get("uses_cache", False)),
-            json.dumps(record.get("method_config") or {}, sort_keys=True))
+            json.dumps(config, sort_keys=True))
 
 
 def by_variant(records: Sequence[Mapping]) -> dict[tuple, dict[int, Mapping]]:

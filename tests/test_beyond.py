@@ -22,7 +22,7 @@ def _method_record(method, seed, ranks, *, train, pilot=0.0, chosen=None):
     labels = {"telly-auto": "Telly-auto", "lora": "LoRA (r=8)", "bitfit": "BitFit"}
     record |= {"run": f"code-search__m__{method}__seed{seed}__unit", "method": method, "label": labels[method]}
     if method == "telly-auto":
-        record |= {"freeze": chosen, "uses_cache": True, "selection": {
+        record |= {"freeze": chosen, "uses_cache": True, "method_config": {"freeze": chosen}, "selection": {
             "chosen_freeze": chosen, "threshold": 0.05, "pilot_share": 0.25, "pilot_steps": 2, "pilot_seconds": pilot,
             "alternatives": {"gradient": {"freeze": 1}, "half": {"freeze": 2}}}}
     return _clocked(record, train, pilot)
@@ -52,6 +52,7 @@ def test_telly_auto_is_one_variant_whatever_each_seed_chose():
     points, summary = _points(_records())
     rows = {r["run"]: r for r in summary["tasks"]["code-search"]["rows"]}
     assert rows["Telly-auto"]["seeds"] == [0, 1, 2] and rows["Telly-auto"]["verdict"] == "non-inferior"
+    assert len(points[points.family == "Telly-auto"]) == 1  # its resolved config carries each seed's K
     auto = points[points.family == "Telly-auto"].iloc[0]
     assert auto.chosen == "3, 3, 1" and auto.freeze == 3
     # the clock leaves out loading, preparation and the test pass: (5 + 1 + 10 + 4) / (0 + 1 + 95 + 4)
@@ -91,6 +92,14 @@ def test_time_to_quality_and_the_goal_follow_the_numbers():
     assert beyond.time_to_quality(worse_points).set_index("method").needed["Telly-auto"] == "did not (inferior)"
     # three tasks meeting it meet the goal
     assert "**met**" in beyond.beyond_findings(_three_tasks(points))
+    # no verdict says why: a model-free baseline as good as full fine-tuning, or too few seeds
+    beaten = non_inferiority_summary(_records(), UNIT, trivial=_trivial(0.99), samples=300)
+    text = beyond.beyond_findings(beyond.method_points(_records(), beaten))
+    assert "it gets no verdict (full fine-tuning does not beat lexical ranker" in text
+    two_seeds = [r for r in _records() if not (r["method"] == "telly-auto" and r["seed"] == 2)]
+    points_two, _ = _points(two_seeds)
+    assert "it gets no verdict (2 seed(s), fewer than the 3 a verdict needs); Telly-auto - full" in \
+        beyond.beyond_findings(points_two)
 
 
 def _three_tasks(points):

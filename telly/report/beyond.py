@@ -19,7 +19,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from telly.analysis import by_variant, run_name
+from telly.analysis import MIN_SEEDS, by_variant, run_name
 
 CLOCK_PARTS = ("pilot", "cache", "train", "eval")
 FAMILIES = {"full": "Full", "telly": "Telly-K", "telly-auto": "Telly-auto", "lora": "LoRA", "bitfit": "BitFit"}
@@ -54,7 +54,8 @@ def method_points(records: Sequence[Mapping], summary: Mapping) -> pd.DataFrame:
         if not seeds:
             continue
         first = runs[seeds[0]]
-        verdict = next((r for r in summary["tasks"].get(task, {}).get("rows", []) if r["run"] == run_name(first)), None)
+        entry = summary["tasks"].get(task, {})
+        verdict = next((r for r in entry.get("rows", []) if r["run"] == run_name(first)), None)
         ratios = [clock_seconds(runs[s]) / clock_seconds(full[task][s]) for s in seeds]
         chosen = [int(runs[s]["freeze"]) for s in seeds]
         rows.append({"task": task, "family": FAMILIES.get(method, method), "run": run_name(first),
@@ -64,7 +65,8 @@ def method_points(records: Sequence[Mapping], summary: Mapping) -> pd.DataFrame:
                      "clock_ratio": float(np.mean(ratios)), "seeds": len(seeds),
                      "verdict": "reference" if method == "full" else (verdict or {}).get("verdict", "not tested"),
                      "difference": (verdict or {}).get("difference"), "low": (verdict or {}).get("low"),
-                     "high": (verdict or {}).get("high"), "margin": summary["tasks"].get(task, {}).get("margin")})
+                     "high": (verdict or {}).get("high"), "margin": entry.get("margin"),
+                     "why_no_verdict": _why_no_verdict(entry, verdict)})
     if not rows:
         raise ValueError("no run shares a seed with a full fine-tune of its task: nothing to put on one clock")
     frame = pd.DataFrame(rows)
@@ -72,6 +74,17 @@ def method_points(records: Sequence[Mapping], summary: Mapping) -> pd.DataFrame:
     for _task, group in frame.groupby("task"):
         frame.loc[_front(group), "pareto"] = True
     return frame.sort_values(["task", "clock_ratio"]).reset_index(drop=True)
+
+
+def _why_no_verdict(entry: Mapping, row: Mapping | None) -> str:
+    """Why the summary gave a row "no verdict" (the task's reasons, else the row's own), or ""."""
+    if row is None or row.get("verdict") != "no verdict":
+        return ""
+    if entry.get("no_verdict"):
+        return "; ".join(entry["no_verdict"])
+    if len(row["seeds"]) < MIN_SEEDS:
+        return f"{len(row['seeds'])} seed(s), fewer than the {MIN_SEEDS} a verdict needs"
+    return f"runs at chance on seed(s) {', '.join(map(str, row['at_chance_seeds']))}"
 
 
 def _front(group: pd.DataFrame) -> list:
@@ -192,9 +205,10 @@ def beyond_findings(points: pd.DataFrame, *, tasks_in_goal: int = 5) -> str:
     for task, row in auto.iterrows():
         why = []
         if row.verdict != "non-inferior":
-            verdict = "it gets no verdict" if row.verdict == "no verdict" else f"it is {row.verdict}"
-            why.append(f"{verdict} (Telly-auto - full {row.difference:+.3f}, 95% CI [{row.low:+.3f}, {row.high:+.3f}], "
-                       f"margin {row.margin:g})" if row.difference is not None else verdict)
+            verdict = f"it gets no verdict ({row.why_no_verdict})" if row.verdict == "no verdict" else \
+                f"it is {row.verdict}"
+            why.append(f"{verdict}; Telly-auto - full {row.difference:+.3f}, 95% CI [{row.low:+.3f}, {row.high:+.3f}], "
+                       f"margin {row.margin:g}" if row.difference is not None else verdict)
         if row.clock_ratio > GOAL_RATIO:
             why.append(f"its clock is {row.clock_ratio:.2f}x full's")
         line = (f"*{task}*: Telly-auto chose K = {row.chosen} and took {row.clock_ratio:.2f}x full fine-tuning's clock; "
