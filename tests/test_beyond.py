@@ -246,3 +246,12 @@ def test_chapter_3s_tables_and_slider_take_a_store_that_chapter_5_also_wrote():
     curve = freezing.curve_table(table)
     assert curve.freeze.dtype == int and sorted(curve.freeze) == [-1, 1, 3]
     assert freezing.freeze_slider(table) is not None
+
+
+def test_the_chapters_summary_scores_each_tasks_trivial_baseline(tmp_path):
+    result = study.beyond_study("tiny-random", UNIT, tmp_path, tasks=["code-search"], seeds=[0], freeze="1",
+                                methods=("bitfit",), progress=False)
+    entry = result["summary"]["tasks"]["code-search"]
+    assert entry["trivial"]["name"] == "lexical ranker (TF-IDF)"
+    assert not any("no trivial baseline" in reason for reason in entry["no_verdict"])
+    assert {r["method"] for r in result["records"]} == {"full", "telly", "bitfit"}

@@ -27,13 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from telly.analysis import non_inferiority_summary
 from telly.backbones import load
 from telly.jsonio import read_json
 from telly.profiles import Profile
 from telly.selectors import deepest_still
 from telly.store import RunStore, Variant, as_store
-from telly.studies.freezing import parse_freeze, run_variants
+from telly.studies.freezing import parse_freeze, run_variants, summarise
 from telly.studies.probing import record_dir
 from telly.trainer import pilot_selection
 
@@ -82,7 +81,7 @@ def beyond_study(model: str, profile: Profile, store: RunStore | str | Path, *, 
                           store, progress=progress)
     records = store.records(model=model, profile=profile.name, tasks=list(tasks), data_paths=data)
     return {"records": records, "failed": result["failed"], "seeds_of": seeds_of,
-            "summary": non_inferiority_summary(records, profile)}
+            "summary": summarise(records, profile)}
 
 
 def probing_document(model: str, store: RunStore | str | Path) -> dict | None:

@@ -129,6 +129,13 @@ def trivial_baselines(tasks: Sequence[str], profile: Profile,
     return baselines
 
 
+def summarise(records: Sequence[dict], profile: Profile) -> dict:
+    """`telly.analysis.non_inferiority_summary` of `records`, each task's trivial baseline scored on
+    the records' own data (without one, every task gets "no verdict")."""
+    data_paths = {r["task"]: r["data"]["path"] for r in records}
+    return non_inferiority_summary(records, profile, trivial=trivial_baselines(sorted(data_paths), profile, data_paths))
+
+
 # Which verdict test made a summary.json: a new test makes every stored summary stale.
 SUMMARY_TEST = "two-level t, three verdicts, token-overlap clone baseline (2026-12-06)"
 
@@ -144,9 +151,7 @@ def write_summary(records: Sequence[dict], profile: Profile, store: RunStore | s
     stored = store.find_document(SUMMARY, inputs)
     if stored is not None:
         return stored
-    data_paths = {r["task"]: r["data"]["path"] for r in records}
-    summary = non_inferiority_summary(records, profile, trivial=trivial_baselines(sorted(data_paths), profile, data_paths))
-    document = summary | {"inputs": inputs}
+    document = summarise(records, profile) | {"inputs": inputs}
     store.write_document(SUMMARY, document)
     return as_stored(document)
 
