@@ -98,7 +98,7 @@ def test_time_to_quality_and_the_goal_follow_the_numbers():
     assert "it gets no verdict (full fine-tuning does not beat lexical ranker" in text
     two_seeds = [r for r in _records() if not (r["method"] == "telly-auto" and r["seed"] == 2)]
     points_two, _ = _points(two_seeds)
-    assert "it gets no verdict (2 seed(s), fewer than the 3 a verdict needs); Telly-auto - full" in \
+    assert "it gets no verdict (2 seed(s), fewer than the 3 a verdict needs), Telly-auto - full" in \
         beyond.beyond_findings(points_two)
 
 

@@ -207,8 +207,8 @@ def beyond_findings(points: pd.DataFrame, *, tasks_in_goal: int = 5) -> str:
         if row.verdict != "non-inferior":
             verdict = f"it gets no verdict ({row.why_no_verdict})" if row.verdict == "no verdict" else \
                 f"it is {row.verdict}"
-            why.append(f"{verdict}; Telly-auto - full {row.difference:+.3f}, 95% CI [{row.low:+.3f}, {row.high:+.3f}], "
-                       f"margin {row.margin:g}" if row.difference is not None else verdict)
+            why.append(f"{verdict}, Telly-auto - full {row.difference:+.3f} (95% CI [{row.low:+.3f}, {row.high:+.3f}], "
+                       f"margin {row.margin:g})" if row.difference is not None else verdict)
         if row.clock_ratio > GOAL_RATIO:
             why.append(f"its clock is {row.clock_ratio:.2f}x full's")
         line = (f"*{task}*: Telly-auto chose K = {row.chosen} and took {row.clock_ratio:.2f}x full fine-tuning's clock; "
