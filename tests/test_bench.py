@@ -528,3 +528,38 @@ def test_run_acceptance_names_the_miss():
     assert checks["cached Telly-15 run wall time <= 0.55x full"]["met"]
     deepest = checks["cached Telly-29 run wall time <= 0.15x full"]
     assert not deepest["met"] and deepest["missed_by"] == pytest.approx(1.0)
+
+
+def _finished_run(task, freeze, seed, wall, test, epochs=3):
+    split = {"load": 1.0, "prepare": 0.0, "pilot": 0.0, "cache": 0.0 if freeze < 0 else 10.0,
+             "train": wall - test - 1.0 - (0.0 if freeze < 0 else 10.0), "eval": 0.0, "test": test, "other": 0.0}
+    return {"run": f"{task}-{freeze}-{seed}", "task": task, "model": "m", "method": "full" if freeze < 0 else "telly",
+            "freeze": freeze, "seed": seed, "status": "finished", "profile": "study", "epochs_run": epochs,
+            "label": "Full fine-tuning" if freeze < 0 else f"Telly-{freeze} cached", "wall_seconds": wall,
+            "time_split": split, "parameters": {"num_layers": 30},
+            "data": {"sizes": {"train": 160, "valid": 32, "test": 445}, "fingerprint": "f"}}
+
+
+def test_a_studys_own_runs_check_the_whole_run_targets_paired_by_seed():
+    """Ratios pair each seed's Telly-K with that seed's full run (a slow seed does not move the other's
+    ratio), LoRA and unpaired seeds stay out, and a miss is explained by its largest part."""
+    records = [_finished_run("code-generation", -1, 0, 600.0, 250.0), _finished_run("code-generation", -1, 1, 1200.0, 250.0),
+               _finished_run("code-generation", 29, 0, 300.0, 250.0, epochs=6),
+               _finished_run("code-generation", 29, 1, 300.0, 250.0, epochs=5),
+               _finished_run("code-generation", 15, 0, 60.0, 20.0), _finished_run("code-generation", 15, 2, 60.0, 20.0),
+               {**_finished_run("code-generation", -1, 0, 900.0, 250.0), "method": "lora", "freeze": -1}]
+    record = bench.recorded_runs(records)
+    section, = record["runs"]
+    rows = {row["freeze"]: row for row in section["rows"]}
+    assert rows[29]["ratio_to_full"] == pytest.approx((0.5 + 0.25) / 2) and rows[29]["epochs_run"] == "5-6"
+    assert rows[15]["seeds"] == [0] and rows[15]["ratio_to_full"] == pytest.approx(0.1)
+    assert rows[-1]["wall_seconds"] == pytest.approx(900.0) and rows[-1]["split"]["test"] == 250.0
+    checks = {c["freeze"]: c for c in record["run_acceptance"]}
+    assert checks[15]["met"] and not checks[29]["met"]
+    findings = report.runs_findings(record)
+    assert "Telly-29's run took 0.38x" in findings and "test pass, 250.0 s (83% of the run), 1.00x" in findings
+    assert "Telly-15" not in findings
+    assert "one after another (not interleaved)" in "\n".join(report.runs_markdown(record))
+    assert report.runs_findings(bench.recorded_runs(records[4:6] + records[:1])) == ""
+    with pytest.raises(ValueError, match="no time_split"):
+        bench.recorded_runs([{k: v for k, v in records[0].items() if k != "time_split"}])

@@ -122,8 +122,9 @@ RUN_PARTS = ("load", "prepare", "cache", "train", "eval", "test", "other")  # (a
 
 def runs_markdown(record: Mapping) -> list[str]:
     """The runs section: whole fine-tuning runs, wall time split into its parts, ratios to full."""
+    timing = record.get("runs_timing", "interleaved in one process")
     lines = ["Whole fine-tuning runs (load, cache, training, validation, test and writing; the task's "
-             "preparation shared, as a sweep shares it), interleaved in one process:", ""]
+             f"preparation shared, as a sweep shares it), {timing}:", ""]
     for section in record["runs"]:
         sizes = section["sizes"]
         lines += [f"**{section['task']}** on {section['model']} (L = {section['num_layers']}; profile "
@@ -140,6 +141,37 @@ def runs_markdown(record: Mapping) -> list[str]:
         result = "met" if a["met"] else f"MISSED by {100 * a['missed_by']:.0f}%"
         lines.append(f"| {a['task']} | {a['target']} | {a['value']:.3f} | {result} |")
     return [*lines, ""]
+
+
+PART_NAMES = {"load": "loading", "prepare": "preparation", "pilot": "pilot", "cache": "cache building",
+              "train": "training", "eval": "validation", "test": "test pass", "other": "writing"}
+WHY_PART = {"test": ("the test pass scores every test row once however deep the freeze (a generation task decodes "
+                     "through every layer for every new token)"),
+            "eval": "validation runs the blocks above the frozen prefix every epoch",
+            "cache": "the prefix cache is built once per run, before the first epoch"}
+
+
+def runs_findings(record: Mapping) -> str:
+    """Markdown: per missed whole-run target, the part of the run that holds most of its time, against
+    full fine-tuning's same part; "" when every target was met."""
+    sections = {section["task"]: section for section in record["runs"]}
+    lines = []
+    for check in record["run_acceptance"]:
+        section = sections[check["task"]]
+        if check["met"]:
+            continue
+        rows = {row["freeze"]: row for row in section["rows"]}
+        freeze, full, row = check["freeze"], rows[-1], rows[check["freeze"]]
+        part, seconds = max(row["split"].items(), key=lambda item: item[1])
+        share = seconds / sum(row["split"].values())
+        against = full["split"].get(part, 0.0)
+        sentence = (f"{section['task']}: cached Telly-{freeze}'s run took {row['ratio_to_full']:.2f}x full "
+                    f"fine-tuning's wall time (target {check['threshold']}x). Its largest part is the "
+                    f"{PART_NAMES.get(part, part)}, {_seconds(seconds)} s ({share:.0%} of the run)")
+        if against > 0:
+            sentence += f", {seconds / against:.2f}x full fine-tuning's {_seconds(against)} s"
+        lines.append(sentence + (f": {WHY_PART[part]}." if part in WHY_PART else "."))
+    return "\n\n".join(lines)
 
 
 def precision_markdown(record: Mapping) -> list[str]:

@@ -60,6 +60,7 @@ from telly.studies.bench_workloads import (
     has_bias_terms,
     precision_row,
     probing_bench,
+    recorded_run_walls,
     run_walls,
     similarity_bench,
     training_rows,
@@ -89,10 +90,19 @@ def run_acceptance(sections: Sequence[Mapping]) -> list[dict]:
             if share is None:
                 continue
             threshold = TARGET_RUN_RATIOS[share]
-            checks.append({"task": section["task"], "model": section["model"],
+            checks.append({"task": section["task"], "model": section["model"], "freeze": row["freeze"],
                            **target_check(f"cached Telly-{row['freeze']} run wall time <= {threshold}x full",
                                           row["ratio_to_full"], threshold)})
     return checks
+
+
+def recorded_runs(records: Sequence[Mapping]) -> dict:
+    """Issue 22's whole-run targets checked on a study's own finished runs (`recorded_run_walls`): the
+    runs section of a bench record, with how it was timed, for `telly.report.bench.runs_markdown`."""
+    sections = recorded_run_walls(records)
+    return {"runs": sections, "run_acceptance": run_acceptance(sections),
+            "runs_timing": ("the study's own runs, one after another (not interleaved), each seed's Telly-K "
+                            "against the same seed's full fine-tuning; medians over the seeds")}
 
 
 def target_check(target: str, value: float, threshold: float) -> dict:

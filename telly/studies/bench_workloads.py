@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -442,3 +443,47 @@ def run_walls(task: str, model: str, num_layers: int, profile: Profile, *, repea
                       "ratio_to_full": ratios[label], "epochs_run": r.info["epochs_run"],
                       "split": {part: r.median(part) for part in r.seconds if part != "wall"},
                       "runs": r.seconds["wall"]} for label, r in runs.items()]}
+
+
+def recorded_run_walls(records: Sequence[dict]) -> list[dict]:
+    """The runs section from a sweep's finished records instead of new runs: per task, full fine-tuning
+    and each cached Telly-K, with the median over seeds of the wall time, of its split and of the
+    ratio to the same seed's full fine-tuning (the seeds share data and order, so the pairs differ only
+    by the freeze). The runs ran one after another, not interleaved: drift in the machine's load goes
+    straight into the ratios."""
+    by_task: dict[str, list[dict]] = {}
+    for record in records:
+        if record.get("method") not in ("full", "telly") or record.get("status") != "finished":
+            continue
+        if "time_split" not in record:
+            raise ValueError(f"record {record.get('run')!r} has no time_split: it predates the split the runs "
+                             "section reads")
+        by_task.setdefault(record["task"], []).append(record)
+    sections = []
+    for task, task_records in sorted(by_task.items()):
+        by_freeze: dict[int, dict[int, dict]] = {}
+        for record in task_records:
+            by_freeze.setdefault(record["freeze"], {})[record["seed"]] = record
+        full = by_freeze.get(-1)
+        if not full:
+            continue
+        rows = []
+        for freeze, by_seed in sorted(by_freeze.items()):
+            seeds = sorted(set(by_seed) & set(full))
+            if not seeds:
+                continue
+            runs = [by_seed[s] for s in seeds]
+            epochs = sorted({r["epochs_run"] for r in runs})
+            rows.append({"variant": runs[0]["label"], "freeze": freeze, "seeds": seeds,
+                         "wall_seconds": statistics.median(r["wall_seconds"] for r in runs),
+                         "ratio_to_full": statistics.median(by_seed[s]["wall_seconds"] / full[s]["wall_seconds"]
+                                                            for s in seeds),
+                         "epochs_run": f"{epochs[0]}-{epochs[-1]}" if len(epochs) > 1 else str(epochs[0]),
+                         "split": {part: statistics.median(r["time_split"].get(part, 0.0) for r in runs)
+                                   for part in runs[0]["time_split"]},
+                         "runs": [r["wall_seconds"] for r in runs]})
+        first = next(iter(full.values()))
+        sections.append({"task": task, "model": first["model"], "num_layers": first["parameters"]["num_layers"],
+                         "profile": first["profile"], "sizes": first["data"]["sizes"],
+                         "data_fingerprint": first["data"]["fingerprint"], "rows": rows})
+    return sections
