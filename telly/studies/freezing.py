@@ -137,7 +137,8 @@ def summarise(records: Sequence[dict], profile: Profile) -> dict:
 
 
 # Which verdict test made a summary.json: a new test makes every stored summary stale.
-SUMMARY_TEST = "two-level t, three verdicts, token-overlap clone baseline (2026-12-06)"
+SUMMARY_TEST = ("two-level t, three verdicts, token-overlap clone baseline, Telly-auto one variant whatever K its "
+                "seeds chose (2026-12-06)")
 
 
 def write_summary(records: Sequence[dict], profile: Profile, store: RunStore | str | Path) -> dict:
