@@ -74,7 +74,9 @@ def test_telly_auto_is_one_variant_whatever_each_seed_chose():
 
 def test_time_to_quality_and_the_goal_follow_the_numbers():
     points, _ = _points(_records())
-    needed = beyond.time_to_quality(points).set_index("method").needed
+    table = beyond.time_to_quality(points).set_index("method")
+    needed = table.needed
+    assert table.variant["BitFit"] == "none of BitFit" and table.variant["Telly-auto"].startswith("Telly-auto (K ")
     assert needed["Telly-auto"] == "0.20x full fine-tuning's clock"
     assert needed["Telly-K"].startswith("0.") and needed["BitFit"] == "did not (inferior)"
     text = beyond.beyond_findings(points)

@@ -58,9 +58,11 @@ def method_points(records: Sequence[Mapping], summary: Mapping) -> pd.DataFrame:
         verdict = next((r for r in entry.get("rows", []) if r["run"] == run_name(first)), None)
         ratios = [clock_seconds(runs[s]) / clock_seconds(full[task][s]) for s in seeds]
         chosen = [int(runs[s]["freeze"]) for s in seeds]
+        chosen_text = ", ".join(map(str, chosen)) if method == "telly-auto" else ""
         rows.append({"task": task, "family": FAMILIES.get(method, method), "run": run_name(first),
+                     "label": f"Telly-auto (K {chosen_text})" if chosen_text else run_name(first),
                      "freeze": freeze if freeze is not None else int(np.median(chosen)),
-                     "chosen": ", ".join(map(str, chosen)) if method == "telly-auto" else "",
+                     "chosen": chosen_text,
                      "metric": first["metric"], "quality": float(np.mean([runs[s]["test"][first["metric"]] for s in seeds])),
                      "clock_ratio": float(np.mean(ratios)), "seeds": len(seeds),
                      "verdict": "reference" if method == "full" else (verdict or {}).get("verdict", "not tested"),
@@ -101,8 +103,6 @@ def pareto_chart(points: pd.DataFrame, task: str, *, width: int = 440, height: i
     frame = points[points.task == task].copy()
     if frame.empty:
         raise ValueError(f"pareto_chart: no points for task {task!r}; tasks: {sorted(points.task.unique())}")
-    frame["label"] = [run if family != "Telly-auto" else f"Telly-auto (K {chosen})"
-                      for run, family, chosen in zip(frame.run, frame.family, frame.chosen)]
     families = [f for f in FAMILIES.values() if f in set(frame.family)]
     depths = sorted(int(k) for k in frame[frame.family == "Telly-K"].freeze) or [-1]
     method = alt.param(name=METHOD_PARAM, value="Telly-auto" if "Telly-auto" in families else families[0],
@@ -144,11 +144,11 @@ def time_to_quality(points: pd.DataFrame) -> pd.DataFrame:
         reached = group[group.verdict == "non-inferior"].sort_values("clock_ratio")
         if reached.empty:
             verdicts = ", ".join(sorted(set(group.verdict)))
-            rows.append({"task": task, "method": family, "variant": "", "needed": f"did not ({verdicts})"})
+            rows.append({"task": task, "method": family, "variant": "none of " + ", ".join(group.label),
+                         "needed": f"did not ({verdicts})"})
         else:
             best = reached.iloc[0]
-            rows.append({"task": task, "method": family, "variant": best.run if family != "Telly-auto" else
-                         f"Telly-auto (K {best.chosen})",
+            rows.append({"task": task, "method": family, "variant": best.label,
                          "needed": f"{best.clock_ratio:.2f}x full fine-tuning's clock"})
     return pd.DataFrame(rows, columns=["task", "method", "variant", "needed"])
 
