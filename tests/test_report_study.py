@@ -122,6 +122,9 @@ def test_the_plan_table_puts_the_plan_beside_what_was_achieved():
     assert row["CPU h: planned / measured"] == "0.86 / 1.00"
     assert table.loc["code-search (mrr, margin 0.02)", "plan"] == "in the pilot full fine-tuning did not beat TF-IDF"
     assert report.plan_table(PLAN).loc["code-generation (bleu, margin 2)", "CPU h: planned / measured"] == "0.86 / -"
+    running = {"parts": {"rq3/code-generation": {"status": "running", "wall_seconds": 900.0}}}
+    assert report.plan_table(PLAN, ledger=running).loc["code-generation (bleu, margin 2)",
+                                                       "CPU h: planned / measured"] == "0.86 / 0.25 so far"
     text = report.plan_prose(PLAN)
     assert "dropped depths 6 (depths go before seeds and rows)" in text and "No runs for code-search" in text
     assert "4.00 of a 9-hour budget" in text and "rescaled" not in text

@@ -228,7 +228,7 @@ def plan_rows(plan: Mapping, *, achieved: Mapping | None = None, ledger: Mapping
     """plan.json beside what was achieved, per task: the plan (seeds, test rows, depths) or why the task
     got no runs; the 95% half-width targeted, expected and achieved (the widest over the task's depths
     in the study's summary.json, with the seeds run); the CPU hours planned and measured (its rq3 part
-    in study.json)."""
+    in study.json, "so far" while it runs)."""
     rows = []
     for task, entry in plan["tasks"].items():
         choice = entry.get("choice") or {}
@@ -238,7 +238,9 @@ def plan_rows(plan: Mapping, *, achieved: Mapping | None = None, ledger: Mapping
         skipped = bool(entry.get("why_not"))
         widest = widest_half_width(telly)
         seeds = len(summary_entry["seeds"]) if summary_entry.get("seeds") else None
-        measured = part["wall_seconds"] / 3600 if part.get("status") == "finished" and part.get("wall_seconds") else None
+        measured = f"{part['wall_seconds'] / 3600:.2f}" if part.get("wall_seconds") else "-"
+        if part.get("wall_seconds") and part.get("status") != "finished":
+            measured += " so far"
         rows.append({
             "task": f"{task} ({entry.get('metric')}, margin {entry.get('margin'):g})",
             "plan": entry["why_not"] if skipped else
@@ -248,7 +250,7 @@ def plan_rows(plan: Mapping, *, achieved: Mapping | None = None, ledger: Mapping
             f"{_number(entry.get('target_half_width'))} / {_number(choice.get('expected_half_width'))} / "
             f"{_number(widest)}" + (f" ({seeds} seeds)" if seeds else ""),
             "CPU h: planned / measured": "-" if skipped else f"{choice.get('hours'):.2f} / "
-            + ("-" if measured is None else f"{measured:.2f}"),
+            + measured,
         })
     return rows
 
