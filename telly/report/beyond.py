@@ -138,13 +138,13 @@ def pareto_chart(points: pd.DataFrame, task: str, *, width: int = 440, height: i
 def time_to_quality(points: pd.DataFrame) -> pd.DataFrame:
     """Per task and method: the cheapest of its variants shown non-inferior and the clock it needed (a
     ratio to full fine-tuning's: separate runs on a shared machine make lone seconds noise), or "did
-    not" with the verdicts its variants got instead."""
+    not" with the variants it tried and the verdicts they got instead."""
     rows = []
     for (task, family), group in points[points.family != "Full"].groupby(["task", "family"], sort=False):
         reached = group[group.verdict == "non-inferior"].sort_values("clock_ratio")
         if reached.empty:
             verdicts = ", ".join(sorted(set(group.verdict)))
-            rows.append({"task": task, "method": family, "variant": "none of " + ", ".join(group.label),
+            rows.append({"task": task, "method": family, "variant": ", ".join(group.label),
                          "needed": f"did not ({verdicts})"})
         else:
             best = reached.iloc[0]
