@@ -536,18 +536,19 @@ def _finished_run(task, freeze, seed, wall, test, epochs=3):
     return {"run": f"{task}-{freeze}-{seed}", "task": task, "model": "m", "method": "full" if freeze < 0 else "telly",
             "freeze": freeze, "seed": seed, "status": "finished", "profile": "study", "epochs_run": epochs,
             "label": "Full fine-tuning" if freeze < 0 else f"Telly-{freeze} cached", "wall_seconds": wall,
-            "time_split": split, "parameters": {"num_layers": 30},
+            "time_split": split, "parameters": {"num_layers": 30}, "uses_cache": freeze >= 0,
             "data": {"sizes": {"train": 160, "valid": 32, "test": 445}, "fingerprint": "f"}}
 
 
 def test_a_studys_own_runs_check_the_whole_run_targets_paired_by_seed():
-    """Ratios pair each seed's Telly-K with that seed's full run (a slow seed does not move the other's
-    ratio), LoRA and unpaired seeds stay out, and a miss is explained by its largest part."""
+    """Ratios pair each seed's cached Telly-K with that seed's full run (a slow seed does not move the other's
+    ratio), LoRA, uncached runs and unpaired seeds stay out, and a miss is explained by its largest part."""
     records = [_finished_run("code-generation", -1, 0, 600.0, 250.0), _finished_run("code-generation", -1, 1, 1200.0, 250.0),
                _finished_run("code-generation", 29, 0, 300.0, 250.0, epochs=6),
                _finished_run("code-generation", 29, 1, 300.0, 250.0, epochs=5),
                _finished_run("code-generation", 15, 0, 60.0, 20.0), _finished_run("code-generation", 15, 2, 60.0, 20.0),
-               {**_finished_run("code-generation", -1, 0, 900.0, 250.0), "method": "lora", "freeze": -1}]
+               {**_finished_run("code-generation", -1, 0, 900.0, 250.0), "method": "lora", "freeze": -1},
+               {**_finished_run("code-generation", 29, 0, 900.0, 250.0), "uses_cache": False}]
     record = bench.recorded_runs(records)
     section, = record["runs"]
     rows = {row["freeze"]: row for row in section["rows"]}

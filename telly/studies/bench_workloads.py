@@ -453,7 +453,8 @@ def recorded_run_walls(records: Sequence[dict]) -> list[dict]:
     straight into the ratios."""
     by_task: dict[str, list[dict]] = {}
     for record in records:
-        if record.get("method") not in ("full", "telly") or record.get("status") != "finished":
+        cached_or_full = record.get("method") == "full" or (record.get("method") == "telly" and record.get("uses_cache"))
+        if not cached_or_full or record.get("status") != "finished":
             continue
         if "time_split" not in record:
             raise ValueError(f"record {record.get('run')!r} has no time_split: it predates the split the runs "
