@@ -15,6 +15,7 @@ from telly.profiles import get_profile
 from telly.report.study import part_lines
 from telly.store import RunStore, Variant
 from telly.studies import freezing as rq3_study
+from telly.studies import ledger as ledger_module
 from telly.studies import quantisation, study
 from telly.studies import records as study_records
 from telly.studies import similarity as rq2_study
@@ -354,3 +355,23 @@ def test_chapter_5s_methods_run_last_beside_rq3s_full_fine_tunes(tmp_path, priva
     calls.clear()
     runner.beyond("beyond/code-search", "code-search")  # read back: nothing trains
     assert calls == []
+
+
+def test_a_part_killed_before_its_first_run_ended_keeps_its_time(tmp_path, monkeypatch):
+    """A killed session's measured time stays with the unfinished part when the next session starts it
+    with no current record; only a finished part whose records went stale starts its time again."""
+    clock = iter(range(0, 1000, 100))
+    monkeypatch.setattr(ledger_module.time, "perf_counter", lambda: float(next(clock)))
+    monkeypatch.setattr(ledger_module, "git_state", lambda: {"commit": None, "dirty": None})
+    header = {"kind": "study", "inputs": {"model": "m"}}
+    first = ledger_module.Ledger(RunStore(tmp_path), header, ["rq3/t"])
+    first.start("rq3/t", afresh=True)
+    first.tick()  # an epoch, then the session is killed
+    assert first.entry("rq3/t")["wall_seconds"] == 100
+    second = ledger_module.Ledger(RunStore(tmp_path), header, ["rq3/t"])
+    second.start("rq3/t", afresh=True)
+    second.finish("rq3/t", ran=True)
+    assert second.entry("rq3/t")["wall_seconds"] == 200
+    third = ledger_module.Ledger(RunStore(tmp_path), header, ["rq3/t"])
+    third.start("rq3/t", afresh=True)  # its records were removed as stale
+    assert third.entry("rq3/t")["wall_seconds"] is None

@@ -67,13 +67,15 @@ class Ledger:
         return entry.get("status") == "finished" and entry.get("inputs") == as_stored(dict(inputs))
 
     def start(self, part: str, *, afresh: bool = False) -> None:
-        """`part` begins work: its time counts from now. afresh: none of the records an earlier
-        session made for it are left (removed as stale), so neither is the time it measured."""
+        """`part` begins work: its time counts from now. afresh: none of its records is current. If
+        the part had finished, its records were removed as stale and the time that made them no
+        longer counts; an unfinished part (a session killed before its first run ended) keeps the
+        time its sessions measured."""
         self._part, self._mark = part, time.perf_counter()
         entry = self.entry(part)
-        entry["status"] = "running"
-        if afresh:
+        if afresh and entry["status"] == "finished":
             entry["wall_seconds"] = None
+        entry["status"] = "running"
         self.save()
 
     def tick(self, *_ignored) -> None:
