@@ -175,9 +175,14 @@ class BitFit(Method):
     name: ClassVar[str] = "bitfit"
     label: ClassVar[str] = "BitFit"
 
+    @staticmethod
+    def bias_names(module: nn.Module) -> list[str]:
+        """The bias parameters BitFit trains; none in Llama-style decoders such as SmolLM2."""
+        return [name for name, _ in module.named_parameters() if name.endswith("bias")]
+
     def apply(self, task_model: nn.Module) -> dict:
-        biases = [name for name, _ in task_model.backbone.named_parameters() if name.endswith("bias")]
-        if not biases:  # e.g. Llama-style decoders such as SmolLM2 carry no bias terms
+        biases = self.bias_names(task_model.backbone)
+        if not biases:
             raise ValueError(f"BitFit trains bias terms, and {type(task_model.backbone).__name__} has none")
         freeze_bottom(task_model, -1)
         for name, parameter in task_model.backbone.named_parameters():

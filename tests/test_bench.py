@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from telly import trainer
+from telly.methods import BitFit
 from telly.profiles import get_profile
 from telly.report import bench as report
 from telly.studies import bench
@@ -479,10 +480,8 @@ def test_the_shipped_reference_has_no_precision_table():
 
 
 def test_bitfit_is_left_out_for_a_backbone_without_bias_terms(smoke_record, tiny):
-    from types import SimpleNamespace
-
-    assert workloads.has_bias_terms(tiny)
-    assert not workloads.has_bias_terms(SimpleNamespace(model=torch.nn.Linear(4, 4, bias=False)))  # SmolLM2's kind
+    assert BitFit.bias_names(tiny.model)
+    assert not BitFit.bias_names(torch.nn.Linear(4, 4, bias=False))  # SmolLM2's kind
     assert [v.method.tag for v in workloads.training_variants("m", 4, get_profile("smoke"), bitfit=False)][-1] == "lora"
     record, _, _ = smoke_record
     assert "and BitFit" in report.summary_text(record)

@@ -143,6 +143,19 @@ def test_the_study_runs_full_the_sweep_and_each_method_per_seed():
         study.variants(["code-search"], {"code-search": [0]}, [-1], model="m", profile=UNIT, methods=["adapters"])
 
 
+
+def test_bitfit_is_left_out_with_why_on_a_backbone_without_bias_terms(monkeypatch):
+    from telly.methods import BitFit
+
+    assert study.applicable("tiny-random", list(study.METHODS)) == (list(study.METHODS), {})
+    monkeypatch.setattr(BitFit, "bias_names", staticmethod(lambda module: []))  # SmolLM2's kind
+    methods, left_out = study.applicable("tiny-random", list(study.METHODS))
+    assert methods == ["telly-auto", "lora"] and set(left_out) == {"bitfit"}
+    assert beyond.not_run_note(left_out) == ("**BitFit not run:** tiny-random has no bias terms, the only backbone "
+                                             "parameters BitFit trains.")
+    assert beyond.not_run_note({}) == "" and "Not run yet" in beyond.study_status([], left_out)
+
+
 def test_what_the_chapter_says_of_runs_that_are_not_there_yet():
     sweep_only = [r for r in _records() if r["method"] in ("full", "telly")]
     assert not beyond.has_methods(sweep_only) and "Not run yet" in beyond.study_status(sweep_only)

@@ -12,6 +12,7 @@ import torch
 from telly import trainer
 from telly.jsonio import read_json, write_json
 from telly.profiles import get_profile
+from telly.report import beyond as beyond_report
 from telly.report.study import part_lines
 from telly.store import RunStore, Variant
 from telly.studies import freezing as rq3_study
@@ -332,7 +333,7 @@ def test_a_bf16_study_is_refused_on_a_cpu_that_would_emulate_bf16(tmp_path, monk
 
 
 def test_chapter_5s_methods_run_last_beside_rq3s_full_fine_tunes(tmp_path, private_cache, monkeypatch):
-    from telly.methods import TellyAuto
+    from telly.methods import BitFit, TellyAuto
 
     monkeypatch.setattr(study.Study, "beyond", REAL_BEYOND)
     runner = study.Study("tiny-random", TINY, tmp_path / "records", tmp_path / "out", ["code-search"], "stdlib", False)
@@ -355,6 +356,13 @@ def test_chapter_5s_methods_run_last_beside_rq3s_full_fine_tunes(tmp_path, priva
     calls.clear()
     runner.beyond("beyond/code-search", "code-search")  # read back: nothing trains
     assert calls == []
+    # A backbone without bias terms (SmolLM2): BitFit is left out, with why, and nothing else changes.
+    monkeypatch.setattr(BitFit, "bias_names", staticmethod(lambda module: []))
+    runner.beyond("beyond/code-search", "code-search")
+    assert calls == []
+    shown = study_records.load_study(tmp_path / "records")
+    assert shown.not_applicable == {"bitfit": "tiny-random has no bias terms, the only backbone parameters BitFit trains"}
+    assert "**BitFit not run:** tiny-random has no bias terms" in beyond_report.study_status(shown.runs, shown.not_applicable)
 
 
 def test_a_part_killed_before_its_first_run_ended_keeps_its_time(tmp_path, monkeypatch):

@@ -235,18 +235,25 @@ def has_methods(records: Sequence[Mapping]) -> bool:
     return any(r["method"] in ("telly-auto", "lora", "bitfit") for r in records)
 
 
-def study_status(records: Sequence[Mapping]) -> str:
-    """What the code-model study's records hold of chapter 5's methods, task by task."""
+def not_run_note(not_applicable: Mapping[str, str]) -> str:
+    """Markdown: the methods left out because they cannot run on the model, each with why; "" for none."""
+    return " ".join(f"**{FAMILIES[method]} not run:** {why}." for method, why in not_applicable.items())
+
+
+def study_status(records: Sequence[Mapping], not_applicable: Mapping[str, str] | None = None) -> str:
+    """What the code-model study's records hold of chapter 5's methods, task by task, and which of them
+    it left out as not applicable (`telly.studies.records.StudyRecords.not_applicable`)."""
+    left_out = (" " + not_run_note(not_applicable)) if not_applicable else ""
     if not has_methods(records):
         return ("**Not run yet.** The code-model study's records hold no Telly-auto, LoRA or BitFit run: its sweep "
-                "(chapter 3) comes first, and they reuse its full fine-tunes.")
+                "(chapter 3) comes first, and they reuse its full fine-tunes." + left_out)
     counts: dict[str, dict[str, int]] = {}
     for r in records:
         if r["method"] in ("telly-auto", "lora", "bitfit"):
             counts.setdefault(r["task"], {}).setdefault(FAMILIES[r["method"]], 0)
             counts[r["task"]][FAMILIES[r["method"]]] += 1
     return "Runs so far: " + "; ".join(f"{task}: " + ", ".join(f"{family} {n} seed(s)" for family, n in found.items())
-                                      for task, found in sorted(counts.items())) + "."
+                                      for task, found in sorted(counts.items())) + "." + left_out
 
 
 def selection_note(records: Sequence[Mapping]) -> str:

@@ -57,7 +57,6 @@ from telly.studies.bench_workloads import (
     BENCH_TASK,
     bench_profile,
     corpus_bench,
-    has_bias_terms,
     precision_row,
     probing_bench,
     recorded_run_walls,
@@ -223,7 +222,7 @@ def run_bench(profile: Profile, out: str | Path = "runs/bench", *, model: str = 
                     record["skipped_models"][name] = reason
                     continue
                 backbone = backbones.load(name)
-                if not has_bias_terms(backbone):
+                if not BitFit.bias_names(backbone.model):
                     record["not_applicable"].append({"model": name, "method": BitFit.name, "label": BitFit.label,
                                                      "reason": "the backbone has no bias terms"})
                 rows, cache_rows = training_rows(backbone, profile, device, examples=training_examples,

@@ -64,11 +64,6 @@ def training_variants(model: str, num_layers: int, profile: Profile, *, bitfit: 
     return [Variant(BENCH_TASK, model, profile, method) for method in methods]
 
 
-def has_bias_terms(backbone) -> bool:
-    """Whether the backbone has bias parameters, the only ones BitFit trains."""
-    return any(name.endswith("bias") for name, _ in backbone.model.named_parameters())
-
-
 def compute_limit(num_layers: int, freeze: int) -> float:
     """(L-K)/L: the share of full fine-tuning's block work left when blocks 0..K-1 never run."""
     return (num_layers - freeze) / num_layers
@@ -165,7 +160,7 @@ def training_rows(backbone, profile: Profile, device: torch.device, *, examples:
     workload = TrainingWorkload(backbone, profile, device, examples)
     num_layers = backbone.num_layers
     variants = {v.method.tag: v for v in training_variants(backbone.name, num_layers, profile,
-                                                            bitfit=has_bias_terms(backbone))}
+                                                            bitfit=bool(BitFit.bias_names(backbone.model)))}
     runs = interleave({name: (lambda watch, repeat, v=v: workload.run(v, watch, measure_memory=repeat == 0))
                        for name, v in variants.items()},
                       profile.bench.bench_repeats, clock=clock, sync=sync_for(device),

@@ -29,6 +29,7 @@ import numpy as np
 
 from telly.backbones import load
 from telly.jsonio import read_json
+from telly.methods import BitFit
 from telly.profiles import Profile
 from telly.selectors import deepest_still
 from telly.store import RunStore, Variant, as_store
@@ -68,19 +69,30 @@ def sweep_depths(model: str, profile: Profile, freeze: str | None) -> list[int]:
                                      load(model).num_layers)})
 
 
+def applicable(model: str, methods: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """(the `methods` that can run on `model`, {method: why not} for the others): BitFit trains bias
+    terms, which Llama-style decoders such as SmolLM2 do not have."""
+    if "bitfit" in methods and not BitFit.bias_names(load(model).model):
+        return ([m for m in methods if m != "bitfit"],
+                {"bitfit": f"{model} has no bias terms, the only backbone parameters BitFit trains"})
+    return list(methods), {}
+
+
 def beyond_study(model: str, profile: Profile, store: RunStore | str | Path, *, tasks: Sequence[str],
                  seeds: Sequence[int] | None = None, freeze: str | None = None, methods: Sequence[str] = tuple(METHODS),
                  data: Mapping[str, str] | None = None, progress: bool = True) -> dict:
     """Chapter 5's runs (the module docstring), then every finished record of `tasks` in the store.
     freeze: the Telly-K depths beside them (default: the profile's sweep_freeze, chapter 3's; -1 is
-    always run). Returns {"records", "failed", "summary", "seeds_of"}."""
+    always run); a method that cannot run on the model (`applicable`) is left out. Returns {"records",
+    "failed", "not_applicable": {method: why}, "summary", "seeds_of"}."""
     store = as_store(store)
     seeds_of = {task: list(profile.seeds_for(task) if seeds is None else seeds) for task in tasks}
     depths = sweep_depths(model, profile, freeze)
+    methods, not_applicable = applicable(model, methods)
     result = run_variants(variants(tasks, seeds_of, depths, model=model, profile=profile, methods=methods, data=data),
                           store, progress=progress)
     records = store.records(model=model, profile=profile.name, tasks=list(tasks), data_paths=data)
-    return {"records": records, "failed": result["failed"], "seeds_of": seeds_of,
+    return {"records": records, "failed": result["failed"], "not_applicable": not_applicable, "seeds_of": seeds_of,
             "summary": summarise(records, profile)}
 
 

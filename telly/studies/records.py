@@ -44,6 +44,12 @@ class StudyRecords:
     def profile(self) -> str | None:
         return self.ledger["profile"] if self.ledger else None
 
+    @property
+    def not_applicable(self) -> dict[str, str]:
+        """Chapter 5's methods the study's beyond parts left out, each with why (BitFit on SmolLM2)."""
+        return {method: why for part, entry in (self.ledger or {}).get("parts", {}).items()
+                if part.startswith("beyond/") for method, why in (entry.get("not_applicable") or {}).items()}
+
     def finished(self, question: str) -> list[str]:
         """The finished parts of one research question ("rq1", "rq2", "rq3") or check ("precision"),
         in run order."""

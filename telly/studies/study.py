@@ -31,7 +31,8 @@ checkpoints that RQ2 and RQ1 then reuse instead of training again.
   beyond/<task>
               last, per task with RQ3 runs: chapter 5's methods (`telly.studies.beyond`: Telly-auto,
               LoRA on attention and MLP, BitFit) on the task's first BEYOND_SEEDS seeds, beside rq3's
-              records, which hold the full fine-tunes they are paired with. Refused (the part fails,
+              records, which hold the full fine-tunes they are paired with; a method that cannot run
+              on the model (BitFit without bias terms) is left out, its reason in the ledger. Refused (the part fails,
               saying why) while Telly-auto's pilot share and threshold are not calibrated on MiniLM
               (`telly.methods.TellyAuto.calibration`), as issue 23 asks before any SmolLM2 run.
 
@@ -90,6 +91,7 @@ from telly.progress import progress_bar
 from telly.store import RunStore, Variant, slug
 from telly.studies.bench_harness import BF16_FLAGS, bf16_units, cpu_model, default_device
 from telly.studies.beyond import METHODS as BEYOND_METHODS
+from telly.studies.beyond import applicable
 from telly.studies.beyond import variants as beyond_variants
 from telly.studies.freezing import GENERATION_TASKS, parse_freeze, plan, run_variants, sweep, write_summary
 from telly.studies.ledger import Ledger
@@ -359,11 +361,12 @@ class Study:
         full = [finished_run(Variant.of(task, self.model, -1, seed=s, profile=self.profile), self.store) for s in seeds]
         if not all(full):
             raise RuntimeError(f"{part} pairs with rq3/{task}'s full fine-tunes of seeds {seeds}, and some are missing")
-        variants = beyond_variants([task], {task: seeds}, [], model=self.model, profile=self.profile,
-                                   methods=tuple(BEYOND_METHODS))
+        methods, not_applicable = applicable(self.model, tuple(BEYOND_METHODS))
+        variants = beyond_variants([task], {task: seeds}, [], model=self.model, profile=self.profile, methods=methods)
         found = [finished_run(v, self.store) for v in variants]
         if all(found):
-            self.ledger.finish(part, ran=False, runs=len(found), run_seconds=sum(r["wall_seconds"] for r in found))
+            self.ledger.finish(part, ran=False, runs=len(found), run_seconds=sum(r["wall_seconds"] for r in found),
+                               not_applicable=not_applicable)
             return
         self.ledger.start(part, afresh=not any(found))
         result = run_variants(variants, self.store, progress=self.progress, on_epoch=self.ledger.tick,
@@ -372,7 +375,7 @@ class Study:
             shutil.rmtree(self.store.run_dir(variant), ignore_errors=True)  # records only: nothing reads the weights
         self.summarise()
         self.ledger.finish(part, ran=True, status="failed" if result["failed"] else "finished",
-                           runs=len(result["records"]), failed=result["failed"],
+                           runs=len(result["records"]), failed=result["failed"], not_applicable=not_applicable,
                            run_seconds=sum(r["wall_seconds"] for r in result["records"]))
 
     def part_inputs(self, part: str, task: str) -> dict:
