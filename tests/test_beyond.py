@@ -145,11 +145,13 @@ def test_the_study_runs_full_the_sweep_and_each_method_per_seed():
 
 
 def test_bitfit_is_left_out_with_why_on_a_backbone_without_bias_terms(monkeypatch):
+    from telly.backbones import load
     from telly.methods import BitFit
 
-    assert study.applicable("tiny-random", list(study.METHODS)) == (list(study.METHODS), {})
+    tiny = load("tiny-random")
+    assert study.applicable(tiny, list(study.METHODS)) == (list(study.METHODS), {})
     monkeypatch.setattr(BitFit, "bias_names", staticmethod(lambda module: []))  # SmolLM2's kind
-    methods, left_out = study.applicable("tiny-random", list(study.METHODS))
+    methods, left_out = study.applicable(tiny, list(study.METHODS))
     assert methods == ["telly-auto", "lora"] and set(left_out) == {"bitfit"}
     assert beyond.not_run_note(left_out) == ("**BitFit not run:** tiny-random has no bias terms, the only backbone "
                                              "parameters BitFit trains.")

@@ -157,9 +157,9 @@ def runs_findings(record: Mapping) -> str:
     sections = {section["task"]: section for section in record["runs"]}
     lines = []
     for check in record["run_acceptance"]:
-        section = sections[check["task"]]
         if check["met"]:
             continue
+        section = sections[check["task"]]
         rows = {row["freeze"]: row for row in section["rows"]}
         freeze, full, row = check["freeze"], rows[-1], rows[check["freeze"]]
         part, seconds = max(row["split"].items(), key=lambda item: item[1])

@@ -23,6 +23,7 @@ from telly.analysis import MIN_SEEDS, by_variant, run_name
 
 CLOCK_PARTS = ("pilot", "cache", "train", "eval")
 FAMILIES = {"full": "Full", "telly": "Telly-K", "telly-auto": "Telly-auto", "lora": "LoRA", "bitfit": "BitFit"}
+ADDED = ("telly-auto", "lora", "bitfit")  # the methods chapter 5 adds to chapter 3's
 GOAL_TASKS, GOAL_RATIO = 3, 0.4  # issue 23: non-inferior on at least 3 of 5 tasks at no more than 0.4x full's clock
 METHOD_PARAM, DEPTH_PARAM = "pick_method", "pick_depth"
 # The probed property each task leans on most, fixed before any selector ran: matching code to a
@@ -232,7 +233,7 @@ def beyond_findings(points: pd.DataFrame, *, tasks_in_goal: int = 5) -> str:
 
 def has_methods(records: Sequence[Mapping]) -> bool:
     """Whether any record is of a method chapter 5 adds (Telly-auto, LoRA, BitFit)."""
-    return any(r["method"] in ("telly-auto", "lora", "bitfit") for r in records)
+    return any(r["method"] in ADDED for r in records)
 
 
 def not_run_note(not_applicable: Mapping[str, str]) -> str:
@@ -249,7 +250,7 @@ def study_status(records: Sequence[Mapping], not_applicable: Mapping[str, str] |
                 "(chapter 3) comes first, and they reuse its full fine-tunes." + left_out)
     counts: dict[str, dict[str, int]] = {}
     for r in records:
-        if r["method"] in ("telly-auto", "lora", "bitfit"):
+        if r["method"] in ADDED:
             counts.setdefault(r["task"], {}).setdefault(FAMILIES[r["method"]], 0)
             counts[r["task"]][FAMILIES[r["method"]]] += 1
     return "Runs so far: " + "; ".join(f"{task}: " + ", ".join(f"{family} {n} seed(s)" for family, n in found.items())

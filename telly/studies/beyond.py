@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from telly.backbones import load
+from telly.backbones import Backbone, load
 from telly.jsonio import read_json
 from telly.methods import BitFit
 from telly.profiles import Profile
@@ -63,18 +63,17 @@ def variants(tasks: Sequence[str], seeds_of: Mapping[str, Sequence[int]], depths
     return list(dict.fromkeys(runs))
 
 
-def sweep_depths(model: str, profile: Profile, freeze: str | None) -> list[int]:
+def sweep_depths(num_layers: int, profile: Profile, freeze: str | None) -> list[int]:
     """Full fine-tuning and the Telly-K depths `freeze` names (default: the profile's sweep_freeze)."""
-    return sorted({-1, *parse_freeze(profile.training.sweep_freeze if freeze is None else freeze,
-                                     load(model).num_layers)})
+    return sorted({-1, *parse_freeze(profile.training.sweep_freeze if freeze is None else freeze, num_layers)})
 
 
-def applicable(model: str, methods: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """(the `methods` that can run on `model`, {method: why not} for the others): BitFit trains bias
+def applicable(backbone: Backbone, methods: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """(the `methods` that can run on `backbone`, {method: why not} for the others): BitFit trains bias
     terms, which Llama-style decoders such as SmolLM2 do not have."""
-    if "bitfit" in methods and not BitFit.bias_names(load(model).model):
+    if "bitfit" in methods and not BitFit.bias_names(backbone.model):
         return ([m for m in methods if m != "bitfit"],
-                {"bitfit": f"{model} has no bias terms, the only backbone parameters BitFit trains"})
+                {"bitfit": f"{backbone.name} has no bias terms, the only backbone parameters BitFit trains"})
     return list(methods), {}
 
 
@@ -87,8 +86,9 @@ def beyond_study(model: str, profile: Profile, store: RunStore | str | Path, *, 
     "failed", "not_applicable": {method: why}, "summary", "seeds_of"}."""
     store = as_store(store)
     seeds_of = {task: list(profile.seeds_for(task) if seeds is None else seeds) for task in tasks}
-    depths = sweep_depths(model, profile, freeze)
-    methods, not_applicable = applicable(model, methods)
+    backbone = load(model)
+    depths = sweep_depths(backbone.num_layers, profile, freeze)
+    methods, not_applicable = applicable(backbone, methods)
     result = run_variants(variants(tasks, seeds_of, depths, model=model, profile=profile, methods=methods, data=data),
                           store, progress=progress)
     records = store.records(model=model, profile=profile.name, tasks=list(tasks), data_paths=data)
@@ -169,7 +169,7 @@ def calibrate_auto(model: str, profile: Profile, store: RunStore | str | Path, *
     profile's sweep_freeze; finished runs read back), each task's safe depth, the pilots, the grid."""
     store = as_store(store)
     seeds = list(profile.training.seeds if seeds is None else seeds)
-    depths = sweep_depths(model, profile, freeze)
+    depths = sweep_depths(load(model).num_layers, profile, freeze)
     swept = run_variants(variants(tasks, {t: seeds for t in tasks}, depths, model=model, profile=profile, methods=()),
                          store, progress=progress)
     if swept["failed"]:

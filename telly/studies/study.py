@@ -361,7 +361,7 @@ class Study:
         full = [finished_run(Variant.of(task, self.model, -1, seed=s, profile=self.profile), self.store) for s in seeds]
         if not all(full):
             raise RuntimeError(f"{part} pairs with rq3/{task}'s full fine-tunes of seeds {seeds}, and some are missing")
-        methods, not_applicable = applicable(self.model, tuple(BEYOND_METHODS))
+        methods, not_applicable = applicable(load(self.model), tuple(BEYOND_METHODS))
         variants = beyond_variants([task], {task: seeds}, [], model=self.model, profile=self.profile, methods=methods)
         found = [finished_run(v, self.store) for v in variants]
         if all(found):
