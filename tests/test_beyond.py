@@ -158,6 +158,17 @@ def test_bitfit_is_left_out_with_why_on_a_backbone_without_bias_terms(monkeypatc
     assert beyond.not_run_note({}) == "" and "Not run yet" in beyond.study_status([], left_out)
 
 
+def test_the_tasks_a_study_plan_left_out_are_named():
+    plan = {"tasks": {"code-generation": {"choice": {"seeds": 5}}, "code-search": {"why_not": "no baseline beaten"},
+                      "clone-detection": {"why_not": "no baseline beaten"}}}
+    assert beyond.unplanned_note(None) == "" and beyond.unplanned_note({"tasks": {"code-generation": {}}}) == ""
+    assert beyond.unplanned_note(plan) == ("**Not run on clone-detection, code-search:** the study's plan gave them no "
+                                           "full fine-tunes to judge these methods against (chapter 3's plan table "
+                                           "says why).")
+    assert beyond.study_status([], plan=plan).endswith(beyond.unplanned_note(plan))
+    assert beyond.study_status(_records(), plan=plan).startswith("Runs so far: code-search")
+
+
 def test_what_the_chapter_says_of_runs_that_are_not_there_yet():
     sweep_only = [r for r in _records() if r["method"] in ("full", "telly")]
     assert not beyond.has_methods(sweep_only) and "Not run yet" in beyond.study_status(sweep_only)

@@ -241,10 +241,23 @@ def not_run_note(not_applicable: Mapping[str, str]) -> str:
     return " ".join(f"**{FAMILIES[method]} not run:** {why}." for method, why in not_applicable.items())
 
 
-def study_status(records: Sequence[Mapping], not_applicable: Mapping[str, str] | None = None) -> str:
-    """What the code-model study's records hold of chapter 5's methods, task by task, and which of them
-    it left out as not applicable (`telly.studies.records.StudyRecords.not_applicable`)."""
-    left_out = (" " + not_run_note(not_applicable)) if not_applicable else ""
+def unplanned_note(plan: Mapping | None) -> str:
+    """Markdown: the tasks a study's power plan gave no RQ3 runs, which chapter 5's methods then skip too
+    (they are judged against those full fine-tunes); "" when the plan left none out or there is none."""
+    skipped = [task for task, entry in (plan or {}).get("tasks", {}).items() if entry.get("why_not")]
+    if not skipped:
+        return ""
+    return (f"**Not run on {', '.join(sorted(skipped))}:** the study's plan gave {'it' if len(skipped) == 1 else 'them'} "
+            "no full fine-tunes to judge these methods against (chapter 3's plan table says why).")
+
+
+def study_status(records: Sequence[Mapping], not_applicable: Mapping[str, str] | None = None,
+                 plan: Mapping | None = None) -> str:
+    """What the code-model study's records hold of chapter 5's methods, task by task, which of them it
+    left out as not applicable (`telly.studies.records.StudyRecords.not_applicable`), and which tasks
+    its plan left out (`unplanned_note`)."""
+    left_out = " ".join(note for note in (not_run_note(not_applicable or {}), unplanned_note(plan)) if note)
+    left_out = " " + left_out if left_out else ""
     if not has_methods(records):
         return ("**Not run yet.** The code-model study's records hold no Telly-auto, LoRA or BitFit run: its sweep "
                 "(chapter 3) comes first, and they reuse its full fine-tunes." + left_out)
