@@ -43,14 +43,23 @@ def test_the_box_says_where_and_when_the_shown_parts_were_measured():
     assert report.study_box(study, "rq3", []) is None  # nothing finished: no box
 
 
-def test_sources_come_study_first_and_only_when_they_hold_something():
-    study = _study({})
-    blocks = report.shown(study, ["study record"], ["live record"], model="minilm-l6", profile=get_profile("laptop"))
-    assert list(blocks.values()) == [["study record"], ["live record"]]
-    assert list(blocks)[0].startswith("smollm2-135m: the code-model study") and "live run" in list(blocks)[1]
-    assert list(report.shown(study, [], ["live"], model="minilm-l6", profile=get_profile("laptop")).values()) == [["live"]]
-    assert [h for h, _ in report.headed(study, [{"model": "smollm2-135m"}], [{"model": "minilm-l6"}], profile=get_profile("laptop"))] \
-        == [report.study_heading(study), report.live_heading("minilm-l6", get_profile("laptop"))]
+def test_sources_come_studies_first_in_order_and_only_when_they_hold_something():
+    from dataclasses import replace
+
+    laptop = get_profile("laptop")
+    pilot, resized = replace(_study({}), root=Path("records/smollm2-135m-pilot")), _study({})
+    blocks = report.shown([(pilot, ["pilot record"]), (resized, ["resized record"])], ["live record"],
+                          model="minilm-l6", profile=laptop)
+    assert list(blocks.values()) == [["pilot record"], ["resized record"], ["live record"]]
+    assert list(blocks)[0] == ("smollm2-135m: the code-model study's records in `records/smollm2-135m-pilot` "
+                               "(profile `study`)")
+    assert "`book/records/smollm2-135m`" in list(blocks)[1] and "live run" in list(blocks)[2]
+    assert list(report.shown([(pilot, []), (resized, None)], ["live"], model="minilm-l6", profile=laptop).values()) \
+        == [["live"]]
+    no_ledger = StudyRecords(Path("x"), None, [], {}, [], None)
+    assert list(report.shown([(no_ledger, ["orphan"])], [], model="minilm-l6", profile=laptop)) == []
+    pairs = report.headed([(pilot, [{"model": "smollm2-135m"}]), (resized, [])], [{"model": "minilm-l6"}], profile=laptop)
+    assert [h for h, _ in pairs] == [report.study_heading(pilot), report.live_heading("minilm-l6", laptop)]
 
 
 def test_the_bench_and_precision_notes_say_where_they_come_from_and_follow_the_check():

@@ -30,8 +30,9 @@ QUESTION_NAMES = {"rq1": "probing", "rq2": "layer similarity", "rq3": "freezing"
 
 
 def study_heading(study) -> str:
-    """The heading of the study's block on a page."""
-    return f"{study.model}: the code-model study's records (profile `{study.profile}`)"
+    """The heading of a study's block on a page, naming its folder (the pilot and the re-sized study share
+    a model and a profile)."""
+    return f"{study.model}: the code-model study's records in `{study.root}` (profile `{study.profile}`)"
 
 
 def live_heading(model: str, profile: Profile) -> str:
@@ -39,12 +40,11 @@ def live_heading(model: str, profile: Profile) -> str:
     return f"{model}: this build's live run (profile `{profile.name}`)"
 
 
-def shown(study, study_part: Any, live_part: Any, *, model: str, profile: Profile) -> dict[str, Any]:
-    """heading -> what to show, the study's first, each only when it holds something (a record
-    list, a document dict, ...): the order in which every section of a chapter shows its sources."""
-    blocks = {}
-    if study.ledger is not None and study_part:
-        blocks[study_heading(study)] = study_part
+def shown(studies: Sequence[tuple[Any, Any]], live_part: Any, *, model: str, profile: Profile) -> dict[str, Any]:
+    """heading -> what to show: each (study, its part) in the order given (the pilot, then the re-sized
+    study), then the live run, each only when it holds something (a record list, a document dict, ...):
+    the order in which every section of a chapter shows its sources."""
+    blocks = {study_heading(study): part for study, part in studies if study.ledger is not None and part}
     if live_part:
         blocks[live_heading(model, profile)] = live_part
     return blocks
@@ -115,10 +115,11 @@ def study_box(study, question: str, records: Sequence[Mapping]) -> ProvenanceBox
     return ProvenanceBox(rows, f"Provenance of the study's records: {study.model}, {QUESTION_NAMES[question]}")
 
 
-def headed(study, study_records: Sequence[Mapping], live_records: Sequence[Mapping], *,
+def headed(studies: Sequence[tuple[Any, Sequence[Mapping]]], live_records: Sequence[Mapping], *,
            profile: Profile) -> list[tuple[str, Mapping]]:
-    """(heading, record) pairs: the study's records first, then the live run's (each under its model)."""
-    return [(study_heading(study), r) for r in study_records] + \
+    """(heading, record) pairs: each (study, its records) in the order given, then the live run's
+    (each under its model)."""
+    return [(study_heading(study), r) for study, records in studies for r in records] + \
         [(live_heading(r["model"], profile), r) for r in live_records]
 
 
