@@ -625,6 +625,14 @@ def test_paper_syntactic_figure_is_footnoted_as_not_comparable():
     assert all(("not an MRR" in row["paper note"]) == (row["probe"] == "syntactic") for row in rows)
 
 
+def test_a_model_probed_twice_gets_a_column_per_record():
+    pilot, resized = _record(), _record(probe_ci=(0.75, 0.85))
+    pilot["data"]["functions"], resized["data"]["functions"] = 600, 1800
+    row = report.paper_comparison([pilot, resized, {**_record(), "model": "other"}])[0]
+    assert row["m (600 functions)"] == "0.800 [0.700, 0.900]" and row["m (1800 functions)"] == "0.800 [0.750, 0.850]"
+    assert "other" in row and "m (1800 functions) vs random" in row and "m" not in row
+
+
 # ---------------------------------------------------------------- generated prose (item 15)
 
 

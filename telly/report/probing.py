@@ -231,21 +231,24 @@ def paper_contrast(record: dict) -> str:
 def paper_comparison(records: Sequence[dict]) -> list[dict]:
     """The paper's weighted-probe scores beside ours: one row per probe and state, our score [CI]
     and its paired difference to our random-init backbone; a note where the paper's number is
-    not comparable."""
+    not comparable. A model with two records (the study's pilot and its re-sized run) gets a column
+    per record, named by its number of functions."""
+    models = [record["model"] for record in records]
+    labels = [model if models.count(model) == 1 else f"{model} ({record['data']['functions']} functions)"
+              for model, record in zip(models, records)]
     rows = []
     for probe in PROBES:
         for state in STATES:
             row = {"probe": probe, "metric": PROBE_METRICS[probe], "state": state,
                    f"paper ({PAPER_MODEL})": PAPER_WEIGHTED_PROBES[probe][state],
                    "paper note": PAPER_PROBE_NOTES.get(probe, "")}
-            for record in records:
+            for label, record in zip(labels, records):
                 result = record["probes"][probe]["states"].get(state)
                 if result is not None:
                     low, high = result["weighted"]["ci"]
-                    row[record["model"]] = (f"{result['weighted']['score']:.3f} "
-                                            f"[{low:.3f}, {high:.3f}]")
+                    row[label] = f"{result['weighted']['score']:.3f} [{low:.3f}, {high:.3f}]"
                     vs_random = result.get("vs_random")
-                    row[f"{record['model']} vs random"] = (
+                    row[f"{label} vs random"] = (
                         "" if vs_random is None else _interval(vs_random) + _mark(beats(vs_random)))
             rows.append(row)
     return rows
