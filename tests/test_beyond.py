@@ -163,8 +163,8 @@ def test_the_tasks_a_study_plan_left_out_are_named():
                       "clone-detection": {"why_not": "no baseline beaten"}}}
     assert beyond.unplanned_note(None) == "" and beyond.unplanned_note({"tasks": {"code-generation": {}}}) == ""
     assert beyond.unplanned_note(plan) == ("**Not run on clone-detection, code-search:** the study's plan gave them no "
-                                           "full fine-tunes to judge these methods against (chapter 3's plan table "
-                                           "says why).")
+                                           "RQ3 runs, whose full fine-tunes these methods are judged against (chapter "
+                                           "3's plan table says why).")
     assert beyond.study_status([], plan=plan).endswith(beyond.unplanned_note(plan))
     assert beyond.study_status(_records(), plan=plan).startswith("Runs so far: code-search")
 

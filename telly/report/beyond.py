@@ -248,7 +248,7 @@ def unplanned_note(plan: Mapping | None) -> str:
     if not skipped:
         return ""
     return (f"**Not run on {', '.join(sorted(skipped))}:** the study's plan gave {'it' if len(skipped) == 1 else 'them'} "
-            "no full fine-tunes to judge these methods against (chapter 3's plan table says why).")
+            "no RQ3 runs, whose full fine-tunes these methods are judged against (chapter 3's plan table says why).")
 
 
 def study_status(records: Sequence[Mapping], not_applicable: Mapping[str, str] | None = None,
@@ -256,8 +256,7 @@ def study_status(records: Sequence[Mapping], not_applicable: Mapping[str, str] |
     """What the code-model study's records hold of chapter 5's methods, task by task, which of them it
     left out as not applicable (`telly.studies.records.StudyRecords.not_applicable`), and which tasks
     its plan left out (`unplanned_note`)."""
-    left_out = " ".join(note for note in (not_run_note(not_applicable or {}), unplanned_note(plan)) if note)
-    left_out = " " + left_out if left_out else ""
+    left_out = "".join(" " + note for note in (not_run_note(not_applicable or {}), unplanned_note(plan)) if note)
     if not has_methods(records):
         return ("**Not run yet.** The code-model study's records hold no Telly-auto, LoRA or BitFit run: its sweep "
                 "(chapter 3) comes first, and they reuse its full fine-tunes." + left_out)

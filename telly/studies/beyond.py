@@ -89,6 +89,7 @@ def beyond_study(model: str, profile: Profile, store: RunStore | str | Path, *, 
     backbone = load(model)
     depths = sweep_depths(backbone.num_layers, profile, freeze)
     methods, not_applicable = applicable(backbone, methods)
+    del backbone  # each run loads its own copy: not one more held through the sweep
     result = run_variants(variants(tasks, seeds_of, depths, model=model, profile=profile, methods=methods, data=data),
                           store, progress=progress)
     records = store.records(model=model, profile=profile.name, tasks=list(tasks), data_paths=data)
