@@ -15,6 +15,7 @@ outputs (empty, all or mostly identical, looping) are reported beside the scores
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 import sys
@@ -258,6 +259,7 @@ def degenerate_report(predictions: Sequence[str]) -> dict:
             "is_degenerate": bool(reasons), "reasons": reasons}
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the bootstrap scores the same predictions thousands of times
 def _repeats_itself(prediction: str) -> bool:
     """A decoding loop: 4+ words of which one word makes up more than half."""
     words = prediction.split()
@@ -293,7 +295,7 @@ def completion_quality(per_example: dict[str, np.ndarray]) -> dict[str, float]:
 def _with_degenerate_shares(quality: Callable[[dict], dict[str, float]]) -> Callable[[dict], dict[str, float]]:
     """A generation task's metrics beside the share of empty and of most-common predictions."""
     def score(per_example: dict[str, np.ndarray]) -> dict[str, float]:
-        report = degenerate_report([str(p) for p in per_example["prediction"]])
+        report = degenerate_report(np.asarray(per_example["prediction"], dtype=str).tolist())
         return quality(per_example) | {"empty_share": report["empty_share"],
                                        "most_common_share": report["most_common_share"],
                                        "degenerate": float(report["is_degenerate"])}

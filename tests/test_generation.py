@@ -353,6 +353,20 @@ def test_degenerate_outputs_are_detected():
     assert degenerate_report([])["is_degenerate"]
 
 
+def test_a_generation_score_reads_the_shares_off_a_resample_of_numpy_columns():
+    from telly.metrics import score_function
+
+    # The bootstrap hands the score function numpy string columns, resampled with repeats.
+    predictions = np.array(["", "def f ( ) :", "x x x x x", "return a"])
+    rows = np.array([0, 0, 2, 3, 1, 0])
+    columns = {"prediction": predictions[rows], "edit_similarity": np.arange(6.0), "exact_match": np.zeros(6)}
+    score = score_function("code-completion")(columns)
+    assert score["edit_similarity"] == 2.5 and score["empty_share"] == 0.5 and score["most_common_share"] == 0.5
+    assert score["degenerate"] == 1.0  # half the resampled predictions are empty
+    assert score_function("code-completion")({name: column[1:5] for name, column in columns.items()})["degenerate"] == 0
+    assert degenerate_report(columns["prediction"].tolist())["looping"] == 1
+
+
 def test_example_outputs_show_the_best_and_the_most_frozen_variant():
     from telly.report.freezing import example_outputs
 
