@@ -167,6 +167,13 @@ def test_the_tasks_a_study_plan_left_out_are_named():
                                            "3's plan table says why).")
     assert beyond.study_status([], plan=plan).endswith(beyond.unplanned_note(plan))
     assert beyond.study_status(_records(), plan=plan).startswith("Runs so far: code-search")
+    # A task the study's beyond parts run anyway, with their own full fine-tunes, is not said to be skipped.
+    own = beyond.unplanned_note(plan, beyond_tasks=["code-generation", "code-search"])
+    assert own == ("**Not run on clone-detection:** the study's plan gave it no RQ3 runs, whose full fine-tunes these "
+                   "methods are judged against (chapter 3's plan table says why). **code-search** got no RQ3 runs from "
+                   "the plan either, but no other backbone covers it here: the study fine-tunes it in full on the same "
+                   "seeds for these methods to be judged against.")
+    assert beyond.study_status([], plan=plan, beyond_tasks=["code-search"]).endswith(own)
 
 
 def test_what_the_chapter_says_of_runs_that_are_not_there_yet():

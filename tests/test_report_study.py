@@ -151,6 +151,9 @@ def test_the_lead_verdicts_are_the_resized_studys_where_its_part_landed():
     text = report.decisive_markdown(latest, plan=PLAN)
     assert "**code-generation**, re-sized study (" in text and "**code-search**, pilot (" in text
     assert report.latest_summary(None, None) == {"tasks": {}}
+    # Chapter 5's runs of a task the plan gave no sweep (full fine-tuning beside LoRA) do not replace its verdicts.
+    lora_only = {"rows": [{"run": "LoRA", "method": "lora", "freeze": None, "verdict": "inconclusive"}]}
+    assert report.latest_summary(SUMMARY, {"tasks": {"code-search": lora_only}})["tasks"]["code-search"]["source"] == "pilot"
 
 
 def test_the_decisive_blocks_say_the_same_in_words():

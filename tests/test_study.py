@@ -273,6 +273,9 @@ def test_a_planned_profile_runs_rq3_only_for_its_tasks_in_its_order():
                                   "rq3/code-generation", "rq2/code-generation", "precision/code-search",
                                   "quantisation/minilm-l6", "beyond/code-search", "beyond/clone-detection",
                                   "beyond/code-summarization", "beyond/code-generation"]
+    # Chapter 5's methods also run on code completion where the plan gave it no RQ3 part, after the planned tasks.
+    assert study.parts([*tasks, "code-completion"], ["code-generation", "code-summarization"])[-3:] == [
+        "beyond/code-generation", "beyond/code-summarization", "beyond/code-completion"]
     planned = TINY.changed(task_sizes=(("code-generation", 5, 8, 8, 8),))
     assert study.planned_tasks(planned) == ["code-generation"] and study.planned_tasks(TINY) == []
 
@@ -363,6 +366,31 @@ def test_chapter_5s_methods_run_last_beside_rq3s_full_fine_tunes(tmp_path, priva
     shown = study_records.load_study(tmp_path / "records")
     assert shown.not_applicable == {"bitfit": "tiny-random has no bias terms, the only backbone parameters BitFit trains"}
     assert "**BitFit not run:** tiny-random has no bias terms" in beyond_report.study_status(shown.runs, shown.not_applicable)
+
+
+def test_chapter_5s_methods_on_a_task_without_rq3_train_their_own_full_fine_tunes(tmp_path, private_cache,
+                                                                                  monkeypatch):
+    from telly.methods import TellyAuto
+
+    monkeypatch.setattr(study.Study, "beyond", REAL_BEYOND)
+    monkeypatch.setattr(TellyAuto, "calibration", "a test's")
+    monkeypatch.setattr(study, "BEYOND_UNPLANNED", ("code-search",))  # the cheap task stands in for code completion
+    planned = TINY.changed(task_sizes=(("code-completion", 1, 8, 8, 8),))
+    runner = study.Study("tiny-random", planned, tmp_path / "records", tmp_path / "out", list(TASKS), "stdlib", False)
+    assert runner.parts[-2:] == ["beyond/code-completion", "beyond/code-search"]
+    calls: list[str] = []
+    _counting_finetune(monkeypatch, calls)
+    runner.beyond("beyond/code-search", "code-search")
+    assert [c.split("__")[2] for c in calls] == ["full", "telly-auto", "lora-mlp", "bitfit"]
+    weights = tmp_path / "out" / study.WEIGHTS_DIR
+    assert (weights / calls[0]).exists() and not any((weights / c).exists() for c in calls[1:])  # rq2's run stays
+    summary = read_json(tmp_path / "records" / "summary.json")
+    assert list(summary["tasks"]) == ["code-search"] and {"Telly-auto", "LoRA"} <= {
+        r["run"].split(" ")[0] for r in summary["tasks"]["code-search"]["rows"]}
+    shown = study_records.load_study(tmp_path / "records")
+    assert shown.runs == [] and shown.beyond_tasks == ["code-completion", "code-search"]
+    assert sorted(r["method"] for r in shown.beyond_runs) == ["bitfit", "full", "lora", "telly-auto"]
+    assert shown.summary == summary
 
 
 def test_a_part_killed_before_its_first_run_ended_keeps_its_time(tmp_path, monkeypatch):

@@ -241,22 +241,32 @@ def not_run_note(not_applicable: Mapping[str, str]) -> str:
     return " ".join(f"**{FAMILIES[method]} not run:** {why}." for method, why in not_applicable.items())
 
 
-def unplanned_note(plan: Mapping | None) -> str:
-    """Markdown: the tasks a study's power plan gave no RQ3 runs, which chapter 5's methods then skip too
-    (they are judged against those full fine-tunes); "" when the plan left none out or there is none."""
-    skipped = [task for task, entry in (plan or {}).get("tasks", {}).items() if entry.get("why_not")]
-    if not skipped:
-        return ""
-    return (f"**Not run on {', '.join(sorted(skipped))}:** the study's plan gave {'it' if len(skipped) == 1 else 'them'} "
-            "no RQ3 runs, whose full fine-tunes these methods are judged against (chapter 3's plan table says why).")
+def unplanned_note(plan: Mapping | None, beyond_tasks: Sequence[str] = ()) -> str:
+    """Markdown: the tasks a study's power plan gave no RQ3 runs, which chapter 5's methods skip too (they
+    are judged against those full fine-tunes), unless the study runs them there anyway (`beyond_tasks`:
+    its beyond parts, which then train their own full fine-tunes); "" when there is nothing to say."""
+    unplanned = sorted(task for task, entry in (plan or {}).get("tasks", {}).items() if entry.get("why_not"))
+    skipped = [task for task in unplanned if task not in beyond_tasks]
+    own = [task for task in unplanned if task in beyond_tasks]
+    notes = []
+    if skipped:
+        notes.append(f"**Not run on {', '.join(skipped)}:** the study's plan gave {'it' if len(skipped) == 1 else 'them'} "
+                     "no RQ3 runs, whose full fine-tunes these methods are judged against (chapter 3's plan table says "
+                     "why).")
+    if own:
+        notes.append(f"**{', '.join(own)}** got no RQ3 runs from the plan either, but no other backbone covers "
+                     f"{'it' if len(own) == 1 else 'them'} here: the study fine-tunes {'it' if len(own) == 1 else 'them'} "
+                     "in full on the same seeds for these methods to be judged against.")
+    return " ".join(notes)
 
 
 def study_status(records: Sequence[Mapping], not_applicable: Mapping[str, str] | None = None,
-                 plan: Mapping | None = None) -> str:
+                 plan: Mapping | None = None, beyond_tasks: Sequence[str] = ()) -> str:
     """What the code-model study's records hold of chapter 5's methods, task by task, which of them it
     left out as not applicable (`telly.studies.records.StudyRecords.not_applicable`), and which tasks
     its plan left out (`unplanned_note`)."""
-    left_out = "".join(" " + note for note in (not_run_note(not_applicable or {}), unplanned_note(plan)) if note)
+    left_out = "".join(" " + note for note in (not_run_note(not_applicable or {}), unplanned_note(plan, beyond_tasks))
+                       if note)
     if not has_methods(records):
         return ("**Not run yet.** The code-model study's records hold no Telly-auto, LoRA or BitFit run: its sweep "
                 "(chapter 3) comes first, and they reuse its full fine-tunes." + left_out)

@@ -127,7 +127,9 @@ def sweep_view(study) -> dict | None:
     """The study's RQ3 runs as chapter 3 shows a sweep (`telly.report.freezing.sweep_view`), or None."""
     if not study.runs or study.summary is None:
         return None
-    return freezing_sweep_view(study.runs, study.summary, kind=study.runs[0]["provenance"]["backbone"]["kind"])
+    swept = {r["task"] for r in study.runs}  # summary.json also holds chapter 5's tasks without a sweep
+    summary = {**study.summary, "tasks": {t: e for t, e in study.summary["tasks"].items() if t in swept}}
+    return freezing_sweep_view(study.runs, summary, kind=study.runs[0]["provenance"]["backbone"]["kind"])
 
 
 def bench_origin(study) -> str:
@@ -262,10 +264,12 @@ def plan_table(plan: Mapping, *, achieved: Mapping | None = None, ledger: Mappin
 
 
 def latest_summary(pilot: Mapping | None, resized: Mapping | None) -> Mapping:
-    """The verdicts chapter 3 leads with: per task the re-sized study's once its RQ3 part has landed,
-    else the pilot's, each entry tagged with its `source`."""
+    """The verdicts chapter 3 leads with: per task the re-sized study's once its RQ3 part has landed
+    (an entry with Telly-K rows: chapter 5's tasks without a sweep have none), else the pilot's, each
+    entry tagged with its `source`."""
     tasks = {task: {**entry, "source": "pilot"} for task, entry in ((pilot or {}).get("tasks") or {}).items()}
-    tasks |= {task: {**entry, "source": "re-sized study"} for task, entry in ((resized or {}).get("tasks") or {}).items()}
+    tasks |= {task: {**entry, "source": "re-sized study"} for task, entry in ((resized or {}).get("tasks") or {}).items()
+              if any(row.get("method") == "telly" for row in entry.get("rows", []))}
     return {"tasks": tasks}
 
 

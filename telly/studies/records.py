@@ -35,6 +35,8 @@ class StudyRecords:
     bench: dict | None = None  # bench/bench.json: `telly bench` on the study's model, when committed
     plan: dict | None = None  # plan.json: the power plan the study was sized by, when it was
     quantisation: dict | None = None  # quantisation/quantisation.json once the quantisation check finished
+    # Chapter 5's records of each task without an rq3 part whose beyond part finished (with its own full fine-tunes)
+    beyond_runs: list[dict] = field(default_factory=list)
 
     @property
     def model(self) -> str | None:
@@ -49,6 +51,11 @@ class StudyRecords:
         """Chapter 5's methods the study's beyond parts left out, each with why (BitFit on SmolLM2)."""
         return {method: why for part, entry in (self.ledger or {}).get("parts", {}).items()
                 if part.startswith("beyond/") for method, why in (entry.get("not_applicable") or {}).items()}
+
+    @property
+    def beyond_tasks(self) -> list[str]:
+        """The tasks the study runs chapter 5's methods on (its beyond parts, whatever their status)."""
+        return [part.partition("/")[2] for part in (self.ledger or {}).get("parts", {}) if part.startswith("beyond/")]
 
     def finished(self, question: str) -> list[str]:
         """The finished parts of one research question ("rq1", "rq2", "rq3") or check ("precision"),
@@ -78,11 +85,14 @@ def load_study(records: str | Path) -> StudyRecords:
     found = StudyRecords(root, ledger, [], {}, [], None)
     model, store = ledger["model"], RunStore(root)
     probing = [read_json(record_dir(root, model) / "probing.json")] if found.finished("rq1") else []
-    tasks = {question: [part.partition("/")[2] for part in found.finished(question)] for question in ("rq2", "rq3")}
+    tasks = {question: [part.partition("/")[2] for part in found.finished(question)]
+             for question in ("rq2", "rq3", "beyond")}
     similarity = {task: read_json(output_path(root / SIMILARITY_DIR, task)) for task in tasks["rq2"]}
     runs = store.records(model=model, profile=ledger["profile"], tasks=tasks["rq3"]) if tasks["rq3"] else []
+    unplanned = [task for task in tasks["beyond"] if task not in tasks["rq3"]]
+    beyond_runs = store.records(model=model, profile=ledger["profile"], tasks=unplanned) if unplanned else []
     summary_path = store.document_path(SUMMARY)
-    summary = read_json(summary_path) if runs and summary_path.exists() else None
+    summary = read_json(summary_path) if (runs or beyond_runs) and summary_path.exists() else None
     precision, precision_runs = None, []
     if found.finished("precision"):
         checked = RunStore(root / PRECISION_DIR)
@@ -94,4 +104,4 @@ def load_study(records: str | Path) -> StudyRecords:
     bench_path = root / BENCH_DIR / "bench.json"
     bench = read_json(bench_path) if bench_path.exists() else None
     return StudyRecords(root, ledger, probing, similarity, runs, summary, precision, precision_runs, bench, plan,
-                        quantisation)
+                        quantisation, beyond_runs)
