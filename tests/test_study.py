@@ -266,7 +266,7 @@ def test_a_planned_profile_runs_rq3_only_for_its_tasks_in_its_order():
     tasks = ["code-search", "clone-detection", "code-summarization", "code-generation"]
     assert study.parts(tasks, ["code-generation", "code-summarization"]) == [
         "rq3/code-generation", "rq2/code-generation", "rq3/code-summarization", "rq2/code-summarization",
-        "rq2/code-search", "rq1", "rq2/clone-detection", "precision/code-generation", "quantisation/minilm-l6",
+        "rq2/code-search", "rq1", "precision/code-generation", "quantisation/minilm-l6",
         "beyond/code-generation", "beyond/code-summarization"]
     assert study.parts(tasks) == ["rq3/code-search", "rq2/code-search", "rq1", "rq3/clone-detection",
                                   "rq2/clone-detection", "rq3/code-summarization", "rq2/code-summarization",
@@ -411,3 +411,15 @@ def test_a_part_killed_before_its_first_run_ended_keeps_its_time(tmp_path, monke
     third = ledger_module.Ledger(RunStore(tmp_path), header, ["rq3/t"])
     third.start("rq3/t", afresh=True)  # its records were removed as stale
     assert third.entry("rq3/t")["wall_seconds"] is None
+
+
+def test_a_part_the_study_no_longer_has_leaves_the_ledger_unless_time_was_measured_on_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(ledger_module, "git_state", lambda: {"commit": None, "dirty": None})
+    header = {"kind": "study", "inputs": {"model": "m"}}
+    first = ledger_module.Ledger(RunStore(tmp_path), header, ["rq3/t", "rq2/t", "rq2/u", "rq2/v"])
+    first.start("rq2/t")
+    first.finish("rq2/t", ran=True)
+    first.start("rq2/u")  # killed while running
+    again = ledger_module.Ledger(RunStore(tmp_path), header, ["rq3/t", "beyond/t"])
+    assert list(again.document["parts"]) == ["rq3/t", "rq2/t", "rq2/u", "beyond/t"]  # rq2/v was only pending
+    assert again.entry("rq2/t")["status"] == "finished" and again.entry("rq2/u")["status"] == "running"

@@ -40,8 +40,9 @@ checkpoints that RQ2 and RQ1 then reuse instead of training again.
 
 A planned profile (Profile.training.task_sizes, from the power planner's plan.json) runs rq3 only
 for the tasks its plan sized, in the plan's order, each followed by its rq2; then rq2 of the other
-tasks (their seed-0 full fine-tune, for RQ2 and RQ1); the tasks the plan left out keep the reason it
-gave (plan.json beside the records).
+tasks whose seed-0 full fine-tune a later part reads anyway (PROBED_TASK's for rq1, BEYOND_UNPLANNED's
+for beyond); the others keep the pilot's RQ2, measured at the same sizes. The tasks the plan left out
+keep the reason it gave (plan.json beside the records).
 
 Where things go (RunStore(records, weights_root=out/weights), the layout a chapter's store has):
 
@@ -128,12 +129,13 @@ def parts(tasks: Sequence[str], planned: Sequence[str] = ()) -> list[str]:
     """The study's parts in run order: per task rq3/<task> then rq2/<task>, with rq1 right after the
     task it probes (PROBED_TASK, moved to the front when it is studied), and the precision check
     last (when its task is studied). With a plan (`planned`: the tasks it sized, in its order), rq3
-    and rq2 of those tasks first, then rq2 of the others, rq1 after PROBED_TASK's, and the precision
-    check on the plan's first task."""
+    and rq2 of those tasks first, then rq2 of PROBED_TASK and BEYOND_UNPLANNED (their seed-0 full
+    fine-tunes are read later), rq1 after PROBED_TASK's, and the precision check on the plan's first task."""
     planned = [task for task in planned if task in tasks]
     if planned:
         order = [part for task in planned for part in (f"rq3/{task}", f"rq2/{task}")]
-        for task in sorted((t for t in tasks if t not in planned), key=lambda task: task != PROBED_TASK):
+        reused = [t for t in tasks if t not in planned and t in (PROBED_TASK, *BEYOND_UNPLANNED)]
+        for task in sorted(reused, key=lambda task: task != PROBED_TASK):
             order += [f"rq2/{task}"] + (["rq1"] if task == PROBED_TASK else [])
         order = order if "rq1" in order else [*order, "rq1"]
         unplanned = [task for task in BEYOND_UNPLANNED if task in tasks and task not in planned]
