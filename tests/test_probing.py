@@ -524,9 +524,9 @@ def test_structural_baselines_see_what_a_surface_model_sees():
     assert list(baseline.scores.rows) == list(range(1, 40, 2))
 
 
-def test_semantic_rows_resample_a_function_with_its_variants():
+def test_semantic_rows_resample_a_function_with_its_variants(monkeypatch, capsys):
     """The semantic probe's held-out rows (originals and variants) are clustered by function, and
-    its CIs resample whole functions."""
+    its CIs resample whole functions; the weighted probe's refits show their progress when asked."""
     from telly.probing.data import StateFeatures
     from telly.probing.properties import Semantic
 
@@ -540,7 +540,10 @@ def test_semantic_rows_resample_a_function_with_its_variants():
     variants = np.concatenate([np.repeat(centres, 2, 0), centres + 2.0])
     variants = (variants + 0.1 * rng.normal(size=variants.shape))[None].repeat(3, 0).astype(np.float32)
     features = StateFeatures(code=code, variants=variants)
-    state = Semantic().evaluate(features, data, TINY_PROFILE)
+    monkeypatch.setenv("TELLY_PROGRESS", "text")
+    state = Semantic().evaluate(features, data, TINY_PROFILE, progress=True)
+    refits = TINY_PROFILE.probing.probe_weight_refits
+    assert f"weighted probe refits:   0%|          | 0/{2 * refits}" in capsys.readouterr().err  # text mode: 5 s apart
     groups, test, near_miss = _semantic_items(data)
     queries, _, _ = _semantic_ranking(groups, test, near_miss)
     assert list(state.weighted.clusters) == list(groups[queries])

@@ -47,6 +47,7 @@ from telly.probing.catalog import PAPER_REGIONS, PROBE_METRICS
 from telly.probing.data import ProbeData, StateFeatures, control_labels, word_features
 from telly.probing.estimators import ClassifierProbe, RetrievalProbe
 from telly.profiles import Profile
+from telly.progress import progress_bar
 from telly.stats import bootstrap_ci, paired_bootstrap
 
 TOKEN_KINDS = ("KEYWORD", "NAME", "NUMBER", "STRING", "OPERATOR")
@@ -104,9 +105,9 @@ class Property(ABC):
 
     @abstractmethod
     def evaluate(self, features: StateFeatures, data: ProbeData, profile: Profile,
-                 seed: int = 0, locate: bool = True) -> StateResult:
+                 seed: int = 0, locate: bool = True, progress: bool = False) -> StateResult:
         """Layer-wise and weighted probe, peak test and weight location on one state (the
-        location's refits only when `locate`: not for the random-init state)."""
+        location's refits only when `locate`: not for the random-init state; `progress`: a bar over them)."""
 
     @abstractmethod
     def baselines(self, data: ProbeData, profile: Profile, seed: int = 0) -> list[Baseline]:
@@ -177,7 +178,7 @@ def _centre(weights: np.ndarray) -> dict:
 
 
 def _location(weights: np.ndarray, refit: Refit | None, units: np.ndarray, profile: Profile,
-              seed: int) -> dict:
+              seed: int, progress: bool = False) -> dict:
     """Where the weighted probe looks, and whether its weights moved from uniform (`_centre`
     alone when refit is None: the random-init state, where nothing is located).
 
@@ -199,10 +200,17 @@ def _location(weights: np.ndarray, refit: Refit | None, units: np.ndarray, profi
     _, inverse = np.unique(units, return_inverse=True)
     members = [np.flatnonzero(inverse == u) for u in range(inverse.max() + 1)]
     every = np.arange(len(units))
-    boot = [refit(np.concatenate([members[u] for u in rng.integers(0, len(members), len(members))]),
-                  None, seed + 1 + r) for r in range(refits)]
-    null = [refit(every, np.random.default_rng(seed + 1000 + r), seed + 1 + r)
-            for r in range(refits)]
+    # The longest part of probing a trained state at the study's sizes (2R fits): shown as it goes.
+    bar = progress_bar(total=2 * refits, desc="weighted probe refits", unit="fit", leave=False, disable=not progress)
+    boot, null = [], []
+    for r in range(refits):
+        boot.append(refit(np.concatenate([members[u] for u in rng.integers(0, len(members), len(members))]),
+                          None, seed + 1 + r))
+        bar.update()
+    for r in range(refits):
+        null.append(refit(every, np.random.default_rng(seed + 1000 + r), seed + 1 + r))
+        bar.update()
+    bar.close()
     last = len(weights) - 1
     centres = np.array([centre_of_mass(w) for w in boot])
     distances = np.array([distance_from_uniform(w) for w in boot])
@@ -237,7 +245,8 @@ def _state_result(per_layer: np.ndarray, weighted: np.ndarray, weights: np.ndarr
 
 
 def _classify(X_train, y_train, X_test, y_test, *, train_units: np.ndarray, rows: np.ndarray,
-              clusters: np.ndarray | None, locate: bool, profile: Profile, seed: int) -> StateResult:
+              clusters: np.ndarray | None, locate: bool, profile: Profile, seed: int,
+              progress: bool = False) -> StateResult:
     kwargs = {"epochs": profile.probing.probe_epochs}
     probe = ClassifierProbe(seed=seed, **kwargs).fit(X_train, y_train)
     mixed = ClassifierProbe(weighted=True, seed=seed, **kwargs).fit(X_train, y_train)
@@ -247,7 +256,7 @@ def _classify(X_train, y_train, X_test, y_test, *, train_units: np.ndarray, rows
         return ClassifierProbe(weighted=True, seed=probe_seed, **kwargs).fit(
             X_train[:, index], labels[index]).weights_
 
-    location = _location(mixed.weights_, refit if locate else None, train_units, profile, seed)
+    location = _location(mixed.weights_, refit if locate else None, train_units, profile, seed, progress)
     return _state_result(probe.correct(X_test, y_test).astype(float),
                          mixed.correct(X_test, y_test)[0].astype(float), mixed.weights_, location,
                          rows=rows, clusters=clusters, profile=profile, seed=seed)
@@ -256,7 +265,7 @@ def _classify(X_train, y_train, X_test, y_test, *, train_units: np.ndarray, rows
 def _retrieval_probe(pairs: Callable[[np.ndarray, np.random.Generator | None], tuple], test: tuple,
                      train_units: np.ndarray, *, shared: bool, rows: np.ndarray,
                      clusters: np.ndarray | None, locate: bool, profile: Profile,
-                     seed: int) -> StateResult:
+                     seed: int, progress: bool = False) -> StateResult:
     """pairs(index, shuffle) -> (A, B, groups): the training pairs of training units `index`
     (labels shuffled by the generator, if any); test: (queries, candidates, relevant,
     exclude_self)."""
@@ -270,7 +279,7 @@ def _retrieval_probe(pairs: Callable[[np.ndarray, np.random.Generator | None], t
         return RetrievalProbe(weighted=True, seed=probe_seed, **kwargs).fit(
             *pairs(index, shuffle)).weights_
 
-    location = _location(mixed.weights_, refit if locate else None, train_units, profile, seed)
+    location = _location(mixed.weights_, refit if locate else None, train_units, profile, seed, progress)
     state = _state_result(
         layerwise.average_precision(queries, candidates, relevant, exclude_self=exclude_self),
         mixed.average_precision(queries, candidates, relevant, exclude_self=exclude_self)[0],
@@ -304,14 +313,14 @@ class Lexical(Property):
     has_control = True
 
     def evaluate(self, features: StateFeatures, data: ProbeData, profile: Profile,
-                 seed: int = 0, locate: bool = True) -> StateResult:
+                 seed: int = 0, locate: bool = True, progress: bool = False) -> StateResult:
         X, where = word_features(features.code_tokens, data.words)
         words = [data.words[i][j] for i, j in where]
         y = np.array([TOKEN_KINDS.index(w.kind) for w in words])
         test = data.is_test[where[:, 0]]
         state = _classify(X[:, ~test], y[~test], X[:, test], y[test], train_units=where[~test, 0],
                           rows=_word_ids(where[test]), clusters=where[test, 0], locate=locate,
-                          profile=profile, seed=seed)
+                          profile=profile, seed=seed, progress=progress)
         # Control task (per word type): what a probe this size memorises of recurring types.
         control = control_labels([w.text for w in words], y, seed=seed)
         kwargs = {"epochs": profile.probing.probe_epochs, "seed": seed}
@@ -371,7 +380,7 @@ class Syntactic(Property):
     inputs = ("code", "sbt")
 
     def evaluate(self, features: StateFeatures, data: ProbeData, profile: Profile,
-                 seed: int = 0, locate: bool = True) -> StateResult:
+                 seed: int = 0, locate: bool = True, progress: bool = False) -> StateResult:
         code = features.code[:, data.syntactic]
         sbt, ids = features.sbt, _sbt_ids(data)
         test = data.is_test[data.syntactic]
@@ -386,7 +395,7 @@ class Syntactic(Property):
         relevant = ids[te][:, None] == ids[te][None, :]
         state = _retrieval_probe(pairs, (code[:, te], sbt[:, te], relevant, False), tr,
                                  shared=False, rows=data.syntactic[te], clusters=None,
-                                 locate=locate, profile=profile, seed=seed)
+                                 locate=locate, profile=profile, seed=seed, progress=progress)
         state.result.update(n_train=len(tr), candidates=len(te))
         return state
 
@@ -438,12 +447,12 @@ class Structural(Property):
     inputs = ("code",)
 
     def evaluate(self, features: StateFeatures, data: ProbeData, profile: Profile,
-                 seed: int = 0, locate: bool = True) -> StateResult:
+                 seed: int = 0, locate: bool = True, progress: bool = False) -> StateResult:
         y = structural_labels(data)
         X, test = features.code, data.is_test
         state = _classify(X[:, ~test], y[~test], X[:, test], y[test],
                           train_units=np.flatnonzero(~test), rows=np.flatnonzero(test),
-                          clusters=None, locate=locate, profile=profile, seed=seed)
+                          clusters=None, locate=locate, profile=profile, seed=seed, progress=progress)
         state.result["n_train"] = int((~test).sum())
         return state
 
@@ -500,7 +509,7 @@ class Semantic(Property):
     inputs = ("code", "variants")
 
     def evaluate(self, features: StateFeatures, data: ProbeData, profile: Profile,
-                 seed: int = 0, locate: bool = True) -> StateResult:
+                 seed: int = 0, locate: bool = True, progress: bool = False) -> StateResult:
         items = np.concatenate([features.code[:, data.semantic], features.variants], axis=1)
         groups, test, near_miss = _semantic_items(data)
         train_items = np.flatnonzero(~test & ~near_miss)
@@ -523,7 +532,7 @@ class Semantic(Property):
         queries, candidates, relevant = _semantic_ranking(groups, test, near_miss)
         state = _retrieval_probe(pairs, (items[:, queries], items[:, candidates], relevant, True),
                                  train_groups, shared=True, rows=queries, clusters=groups[queries],
-                                 locate=locate, profile=profile, seed=seed)
+                                 locate=locate, profile=profile, seed=seed, progress=progress)
         state.result.update(n_train=len(train_items), candidates=len(candidates),
                             near_misses=int((test & near_miss).sum()))
         return state

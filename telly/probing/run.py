@@ -9,6 +9,7 @@ from telly.probing.catalog import STATES
 from telly.probing.data import ProbeData, state_features
 from telly.probing.properties import PROPERTIES, Baseline, Property, Scored, StateResult, paired
 from telly.profiles import Profile
+from telly.progress import progress_bar
 from telly.stats import bootstrap_ci
 
 
@@ -20,8 +21,12 @@ def probe_state(backbone: Backbone, data: ProbeData, profile: Profile, *, max_le
     features = state_features(backbone, data, needs, max_length=max_length,
                               batch_size=profile.probing.feature_batch_size,
                               mixed_precision=profile.training.mixed_precision, progress=progress)
-    return {prop.name: prop.evaluate(features, data, profile, seed, locate=locate)
-            for prop in PROPERTIES}
+    results = {}
+    bar = progress_bar(PROPERTIES, desc=f"probes {backbone.name}", unit="property", disable=not progress)
+    for prop in bar:
+        bar.set_postfix_str(prop.name)
+        results[prop.name] = prop.evaluate(features, data, profile, seed, locate=locate, progress=progress)
+    return results
 
 
 def baselines(data: ProbeData, profile: Profile, seed: int = 0) -> dict[str, list[Baseline]]:
