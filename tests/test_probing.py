@@ -305,6 +305,33 @@ def test_run_probing_end_to_end_on_tiny_random(tiny_corpus, tmp_path, monkeypatc
     assert again == on_disk
 
 
+def test_a_killed_probing_run_resumes_from_its_finished_properties(tiny_corpus, tmp_path, monkeypatch):
+    whole = run_probing("tiny-random", TINY_PROFILE, corpus=tiny_corpus, out=tmp_path / "whole", progress=False)
+    assert not list((tmp_path / "cache" / "probing").glob("*/*"))  # kept only until the record is written
+    evaluated: list[str] = []
+    real = {prop.name: type(prop).evaluate for prop in PROPERTIES}
+
+    def counting(name, die_at=None):
+        def evaluate(self, *args, **kwargs):
+            evaluated.append(name)
+            if len(evaluated) == die_at:
+                raise KeyboardInterrupt  # a kill in the pre-trained state's second property (random runs first)
+            return real[name](self, *args, **kwargs)
+        return evaluate
+
+    for prop in PROPERTIES:
+        monkeypatch.setattr(type(prop), "evaluate", counting(prop.name, die_at=len(PROPERTIES) + 2))
+    with pytest.raises(KeyboardInterrupt):
+        run_probing("tiny-random", TINY_PROFILE, corpus=tiny_corpus, out=tmp_path / "killed", progress=False)
+    evaluated.clear()
+    for prop in PROPERTIES:
+        monkeypatch.setattr(type(prop), "evaluate", counting(prop.name))
+    resumed = run_probing("tiny-random", TINY_PROFILE, corpus=tiny_corpus, out=tmp_path / "killed", progress=False)
+    # The random state and the pre-trained state's first property are read back, not probed again.
+    assert evaluated == PROBES[1:]
+    assert resumed["probes"] == whole["probes"] and resumed["findings"] == whole["findings"]
+
+
 def test_checkpoint_counts_by_its_weights_not_its_path_or_date(tiny_corpus, tmp_path):
     import torch
     from safetensors.torch import save_file

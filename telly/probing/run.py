@@ -2,6 +2,9 @@
 probe's record entry: its states compared with the random-init backbone and with the baselines."""
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
+
 import numpy as np
 
 from telly.backbones import Backbone
@@ -14,9 +17,11 @@ from telly.stats import bootstrap_ci
 
 
 def probe_state(backbone: Backbone, data: ProbeData, profile: Profile, *, max_length: int, seed: int = 0,
-                locate: bool = True, progress: bool = True) -> dict[str, StateResult]:
+                locate: bool = True, progress: bool = True, resume: Path | None = None) -> dict[str, StateResult]:
     """{property name: result} for `backbone`, reading each input set the properties need once;
-    `locate`: refit the weighted probes for the interval and test of where their weights sit."""
+    `locate`: refit the weighted probes for the interval and test of where their weights sit.
+    resume: a folder (keyed by everything the results depend on) where each property's result is kept
+    as it finishes and read back instead of probed again, so a killed run loses at most one property."""
     needs = {name for prop in PROPERTIES for name in prop.inputs}
     features = state_features(backbone, data, needs, max_length=max_length,
                               batch_size=profile.probing.feature_batch_size,
@@ -25,7 +30,16 @@ def probe_state(backbone: Backbone, data: ProbeData, profile: Profile, *, max_le
     bar = progress_bar(PROPERTIES, desc=f"probes {backbone.name}", unit="property", disable=not progress)
     for prop in bar:
         bar.set_postfix_str(prop.name)
+        kept = None if resume is None else resume / f"{prop.name}.pkl"
+        if kept is not None and kept.exists():
+            results[prop.name] = pickle.loads(kept.read_bytes())  # this run's own cache: trusted
+            continue
         results[prop.name] = prop.evaluate(features, data, profile, seed, locate=locate, progress=progress)
+        if kept is not None:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            partial = kept.with_suffix(".partial")
+            partial.write_bytes(pickle.dumps(results[prop.name]))
+            partial.replace(kept)  # whole or absent, even when killed while writing
     return results
 
 

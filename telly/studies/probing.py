@@ -10,13 +10,16 @@ weights cannot be had).
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from telly.analysis import findings
-from telly.backbones import BackboneUnavailable, load, smollm2_gguf
+from telly.backbones import BackboneUnavailable, cache_dir, load, smollm2_gguf
 from telly.corpus import load_corpus
 from telly.jsonio import as_stored
 from telly.layout import PROBING_DIR
@@ -79,6 +82,8 @@ def run_probing(model: str, profile: Profile, *, corpus: str | Path = "stdlib",
     if stored is not None:
         return stored
 
+    # Each state's finished properties, kept apart from the record until it is written (hours at study sizes).
+    resume = cache_dir() / "probing" / hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
     # The fine-tuned state loads first, so a checkpoint of another architecture fails at once.
     plan = ([("finetuned", {"checkpoint": checkpoint})] if checkpoint is not None else [])
     plan += [("random", {"random_init": True, "seed": seed}), ("pretrained", {})]
@@ -94,7 +99,7 @@ def run_probing(model: str, profile: Profile, *, corpus: str | Path = "stdlib",
         start = time.perf_counter()
         # Where a property lives is asked of trained states; the random one gets no refits.
         states[state] = probe_state(backbone, data, profile, max_length=max_length, seed=seed,
-                                    locate=state != "random", progress=progress)
+                                    locate=state != "random", progress=progress, resume=resume / state)
         seconds[state] = round(time.perf_counter() - start, 1)
         del backbone
     references = baselines(data, profile, seed)
@@ -121,12 +126,13 @@ def run_probing(model: str, profile: Profile, *, corpus: str | Path = "stdlib",
                  "code_cut_share": data.code_cut_share,
                  "sbt_max_tokens": data.sbt_max_tokens,
                  "sbt_cut_share": data.sbt_cut_share},
-        # Features and probes of each state (a feature cache hit makes it shorter).
+        # Features and probes of each state (a feature cache hit, or properties kept from a killed run, make it shorter).
         "seconds": seconds,
         "probes": results,
     }
     record["findings"] = findings(record)
     store.write_document(DOCUMENT, record)
+    shutil.rmtree(resume, ignore_errors=True)  # the record holds it all now
     return record
 
 
