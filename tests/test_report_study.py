@@ -169,3 +169,15 @@ def test_the_decisive_blocks_say_the_same_in_words():
                       | {"largest_non_inferior_k": 29, "smallest_inferior_k": None}}}
     assert "- keeps quality (non-inferior) up to K = 29; no depth swept is shown to lose it" in \
         report.decisive_markdown(kept)
+
+
+def test_the_sweep_view_leaves_out_chapter_5s_tasks_that_have_no_sweep():
+    from dataclasses import replace
+
+    from telly.studies.records import load_study
+
+    study = load_study(Path(__file__).resolve().parents[1] / "book" / "records" / "smollm2-135m")  # the committed one
+    lora_only = {"rows": [{"run": "LoRA", "method": "lora", "freeze": None, "verdict": "inconclusive"}]}
+    with_beyond = replace(study, summary={**study.summary, "tasks": {**study.summary["tasks"], "code-completion": lora_only}})
+    view = report.sweep_view(with_beyond)
+    assert set(view["summary"]["tasks"]) == {r["task"] for r in study.runs} == {"code-generation", "code-summarization"}
