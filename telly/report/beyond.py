@@ -250,14 +250,17 @@ def unplanned_note(plan: Mapping | None, beyond_tasks: Sequence[str] = ()) -> st
     own = [task for task in unplanned if task in beyond_tasks]
     notes = []
     if skipped:
-        notes.append(f"**Not run on {', '.join(skipped)}:** the study's plan gave {'it' if len(skipped) == 1 else 'them'} "
-                     "no RQ3 runs, whose full fine-tunes these methods are judged against (chapter 3's plan table says "
-                     "why).")
+        notes.append(f"**Not run on {', '.join(skipped)}:** the study's plan gave {_them(skipped)} no RQ3 runs, whose "
+                     "full fine-tunes these methods are judged against (chapter 3's plan table says why).")
     if own:
         notes.append(f"**{', '.join(own)}** got no RQ3 runs from the plan either, but no other backbone covers "
-                     f"{'it' if len(own) == 1 else 'them'} here: the study fine-tunes {'it' if len(own) == 1 else 'them'} "
-                     "in full on the same seeds for these methods to be judged against.")
+                     f"{_them(own)} here: the study fine-tunes {_them(own)} in full on the same seeds for these methods "
+                     "to be judged against.")
     return " ".join(notes)
+
+
+def _them(tasks: Sequence[str]) -> str:
+    return "it" if len(tasks) == 1 else "them"
 
 
 def study_status(records: Sequence[Mapping], not_applicable: Mapping[str, str] | None = None,

@@ -10,8 +10,6 @@ weights cannot be had).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import subprocess
 import time
@@ -29,6 +27,7 @@ from telly.probing.run import STATES, baselines, probe_entry, probe_state
 from telly.profiles import Profile
 from telly.store import RunStore, as_store, checkpoint_fingerprint, provenance, slug
 from telly.studies.similarity import ensure_finetuned
+from telly.tasks import fingerprint
 
 # 2: near misses as hard negatives in the semantic probe; 3: radon complexity, probed functions
 # within the tasks' splits, vs_random and baselines with paired CIs, weight location, SBT budget,
@@ -83,7 +82,7 @@ def run_probing(model: str, profile: Profile, *, corpus: str | Path = "stdlib",
         return stored
 
     # Each state's finished properties, kept apart from the record until it is written (hours at study sizes).
-    resume = cache_dir() / "probing" / hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+    resume = cache_dir() / "probing" / fingerprint([inputs])
     # The fine-tuned state loads first, so a checkpoint of another architecture fails at once.
     plan = ([("finetuned", {"checkpoint": checkpoint})] if checkpoint is not None else [])
     plan += [("random", {"random_init": True, "seed": seed}), ("pretrained", {})]

@@ -245,12 +245,19 @@ class Study:
             self.summarise()
         return True
 
-    def summarise(self, also: str | None = None) -> None:
-        """The non-inferiority summary (summary.json) of every task whose RQ3 part finished, and of
-        `also` (an unplanned task's beyond part, summarised before the ledger marks it finished)."""
+    def drop_weights(self, task: str, variants: Sequence[Variant]) -> None:
+        """Delete the weights of `variants` but the seed-0 full fine-tune's, whose epoch checkpoints RQ2
+        and RQ1 read: nothing reads the others, whose records hold what the study keeps."""
+        keep = self.store.run_dir(self.full_variant(task))
+        for variant in variants:
+            if self.store.run_dir(variant) != keep:
+                shutil.rmtree(self.store.run_dir(variant), ignore_errors=True)
+
+    def summarise(self) -> None:
+        """The non-inferiority summary (summary.json) of every task whose RQ3 or beyond part finished."""
 
         parts = self.ledger.document["parts"]
-        done = [task for task in self.tasks if task == also or any(
+        done = [task for task in self.tasks if any(
             parts.get(f"{question}/{task}", {}).get("status") == "finished" for question in ("rq3", "beyond"))]
         if done:
             write_summary(self.store.records(model=self.model, profile=self.profile.name, tasks=done),
@@ -275,10 +282,7 @@ class Study:
             self.ledger.finish(part, ran=True, status="failed" if result["failed"] else "finished",
                                runs=len(result["records"]), failed=result["failed"],
                                run_seconds=sum(r["wall_seconds"] for r in result["records"]))
-        keep = self.store.run_dir(self.full_variant(task))
-        for variant in variants:  # only the full fine-tune's weights are read later
-            if self.store.run_dir(variant) != keep:
-                shutil.rmtree(self.store.run_dir(variant), ignore_errors=True)
+        self.drop_weights(task, variants)
         self.summarise()  # read back while current
 
     def rq2(self, part: str, task: str) -> None:
@@ -381,18 +385,16 @@ class Study:
         if all(found):
             self.ledger.finish(part, ran=False, runs=len(found), run_seconds=sum(r["wall_seconds"] for r in found),
                                not_applicable=not_applicable)
+            self.summarise()  # read back while current, as rq3 does
             return
         self.ledger.start(part, afresh=not any(found))
         result = run_variants(variants, self.store, progress=self.progress, on_epoch=self.ledger.tick,
                               **self.finetune_options)
-        keep = self.store.run_dir(self.full_variant(task))  # rq2's run: its epoch checkpoints stay, as rq3 keeps them
-        for variant in variants:
-            if self.store.run_dir(variant) != keep:
-                shutil.rmtree(self.store.run_dir(variant), ignore_errors=True)  # records only: nothing reads the weights
-        self.summarise(also=None if result["failed"] else task)
+        self.drop_weights(task, variants)
         self.ledger.finish(part, ran=True, status="failed" if result["failed"] else "finished",
                            runs=len(result["records"]), failed=result["failed"], not_applicable=not_applicable,
                            run_seconds=sum(r["wall_seconds"] for r in result["records"]))
+        self.summarise()
 
     def part_inputs(self, part: str, task: str) -> dict:
         """What an rq2 / rq1 document is made from, as far as can be told without the weights: the
