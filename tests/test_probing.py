@@ -630,6 +630,30 @@ def test_weight_location_finds_the_layer_and_tells_moved_weights_from_shuffled_o
         {"centre", "relative_depth", "distance_from_uniform"}
 
 
+def test_refits_in_worker_processes_equal_refits_in_one():
+    """The weighted probe's refits give the same weights on two workers as in this process, in order,
+    with the features (over joblib's 1 MB memmap threshold) shared with the workers, not sent per fit."""
+    from telly.probing.properties import refit_in_parallel
+
+    rng = np.random.default_rng(0)
+    X, y = _signal_layer(rng, 2000, layer=2, layers=5, d=32)
+    assert X.nbytes > 1_000_000
+
+    def refit(index, shuffle, seed):
+        labels = y if shuffle is None else shuffle.permutation(y)
+        return ClassifierProbe(weighted=True, epochs=3, seed=seed).fit(X[:, index], labels[index]).weights_
+
+    drawn = rng.integers(0, len(y), len(y))
+
+    def fits():  # a shuffling generator is used up by its fit: fresh ones for each pass
+        return [(drawn, None, 1), (np.arange(len(y)), np.random.default_rng(5), 2), (np.arange(len(y)), None, 3)]
+
+    alone = list(refit_in_parallel(refit, fits(), workers=1))
+    shared = list(refit_in_parallel(refit, fits(), workers=2))
+    assert len(shared) == 3 and all(np.array_equal(a, b) for a, b in zip(alone, shared))
+    assert not np.array_equal(alone[0], alone[1])  # each fit is its own
+
+
 def test_paired_comparisons_need_the_same_rows():
     from telly.probing.properties import Scored, paired
     from telly.probing.run import _on_rows

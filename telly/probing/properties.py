@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -170,6 +170,19 @@ def distance_from_uniform(weights: Sequence[float]) -> float:
 Refit = Callable[[np.ndarray, "np.random.Generator | None", int], np.ndarray]
 
 
+def refit_in_parallel(refit: Refit, fits: Sequence[tuple], workers: int | None = None) -> Iterator[np.ndarray]:
+    """refit(*fit) for each fit, in order, in `workers` processes (default: one per core). Each fit trains on
+    one thread (`telly.probing.estimators`), so a single process left every other core idle; the results
+    are the same as in one process, since each fit carries its own rows, labels and seed. Arrays the refit
+    closes over are shared with the workers through memory-mapped files (joblib), not copied per fit."""
+    from joblib import Parallel, cpu_count, delayed
+
+    workers = min(workers or cpu_count(), len(fits))
+    if workers <= 1:
+        return (refit(*fit) for fit in fits)
+    return Parallel(n_jobs=workers, return_as="generator")(delayed(refit)(*fit) for fit in fits)
+
+
 def _centre(weights: np.ndarray) -> dict:
     """Centre of mass of the mix weights, as a layer and as relative depth (centre / L), and their
     total-variation distance from uniform."""
@@ -200,17 +213,18 @@ def _location(weights: np.ndarray, refit: Refit | None, units: np.ndarray, profi
     _, inverse = np.unique(units, return_inverse=True)
     members = [np.flatnonzero(inverse == u) for u in range(inverse.max() + 1)]
     every = np.arange(len(units))
+    # Every fit's rows, labels and seed are drawn here, so the fits are independent and may run in any process.
+    fits = [(np.concatenate([members[u] for u in rng.integers(0, len(members), len(members))]), None, seed + 1 + r)
+            for r in range(refits)]
+    fits += [(every, np.random.default_rng(seed + 1000 + r), seed + 1 + r) for r in range(refits)]
     # The longest part of probing a trained state at the study's sizes (2R fits): shown as it goes.
     bar = progress_bar(total=2 * refits, desc="weighted probe refits", unit="fit", leave=False, disable=not progress)
-    boot, null = [], []
-    for r in range(refits):
-        boot.append(refit(np.concatenate([members[u] for u in rng.integers(0, len(members), len(members))]),
-                          None, seed + 1 + r))
-        bar.update()
-    for r in range(refits):
-        null.append(refit(every, np.random.default_rng(seed + 1000 + r), seed + 1 + r))
+    found = []
+    for weights_r in refit_in_parallel(refit, fits):
+        found.append(weights_r)
         bar.update()
     bar.close()
+    boot, null = found[:refits], found[refits:]
     last = len(weights) - 1
     centres = np.array([centre_of_mass(w) for w in boot])
     distances = np.array([distance_from_uniform(w) for w in boot])
