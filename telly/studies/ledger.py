@@ -50,9 +50,10 @@ class Ledger:
         stored = store.find_document(STUDY, header["inputs"])
         self.document = stored or {**header, "parts": {}, "sessions": []}
         self.document.update({key: value for key, value in header.items() if key != "inputs"})
-        # A part the study no longer has is dropped while nothing was measured on it.
+        # A part the study no longer has is dropped while nothing was measured on it (a session killed before its
+        # first tick measured nothing either).
         self.document["parts"] = {part: entry for part, entry in self.document["parts"].items()
-                                  if part in parts or entry["status"] != "pending"}
+                                  if part in parts or entry["status"] == "finished" or entry["wall_seconds"] is not None}
         for part in parts:
             self.entry(part)
         self.session = {"started": _now(), "updated": _now(), "machine": machine(), **git_state(), "ran": []}

@@ -33,16 +33,16 @@ checkpoints that RQ2 and RQ1 then reuse instead of training again.
               LoRA on attention and MLP, BitFit) on the task's first BEYOND_SEEDS seeds, beside rq3's
               records, which hold the full fine-tunes they are paired with; then on each task of
               BEYOND_UNPLANNED that a plan gave no RQ3 runs, beside full fine-tunes of those seeds that
-              the part trains itself (seed 0's is rq2's) and summarises with them; a method that cannot run
+              the part trains itself and summarises with them; a method that cannot run
               on the model (BitFit without bias terms) is left out, its reason in the ledger. Refused (the part fails,
               saying why) while Telly-auto's pilot share and threshold are not calibrated on MiniLM
               (`telly.methods.TellyAuto.calibration`), as issue 23 asks before any SmolLM2 run.
 
 A planned profile (Profile.training.task_sizes, from the power planner's plan.json) runs rq3 only
-for the tasks its plan sized, in the plan's order, each followed by its rq2; then rq2 of the other
-tasks whose seed-0 full fine-tune a later part reads anyway (PROBED_TASK's for rq1, BEYOND_UNPLANNED's
-for beyond); the others keep the pilot's RQ2, measured at the same sizes. The tasks the plan left out
-keep the reason it gave (plan.json beside the records).
+for the tasks its plan sized, in the plan's order, each followed by its rq2; then rq2 of PROBED_TASK,
+whose seed-0 full fine-tune's weights rq1 reads anyway; the other tasks keep the pilot's RQ2, measured
+at the same sizes (BEYOND_UNPLANNED's beyond part reads only the records of its full fine-tunes). The
+tasks the plan left out keep the reason it gave (plan.json beside the records).
 
 Where things go (RunStore(records, weights_root=out/weights), the layout a chapter's store has):
 
@@ -129,15 +129,14 @@ def parts(tasks: Sequence[str], planned: Sequence[str] = ()) -> list[str]:
     """The study's parts in run order: per task rq3/<task> then rq2/<task>, with rq1 right after the
     task it probes (PROBED_TASK, moved to the front when it is studied), and the precision check
     last (when its task is studied). With a plan (`planned`: the tasks it sized, in its order), rq3
-    and rq2 of those tasks first, then rq2 of PROBED_TASK and BEYOND_UNPLANNED (their seed-0 full
-    fine-tunes are read later), rq1 after PROBED_TASK's, and the precision check on the plan's first task."""
+    and rq2 of those tasks first, then rq2 of PROBED_TASK (rq1 reads its seed-0 full fine-tune's weights)
+    and rq1, and the precision check on the plan's first task."""
     planned = [task for task in planned if task in tasks]
     if planned:
         order = [part for task in planned for part in (f"rq3/{task}", f"rq2/{task}")]
-        reused = [t for t in tasks if t not in planned and t in (PROBED_TASK, *BEYOND_UNPLANNED)]
-        for task in sorted(reused, key=lambda task: task != PROBED_TASK):
-            order += [f"rq2/{task}"] + (["rq1"] if task == PROBED_TASK else [])
-        order = order if "rq1" in order else [*order, "rq1"]
+        if PROBED_TASK in tasks and PROBED_TASK not in planned:
+            order.append(f"rq2/{PROBED_TASK}")
+        order.append("rq1")
         unplanned = [task for task in BEYOND_UNPLANNED if task in tasks and task not in planned]
         return [*order, f"precision/{planned[0]}", QUANTISATION_PART,
                 *(f"beyond/{task}" for task in [*planned, *unplanned])]
@@ -369,7 +368,7 @@ class Study:
     def beyond(self, part: str, task: str) -> None:
         """Chapter 5's methods on `task`'s first BEYOND_SEEDS seeds, in the study's store, paired with
         rq3's full fine-tunes, or for a task without an rq3 part with full fine-tunes of those seeds that
-        this part trains where missing (seed 0's is rq2's); only their records are kept."""
+        this part trains where missing; only their records are kept."""
         if TellyAuto.calibration is None:
             raise ValueError(f"{part}: Telly-auto's pilot share and threshold are not calibrated yet; issue 23 fixes "
                              "them on MiniLM at the laptop profile (telly calibrate-auto) before any SmolLM2 run")
