@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+from joblib import Parallel, cpu_count, delayed
 
 from telly.corpus import token_kinds
 from telly.metrics import ranking_average_precision
@@ -175,8 +176,6 @@ def refit_in_parallel(refit: Refit, fits: Sequence[tuple], workers: int | None =
     one thread (`telly.probing.estimators`), so a single process left every other core idle; the results
     are the same as in one process, since each fit carries its own rows, labels and seed. Arrays the refit
     closes over are shared with the workers through memory-mapped files (joblib), not copied per fit."""
-    from joblib import Parallel, cpu_count, delayed
-
     workers = min(workers or cpu_count(), len(fits))
     if workers <= 1:
         return (refit(*fit) for fit in fits)
