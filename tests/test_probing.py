@@ -631,8 +631,8 @@ def test_weight_location_finds_the_layer_and_tells_moved_weights_from_shuffled_o
 
 
 def test_refits_in_worker_processes_equal_refits_in_one():
-    """The weighted probe's refits give the same weights on two workers as in this process, in order,
-    with the features (over joblib's 1 MB memmap threshold) shared with the workers, not sent per fit."""
+    """The weighted probe's refits give the same weights on two workers as in this process, in order, with
+    features over joblib's 1 MB threshold (the path on which they reach the workers as memory-mapped files)."""
     from telly.probing.properties import refit_in_parallel
 
     rng = np.random.default_rng(0)
