@@ -267,6 +267,17 @@ def non_inferiority_summary(records: Sequence[Mapping], profile: Profile, *, tri
             "margins": dict(profile.statistics.margins), "tasks": tasks}
 
 
+def machines_apart(runs: Sequence[Mapping]) -> str | None:
+    """Why the runs' times cannot be compared as one machine's (their records name no CPU, or more than
+    one device or CPU); None when every run names the same device and CPU."""
+    machines = {((r.get("provenance") or {}).get("device"), (r.get("provenance") or {}).get("cpu")) for r in runs}
+    if any(cpu is None for _, cpu in machines):
+        return "some of the runs' records do not name their CPU, so they may have run on different machines"
+    if len(machines) > 1:
+        return "the runs ran on different machines (" + "; ".join(sorted(f"{d}, {c}" for d, c in machines)) + ")"
+    return None
+
+
 def precision_check(float32_runs: Sequence[Mapping], bf16_runs: Sequence[Mapping], profile: Profile, *,
                     samples: int | None = None) -> dict:
     """Does bf16 autocast keep quality, and the freezing verdicts that rest on it? Each variant (full
@@ -276,7 +287,8 @@ def precision_check(float32_runs: Sequence[Mapping], bf16_runs: Sequence[Mapping
     margin, "equivalent" when both p-values are below ALPHA; and, with a Telly-K, the difference of
     differences (Telly-K - full under bf16) - (Telly-K - full in float32), the quantity the verdicts
     rest on, tested the same way. The top-level figures are full fine-tuning's. Epoch times are the
-    runs' own (separate runs; the bench times the two side by side)."""
+    runs' own (separate runs; the bench times the two side by side), compared only when every run names
+    the same machine (`machines_apart`)."""
     samples = samples or profile.statistics.bootstrap_samples
     variants: dict[tuple, list[dict]] = {}
     for precision, runs in (("no", float32_runs), ("bf16", bf16_runs)):
@@ -310,6 +322,9 @@ def precision_check(float32_runs: Sequence[Mapping], bf16_runs: Sequence[Mapping
                 "epoch_ratio": quality["bf16"]["epoch_seconds"] / quality["float32"]["epoch_seconds"]}
 
     checks = [variant_check(key) for key in sorted(paired, key=lambda k: k[1])]
+    apart = machines_apart([run for pair in paired.values() for runs in pair for run in runs])
+    if apart:  # a ratio of two machines' epoch times measures the machines, not the precision
+        checks = [check | {"epoch_ratio": None} for check in checks]
     telly = [key for key in paired if key != ("full", -1)]
     did = None
     if telly:
@@ -320,7 +335,8 @@ def precision_check(float32_runs: Sequence[Mapping], bf16_runs: Sequence[Mapping
                **{k: tested[k] for k in ("difference", "low", "high", "p_lower", "p_upper", "verdict")},
                "what": "(Telly-K - full under bf16) - (Telly-K - full in float32)"}
     return {"task": task, "metric": metric, "margin": margin, "seeds": seeds, "alpha": ALPHA, **checks[0],
-            "variants": checks, "difference_of_differences": did, "timing": SWEEP_TIMING,
+            "variants": checks, "difference_of_differences": did,
+            "timing": f"not compared: {apart}" if apart else SWEEP_TIMING,
             "test": "paired differences, seeds and test rows both counted (telly.stats.equivalence); two one-sided "
                     f"tests against +-margin, equivalent when both p < {ALPHA}"}
 

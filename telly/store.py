@@ -27,6 +27,9 @@ from telly.profiles import Profile
 WEIGHTS = "backbone.safetensors"
 HEAD_WEIGHTS = "head.safetensors"
 EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
+# CPU feature flags of bf16 arithmetic (x86 AMX and AVX-512 BF16, Arm BF16): without one, bf16
+# autocast may run no faster than float32.
+BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
 VERSIONED = ("telly", "torch", "transformers", "accelerate", "peft", "datasets", "numpy",
              "scikit-learn", "rapidfuzz", "radon")
 
@@ -41,6 +44,50 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[package] = "absent"
     return versions
+
+
+def _cpuinfo() -> str | None:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+
+
+def _cpuinfo_field(cpuinfo: str, *keys: str) -> str | None:
+    """The first value of one of `keys` in /proc/cpuinfo's text."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in keys:
+            return value.strip()
+    return None
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what the platform module says."""
+    cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo
+    return (cpuinfo and _cpuinfo_field(cpuinfo, "model name")) or platform.processor() or platform.machine()
+
+
+def bf16_units(cpuinfo: str | None = None) -> list[str] | None:
+    """The BF16_FLAGS this machine's CPU reports (Linux /proc/cpuinfo "flags" or "Features");
+    None where there is no /proc/cpuinfo to ask."""
+    cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo
+    if cpuinfo is None:
+        return None
+    flags = set((_cpuinfo_field(cpuinfo, "flags", "Features") or "").split())
+    return [flag for flag in BF16_FLAGS if flag in flags]
+
+
+def cpu_description(cpuinfo: str | None = None) -> str | None:
+    """The CPU a run ran on, precisely enough to tell two machines apart: two CPUs of one model name
+    ("AMD EPYC") can differ in generation and bf16 units, and so in speed. None without /proc/cpuinfo."""
+    cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo
+    if cpuinfo is None:
+        return None
+    family, number = _cpuinfo_field(cpuinfo, "cpu family"), _cpuinfo_field(cpuinfo, "model")
+    generation = f", family {family} model {number}" if family and number else ""
+    units = bf16_units(cpuinfo)
+    return f"{cpu_model(cpuinfo)}{generation}, " + (f"bf16 units: {' '.join(units)}" if units else "no bf16 units")
 
 
 def device_description(device=None) -> str:
@@ -61,6 +108,7 @@ def provenance(*, model: str, profile: str, corpus_fingerprint: str | None, seed
         "corpus_fingerprint": corpus_fingerprint,
         "seed": seed,
         "device": device_description(device),
+        "cpu": cpu_description(),  # device names no CPU generation; timings compare only within one
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": library_versions(),
     }

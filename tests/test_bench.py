@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from telly import trainer
+from telly import store, trainer
 from telly.methods import BitFit
 from telly.profiles import get_profile
 from telly.report import bench as report
@@ -395,9 +395,17 @@ def test_bench_models_bring_in_the_profiles_extra_backbones():
 
 
 def test_bf16_units_read_the_cpu_flags():
-    assert harness.bf16_units("processor : 0\nflags : fpu sse avx512_bf16 amx_tile amx_bf16\n") == ["amx_bf16", "avx512_bf16"]
-    assert harness.bf16_units("Features : fp asimd bf16 i8mm\n") == ["bf16"]
-    assert harness.bf16_units("flags : fpu sse sse2 avx2\n") == []
+    assert store.bf16_units("processor : 0\nflags : fpu sse avx512_bf16 amx_tile amx_bf16\n") == ["amx_bf16", "avx512_bf16"]
+    assert store.bf16_units("Features : fp asimd bf16 i8mm\n") == ["bf16"]
+    assert store.bf16_units("flags : fpu sse sse2 avx2\n") == []
+
+
+def test_the_cpu_description_tells_two_cpus_of_one_name_apart():
+    zen3 = "model name : AMD EPYC\ncpu family : 25\nmodel : 1\nflags : fpu avx2\n"
+    zen4 = "model name : AMD EPYC\ncpu family : 25\nmodel : 17\nflags : fpu avx2 avx512_bf16\n"
+    assert store.cpu_description(zen3) == "AMD EPYC, family 25 model 1, no bf16 units"
+    assert store.cpu_description(zen4) == "AMD EPYC, family 25 model 17, bf16 units: avx512_bf16"
+    assert store.cpu_description("Features : fp asimd bf16\n").endswith(", bf16 units: bf16")  # Arm: no family line
 
 
 def test_precision_rows_compare_bf16_with_fp32_on_the_same_batch(smoke_record):

@@ -368,14 +368,15 @@ def test_findings_follow_the_numbers():
     assert "best validation score" not in freeze_findings(freeze_table(single, samples=50), summary)
 
 
-def _precision_runs(precision, scale=1.0, seeds=(0, 1, 2), freeze=-1):
-    """Code-search runs (full, or Telly-`freeze`) trained in `precision` whose reciprocal ranks are
-    full's times `scale`."""
+def _precision_runs(precision, scale=1.0, seeds=(0, 1, 2), freeze=-1, cpu="AMD EPYC, family 25 model 17, no bf16 units"):
+    """Code-search runs (full, or Telly-`freeze`) trained in `precision` on `cpu` whose reciprocal
+    ranks are full's times `scale`."""
     runs = []
     for seed in seeds:
         record = _search_record(freeze, seed, _full_ranks(seed) * scale)
         runs.append(record | {"mixed_precision": {"training": precision, "prefix_cache": None, "evaluation": "no"},
-                              "epoch_seconds": 10.0 if precision == "no" else 6.5})
+                              "epoch_seconds": 10.0 if precision == "no" else 6.5,
+                              "provenance": {"device": "cpu: x86_64, 2 cores, 2 threads", "cpu": cpu}})
     return runs
 
 
@@ -384,6 +385,13 @@ def test_the_precision_check_calls_bf16_equivalent_only_when_both_sides_are_rule
     assert same["verdict"] == "equivalent" and same["difference"] == 0.0 and same["seeds"] == [0, 1, 2]
     assert same["p_lower"] < 0.05 and same["p_upper"] < 0.05 and same["epoch_ratio"] == pytest.approx(0.65)
     assert "keeps the quality within the margin" in precision_text(same) and "0.65x float32's" in precision_text(same)
+    # two machines' epoch times (or runs that name no CPU) give no ratio, and the sentence says why
+    for cpu, why in (("AMD EPYC, family 25 model 17, bf16 units: avx512_bf16", "ran on different machines"),
+                     (None, "do not name their CPU")):
+        moved = precision_check(_precision_runs("no"), _precision_runs("bf16", cpu=cpu), UNIT)
+        assert moved["epoch_ratio"] is None and moved["verdict"] == "equivalent"
+        assert "Epoch times are not compared: " in precision_text(moved) and why in precision_text(moved)
+        assert "x float32's" not in precision_text(moved)
     for scale, side in ((0.8, "below -0.02"), (1.25, "above +0.02")):
         apart = precision_check(_precision_runs("no"), _precision_runs("bf16", scale), UNIT)
         assert apart["verdict"] == "not shown" and (apart["difference"] < 0) == (scale < 1)

@@ -44,8 +44,12 @@ def precision_text(check: Mapping) -> str:
                    f"(p = {check['p_lower']:.3f} and {check['p_upper']:.3f}). The freezing verdicts do not rest on "
                    "this check: each pairs Telly-K with full fine-tuning trained in the same precision; the absolute "
                    "scores are that precision's.")
-    return (head + verdict + _did_sentence(check) + f" Epoch time under bf16 was {check['epoch_ratio']:.2f}x "
-            f"float32's ({check['timing']}; the bench times the two side by side).")
+    if check["epoch_ratio"] is None:
+        timing = f" Epoch times are {check['timing']}; the bench times the two precisions side by side."
+    else:
+        timing = (f" Epoch time under bf16 was {check['epoch_ratio']:.2f}x float32's ({check['timing']}; the bench "
+                  "times the two side by side).")
+    return head + verdict + _did_sentence(check) + timing
 
 
 def quantisation_text(check: Mapping) -> str:

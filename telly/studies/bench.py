@@ -51,8 +51,8 @@ from telly.corpus import load_corpus, sample
 from telly.jsonio import read_json
 from telly.methods import BitFit
 from telly.profiles import Profile
-from telly.store import RunStore, device_description, provenance
-from telly.studies.bench_harness import bf16_units, cpu_model, default_device
+from telly.store import RunStore, bf16_units, cpu_model, device_description, provenance
+from telly.studies.bench_harness import default_device
 from telly.studies.bench_workloads import (
     BENCH_TASK,
     bench_profile,

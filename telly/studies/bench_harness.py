@@ -1,24 +1,18 @@
 """The bench's harness (`telly.studies.bench`): interleaved repeats with a stopwatch, medians, ratios
-to a reference, the payback of a one-time cost, and the machine it ran on (CPU model, bf16 units,
-device, synchronisation, autocast).
+to a reference, the payback of a one-time cost, and the device it ran on (synchronisation, autocast);
+the CPU's model and bf16 units are `telly.store`'s, which every record's provenance names.
 """
 from __future__ import annotations
 
 import contextlib
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from telly.progress import progress_bar
-
-# CPU feature flags of bf16 arithmetic (x86 AMX and AVX-512 BF16, Arm BF16): without one, bf16
-# autocast may run no faster than float32.
-BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
 
 
 class Stopwatch:
@@ -101,35 +95,7 @@ def payback_epochs(build_seconds: float, cached_epoch: float, other_epoch: float
     return build_seconds / saving if saving > 0 else None
 
 
-# ----------------------------------------------------------------------------- the machine
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else what the platform module says."""
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def bf16_units(cpuinfo: str | None = None) -> list[str] | None:
-    """The BF16_FLAGS this machine's CPU reports (Linux /proc/cpuinfo "flags" or "Features");
-    None where there is no /proc/cpuinfo to ask."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return None
-    flags = set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            flags.update(value.split())
-    return [flag for flag in BF16_FLAGS if flag in flags]
-
+# ----------------------------------------------------------------------------- the device
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -12,8 +12,7 @@ from pathlib import Path
 
 from telly.jsonio import as_stored
 from telly.layout import CHECKS, EXTENSIONS, QUESTIONS, STUDY
-from telly.store import RunStore, device_description
-from telly.studies.bench_harness import cpu_model
+from telly.store import RunStore, cpu_description, device_description
 
 
 def git_state(root: str | Path | None = None) -> dict:
@@ -30,9 +29,9 @@ def git_state(root: str | Path | None = None) -> dict:
 
 
 def machine() -> str:
-    """The device and, on a CPU, its model name: what a part's time was measured on."""
+    """The device and its CPU (model, generation, bf16 units): what a part's time was measured on."""
 
-    return f"{device_description()} ({cpu_model()})"
+    return f"{device_description()} ({cpu_description()})"
 
 
 def _now() -> str:

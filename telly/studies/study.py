@@ -91,8 +91,8 @@ from telly.layout import PRECISION_DIR, QUANTISATION_DIR, SIMILARITY_DIR, SUMMAR
 from telly.methods import TellyAuto
 from telly.profiles import LAPTOP, Profile
 from telly.progress import progress_bar
-from telly.store import RunStore, Variant, slug
-from telly.studies.bench_harness import BF16_FLAGS, bf16_units, cpu_model, default_device
+from telly.store import BF16_FLAGS, RunStore, Variant, bf16_units, cpu_model, slug
+from telly.studies.bench_harness import default_device
 from telly.studies.beyond import METHODS as BEYOND_METHODS
 from telly.studies.beyond import applicable
 from telly.studies.beyond import variants as beyond_variants
