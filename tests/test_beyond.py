@@ -14,6 +14,7 @@ from telly.studies import beyond as study
 def _clocked(record, train: float, pilot: float = 0.0):
     record["time_split"] = {"load": 9.0, "prepare": 50.0 * (record["seed"] == 0), "pilot": pilot, "cache": 1.0,
                             "train": train, "eval": 4.0, "test": 30.0, "other": 1.0}
+    record["provenance"] = {"device": "cpu: x86_64, 2 cores, 2 threads", "cpu": "AMD EPYC, family 25 model 17"}
     return record
 
 
@@ -92,6 +93,16 @@ def test_time_to_quality_and_the_goal_follow_the_numbers():
     assert "misses the goal: it is inferior" in worse and "only Telly-auto" not in worse
     assert "LoRA keeps the quality and Telly-auto does not" in worse
     assert beyond.time_to_quality(worse_points).set_index("method").needed["Telly-auto"] == "did not (inferior)"
+    assert "Clock caveat" not in text  # every run names one machine
+    # flipped: full fine-tuning ran on another machine (or its records name no CPU): the ratios say so
+    for cpu, why in (("AMD EPYC, family 25 model 1", "ran on different machines"), (None, "do not name their CPU")):
+        moved = _records()
+        for record in moved:
+            if record["method"] == "full":
+                record["provenance"]["cpu"] = cpu
+        caveat = beyond.beyond_findings(_points(moved)[0])
+        assert "**Clock caveat.**" in caveat and why in caveat
+        assert "code-search: " in caveat and "Telly-auto (K 3, 3, 1)" in caveat and "LoRA (r=8)" in caveat
     # three tasks meeting it meet the goal
     assert "**met**" in beyond.beyond_findings(_three_tasks(points))
     # no verdict says why: a model-free baseline as good as full fine-tuning, or too few seeds

@@ -19,7 +19,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from telly.analysis import MIN_SEEDS, by_variant, run_name
+from telly.analysis import MIN_SEEDS, by_variant, machines_apart, run_name
 
 CLOCK_PARTS = ("pilot", "cache", "train", "eval")
 FAMILIES = {"full": "Full", "telly": "Telly-K", "telly-auto": "Telly-auto", "lora": "LoRA", "bitfit": "BitFit"}
@@ -58,6 +58,7 @@ def method_points(records: Sequence[Mapping], summary: Mapping) -> pd.DataFrame:
         entry = summary["tasks"].get(task, {})
         verdict = next((r for r in entry.get("rows", []) if r["run"] == run_name(first)), None)
         ratios = [clock_seconds(runs[s]) / clock_seconds(full[task][s]) for s in seeds]
+        apart = machines_apart([r for s in seeds for r in (runs[s], full[task][s])])
         chosen = [int(runs[s]["freeze"]) for s in seeds]
         chosen_text = ", ".join(map(str, chosen)) if method == "telly-auto" else ""
         rows.append({"task": task, "family": FAMILIES.get(method, method), "run": run_name(first),
@@ -65,7 +66,7 @@ def method_points(records: Sequence[Mapping], summary: Mapping) -> pd.DataFrame:
                      "freeze": freeze if freeze is not None else int(np.median(chosen)),
                      "chosen": chosen_text,
                      "metric": first["metric"], "quality": float(np.mean([runs[s]["test"][first["metric"]] for s in seeds])),
-                     "clock_ratio": float(np.mean(ratios)), "seeds": len(seeds),
+                     "clock_ratio": float(np.mean(ratios)), "seeds": len(seeds), "clock_apart": apart or "",
                      "verdict": "reference" if method == "full" else (verdict or {}).get("verdict", "not tested"),
                      "difference": (verdict or {}).get("difference"), "low": (verdict or {}).get("low"),
                      "high": (verdict or {}).get("high"), "margin": entry.get("margin"),
@@ -77,6 +78,18 @@ def method_points(records: Sequence[Mapping], summary: Mapping) -> pd.DataFrame:
     for _task, group in frame.groupby("task"):
         frame.loc[_front(group), "pareto"] = True
     return frame.sort_values(["task", "clock_ratio"]).reset_index(drop=True)
+
+
+def clock_caveat(points: pd.DataFrame) -> str:
+    """Markdown: which clock ratios pair runs of different machines, or of records that do not name
+    their CPU, and why that matters; "" when every ratio is one machine's."""
+    apart = points[(points.family != "Full") & (points.clock_apart != "")]
+    if apart.empty:
+        return ""
+    where = "; ".join(f"{task}: {', '.join(group.label)} ({group.clock_apart.iloc[0]})"
+                      for task, group in apart.groupby("task", sort=True))
+    return (f"**Clock caveat.** These ratios pair a method's runs with full fine-tunes that may not share their "
+            f"machine, so they measure the machines as well as the methods: {where}.")
 
 
 def _why_no_verdict(entry: Mapping, row: Mapping | None) -> str:
@@ -228,7 +241,8 @@ def beyond_findings(points: pd.DataFrame, *, tasks_in_goal: int = 5) -> str:
                          + ("LoRA keeps the quality and Telly-auto does not" if other.verdict == "non-inferior"
                             else "neither is shown to keep full fine-tuning's quality"))
         sentences.append(line + ".")
-    return "\n\n".join(sentences)
+    caveat = clock_caveat(points)
+    return "\n\n".join(sentences + ([caveat] if caveat else []))
 
 
 def has_methods(records: Sequence[Mapping]) -> bool:
