@@ -103,6 +103,12 @@ def test_time_to_quality_and_the_goal_follow_the_numbers():
         caveat = beyond.beyond_findings(_points(moved)[0])
         assert "**Clock caveat.**" in caveat and why in caveat
         assert "code-search: " in caveat and "Telly-auto (K 3, 3, 1)" in caveat and "LoRA (r=8)" in caveat
+    # one seed so far: no summary row, and the sentence says so instead of quoting a difference
+    one_seed = [r for r in _records() if not (r["method"] == "telly-auto" and r["seed"] > 0)]
+    summary_one = non_inferiority_summary([r for r in one_seed if r["method"] != "telly-auto"], UNIT,
+                                          trivial=_trivial(0.2), samples=100)
+    early = beyond.beyond_findings(beyond.method_points(one_seed, summary_one))
+    assert "it is not tested yet (1 seed(s) ran)" in early and "nan" not in early
     # three tasks meeting it meet the goal
     assert "**met**" in beyond.beyond_findings(_three_tasks(points))
     # no verdict says why: a model-free baseline as good as full fine-tuning, or too few seeds

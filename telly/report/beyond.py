@@ -219,10 +219,11 @@ def beyond_findings(points: pd.DataFrame, *, tasks_in_goal: int = 5) -> str:
     for task, row in auto.iterrows():
         why = []
         if row.verdict != "non-inferior":
-            verdict = f"it gets no verdict ({row.why_no_verdict})" if row.verdict == "no verdict" else \
-                f"it is {row.verdict}"
+            verdict = {"no verdict": f"it gets no verdict ({row.why_no_verdict})",
+                       "not tested": f"it is not tested yet ({row.seeds} seed(s) ran)"}.get(row.verdict,
+                                                                                      f"it is {row.verdict}")
             why.append(f"{verdict}, Telly-auto - full {row.difference:+.3f} (95% CI [{row.low:+.3f}, {row.high:+.3f}], "
-                       f"margin {row.margin:g})" if row.difference is not None else verdict)
+                       f"margin {row.margin:g})" if pd.notna(row.difference) else verdict)
         if row.clock_ratio > GOAL_RATIO:
             why.append(f"its clock is {row.clock_ratio:.2f}x full's")
         line = (f"*{task}*: Telly-auto chose K = {row.chosen} and took {row.clock_ratio:.2f}x full fine-tuning's clock; "
