@@ -267,10 +267,16 @@ def non_inferiority_summary(records: Sequence[Mapping], profile: Profile, *, tri
             "margins": dict(profile.statistics.margins), "tasks": tasks}
 
 
+def machine_of(record: Mapping) -> tuple[str | None, str | None]:
+    """(device, CPU) that a record's provenance names: what its times were measured on."""
+    provenance = record.get("provenance") or {}
+    return provenance.get("device"), provenance.get("cpu")
+
+
 def machines_apart(runs: Sequence[Mapping]) -> str | None:
     """Why the runs' times cannot be compared as one machine's (their records name no CPU, or more than
     one device or CPU); None when every run names the same device and CPU."""
-    machines = {((r.get("provenance") or {}).get("device"), (r.get("provenance") or {}).get("cpu")) for r in runs}
+    machines = {machine_of(r) for r in runs}
     if any(cpu is None for _, cpu in machines):
         return "some of the runs' records do not name their CPU, so they may have run on different machines"
     if len(machines) > 1:

@@ -10,6 +10,7 @@ place: studies write them, the read-back and report/ find them (no imports, no t
   <records>/plan.json               the power plan the study was sized by (`telly plan --out`)
   <records>/precision/              the precision check's runs and precision.json
   <records>/quantisation/           the quantisation check's MiniLM runs and quantisation.json
+  <records>/clock-anchors/<machine>/ chapter 5's clock anchors: a full fine-tune on each machine that ran its methods
   <out>/weights/                    a study's weights, apart from its committable records
 """
 SUMMARY = "summary"
@@ -20,6 +21,7 @@ STUDY = "study"
 PLAN = "plan"
 PRECISION_DIR = "precision"
 QUANTISATION_DIR = "quantisation"
+CLOCK_DIR = "clock-anchors"
 WEIGHTS_DIR = "weights"
 # study.json's parts: the research questions (totalled in this order), then the checks beside them.
 QUESTIONS = ("rq3", "rq2", "rq1")

@@ -99,6 +99,11 @@ def device_description(device=None) -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
+def this_machine(device=None) -> tuple[str, str | None]:
+    """(device, CPU) as a record made here would name them (`telly.analysis.machine_of`)."""
+    return device_description(device), cpu_description()
+
+
 def provenance(*, model: str, profile: str, corpus_fingerprint: str | None, seed: int | None = None,
                device=None) -> dict:
     """The fields every record carries: what ran, on what data, where, when, with which versions."""

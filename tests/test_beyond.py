@@ -84,8 +84,16 @@ def test_time_to_quality_and_the_goal_follow_the_numbers():
     assert "meets it on 1 of the 1 task(s)" in text and "**not met** here (1 of 5 tasks ran)" in text
     assert "faster at equal quality" in text
     # flipped: Telly-auto dearer than the goal and than LoRA
-    slow = beyond.beyond_findings(_points(_records(lora_train=2.0, auto_train=50.0))[0])
-    assert "slower at equal quality" in slow and "misses the goal: its clock is 0.60x full's" in slow
+    slow_records = _records(lora_train=2.0, auto_train=50.0)
+    slow = beyond.beyond_findings(_points(slow_records)[0])
+    assert "slower at equal quality" in slow and "misses the goal: its clock is 0.60x full's." in slow
+    for record in slow_records:  # the pilot's curve says which layer kept K shallow
+        if record["method"] == "telly-auto":
+            record["selection"]["curve"] = [{"layer": i, "movement": 0.01 if i <= record["freeze"] else 0.2 + i / 100}
+                                            for i in range(6)]
+    assert ("its clock is 0.60x full's, as K stayed shallow: in the pilot layer 4 moved 0.2400 (seed 0); "
+            "layer 4 moved 0.2400 (seed 1); layer 2 moved 0.2200 (seed 2), at or above the threshold 0.05"
+            in beyond.beyond_findings(_points(slow_records)[0]))
     assert "meets it on 0 of the 1" in slow
     # flipped: Telly-auto loses a third of the quality
     worse_points, _ = _points(_records(auto_worse=True))
@@ -119,6 +127,33 @@ def test_time_to_quality_and_the_goal_follow_the_numbers():
     points_two, _ = _points(two_seeds)
     assert "it gets no verdict (2 seed(s), fewer than the 3 a verdict needs), Telly-auto - full" in \
         beyond.beyond_findings(points_two)
+
+
+def test_a_clock_anchor_puts_full_fine_tuning_on_the_methods_machine():
+    """Full fine-tunes from another machine are timed by their epochs at the anchor's seconds per epoch
+    (a full fine-tune trained again where the methods ran); an anchor of another machine or task is not used."""
+    moved = _records()
+    for record in moved:
+        if record["method"] == "full":
+            record["provenance"] = {"device": "cpu: x86_64, 2 cores, 2 threads", "cpu": "AMD EPYC, family 25 model 1"}
+    anchor = _clocked(_search_record(-1, 0, _full_ranks(0), epochs_run=2), 48.0)  # (1 + 48 + 4) / 2 = 26.5 s an epoch
+    points = beyond.method_points(moved, _points(moved)[1], [anchor])
+    auto = points[points.family == "Telly-auto"].iloc[0]
+    # Telly-auto's clock 20 s against full's 3 epochs at 26.5 s; unscaled it would be 20 / 100
+    assert auto.clock_ratio == pytest.approx(20 / (3 * 26.5))
+    assert beyond.full_clock(moved[3], moved[0], [anchor]) == (pytest.approx(79.5), "scaled", pytest.approx(
+        "a full epoch of seed 0 took 26 s on AMD EPYC, family 25 model 17"))
+    text = beyond.beyond_findings(points)
+    assert "**Clock anchor.**" in text and "took 26 s on AMD EPYC, family 25 model 17" in text
+    assert "Clock caveat" not in text
+    # full fine-tuning on the methods' machine: its own clock, no anchor needed
+    assert beyond.full_clock(moved[3], moved[3] | {"method": "full"}, [anchor])[1] == ""
+    # an anchor of another machine, or of another task, leaves the caveat
+    for other in (anchor | {"provenance": {"device": anchor["provenance"]["device"], "cpu": "Intel Xeon"}},
+                  anchor | {"task": "clone-detection"}):
+        unscaled = beyond.method_points(moved, _points(moved)[1], [other])
+        assert unscaled[unscaled.family == "Telly-auto"].iloc[0].clock_ratio == pytest.approx(20 / 100)
+        assert "**Clock caveat.**" in beyond.beyond_findings(unscaled)
 
 
 def _three_tasks(points):

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from telly import trainer
+from telly.analysis import machine_of
 from telly.jsonio import read_json, write_json
 from telly.profiles import get_profile
 from telly.report import beyond as beyond_report
 from telly.report.study import part_lines
-from telly.store import RunStore, Variant
+from telly.store import RunStore, Variant, this_machine
 from telly.studies import freezing as rq3_study
 from telly.studies import ledger as ledger_module
 from telly.studies import quantisation, study
@@ -360,6 +361,23 @@ def test_chapter_5s_methods_run_last_beside_rq3s_full_fine_tunes(tmp_path, priva
     assert not any((tmp_path / "out" / study.WEIGHTS_DIR / c).exists() for c in calls)  # records only
     calls.clear()
     runner.beyond("beyond/code-search", "code-search")  # read back: nothing trains
+    assert calls == []
+    # rq3's full fine-tune made on another machine: a clock anchor (the same full fine-tune) trains here, once
+    full_path = runner.store.record_path(runner.full_variant("code-search"))
+    write_json(full_path, read_json(full_path) | {"provenance": read_json(full_path)["provenance"] | {"cpu": "Other"}})
+    runner.beyond("beyond/code-search", "code-search")
+    assert [c.split("__")[2] for c in calls] == ["full"]
+    entry = read_json(tmp_path / "records" / "study.json")["parts"]["beyond/code-search"]
+    assert entry["clock_anchor"]["run"] == calls[0] and entry["clock_anchor"]["seconds"] > 0
+    anchors = study_records.load_study(tmp_path / "records").clock_anchors
+    assert [(a["method"], a["seed"], machine_of(a)) for a in anchors] == [("full", 0, this_machine())]
+    assert not any((tmp_path / "out" / study.WEIGHTS_DIR / study.CLOCK_DIR).glob("*/*/"))  # records only
+    calls.clear()
+    runner.beyond("beyond/code-search", "code-search")
+    assert calls == []
+    # on a third machine, where none of the methods ran, no anchor is needed
+    monkeypatch.setattr(study, "this_machine", lambda: ("cpu: elsewhere", "Third"))
+    runner.beyond("beyond/code-search", "code-search")
     assert calls == []
     # A backbone without bias terms (SmolLM2): BitFit is left out, with why, and nothing else changes.
     monkeypatch.setattr(BitFit, "bias_names", staticmethod(lambda module: []))

@@ -19,7 +19,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from telly.analysis import MIN_SEEDS, by_variant, machines_apart, run_name
+from telly.analysis import MIN_SEEDS, by_variant, machine_of, machines_apart, run_name
 
 CLOCK_PARTS = ("pilot", "cache", "train", "eval")
 FAMILIES = {"full": "Full", "telly": "Telly-K", "telly-auto": "Telly-auto", "lora": "LoRA", "bitfit": "BitFit"}
@@ -41,10 +41,42 @@ def clock_seconds(record: Mapping) -> float:
     return float(sum(split.get(part, 0.0) for part in CLOCK_PARTS))
 
 
-def method_points(records: Sequence[Mapping], summary: Mapping) -> pd.DataFrame:
+def _epoch_clock(record: Mapping) -> float:
+    """Clock seconds per epoch run (training and validation are both per epoch)."""
+    return clock_seconds(record) / record["epochs_run"]
+
+
+def full_clock(run: Mapping, full: Mapping, anchors: Sequence[Mapping] = ()) -> tuple[float, str, str]:
+    """Full fine-tuning's clock to pair with `run` (same task and seed), as (seconds, how, why):
+    full's own when both records name one machine (how ""); else, when a clock anchor (a full fine-tune
+    of the study's, trained again on `run`'s machine) is among `anchors`, full's epochs times the anchor's
+    seconds per epoch ("scaled", and what the anchor measured); else full's own, with why it may not
+    compare ("apart")."""
+    apart = machines_apart([run, full])
+    if apart is None:
+        return clock_seconds(full), "", ""
+    anchor = next((a for a in anchors if machine_of(a) == machine_of(run) and machine_of(run)[1] is not None
+                   and all(a.get(key) == full.get(key) for key in ("task", "model", "profile"))), None)
+    if anchor is None:
+        return clock_seconds(full), "apart", apart
+    return (full["epochs_run"] * _epoch_clock(anchor), "scaled",
+            f"a full epoch of seed {anchor['seed']} took {_epoch_clock(anchor):.0f} s on {machine_of(anchor)[1]}")
+
+
+def stopped_by(record: Mapping) -> str:
+    """Why Telly-auto's K is not deeper: the first layer above it whose pilot movement reached the
+    threshold, as "layer i moved m"; "" for another method, or when K is as deep as it may go."""
+    selection = record.get("selection") or {}
+    over = [row for row in selection.get("curve", []) if row["layer"] > record["freeze"]
+            and row["movement"] >= selection["threshold"]]
+    return f"layer {over[0]['layer']} moved {over[0]['movement']:.4f}" if over else ""
+
+
+def method_points(records: Sequence[Mapping], summary: Mapping, anchors: Sequence[Mapping] = ()) -> pd.DataFrame:
     """One row per task and variant over its seeds: family, K (Telly-auto: each seed's choice), the
-    mean test quality, the clock ratio to full fine-tuning (paired by seed), and the verdict of the
-    non-inferiority summary (`telly.analysis.non_inferiority_summary`) with its interval."""
+    mean test quality, the clock ratio to full fine-tuning (paired by seed; `full_clock`, scaled by
+    `anchors` where the two ran on different machines), and the verdict of the non-inferiority summary
+    (`telly.analysis.non_inferiority_summary`) with its interval."""
     variants = by_variant(records)
     full = {key[0]: runs for key, runs in variants.items() if key[1] == "full"}
     rows = []
@@ -57,16 +89,20 @@ def method_points(records: Sequence[Mapping], summary: Mapping) -> pd.DataFrame:
         first = runs[seeds[0]]
         entry = summary["tasks"].get(task, {})
         verdict = next((r for r in entry.get("rows", []) if r["run"] == run_name(first)), None)
-        ratios = [clock_seconds(runs[s]) / clock_seconds(full[task][s]) for s in seeds]
-        apart = machines_apart([r for s in seeds for r in (runs[s], full[task][s])])
+        paired = [full_clock(runs[s], full[task][s], anchors) for s in seeds]
+        ratios = [clock_seconds(runs[s]) / seconds for s, (seconds, _, _) in zip(seeds, paired, strict=True)]
+        how = {kind: sorted({why for _, k, why in paired if k == kind}) for kind in ("scaled", "apart")}
         chosen = [int(runs[s]["freeze"]) for s in seeds]
         chosen_text = ", ".join(map(str, chosen)) if method == "telly-auto" else ""
+        stops = [f"{stopped_by(runs[s])} (seed {s})" for s in seeds if stopped_by(runs[s])]
         rows.append({"task": task, "family": FAMILIES.get(method, method), "run": run_name(first),
                      "label": f"Telly-auto (K {chosen_text})" if chosen_text else run_name(first),
                      "freeze": freeze if freeze is not None else int(np.median(chosen)),
-                     "chosen": chosen_text,
+                     "chosen": chosen_text, "stopped_by": "; ".join(stops),
+                     "threshold": (first.get("selection") or {}).get("threshold"),
                      "metric": first["metric"], "quality": float(np.mean([runs[s]["test"][first["metric"]] for s in seeds])),
-                     "clock_ratio": float(np.mean(ratios)), "seeds": len(seeds), "clock_apart": apart or "",
+                     "clock_ratio": float(np.mean(ratios)), "seeds": len(seeds),
+                     "clock_apart": "; ".join(how["apart"]), "clock_scaled": "; ".join(how["scaled"]),
                      "verdict": "reference" if method == "full" else (verdict or {}).get("verdict", "not tested"),
                      "difference": (verdict or {}).get("difference"), "low": (verdict or {}).get("low"),
                      "high": (verdict or {}).get("high"), "margin": entry.get("margin"),
@@ -81,15 +117,25 @@ def method_points(records: Sequence[Mapping], summary: Mapping) -> pd.DataFrame:
 
 
 def clock_caveat(points: pd.DataFrame) -> str:
-    """Markdown: which clock ratios pair runs of different machines, or of records that do not name
-    their CPU, and why that matters; "" when every ratio is one machine's."""
-    apart = points[(points.family != "Full") & (points.clock_apart != "")]
-    if apart.empty:
-        return ""
-    where = "; ".join(f"{task}: {', '.join(group.label)} ({group.clock_apart.iloc[0]})"
-                      for task, group in apart.groupby("task", sort=True))
-    return (f"**Clock caveat.** These ratios pair a method's runs with full fine-tunes that may not share their "
-            f"machine, so they measure the machines as well as the methods: {where}.")
+    """Markdown: which clock ratios rest on a clock anchor (`full_clock`), and which pair runs of
+    different machines, or of records that do not name their CPU, and why that matters; "" when every
+    ratio is one machine's."""
+    methods = points[points.family != "Full"]
+    scaled, apart = methods[methods.clock_scaled != ""], methods[methods.clock_apart != ""]
+    notes = []
+    if not scaled.empty:
+        where = "; ".join(f"{task}: {', '.join(group.label)} ({group.clock_scaled.iloc[0]})"
+                          for task, group in scaled.groupby("task", sort=True))
+        notes.append("**Clock anchor.** Where full fine-tuning ran on another machine than a method, its clock on the "
+                     "method's machine is its number of epochs times the seconds per epoch of a full fine-tune trained "
+                     f"again there (the clock anchor): {where}.")
+    if not apart.empty:
+        where = "; ".join(f"{task}: {', '.join(group.label)} ({group.clock_apart.iloc[0]})"
+                          for task, group in apart.groupby("task", sort=True))
+        notes.append("**Clock caveat.** These ratios pair a method's runs with full fine-tunes that may not share "
+                     f"their machine, and no clock anchor ran there, so they measure the machines as well as the "
+                     f"methods: {where}.")
+    return "\n\n".join(notes)
 
 
 def _why_no_verdict(entry: Mapping, row: Mapping | None) -> str:
@@ -225,7 +271,9 @@ def beyond_findings(points: pd.DataFrame, *, tasks_in_goal: int = 5) -> str:
             why.append(f"{verdict}, Telly-auto - full {row.difference:+.3f} (95% CI [{row.low:+.3f}, {row.high:+.3f}], "
                        f"margin {row.margin:g})" if pd.notna(row.difference) else verdict)
         if row.clock_ratio > GOAL_RATIO:
-            why.append(f"its clock is {row.clock_ratio:.2f}x full's")
+            why.append(f"its clock is {row.clock_ratio:.2f}x full's" + (
+                f", as K stayed shallow: in the pilot {row.stopped_by}, at or above the threshold {row.threshold:g}"
+                if row.stopped_by else ""))
         line = (f"*{task}*: Telly-auto chose K = {row.chosen} and took {row.clock_ratio:.2f}x full fine-tuning's clock; "
                 + ("it meets the goal" if not why else "it misses the goal: " + " and ".join(why)))
         if task in lora.index:

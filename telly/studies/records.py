@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from telly.jsonio import read_json
-from telly.layout import BENCH_DIR, PLAN, PRECISION_DIR, QUANTISATION_DIR, SIMILARITY_DIR, STUDY, SUMMARY
+from telly.layout import BENCH_DIR, CLOCK_DIR, PLAN, PRECISION_DIR, QUANTISATION_DIR, SIMILARITY_DIR, STUDY, SUMMARY
 from telly.store import RunStore
 from telly.studies.probing import record_dir
 from telly.studies.similarity import output_path
@@ -37,6 +37,8 @@ class StudyRecords:
     quantisation: dict | None = None  # quantisation/quantisation.json once the quantisation check finished
     # Chapter 5's records of each task without an rq3 part whose beyond part finished (with its own full fine-tunes)
     beyond_runs: list[dict] = field(default_factory=list)
+    # clock-anchors/<machine>/: full fine-tunes trained again where chapter 5's methods ran (telly.report.beyond.full_clock)
+    clock_anchors: list[dict] = field(default_factory=list)
 
     @property
     def model(self) -> str | None:
@@ -103,5 +105,7 @@ def load_study(records: str | Path) -> StudyRecords:
         quantisation = read_json(RunStore(root / QUANTISATION_DIR).document_path(QUANTISATION_DIR))
     bench_path = root / BENCH_DIR / "bench.json"
     bench = read_json(bench_path) if bench_path.exists() else None
+    anchors = [record for folder in sorted((root / CLOCK_DIR).glob("*/"))
+               for record in RunStore(folder).records(model=model, profile=ledger["profile"])]
     return StudyRecords(root, ledger, probing, similarity, runs, summary, precision, precision_runs, bench, plan,
-                        quantisation, beyond_runs)
+                        quantisation, beyond_runs, anchors)

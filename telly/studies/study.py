@@ -34,7 +34,10 @@ checkpoints that RQ2 and RQ1 then reuse instead of training again.
               records, which hold the full fine-tunes they are paired with; then on each task of
               BEYOND_UNPLANNED that a plan gave no RQ3 runs, beside full fine-tunes of those seeds that
               the part trains itself and summarises with them; a method that cannot run
-              on the model (BitFit without bias terms) is left out, its reason in the ledger. Refused (the part fails,
+              on the model (BitFit without bias terms) is left out, its reason in the ledger. When the full
+              fine-tunes its methods pair with name another machine (or none), it first trains a clock anchor:
+              the first seed's full fine-tune again, on this machine, so that chapter 5 times both on one machine
+              (`Study.clock_anchor`). Refused (the part fails,
               saying why) while Telly-auto's pilot share and threshold are not calibrated on MiniLM
               (`telly.methods.TellyAuto.calibration`), as issue 23 asks before any SmolLM2 run.
 
@@ -50,6 +53,8 @@ Where things go (RunStore(records, weights_root=out/weights), the layout a chapt
   records/similarity/similarity-<task>.json  RQ2
   records/probing/<model>/probing.json       RQ1
   records/precision/                         the precision check's runs and precision.json
+  records/clock-anchors/<machine>/           chapter 5's clock anchors (a beyond part's full fine-tune of
+                                             its first seed on a machine its rq3 runs did not name)
   records/bench/bench.json                   `telly bench` on the study's model (run apart: timings
                                              need an idle machine); chapter 4 shows it
   records/study.json                         this ledger (below)
@@ -83,15 +88,15 @@ from pathlib import Path
 
 import torch
 
-from telly.analysis import precision_check
+from telly.analysis import machine_of, precision_check
 from telly.backbones import load
 from telly.corpus import load_corpus
 from telly.jsonio import as_stored, read_json
-from telly.layout import PRECISION_DIR, QUANTISATION_DIR, SIMILARITY_DIR, SUMMARY, WEIGHTS_DIR
+from telly.layout import CLOCK_DIR, PRECISION_DIR, QUANTISATION_DIR, SIMILARITY_DIR, SUMMARY, WEIGHTS_DIR
 from telly.methods import TellyAuto
 from telly.profiles import LAPTOP, Profile
 from telly.progress import progress_bar
-from telly.store import BF16_FLAGS, RunStore, Variant, bf16_units, cpu_model, slug
+from telly.store import BF16_FLAGS, RunStore, Variant, bf16_units, cpu_model, slug, this_machine
 from telly.studies.bench_harness import default_device
 from telly.studies.beyond import METHODS as BEYOND_METHODS
 from telly.studies.beyond import applicable
@@ -381,19 +386,47 @@ class Study:
         variants = beyond_variants([task], {task: seeds}, [] if swept else [-1], model=self.model, profile=self.profile,
                                    methods=methods)
         found = [finished_run(v, self.store) for v in variants]
-        if all(found):
+        anchor = self.clock_anchor(task, seeds[0], full, found)
+        if all(found) and anchor is None:
             self.ledger.finish(part, ran=False, runs=len(found), run_seconds=sum(r["wall_seconds"] for r in found),
                                not_applicable=not_applicable)
             self.summarise()  # read back while current, as rq3 does
             return
         self.ledger.start(part, afresh=not any(found))
+        anchored = {}
+        if anchor is not None:
+            trained = run_variants([anchor], self.anchor_store(), progress=self.progress, on_epoch=self.ledger.tick,
+                                   **self.finetune_options)
+            shutil.rmtree(self.anchor_store().run_dir(anchor), ignore_errors=True)  # its record is all it is for
+            if trained["failed"]:
+                raise RuntimeError(f"{part}: the clock anchor failed: {trained['failed']}")
+            anchored = {"clock_anchor": {"run": anchor.run_id, "machine": " ".join(map(str, this_machine())),
+                                         "seconds": trained["records"][0]["wall_seconds"]}}
         result = run_variants(variants, self.store, progress=self.progress, on_epoch=self.ledger.tick,
                               **self.finetune_options)
         self.drop_weights(task, variants)
         self.ledger.finish(part, ran=True, status="failed" if result["failed"] else "finished",
                            runs=len(result["records"]), failed=result["failed"], not_applicable=not_applicable,
-                           run_seconds=sum(r["wall_seconds"] for r in result["records"]))
+                           run_seconds=sum(r["wall_seconds"] for r in result["records"]), **anchored)
         self.summarise()
+
+    def anchor_store(self) -> RunStore:
+        """This machine's clock anchors (records/clock-anchors/<machine>/)."""
+        folder = f"{CLOCK_DIR}/{slug(' '.join(map(str, this_machine())))}"
+        return RunStore(self.store.root / folder, weights_root=self.store.weights_root / folder)
+
+    def clock_anchor(self, task: str, seed: int, full: Sequence[dict | None],
+                     found: Sequence[dict | None]) -> Variant | None:
+        """The full fine-tune (of `seed`) still to train on this machine so that chapter 5 can time the
+        methods run here against full fine-tuning on one machine: needed when a method runs here (now, or
+        did before) but some of the full fine-tunes it is paired with name another machine or none; None
+        when it is not needed or already trained (`telly.report.beyond` scales by it)."""
+        here = this_machine()
+        runs_here = not all(found) or any(r is not None and machine_of(r) == here for r in found)
+        if not runs_here or all(r is None or machine_of(r) == here for r in full):
+            return None
+        variant = Variant.of(task, self.model, -1, seed=seed, profile=self.profile)
+        return None if finished_run(variant, self.anchor_store()) else variant
 
     def part_inputs(self, part: str, task: str) -> dict:
         """What an rq2 / rq1 document is made from, as far as can be told without the weights: the
