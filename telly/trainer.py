@@ -253,7 +253,7 @@ class FineTuning:
 
     def __init__(self, variant: Variant, store: RunStore, *, mixed_precision: str | None, progress: bool) -> None:
         # 1. The run: what it is, where its record goes, the device and the training precision.
-        self.started = time.perf_counter()
+        self.started, self.started_cpu = time.perf_counter(), time.process_time()
         self.variant, self.store, self.profile = variant, store, variant.profile
         self.task = task_of(variant)
         self.method, self.freeze = variant.method, variant.freeze
@@ -495,6 +495,8 @@ class FineTuning:
                                      device=self.device) | {"backbone": self.backbone.describe()},
         }
         record["wall_seconds"] = time.perf_counter() - self.started
+        # CPU time of all this process's threads: well under wall x threads means another process shared the CPU
+        record["process_cpu_seconds"] = time.process_time() - self.started_cpu
         record["time_split"] = time_split(record["wall_seconds"], load=self.load_seconds,
                                           prepare=self.prepare_seconds, pilot=self.pilot_seconds,
                                           cache=self.cache_seconds,

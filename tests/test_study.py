@@ -411,6 +411,11 @@ def test_chapter_5s_methods_on_a_task_without_rq3_train_their_own_full_fine_tune
     assert shown.runs == [] and shown.beyond_tasks == ["code-completion", "code-search"]
     assert sorted(r["method"] for r in shown.beyond_runs) == ["bitfit", "full", "lora", "telly-auto"]
     assert shown.summary == summary
+    # a task with no rq2 part (clone detection under this plan): nothing reads its full fine-tune's weights
+    unread = Variant.of("clone-detection", "tiny-random", -1, seed=0, profile=planned)
+    runner.store.run_dir(unread).mkdir(parents=True)
+    runner.drop_weights("clone-detection", [unread])
+    assert not runner.store.run_dir(unread).exists() and (weights / calls[0]).exists()
 
 
 def test_a_part_killed_before_its_first_run_ended_keeps_its_time(tmp_path, monkeypatch):

@@ -314,6 +314,8 @@ def test_a_record_splits_its_wall_time_into_parts_that_add_up(tmp_path):
     assert sum(split.values()) == pytest.approx(record["wall_seconds"], rel=1e-6)
     assert split["cache"] == record["cache_seconds"] > 0  # Telly-2 cached: the prefix was built
     assert split["train"] == pytest.approx(sum(e["train_seconds"] for e in record["epochs"]))
+    # what the run got of the CPU, to tell a shared machine's runs: at most all cores for the whole run
+    assert 0 < record["process_cpu_seconds"] <= record["wall_seconds"] * os.cpu_count() * 1.05
 
 
 def test_the_preparation_runs_once_per_data_and_reads_back_exactly(tmp_path, monkeypatch):

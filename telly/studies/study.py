@@ -250,9 +250,10 @@ class Study:
         return True
 
     def drop_weights(self, task: str, variants: Sequence[Variant]) -> None:
-        """Delete the weights of `variants` but the seed-0 full fine-tune's, whose epoch checkpoints RQ2
-        and RQ1 read: nothing reads the others, whose records hold what the study keeps."""
-        keep = self.store.run_dir(self.full_variant(task))
+        """Delete the weights of `variants` but the seed-0 full fine-tune's when the study has an rq2 part
+        of `task` (its epoch checkpoints are what RQ2, and RQ1 for PROBED_TASK, read): nothing reads the
+        others, whose records hold what the study keeps."""
+        keep = self.store.run_dir(self.full_variant(task)) if f"rq2/{task}" in self.parts else None
         for variant in variants:
             if self.store.run_dir(variant) != keep:
                 shutil.rmtree(self.store.run_dir(variant), ignore_errors=True)
