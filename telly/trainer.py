@@ -590,6 +590,12 @@ def _save_weights(task_model, directory: Path) -> None:
         partial.replace(directory / filename)
 
 
+def memo_names(task: str, model: str, profile: str) -> dict[str, str]:
+    """The store documents every run of (task, model, profile) shares: its preparation and validation
+    score before training (`_prepared`), and its zero-shot test score (`_zero_shot`)."""
+    return {memo: f"{memo}/{task}__{slug(model)}__{profile}" for memo in ("prepared", "zero-shot")}
+
+
 def _prepared(task, task_model, data, tokenizer, profile, model, store: RunStore, main, *,
               score_valid: bool) -> dict | None:
     """Run the task's preparation (`Task.prepare`: what the fresh head takes from the training split)
@@ -597,7 +603,7 @@ def _prepared(task, task_model, data, tokenizer, profile, model, store: RunStore
     (task, model, profile), current while the data, task config and profile are the same, so that
     every seed and depth of a sweep reuses what the first run computed. Returns the validation
     metrics (None without `score_valid`)."""
-    name = f"prepared/{task.name}__{slug(model)}__{profile.name}"
+    name = memo_names(task.name, model, profile.name)["prepared"]
     inputs = {"task": task.name, "task_config": task.describe(), "model": model, "profile": profile.to_dict(),
               "data_fingerprint": data.fingerprint, "valid_scored": score_valid}
     stored = store.find_document(name, inputs)
@@ -618,7 +624,7 @@ def _prepared(task, task_model, data, tokenizer, profile, model, store: RunStore
 def _zero_shot(task, task_model, data, tokenizer, profile, model, store: RunStore, device, main) -> dict:
     """Test metrics of the pre-trained model (fresh head); one store document per (task, model,
     profile), current while the data and profile are the same."""
-    name = f"zero-shot/{task.name}__{slug(model)}__{profile.name}"
+    name = memo_names(task.name, model, profile.name)["zero-shot"]
     inputs = {"task": task.name, "task_config": task.describe(), "model": model, "profile": profile.to_dict(),
               "data_fingerprint": data.fingerprint}
     stored = store.find_document(name, inputs)

@@ -117,6 +117,7 @@ def test_time_to_quality_and_the_goal_follow_the_numbers():
                                           trivial=_trivial(0.2), samples=100)
     early = beyond.beyond_findings(beyond.method_points(one_seed, summary_one))
     assert "it is not tested yet (1 seed(s) ran)" in early and "nan" not in early
+    assert "no comparison at equal quality, Telly-auto not tested yet" in early and "does not" not in early
     # three tasks meeting it meet the goal
     assert "**met**" in beyond.beyond_findings(_three_tasks(points))
     # no verdict says why: a model-free baseline as good as full fine-tuning, or too few seeds

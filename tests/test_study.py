@@ -365,8 +365,12 @@ def test_chapter_5s_methods_run_last_beside_rq3s_full_fine_tunes(tmp_path, priva
     # rq3's full fine-tune made on another machine: a clock anchor (the same full fine-tune) trains here, once
     full_path = runner.store.record_path(runner.full_variant("code-search"))
     write_json(full_path, read_json(full_path) | {"provenance": read_json(full_path)["provenance"] | {"cpu": "Other"}})
+    memos = trainer.memo_names("code-search", "tiny-random", TINY.name)
+    for name in memos.values():  # marked, to see that the anchor's store reads these and does not compute its own
+        write_json(runner.store.document_path(name), read_json(runner.store.document_path(name)) | {"shared": True})
     runner.beyond("beyond/code-search", "code-search")
     assert [c.split("__")[2] for c in calls] == ["full"]
+    assert all(read_json(runner.anchor_store().document_path(name))["shared"] for name in memos.values())
     entry = read_json(tmp_path / "records" / "study.json")["parts"]["beyond/code-search"]
     assert entry["clock_anchor"]["run"] == calls[0] and entry["clock_anchor"]["seconds"] > 0
     anchors = study_records.load_study(tmp_path / "records").clock_anchors

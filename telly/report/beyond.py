@@ -286,8 +286,11 @@ def beyond_findings(points: pd.DataFrame, *, tasks_in_goal: int = 5) -> str:
                             "slower at equal quality" if both else
                             "only Telly-auto keeps full fine-tuning's quality"))
             else:
+                untested = [name for name, verdict in (("Telly-auto", row.verdict), ("LoRA", other.verdict))
+                            if verdict == "not tested"]
                 line += (f". Against LoRA ({other.verdict}, {other.clock_ratio:.2f}x): no comparison at equal quality, "
-                         + ("LoRA keeps the quality and Telly-auto does not" if other.verdict == "non-inferior"
+                         + (f"{' and '.join(untested)} not tested yet" if untested else
+                            "LoRA keeps the quality and Telly-auto does not" if other.verdict == "non-inferior"
                             else "neither is shown to keep full fine-tuning's quality"))
         sentences.append(line + ".")
     caveat = clock_caveat(points)

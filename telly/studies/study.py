@@ -109,7 +109,7 @@ from telly.studies.quantisation import MODELS as QUANTISATION_MODELS
 from telly.studies.quantisation import quantisation_check
 from telly.studies.similarity import output_path, similarity_texts, task_similarity
 from telly.tasks import TASKS, get_task
-from telly.trainer import finetune, finished_run
+from telly.trainer import finetune, finished_run, memo_names
 
 FULL_SEED = 0  # the full fine-tune whose epoch checkpoints RQ2 and RQ1 read (ensure_finetuned's seed)
 PROBED_TASK = "code-search"  # RQ1's fine-tuned state
@@ -396,6 +396,7 @@ class Study:
         self.ledger.start(part, afresh=not any(found))
         anchored = {}
         if anchor is not None:
+            self.share_memos(task, self.anchor_store())
             trained = run_variants([anchor], self.anchor_store(), progress=self.progress, on_epoch=self.ledger.tick,
                                    **self.finetune_options)
             shutil.rmtree(self.anchor_store().run_dir(anchor), ignore_errors=True)  # its record is all it is for
@@ -410,6 +411,15 @@ class Study:
                            runs=len(result["records"]), failed=result["failed"], not_applicable=not_applicable,
                            run_seconds=sum(r["wall_seconds"] for r in result["records"]), **anchored)
         self.summarise()
+
+    def share_memos(self, task: str, store: RunStore) -> None:
+        """Copy `task`'s shared documents (`telly.trainer.memo_names`) into `store`, so that a run there
+        reads back the zero-shot decoding instead of repeating it (each is used only while its inputs match)."""
+        for name in memo_names(task, self.model, self.profile.name).values():
+            source, target = self.store.document_path(name), store.document_path(name)
+            if source.exists() and not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
 
     def anchor_store(self) -> RunStore:
         """This machine's clock anchors (records/clock-anchors/<machine>/)."""
