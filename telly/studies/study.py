@@ -396,10 +396,11 @@ class Study:
         self.ledger.start(part, afresh=not any(found))
         anchored = {}
         if anchor is not None:
-            self.share_memos(task, self.anchor_store())
-            trained = run_variants([anchor], self.anchor_store(), progress=self.progress, on_epoch=self.ledger.tick,
+            anchors = self.anchor_store()
+            self.share_memos(task, anchors)
+            trained = run_variants([anchor], anchors, progress=self.progress, on_epoch=self.ledger.tick,
                                    **self.finetune_options)
-            shutil.rmtree(self.anchor_store().run_dir(anchor), ignore_errors=True)  # its record is all it is for
+            shutil.rmtree(anchors.run_dir(anchor), ignore_errors=True)  # its record is all it is for
             if trained["failed"]:
                 raise RuntimeError(f"{part}: the clock anchor failed: {trained['failed']}")
             anchored = {"clock_anchor": {"run": anchor.run_id, "machine": " ".join(map(str, this_machine())),
