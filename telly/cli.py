@@ -163,6 +163,17 @@ def calibrate_auto(args: argparse.Namespace) -> int:
     return 0 if result["chosen"] else 1
 
 
+def pilot_dimensions(args: argparse.Namespace) -> int:
+    result = beyond.pilot_dimensions(args.model, args.profile, _out(args), tasks=args.tasks.split(","),
+                                     seeds=_ints(args.seeds), counts=_ints(args.counts))
+    for pilot in result["pilots"]:
+        ks = ", ".join(f"without {w['count']}: K {w['freeze']}" for w in pilot["without"])
+        print(f"{pilot['task']}/{pilot['seed']}: K {pilot['freeze']}; {ks}")
+    if args.write:
+        write_json(args.write, result)
+    return 0
+
+
 # ----------------------------------------------------------------------------- bench
 
 def bench(args: argparse.Namespace) -> int:
@@ -318,6 +329,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", default=",".join(map(str, beyond.THRESHOLDS)), help="movement thresholds to try")
     p.add_argument("--write", default=None, help="also write the calibration (grid, curves, choice) as JSON here")
     p.set_defaults(handler=calibrate_auto)
+
+    p = commands.add_parser("pilot-dimensions", help="Telly-auto's pilot again, without each layer's largest columns")
+    _common(p, out="runs")
+    p.add_argument("--tasks", default="code-search,clone-detection", help="comma-separated task names")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--counts", default=",".join(map(str, beyond.DIMENSION_COUNTS)),
+                   help="how many of each layer's largest columns (by mean square) to leave out (comma-separated)")
+    p.add_argument("--write", default=None, help="also write the curves as JSON here")
+    p.set_defaults(handler=pilot_dimensions)
 
     p = commands.add_parser("bench", help="benchmarks: training time and memory by method, probing, similarity, corpus")
     _common(p, out="runs/<profile>/bench")  # the book's results store reads it there

@@ -22,6 +22,8 @@ PLAN = "plan"
 PRECISION_DIR = "precision"
 QUANTISATION_DIR = "quantisation"
 CLOCK_DIR = "clock-anchors"
+# `telly pilot-dimensions --write`: Telly-auto's pilots again, without each layer's largest columns
+PILOT_DIMENSIONS = "telly-auto-dimensions"
 WEIGHTS_DIR = "weights"
 # study.json's parts: the research questions (totalled in this order), then the checks beside them.
 QUESTIONS = ("rq3", "rq2", "rq1")

@@ -47,6 +47,28 @@ def movement_curve(before: np.ndarray, after: np.ndarray) -> list[dict]:
     return [row | {"movement": 1.0 - min(row[m] for m in MEASURES)} for row in layer_similarity(before, after, MEASURES)]
 
 
+def dominant_dimensions(states: np.ndarray, count: int) -> np.ndarray:
+    """(L+1, count): per layer, the `count` columns of `states` (L+1, n, d) with the largest mean square
+    over the rows, the largest first. Linear CKA weighs a column by its variance and cosine RSA by its
+    size, so a few huge columns (massive activations, in decoders such as SmolLM2) can decide both alone."""
+    if not 0 < count < states.shape[-1]:
+        raise ValueError(f"count must be in 1..{states.shape[-1] - 1} (the columns of a layer but one), got {count}")
+    return np.argsort(-np.square(states).mean(axis=1), axis=1, kind="stable")[:, :count]
+
+
+def magnitude_share(states: np.ndarray, dims: np.ndarray) -> list[float]:
+    """Per layer, the share of the states' summed squares that the columns `dims[layer]` hold."""
+    squares = np.square(states).sum(axis=1)
+    return [float(q[d].sum() / max(q.sum(), 1e-30)) for q, d in zip(squares, dims, strict=True)]
+
+
+def movement_without(before: np.ndarray, after: np.ndarray, dims: np.ndarray) -> list[dict]:
+    """`movement_curve` with the columns `dims[layer]` of each layer left out of both models' states."""
+    keep = [np.setdiff1d(np.arange(before.shape[-1]), d) for d in dims]
+    return movement_curve([layer[:, k] for layer, k in zip(before, keep, strict=True)],
+                          [layer[:, k] for layer, k in zip(after, keep, strict=True)])
+
+
 def deepest_still(curve: Sequence[Mapping], threshold: float) -> int:
     """K: the deepest depth whose frozen layers (0..K) all moved less than `threshold`, at most L-1;
     -1 (freeze nothing) when even the embeddings' output moved."""

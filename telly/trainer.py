@@ -35,6 +35,7 @@ import copy
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -240,12 +241,27 @@ def finetune(variant: Variant, store: RunStore | str | Path = "runs", *, save_ep
 def pilot_selection(variant: Variant, store: RunStore | str | Path = "runs") -> dict:
     """Telly-auto's pilot alone (steps 1-3 of `finetune`; nothing trains after it, no record is
     written): the selection a run of `variant` would record (its movement curve, chosen K, steps, seconds)."""
+    return pilot_states(variant, store).selection
+
+
+class Pilot(NamedTuple):
+    """Telly-auto's pilot: its selection, the pooled states (L+1, n, d) its curve compares (the
+    pre-trained model's and the pilot's, on the validation inputs), and the fingerprint of its data."""
+
+    selection: dict
+    before: np.ndarray
+    after: np.ndarray
+    data_fingerprint: str
+
+
+def pilot_states(variant: Variant, store: RunStore | str | Path = "runs") -> Pilot:
+    """`pilot_selection`, with the states its curve compares."""
     if not isinstance(variant.method, TellyAuto):
         raise ValueError(f"{variant.run_id}: a pilot needs method telly-auto, got {variant.method.name}")
     run = FineTuning(variant, as_store(store), mixed_precision=None, progress=False)
     run.load(None)
     run.before_training()
-    return run.selection
+    return Pilot(run.selection, *run.pilot_states, run.data.fingerprint)
 
 
 class FineTuning:
@@ -327,8 +343,9 @@ class FineTuning:
         shares = gradients.curve()
         inputs = [move_to(field, self.device) for chunk in batches(self.data.valid, training.batch_size)
                   for field in task.collate(chunk, self.tokenizer, self.profile)["inputs"].values()]
-        curve = movement_curve(pooled_layers(self.backbone, inputs),
-                               pooled_layers(piloted(self.backbone, pilot.backbone), inputs))
+        self.pilot_states = (pooled_layers(self.backbone, inputs),
+                             pooled_layers(piloted(self.backbone, pilot.backbone), inputs))
+        curve = movement_curve(*self.pilot_states)
         self.freeze = deepest_still(curve, auto.threshold)
         self.method = auto.resolved(self.freeze)
         self.pilot_seconds = time.perf_counter() - tick

@@ -3,6 +3,7 @@ each seed chose; the Pareto front, the time-to-quality table, the selector table
 sentences follow the numbers (each flipped by contrary ones)."""
 import json
 
+import numpy as np
 import pytest
 from test_freezing_study import UNIT, _full_ranks, _search_record, _trivial
 
@@ -343,3 +344,79 @@ def test_the_chapters_summary_scores_each_tasks_trivial_baseline(tmp_path):
     assert entry["trivial"]["name"] == "lexical ranker (TF-IDF)"
     assert not any("no trivial baseline" in reason for reason in entry["no_verdict"])
     assert {r["method"] for r in result["records"]} == {"full", "telly", "bitfit"}
+
+
+def _loud_column_states(*, moved: bool, loud: bool, layers: int = 3, n: int = 40, d: int = 12):
+    """(before, after): `layers` layers whose columns but the first move when `moved`; the first column,
+    unchanged, is three hundred times the others' scale when `loud`."""
+    rng = np.random.default_rng(0)
+    before = rng.normal(size=(layers, n, d))
+    after = before + (0.8 * rng.normal(size=before.shape) if moved else 0.0)
+    if loud:
+        before[:, :, 0] *= 300.0
+    after[:, :, 0] = before[:, :, 0]
+    return before, after
+
+
+def test_a_loud_column_hides_the_movement_and_leaving_it_out_shows_it():
+    from telly.selectors import dominant_dimensions, magnitude_share, movement_curve, movement_without
+
+    before, after = _loud_column_states(moved=True, loud=True)
+    dims = dominant_dimensions(before, 1)
+    assert dims.tolist() == [[0]] * 3 and min(magnitude_share(before, dims)) > 0.99
+    assert max(row["movement"] for row in movement_curve(before, after)) < 0.01  # the loud column decides CKA
+    assert min(row["movement"] for row in movement_without(before, after, dims)) > 0.1
+    still = _loud_column_states(moved=False, loud=True)
+    assert max(row["movement"] for row in movement_without(*still, dominant_dimensions(still[0], 1))) < 1e-9
+    with pytest.raises(ValueError, match=r"count must be in 1\.\.11"):
+        dominant_dimensions(before, 12)
+
+
+def _dimensions_document(*, woken: bool):
+    """A pilot whose layers 0-1 stayed still and 2 moved, so K = 1, and layers 3-5 stayed quiet; with the
+    loudest column left out, layer 2 is still and 3-5 move (`woken`), or nothing changes."""
+    def curve(movements):
+        return [{"layer": i, "movement": m} for i, m in enumerate(movements)]
+    pilot = [0.0001, 0.0002, 0.05, 0.0005, 0.0004, 0.0003]
+    later = [0.0001, 0.0002, 0.0001, 0.02, 0.03, 0.01] if woken else pilot
+    shares = [0.1, 0.1, 0.2, 0.9, 0.95, 0.97]
+    return {"pilots": [{"task": "code-generation", "seed": 0, "pilot_steps": 10, "threshold": 0.002, "freeze": 1,
+                        "reproduces": "code-generation__m__telly-auto__seed0__study.json", "curve": curve(pilot),
+                        "without": [{"count": count, "dims": [[0]] * 6, "magnitude_share": shares,
+                                     "curve": curve(later), "freeze": 2 if woken else 1} for count in (1, 4)]}]}
+
+
+def test_the_dimension_note_says_whether_a_few_columns_hid_the_quiet_layers():
+    hidden = beyond.dimension_note(_dimensions_document(woken=True))
+    assert "above K = 1, layers 3-5 stayed under the threshold 0.002 and layer 2 moved (0.0500)" in hidden
+    assert "column 0 of the pre-trained states holds 90%-97% of the summed squares (in the moving ones 20%)" in hidden
+    assert "layer 2, which stopped the rule at 0.0500, moves 0.0001/0.0001, 3/3 of the 3 quiet ones" in hidden
+    assert "the rule would choose K = 2/2. So a few columns hid those layers' movement, and they set K" in hidden
+    assert "whose training losses it reproduced" in hidden
+    quiet = beyond.dimension_note(_dimensions_document(woken=False))
+    assert "moves 0.0500/0.0500, 0/0 of the 3 quiet ones" in quiet
+    assert "quiet without the largest columns too, and K does not depend on them" in quiet
+    assert beyond.dimension_note(None) == ""
+
+
+def test_telly_pilot_dimensions_reproduces_the_recorded_pilot_or_says_it_did_not(tmp_path):
+    from telly import cli
+    from telly.jsonio import read_json, write_json
+    from telly.store import RunStore, Variant
+    from telly.studies import get_profile
+    from telly.trainer import pilot_selection
+
+    store, args = RunStore(tmp_path / "runs"), ["pilot-dimensions", "--model", "tiny-random", "--profile", "smoke",
+                                                "--out", str(tmp_path / "runs"), "--tasks", "code-search",
+                                                "--seeds", "0", "--counts", "1,4"]
+    variant = Variant.of("code-search", "tiny-random", -1, method="telly-auto", seed=0, profile=get_profile("smoke"))
+    losses = pilot_selection(variant, store)["pilot_losses"]
+    write_json(store.record_path(variant), {"selection": {"pilot_losses": losses}})
+    assert cli.main(args + ["--write", str(tmp_path / "dimensions.json")]) == 0
+    pilot = read_json(tmp_path / "dimensions.json")["pilots"][0]
+    assert pilot["reproduces"] == store.record_path(variant).name
+    assert [w["count"] for w in pilot["without"]] == [1, 4]
+    assert all(len(w["curve"]) == len(pilot["curve"]) == len(w["magnitude_share"]) for w in pilot["without"])
+    write_json(store.record_path(variant), {"selection": {"pilot_losses": [loss + 1 for loss in losses]}})
+    with pytest.raises(RuntimeError, match="did not reproduce the recorded losses"):
+        cli.main(args)

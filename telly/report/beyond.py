@@ -362,3 +362,72 @@ def selection_note(records: Sequence[Mapping]) -> str:
               "uncalibrated defaults: `telly calibrate-auto` sets them on validation data against the sweep")
     return (f"Telly-auto ran with movement threshold and pilot share {', '.join(f'{t:g} and {s:g}' for t, s in settings)} "
             f"({origin}); its pilots took {took} training step(s), on average {share:.0%} of Telly-auto's clock.")
+
+
+def _layer_list(layers: Sequence[int]) -> str:
+    """[1, 3, 4, 5] -> "layers 1, 3-5"; [2] -> "layer 2"."""
+    runs: list[list[int]] = []
+    for layer in sorted(layers):
+        if runs and layer == runs[-1][-1] + 1:
+            runs[-1].append(layer)
+        else:
+            runs.append([layer])
+    return ("layer " if len(layers) == 1 else "layers ") + ", ".join(
+        f"{r[0]}" if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+def _share_range(shares: Sequence[float]) -> str:
+    return f"{min(shares):.0%}" if round(min(shares), 2) == round(max(shares), 2) else f"{min(shares):.0%}-{max(shares):.0%}"
+
+
+def _span(values: Sequence[float]) -> str:
+    return f"{min(values):.4f}" if round(min(values), 4) == round(max(values), 4) else f"{min(values):.4f}-{max(values):.4f}"
+
+
+def dimension_note(document: Mapping | None) -> str:
+    """Markdown from `telly.studies.beyond.pilot_dimensions`: per pilot, how much of the states the largest
+    column holds in the layers above K that stayed under the threshold and in those that moved; with the
+    few largest columns left out, how far the moved layers still move, how many quiet ones move past the
+    threshold, and the K the rule would then choose; "" without the document."""
+    if not document:
+        return ""
+    lines = []
+    for pilot in document["pilots"]:
+        threshold, freeze, curve = pilot["threshold"], pilot["freeze"], pilot["curve"]
+        above = [row for row in curve if row["layer"] > freeze]
+        quiet = [row["layer"] for row in above if row["movement"] < threshold]
+        moved = [row["layer"] for row in above if row["movement"] >= threshold]
+        head = f"*{pilot['task']}* (seed {pilot['seed']})"
+        if not quiet:
+            lines.append(f"{head}: every layer above K = {freeze} moved past the threshold {threshold:g}.")
+            continue
+        first, without = pilot["without"][0], pilot["without"]
+        columns = sorted({first["dims"][i][0] for i in quiet})
+        largest = f"column {columns[0]}" if len(columns) == 1 else f"the largest column (of {', '.join(map(str, columns))})"
+        woken = [sum(w["curve"][i]["movement"] >= threshold for i in quiet) for w in without]
+        stopper = moved[0] if moved else None  # the layer that kept K from going deeper
+        stopper_without = "/".join(f"{w['curve'][stopper]['movement']:.4f}" for w in without) if moved else ""
+        line = (f"{head}: above K = {freeze}, {_layer_list(quiet)} stayed under the threshold {threshold:g}"
+                + (f" and {_layer_list(moved)} moved ({_span([curve[i]['movement'] for i in moved])})" if moved else "")
+                + f". In the quiet layers {largest} of the pre-trained states holds "
+                f"{_share_range([first['magnitude_share'][i] for i in quiet])} of the summed squares"
+                + (f" (in the moving ones {_share_range([first['magnitude_share'][i] for i in moved])})" if moved else "")
+                + f". With the {'/'.join(str(w['count']) for w in without)} largest columns left out of both models, "
+                + (f"layer {stopper}, which stopped the rule at {curve[stopper]['movement']:.4f}, moves "
+                   f"{stopper_without}, " if moved else "")
+                + f"{'/'.join(map(str, woken))} of the {len(quiet)} quiet ones move past the threshold, and the rule "
+                f"would choose K = {'/'.join(str(w['freeze']) for w in without)}.")
+        hidden = 2 * max(woken) > len(quiet)
+        line += (" So a few columns hid those layers' movement" if hidden else
+                 " So those layers were quiet without the largest columns too")
+        deeper = all(w["freeze"] > freeze for w in without)
+        line += (", and they set K: without them the rule freezes deeper." if deeper else
+                 ", and K does not depend on them." if all(w["freeze"] == freeze for w in without) else ".")
+        lines.append(line)
+    after = all(pilot.get("reproduces") for pilot in document["pilots"])
+    return ("**Quiet layers, or a few loud columns?** Linear CKA weighs each column of the states by its variance and "
+            "cosine RSA by its size, and decoders such as SmolLM2 carry a few columns of huge activations. So "
+            "Telly-auto's pilot ran again, each layer's largest columns (by mean square) left out"
+            + (" (after the runs, on the pilots of their finished runs, whose training losses it reproduced: a "
+               "diagnostic, which changes none of the runs or their K)" if after else "")
+            + ". " + " ".join(lines))

@@ -31,13 +31,14 @@ from telly.backbones import Backbone, load
 from telly.jsonio import read_json
 from telly.methods import BitFit
 from telly.profiles import Profile
-from telly.selectors import deepest_still
-from telly.store import RunStore, Variant, as_store
+from telly.selectors import deepest_still, dominant_dimensions, magnitude_share, movement_without
+from telly.store import RunStore, Variant, as_store, provenance
 from telly.studies.freezing import parse_freeze, run_variants, summarise
 from telly.studies.probing import record_dir
-from telly.trainer import pilot_selection
+from telly.trainer import pilot_selection, pilot_states
 
 PILOT_SHARES = (0.1, 0.25, 0.5)
+DIMENSION_COUNTS = (1, 4, 16)  # how many of each layer's largest columns (by mean square) `pilot_dimensions` leaves out
 # The first grid began at 0.005: on MiniLM's laptop pilots (1-3 steps) no pair of it was safe, so it was
 # extended down to 0.0005 after that run (validation data only; book/records/minilm-l6/README.md).
 THRESHOLDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
@@ -179,3 +180,37 @@ def calibrate_auto(model: str, profile: Profile, store: RunStore | str | Path, *
     result = choose_setting(curves, safe_depths(swept["records"], profile), thresholds)
     return {"kind": "telly-auto calibration", "model": model, "profile": profile.name, "tasks": list(tasks),
             "seeds": seeds, "depths": depths, "curves": curves, **result}
+
+
+def pilot_dimensions(model: str, profile: Profile, store: RunStore | str | Path, *, tasks: Sequence[str],
+                     seeds: Sequence[int] = (0,), counts: Sequence[int] = DIMENSION_COUNTS) -> dict:
+    """Is a quiet layer of Telly-auto's pilot quiet, or hidden by a few huge columns? Per task and seed,
+    the pilot again (`pilot_states`: the same steps as the study's run of that seed, whose recorded
+    losses it must reproduce when the store has the run), then, for each count, the curve and K with
+    the count largest columns (by mean square) of the pre-trained states left out of both models, and the
+    share of the states' summed squares those columns held."""
+    store, pilots = as_store(store), []
+    for task in tasks:
+        for seed in seeds:
+            variant = Variant.of(task, model, -1, method="telly-auto", seed=seed, profile=profile)
+            selection, before, after, fingerprint = pilot_states(variant, store)
+            path = store.record_path(variant)
+            recorded = read_json(path)["selection"] if path.exists() else None
+            if recorded is not None and not np.allclose(recorded["pilot_losses"], selection["pilot_losses"]):
+                raise RuntimeError(f"{path}: the pilot again did not reproduce the recorded losses "
+                                   f"{recorded['pilot_losses']} (got {selection['pilot_losses']})")
+            without = []
+            for count in counts:
+                dims = dominant_dimensions(before, count)
+                curve = movement_without(before, after, dims)
+                without.append({"count": count, "dims": dims.tolist(), "magnitude_share": magnitude_share(before, dims),
+                                "curve": curve, "freeze": deepest_still(curve, selection["threshold"])})
+            pilots.append({"task": task, "seed": seed, "reproduces": None if recorded is None else str(path.name),
+                           "data_fingerprint": fingerprint,
+                           "pilot_steps": selection["pilot_steps"], "threshold": selection["threshold"],
+                           "curve": selection["curve"], "freeze": selection["chosen_freeze"], "without": without})
+    return {"kind": "telly-auto pilot dimensions", "model": model, "profile": profile.name, "counts": list(counts),
+            "provenance": provenance(model=model, profile=profile.name, corpus_fingerprint=None),
+            "rule": "per layer, the columns with the largest mean square over the validation inputs in the pre-trained "
+                    "model's pooled states, left out of both models' states before debiased CKA and RSA",
+            "pilots": pilots}

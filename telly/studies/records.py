@@ -5,7 +5,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from telly.jsonio import read_json
-from telly.layout import BENCH_DIR, CLOCK_DIR, PLAN, PRECISION_DIR, QUANTISATION_DIR, SIMILARITY_DIR, STUDY, SUMMARY
+from telly.layout import (
+    BENCH_DIR,
+    CLOCK_DIR,
+    PILOT_DIMENSIONS,
+    PLAN,
+    PRECISION_DIR,
+    QUANTISATION_DIR,
+    SIMILARITY_DIR,
+    STUDY,
+    SUMMARY,
+)
 from telly.store import RunStore
 from telly.studies.probing import record_dir
 from telly.studies.similarity import output_path
@@ -39,6 +49,7 @@ class StudyRecords:
     beyond_runs: list[dict] = field(default_factory=list)
     # clock-anchors/<machine>/: full fine-tunes trained again where chapter 5's methods ran (telly.report.beyond.full_clock)
     clock_anchors: list[dict] = field(default_factory=list)
+    pilot_dimensions: dict | None = None  # telly-auto-dimensions.json (`telly pilot-dimensions`), when committed
 
     @property
     def model(self) -> str | None:
@@ -107,5 +118,7 @@ def load_study(records: str | Path) -> StudyRecords:
     bench = read_json(bench_path) if bench_path.exists() else None
     anchors = [record for folder in sorted((root / CLOCK_DIR).glob("*/"))
                for record in RunStore(folder).records(model=model, profile=ledger["profile"])]
+    dimensions_path = root / f"{PILOT_DIMENSIONS}.json"
+    dimensions = read_json(dimensions_path) if dimensions_path.exists() else None
     return StudyRecords(root, ledger, probing, similarity, runs, summary, precision, precision_runs, bench, plan,
-                        quantisation, beyond_runs, anchors)
+                        quantisation, beyond_runs, anchors, dimensions)
