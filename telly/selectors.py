@@ -41,7 +41,7 @@ def pooled_layers(backbone: Backbone, batches: Iterable[Mapping[str, torch.Tenso
     return np.stack([np.concatenate(rows) for rows in layers])
 
 
-def movement_curve(before: np.ndarray, after: np.ndarray) -> list[dict]:
+def movement_curve(before: np.ndarray | Sequence[np.ndarray], after: np.ndarray | Sequence[np.ndarray]) -> list[dict]:
     """Per layer: debiased CKA and RSA between the two models' pooled states, and the movement,
     1 - the lower of the two (the more cautious reading)."""
     return [row | {"movement": 1.0 - min(row[m] for m in MEASURES)} for row in layer_similarity(before, after, MEASURES)]

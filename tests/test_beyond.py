@@ -420,3 +420,12 @@ def test_telly_pilot_dimensions_reproduces_the_recorded_pilot_or_says_it_did_not
     write_json(store.record_path(variant), {"selection": {"pilot_losses": [loss + 1 for loss in losses]}})
     with pytest.raises(RuntimeError, match="did not reproduce the recorded losses"):
         cli.main(args)
+
+
+def test_chapter_2_is_warned_only_where_a_few_columns_hid_the_quiet_layers():
+    hidden = _dimensions_document(woken=True) | {"model": "m"}
+    assert beyond.similarity_caveat(hidden).startswith("**A caveat for m's curves.**")
+    assert "column 0 holds 90%-97% of the summed squares of layers 3-5, and with the largest columns left out " \
+           "up to 3 of those 3 layers moved" in beyond.similarity_caveat(hidden)
+    assert beyond.similarity_caveat(_dimensions_document(woken=False) | {"model": "m"}) == ""
+    assert beyond.similarity_caveat(None) == ""

@@ -12,6 +12,7 @@ import torch
 from telly import trainer
 from telly.analysis import machine_of
 from telly.jsonio import read_json, write_json
+from telly.layout import PILOT_DIMENSIONS
 from telly.profiles import get_profile
 from telly.report import beyond as beyond_report
 from telly.report.study import part_lines
@@ -375,6 +376,9 @@ def test_chapter_5s_methods_run_last_beside_rq3s_full_fine_tunes(tmp_path, priva
     assert entry["clock_anchor"]["run"] == calls[0] and entry["clock_anchor"]["seconds"] > 0
     anchors = study_records.load_study(tmp_path / "records").clock_anchors
     assert [(a["method"], a["seed"], machine_of(a)) for a in anchors] == [("full", 0, this_machine())]
+    assert study_records.load_study(tmp_path / "records").pilot_dimensions is None
+    write_json(tmp_path / "records" / f"{PILOT_DIMENSIONS}.json", {"kind": "telly-auto pilot dimensions", "pilots": []})
+    assert study_records.load_study(tmp_path / "records").pilot_dimensions["kind"] == "telly-auto pilot dimensions"
     assert not any((tmp_path / "out" / study.WEIGHTS_DIR / study.CLOCK_DIR).glob("*/*/"))  # records only
     calls.clear()
     runner.beyond("beyond/code-search", "code-search")

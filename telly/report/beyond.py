@@ -376,53 +376,63 @@ def _layer_list(layers: Sequence[int]) -> str:
         f"{r[0]}" if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
-def _share_range(shares: Sequence[float]) -> str:
-    return f"{min(shares):.0%}" if round(min(shares), 2) == round(max(shares), 2) else f"{min(shares):.0%}-{max(shares):.0%}"
+def _span(values: Sequence[float], form: str = ".4f") -> str:
+    """The values' range as "low-high" in `form`, or one value when both read the same."""
+    low, high = format(min(values), form), format(max(values), form)
+    return low if low == high else f"{low}-{high}"
 
 
-def _span(values: Sequence[float]) -> str:
-    return f"{min(values):.4f}" if round(min(values), 4) == round(max(values), 4) else f"{min(values):.4f}-{max(values):.4f}"
+def quiet_layers(pilot: Mapping) -> dict:
+    """One pilot of `telly.studies.beyond.pilot_dimensions`, read: the layers above K that stayed under the
+    threshold ("quiet") and those that moved, the quiet layers' largest column(s) and its share of their
+    summed squares, per count left out how many quiet layers then moved past the threshold ("woken"), and
+    whether most did under some count ("hidden")."""
+    threshold, freeze, curve = pilot["threshold"], pilot["freeze"], pilot["curve"]
+    above = [row for row in curve if row["layer"] > freeze]
+    quiet = [row["layer"] for row in above if row["movement"] < threshold]
+    moved = [row["layer"] for row in above if row["movement"] >= threshold]
+    first = pilot["without"][0]
+    columns = sorted({first["dims"][i][0] for i in quiet})
+    woken = [sum(w["curve"][i]["movement"] >= threshold for i in quiet) for w in pilot["without"]]
+    return {"quiet": quiet, "moved": moved, "woken": woken, "hidden": bool(quiet) and 2 * max(woken) > len(quiet),
+            "largest": f"column {columns[0]}" if len(columns) == 1 else
+                       f"the largest column (of {', '.join(map(str, columns))})",
+            "share": _span([first["magnitude_share"][i] for i in quiet], ".0%") if quiet else ""}
 
 
 def dimension_note(document: Mapping | None) -> str:
-    """Markdown from `telly.studies.beyond.pilot_dimensions`: per pilot, how much of the states the largest
-    column holds in the layers above K that stayed under the threshold and in those that moved; with the
-    few largest columns left out, how far the moved layers still move, how many quiet ones move past the
-    threshold, and the K the rule would then choose; "" without the document."""
+    """Markdown from `telly.studies.beyond.pilot_dimensions`: per pilot (`quiet_layers`), how much of the
+    states the largest column holds in the quiet layers above K and in those that moved; with the few
+    largest columns left out, how far the layer that stopped the rule still moves, how many quiet ones
+    move past the threshold, and the K the rule would then choose; "" without the document."""
     if not document:
         return ""
     lines = []
     for pilot in document["pilots"]:
-        threshold, freeze, curve = pilot["threshold"], pilot["freeze"], pilot["curve"]
-        above = [row for row in curve if row["layer"] > freeze]
-        quiet = [row["layer"] for row in above if row["movement"] < threshold]
-        moved = [row["layer"] for row in above if row["movement"] >= threshold]
+        threshold, freeze, curve, without = pilot["threshold"], pilot["freeze"], pilot["curve"], pilot["without"]
+        read = quiet_layers(pilot)
+        quiet, moved = read["quiet"], read["moved"]
         head = f"*{pilot['task']}* (seed {pilot['seed']})"
         if not quiet:
             lines.append(f"{head}: every layer above K = {freeze} moved past the threshold {threshold:g}.")
             continue
-        first, without = pilot["without"][0], pilot["without"]
-        columns = sorted({first["dims"][i][0] for i in quiet})
-        largest = f"column {columns[0]}" if len(columns) == 1 else f"the largest column (of {', '.join(map(str, columns))})"
-        woken = [sum(w["curve"][i]["movement"] >= threshold for i in quiet) for w in without]
         stopper = moved[0] if moved else None  # the layer that kept K from going deeper
         stopper_without = "/".join(f"{w['curve'][stopper]['movement']:.4f}" for w in without) if moved else ""
         line = (f"{head}: above K = {freeze}, {_layer_list(quiet)} stayed under the threshold {threshold:g}"
                 + (f" and {_layer_list(moved)} moved ({_span([curve[i]['movement'] for i in moved])})" if moved else "")
-                + f". In the quiet layers {largest} of the pre-trained states holds "
-                f"{_share_range([first['magnitude_share'][i] for i in quiet])} of the summed squares"
-                + (f" (in the moving ones {_share_range([first['magnitude_share'][i] for i in moved])})" if moved else "")
+                + f". In the quiet layers {read['largest']} of the pre-trained states holds {read['share']} of the "
+                "summed squares"
+                + (f" (in the moving ones {_span([without[0]['magnitude_share'][i] for i in moved], '.0%')})"
+                   if moved else "")
                 + f". With the {'/'.join(str(w['count']) for w in without)} largest columns left out of both models, "
                 + (f"layer {stopper}, which stopped the rule at {curve[stopper]['movement']:.4f}, moves "
                    f"{stopper_without}, " if moved else "")
-                + f"{'/'.join(map(str, woken))} of the {len(quiet)} quiet ones move past the threshold, and the rule "
-                f"would choose K = {'/'.join(str(w['freeze']) for w in without)}.")
-        hidden = 2 * max(woken) > len(quiet)
-        line += (" So a few columns hid those layers' movement" if hidden else
+                + f"{'/'.join(map(str, read['woken']))} of the {len(quiet)} quiet ones move past the threshold, and the "
+                f"rule would choose K = {'/'.join(str(w['freeze']) for w in without)}.")
+        line += (" So a few columns hid those layers' movement" if read["hidden"] else
                  " So those layers were quiet without the largest columns too")
-        deeper = all(w["freeze"] > freeze for w in without)
-        line += (", and they set K: without them the rule freezes deeper." if deeper else
-                 ", and K does not depend on them." if all(w["freeze"] == freeze for w in without) else ".")
+        line += (", and they set K: without them the rule freezes deeper." if all(w["freeze"] > freeze for w in without)
+                 else ", and K does not depend on them." if all(w["freeze"] == freeze for w in without) else ".")
         lines.append(line)
     after = all(pilot.get("reproduces") for pilot in document["pilots"])
     return ("**Quiet layers, or a few loud columns?** Linear CKA weighs each column of the states by its variance and "
@@ -431,3 +441,20 @@ def dimension_note(document: Mapping | None) -> str:
             + (" (after the runs, on the pilots of their finished runs, whose training losses it reproduced: a "
                "diagnostic, which changes none of the runs or their K)" if after else "")
             + ". " + " ".join(lines))
+
+
+def similarity_caveat(document: Mapping | None) -> str:
+    """Markdown for chapter 2: where `pilot_dimensions` found a few columns hiding the movement of quiet
+    layers in the model's pilots, RQ2's curves of that model (the same measures, the same pooling) may rest
+    on them too; "" when it found none, or without the document."""
+    hidden = [(pilot, read) for pilot in (document or {}).get("pilots", []) if (read := quiet_layers(pilot))["hidden"]]
+    if not hidden:
+        return ""
+    found = "; ".join(f"on {pilot['task']}, {read['largest']} holds {read['share']} of the summed squares of "
+                      f"{_layer_list(read['quiet'])}, and with the largest columns left out up to {max(read['woken'])} "
+                      f"of those {len(read['quiet'])} layers moved past the pilot's threshold" for pilot, read in hidden)
+    return (f"**A caveat for {document['model']}'s curves.** Chapter 5 measured Telly-auto's pilots on "
+            f"{document['model']} again with each layer's largest columns left out (`telly pilot-dimensions`): {found}. "
+            "This chapter's measures weigh those columns the same way, so the layers that read as still here, and "
+            "the top blocks' share of the drop, may be those columns' as well. That is not tested on these fine-tunes: "
+            "it needs their weights again.")
