@@ -429,3 +429,9 @@ def test_chapter_2_is_warned_only_where_a_few_columns_hid_the_quiet_layers():
            "up to 3 of those 3 layers moved" in beyond.similarity_caveat(hidden)
     assert beyond.similarity_caveat(_dimensions_document(woken=False) | {"model": "m"}) == ""
     assert beyond.similarity_caveat(None) == ""
+
+
+def test_pilot_dimensions_refuses_a_count_of_no_columns_before_any_pilot(tmp_path):
+    with pytest.raises(ValueError, match=r"each at least 1; got \[4, 0\]"):
+        study.pilot_dimensions("tiny-random", UNIT, tmp_path, tasks=["code-search"], counts=[4, 0])
+    assert not any(tmp_path.iterdir())

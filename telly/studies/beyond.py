@@ -19,6 +19,10 @@ margin of full fine-tuning's (`safe_depths`, from the sweep's records); per seed
 pilot's movement curve (`pilot_curves`: the pilot alone, no training after it). A (share, threshold)
 pair is safe when the K it chooses never exceeds the task's safe K; of the safe pairs, the one whose
 mean K is deepest (the cheapest runs) wins, ties going to the shorter pilot, then the higher threshold.
+
+Checking the measure (`pilot_dimensions`, `telly pilot-dimensions`): a finished run's pilot again (its
+recorded training losses reproduced), each layer's movement with its few largest columns left out, to see
+whether a handful of huge activations decided which layers read as still.
 """
 from __future__ import annotations
 
@@ -189,6 +193,8 @@ def pilot_dimensions(model: str, profile: Profile, store: RunStore | str | Path,
     losses it must reproduce when the store has the run), then, for each count, the curve and K with
     the count largest columns (by mean square) of the pre-trained states left out of both models, and the
     share of the states' summed squares those columns held."""
+    if not counts or any(count < 1 for count in counts):
+        raise ValueError(f"counts must be columns to leave out, each at least 1; got {list(counts)}")
     store, pilots = as_store(store), []
     for task in tasks:
         for seed in seeds:
@@ -196,7 +202,8 @@ def pilot_dimensions(model: str, profile: Profile, store: RunStore | str | Path,
             selection, before, after, fingerprint = pilot_states(variant, store)
             path = store.record_path(variant)
             recorded = read_json(path)["selection"] if path.exists() else None
-            if recorded is not None and not np.allclose(recorded["pilot_losses"], selection["pilot_losses"]):
+            if recorded is not None and (len(recorded["pilot_losses"]) != len(selection["pilot_losses"])
+                                         or not np.allclose(recorded["pilot_losses"], selection["pilot_losses"])):
                 raise RuntimeError(f"{path}: the pilot again did not reproduce the recorded losses "
                                    f"{recorded['pilot_losses']} (got {selection['pilot_losses']})")
             without = []
