@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from telly.analysis import MIN_SEEDS, by_variant, machine_of, machines_apart, run_name
+from telly.report.similarity import layer_ranges
 
 CLOCK_PARTS = ("pilot", "cache", "train", "eval")
 FAMILIES = {"full": "Full", "telly": "Telly-K", "telly-auto": "Telly-auto", "lora": "LoRA", "bitfit": "BitFit"}
@@ -366,14 +367,7 @@ def selection_note(records: Sequence[Mapping]) -> str:
 
 def _layer_list(layers: Sequence[int]) -> str:
     """[1, 3, 4, 5] -> "layers 1, 3-5"; [2] -> "layer 2"."""
-    runs: list[list[int]] = []
-    for layer in sorted(layers):
-        if runs and layer == runs[-1][-1] + 1:
-            runs[-1].append(layer)
-        else:
-            runs.append([layer])
-    return ("layer " if len(layers) == 1 else "layers ") + ", ".join(
-        f"{r[0]}" if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+    return ("layer " if len(layers) == 1 else "layers ") + layer_ranges(layers)
 
 
 def _span(values: Sequence[float], form: str = ".4f") -> str:

@@ -182,7 +182,7 @@ def paper_movement(task: str) -> dict:
     return movement(PAPER_RSA[task], num_layers=PAPER_NUM_LAYERS)
 
 
-def _layer_list(layers: Sequence[int]) -> str:
+def layer_ranges(layers: Sequence[int]) -> str:
     """[1, 2, 3, 5] -> "1-3, 5"."""
     runs: list[list[int]] = []
     for layer in sorted(layers):
@@ -203,7 +203,7 @@ def _top_blocks_hold(verdict: dict) -> str:
     """"The top block (4 of 4) holds", "The top 5 blocks (26-30 of 30) hold"."""
     blocks = verdict["top_blocks"]
     what = "The top block" if len(blocks) == 1 else f"The top {len(blocks)} blocks"
-    return f"{what} ({_layer_list(blocks)} of {verdict['num_layers']}) hold{'s' if len(blocks) == 1 else ''}"
+    return f"{what} ({layer_ranges(blocks)} of {verdict['num_layers']}) hold{'s' if len(blocks) == 1 else ''}"
 
 
 VERDICT_WORDS = {"agrees": "agrees with", "disagrees": "does not match",
@@ -220,10 +220,10 @@ def movement_rows(documents: Mapping[str, dict], measure: str = "rsa") -> list[d
         layer = {r["layer"]: r for r in final_comparison(document)["layers"]}[verdict["most_moved"][0]]
         interval = verdict["share_interval"] or (None, None)
         rows.append({"task": task, "model": document["model"], "measure": measure,
-                     "moved": _layer_list(verdict["moved"]) or "none",
+                     "moved": layer_ranges(verdict["moved"]) or "none",
                      "most_moved": verdict["most_moved"][0],
                      "most_moved_value": _with_interval(layer[measure], *_bounds(layer, measure)),
-                     "top_blocks": f"{_layer_list(verdict['top_blocks'])} of {verdict['num_layers']}",
+                     "top_blocks": f"{layer_ranges(verdict['top_blocks'])} of {verdict['num_layers']}",
                      "top_share": verdict["top_share"], "top_share_low": interval[0],
                      "top_share_high": interval[1], "verdict": verdict["verdict"],
                      "paper_verdict": paper_movement(task)["verdict"] if task in PAPER_RSA else None})
@@ -252,7 +252,7 @@ def movement_prose(documents: Mapping[str, dict], measure: str = "rsa") -> str:
         layers = {r["layer"]: r for r in final_comparison(document)["layers"]}
         most = verdict["most_moved"][0]
         lines.append(
-            f"- **{task}**: layers {_layer_list(verdict['moved'])} moved (interval below 1); layer {most} "
+            f"- **{task}**: layers {layer_ranges(verdict['moved'])} moved (interval below 1); layer {most} "
             f"moved most ({measure} {_with_interval(layers[most][measure], *_bounds(layers[most], measure))}). "
             f"{_top_blocks_hold(verdict)} "
             f"{_share_text(verdict['top_share'], *(verdict['share_interval'] or ()))} of the summed drop: {VERDICT_WORDS[verdict['verdict']]} the paper's "
