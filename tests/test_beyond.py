@@ -177,6 +177,9 @@ def test_the_selector_table_puts_each_choice_beside_the_sweep():
     with_peak = beyond.selector_table(records, summary, probing).set_index("selector")
     assert with_peak.loc["probing peak (semantic)", "K per seed"] == "3"  # layers 0..3 (below the peak) frozen
     assert with_peak.loc["probing peak (semantic)", "sweep verdict at K"] == "3: non-inferior"
+    unswept = [r for r in records if r["method"] != "telly" or r["freeze"] == -1]  # full fine-tuning and the methods
+    table = beyond.selector_table(unswept, _points(unswept)[1]).set_index("selector")
+    assert table.loc["gradient norm", "sweep's largest non-inferior K"] == "no sweep ran"
     assert beyond.probing_choice({"findings": {"semantic": {"peak": {"layer": 0}}}}, "code-search") == -1
     assert beyond.probing_choice({"findings": {}}, "code-search") is None
 

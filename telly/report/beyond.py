@@ -243,7 +243,8 @@ def selector_table(records: Sequence[Mapping], summary: Mapping, probing: Mappin
         for selector, ks in picks.items():
             rows.append({"task": task, "selector": selector, "K per seed": ", ".join(map(str, ks)),
                          "sweep verdict at K": "; ".join(f"{k}: {swept.get(k, 'not swept')}" for k in sorted(set(ks))),
-                         "sweep's largest non-inferior K": "none" if best is None else best})
+                         "sweep's largest non-inferior K": "no sweep ran" if len(swept) == 1 else
+                                                           "none" if best is None else best})
     return pd.DataFrame(rows, columns=["task", "selector", "K per seed", "sweep verdict at K",
                                        "sweep's largest non-inferior K"])
 
